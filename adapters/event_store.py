@@ -1,0 +1,67 @@
+"""Event store configuration: DATABASE_URL and SECRET_KEY become eventsourcing settings.
+
+The eventsourcing library does the storing; persistence, cipher and compression
+are chosen by its environment settings, never by code.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from urllib.parse import unquote, urlparse
+
+# Fixed on purpose: the same SECRET_KEY must give the same key on every worker.
+_KEY_SALT = b"chater-gpt/event-store/v1"
+
+
+class DatabaseUrlError(ValueError):
+    """DATABASE_URL is not one this service can use."""
+
+
+def cipher_key(secret_key: str) -> str:
+    """A 256-bit AES key derived from SECRET_KEY, base64 as eventsourcing expects."""
+    key = hashlib.pbkdf2_hmac("sha256", secret_key.encode(), _KEY_SALT, 100_000)
+    return base64.b64encode(key).decode()
+
+
+def persistence_env(database_url: str) -> dict[str, str]:
+    """eventsourcing settings for `sqlite:///file`, `postgresql://…` or `memory://`."""
+    url = urlparse(database_url)
+    if url.scheme == "sqlite":
+        path = unquote(url.path[1:] if url.path.startswith("/") else url.path)
+        if url.netloc:
+            raise DatabaseUrlError("use sqlite:///relative.db or sqlite:////absolute.db")
+        if not path:
+            raise DatabaseUrlError("a sqlite DATABASE_URL needs a file name")
+        return {
+            "PERSISTENCE_MODULE": "eventsourcing.sqlite",
+            "SQLITE_DBNAME": path,
+            "SQLITE_LOCK_TIMEOUT": "10",
+        }
+    if url.scheme in {"postgres", "postgresql", "postgresql+psycopg"}:
+        if not url.path.strip("/"):
+            raise DatabaseUrlError("a postgresql DATABASE_URL needs a database name")
+        return {
+            "PERSISTENCE_MODULE": "eventsourcing.postgres",
+            "POSTGRES_DBNAME": unquote(url.path.strip("/")),
+            "POSTGRES_HOST": url.hostname or "127.0.0.1",
+            "POSTGRES_PORT": str(url.port or 5432),
+            "POSTGRES_USER": unquote(url.username or "postgres"),
+            "POSTGRES_PASSWORD": unquote(url.password or ""),
+            "POSTGRES_CONNECT_TIMEOUT": "5",
+        }
+    if url.scheme == "memory":
+        return {"PERSISTENCE_MODULE": "eventsourcing.popo"}
+    raise DatabaseUrlError(
+        f"unsupported scheme '{url.scheme}': use sqlite:///, postgresql:// or memory://"
+    )
+
+
+def event_store_env(database_url: str, secret_key: str) -> dict[str, str]:
+    """Persistence plus encryption at rest (events hold user messages) and compression."""
+    return {
+        **persistence_env(database_url),
+        "CIPHER_TOPIC": "eventsourcing.cipher:AESCipher",
+        "CIPHER_KEY": cipher_key(secret_key),
+        "COMPRESSOR_TOPIC": "eventsourcing.compressor:ZlibCompressor",
+    }

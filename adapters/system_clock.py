@@ -1,0 +1,8 @@
+"""Clock port on the system clock."""
+
+from datetime import UTC, datetime
+
+
+class SystemClock:
+    def now(self) -> datetime:
+        return datetime.now(UTC)

@@ -1,0 +1,1 @@
+"""Use cases of chater-gpt and the ports they need."""

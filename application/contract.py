@@ -1,0 +1,168 @@
+"""The message contract with Chater producers: requests in, responses out (DESIGN §2)."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from application.images import Image, InvalidImage, decode_image
+
+
+class InvalidRequest(ValueError):
+    """A record that is not a valid chat request; the message is safe to show."""
+
+    def __init__(self, message: str, request_id: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.request_id = request_id
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    request_id: str
+    user_email: str
+    message: str
+    context: str | None = None
+    model: str | None = None
+    max_tokens: int | None = None
+    temperature: float | None = None
+    system_prompt: str | None = None
+    images: tuple[Image, ...] = ()
+    conversation_id: str | None = None
+    priority: int = 0
+
+
+def request_id_of(key: bytes | None) -> str | None:
+    """The request id carried by a record key, if it is a usable one."""
+    if not key:
+        return None
+    try:
+        text = key.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        return None
+    return text or None
+
+
+def parse_request(key: bytes | None, value: bytes | None) -> ChatRequest:
+    """Read one `gpt-send` record; raise InvalidRequest with a clear reason."""
+    request_id = request_id_of(key)
+    if not value:
+        raise InvalidRequest("the record has no value", request_id)
+    try:
+        body = json.loads(value)
+    except (UnicodeDecodeError, ValueError):
+        raise InvalidRequest("the record value is not valid JSON", request_id) from None
+    if not isinstance(body, dict):
+        raise InvalidRequest("the record value must be a JSON object", request_id)
+    body, envelope_key = _unwrap_envelope(body, request_id)
+    if request_id is None and envelope_key is not None:
+        request_id = envelope_key
+    if request_id is None:
+        raise InvalidRequest("the record has no key (the request id)")
+    try:
+        return _build(request_id, body)
+    except InvalidImage as error:
+        raise InvalidRequest(str(error), request_id) from None
+
+
+def _unwrap_envelope(
+    body: dict[str, Any], request_id: str | None
+) -> tuple[dict[str, Any], str | None]:
+    """Accept `{"key": ..., "value": {...}}`, the shape the platform's docs show."""
+    if "value" not in body or "user_email" in body:
+        return body, None
+    inner = body["value"]
+    if isinstance(inner, str):
+        try:
+            inner = json.loads(inner)
+        except ValueError:
+            raise InvalidRequest("the envelope's value is not valid JSON", request_id) from None
+    if not isinstance(inner, dict):
+        raise InvalidRequest("the envelope's value must be a JSON object", request_id)
+    key = body.get("key")
+    envelope_key = str(key).strip() if isinstance(key, (str, int)) and str(key).strip() else None
+    return inner, envelope_key
+
+
+def _build(request_id: str, body: dict[str, Any]) -> ChatRequest:
+    def fail(message: str) -> InvalidRequest:
+        return InvalidRequest(message, request_id)
+
+    user_email = body.get("user_email")
+    if not isinstance(user_email, str) or not user_email.strip():
+        raise fail("'user_email' is required and must be a non-empty string")
+
+    raw_images = body.get("images")
+    if raw_images is None:
+        raw_images = []
+    if not isinstance(raw_images, list):
+        raise fail("'images' must be a list of base64 strings")
+    images = tuple(decode_image(item, n) for n, item in enumerate(raw_images, 1))
+
+    message = body.get("message", "" if images else None)
+    if not isinstance(message, str):
+        raise fail("'message' is required and must be a string")
+    if not message.strip() and not images:
+        raise fail("'message' may be empty only when images are given")
+
+    max_tokens = body.get("max_tokens")
+    if max_tokens is not None and (
+        not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens <= 0
+    ):
+        raise fail("'max_tokens' must be a positive integer")
+
+    temperature = body.get("temperature")
+    if temperature is not None:
+        if (
+            not isinstance(temperature, (int, float))
+            or isinstance(temperature, bool)
+            or not math.isfinite(temperature)
+            or not 0 <= temperature <= 2
+        ):
+            raise fail("'temperature' must be a number from 0 to 2")
+        temperature = float(temperature)
+
+    priority = body.get("priority", 0)
+    if not isinstance(priority, int) or isinstance(priority, bool):
+        raise fail("'priority' must be an integer")
+
+    return ChatRequest(
+        request_id=request_id,
+        user_email=user_email.strip(),
+        message=message,
+        context=_optional_text(body, "context", fail),
+        model=_optional_text(body, "model", fail, non_empty=True),
+        max_tokens=max_tokens,
+        temperature=temperature,
+        system_prompt=_optional_text(body, "system_prompt", fail),
+        images=images,
+        conversation_id=_optional_text(body, "conversation_id", fail, non_empty=True),
+        priority=priority,
+    )
+
+
+def _optional_text(
+    body: dict[str, Any], name: str, fail: Any, non_empty: bool = False
+) -> str | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str) or (non_empty and not value.strip()):
+        raise fail(f"'{name}' must be a{' non-empty' if non_empty else ''} string")
+    return value.strip() if non_empty else (value or None)
+
+
+def error_payload(
+    error_type: str, message: str, timestamp: str, processing_time: float
+) -> dict[str, Any]:
+    return {
+        "error": {"type": error_type, "message": message},
+        "timestamp": timestamp,
+        "processing_time": processing_time,
+    }
+
+
+def encode_response(payload: dict[str, Any]) -> bytes:
+    return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode("utf-8")

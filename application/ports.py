@@ -1,0 +1,76 @@
+"""The ports the use cases need; adapters implement them, the container wires them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Protocol
+
+from application.images import Image
+
+
+@dataclass(frozen=True)
+class ChatMessage:
+    """One message of a model call: a role, its text and any images."""
+
+    role: str  # "system", "user" or "assistant"
+    text: str
+    images: tuple[Image, ...] = ()
+
+
+@dataclass(frozen=True)
+class ModelCall:
+    model: str
+    messages: list[ChatMessage]
+    max_tokens: int
+    temperature: float
+
+
+@dataclass(frozen=True)
+class ModelReply:
+    text: str
+    model: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str = "stop"
+
+
+class LanguageModel(Protocol):
+    async def complete(self, call: ModelCall) -> ModelReply:
+        """Answer a call, or raise ModelError."""
+        ...
+
+
+class TokenCounter(Protocol):
+    def count(self, text: str) -> int:
+        """Tokens the text takes in the model's encoding."""
+        ...
+
+    def tail(self, text: str, max_tokens: int) -> str:
+        """The end of the text that fits in max_tokens."""
+        ...
+
+
+class RateLimiter(Protocol):
+    async def acquire(self) -> None:
+        """Wait until one more model call is allowed."""
+        ...
+
+
+class Clock(Protocol):
+    def now(self) -> datetime:
+        """The current time, timezone-aware UTC."""
+        ...
+
+
+@dataclass
+class ModelError(Exception):
+    """A model call that failed; error_type is one of the contract's error types."""
+
+    error_type: str
+    message: str
+    retryable: bool = False
+    details: dict[str, str] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        return f"{self.error_type}: {self.message}"

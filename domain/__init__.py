@@ -1,0 +1,1 @@
+"""The pure core of chater-gpt: event-sourced aggregates, no I/O."""

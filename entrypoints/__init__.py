@@ -1,0 +1,1 @@
+"""Drivers of chater-gpt: the container, the Kafka worker, the command line."""

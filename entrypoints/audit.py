@@ -1,0 +1,85 @@
+"""Replay a conversation's events for an auditor, optionally the state as of one of them."""
+
+from __future__ import annotations
+
+from typing import Any
+from uuid import UUID
+
+from application.chat import ChatRecords
+from domain.conversation import Conversation, conversation_id
+
+
+class ConversationNotFound(LookupError):
+    pass
+
+
+def resolve_conversation(target: str, thread: str | None = None) -> UUID:
+    """A conversation id given as itself, or derived from a user's email (and thread)."""
+    try:
+        return UUID(target)
+    except ValueError:
+        return conversation_id(target, thread)
+
+
+def _short(text: str | None, limit: int = 60) -> str:
+    if not text:
+        return ""
+    text = " ".join(text.split())
+    return f'"{text if len(text) <= limit else text[: limit - 1] + "…"}"'
+
+
+def describe(event: Any) -> tuple[str, str, str]:
+    """(model, tokens, detail) columns for one event."""
+    name = type(event).__name__
+    if name == "Started":
+        thread = f" thread {event.thread}" if event.thread else ""
+        return "", "", f"conversation of {event.user_email}{thread}"
+    if name == "UserMessageReceived":
+        images = f" +{len(event.image_digests)} image(s)" if event.image_digests else ""
+        context = f", {event.history_turns} earlier turn(s) as context"
+        return (
+            event.model,
+            "",
+            f"request {event.request_id}: {_short(event.message)}{images}{context}",
+        )
+    if name == "ReplyRecorded":
+        tokens = f"{event.prompt_tokens}+{event.completion_tokens}"
+        return event.model, tokens, f"request {event.request_id}: {_short(event.reply)}"
+    if name == "RequestFailed":
+        return "", "", f"request {event.request_id}: {event.error_type}: {event.error_message}"
+    return "", "", ""
+
+
+def audit_report(records: ChatRecords, target: str, thread: str | None = None,
+                 as_of: int | None = None) -> str:
+    cid = resolve_conversation(target, thread)
+    events = list(records.events.get(cid, lte=as_of))
+    if not events:
+        raise ConversationNotFound(f"no conversation found for {target}")
+    rows = [("#", "time (UTC)", "event", "model", "tokens", "detail")]
+    for event in events:
+        model, tokens, detail = describe(event)
+        rows.append((
+            str(event.originator_version),
+            event.timestamp.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3],
+            type(event).__name__,
+            model,
+            tokens,
+            detail,
+        ))
+    widths = [max(len(row[i]) for row in rows) for i in range(5)]
+    lines = [f"Conversation {cid}"]
+    lines += [
+        "  ".join(cell.ljust(width) for cell, width in zip(row[:5], widths)) + "  " + row[5]
+        for row in rows
+    ]
+    if as_of is not None:
+        state: Conversation = records.repository.get(cid, version=events[-1].originator_version)
+        lines.append(f"State as of event #{state.version}:")
+        lines.append(f"  {len(state.turns)} answered turn(s), "
+                     f"{len(state.pending)} pending, "
+                     f"{sum('error' in o for o in state.outcomes.values())} failed")
+        for turn in state.turns:
+            lines.append(f"  user: {_short(turn.user_message, 100)}")
+            lines.append(f"  {turn.model}: {_short(turn.reply, 100)}")
+    return "\n".join(line.rstrip() for line in lines)

@@ -1,0 +1,76 @@
+"""The one place that knows which adapter fills which port."""
+
+from __future__ import annotations
+
+from dependency_injector import containers, providers
+
+from adapters.event_store import event_store_env
+from adapters.offline_model import OfflineModel
+from adapters.openai_model import OpenAIModel
+from adapters.rate_limiter import SlidingWindowRateLimiter
+from adapters.system_clock import SystemClock
+from adapters.tiktoken_counter import TiktokenCounter
+from application.chat import ChatPolicy, ChatRecords, ChatService
+from entrypoints.settings import Settings
+from entrypoints.worker import KafkaWorker
+
+
+def _secret(value: object) -> str | None:
+    return value.get_secret_value() if value is not None else None  # type: ignore[attr-defined]
+
+
+class Container(containers.DeclarativeContainer):
+    """Built from validated Settings; tests override any provider."""
+
+    settings = providers.Dependency(instance_of=Settings)
+
+    clock = providers.Singleton(SystemClock)
+    token_counter = providers.Singleton(TiktokenCounter)
+    rate_limiter = providers.Singleton(
+        SlidingWindowRateLimiter, per_minute=settings.provided.REQUESTS_PER_MINUTE
+    )
+    records = providers.Singleton(
+        ChatRecords,
+        env=providers.Callable(
+            event_store_env,
+            database_url=settings.provided.DATABASE_URL,
+            secret_key=providers.Callable(_secret, settings.provided.SECRET_KEY),
+        ),
+    )
+    language_model = providers.Selector(
+        settings.provided.MODEL_PROVIDER,
+        openai=providers.Singleton(
+            OpenAIModel,
+            api_key=providers.Callable(_secret, settings.provided.OPENAI_API_KEY),
+            base_url=settings.provided.OPENAI_BASE_URL,
+            timeout=settings.provided.TIMEOUT,
+            max_retries=settings.provided.MAX_RETRIES,
+        ),
+        offline=providers.Singleton(OfflineModel, counter=token_counter),
+    )
+    policy = providers.Singleton(
+        ChatPolicy,
+        model=settings.provided.MODEL,
+        vision_model=settings.provided.VISION_MODEL,
+        max_tokens=settings.provided.MAX_TOKENS,
+        temperature=settings.provided.TEMPERATURE,
+        daily_token_limit=settings.provided.DAILY_TOKEN_LIMIT,
+        context_max_tokens=settings.provided.CONTEXT_MAX_TOKENS,
+        context_max_turns=settings.provided.CONTEXT_MAX_TURNS,
+    )
+    chat_service = providers.Singleton(
+        ChatService,
+        records=records,
+        model=language_model,
+        counter=token_counter,
+        rate_limiter=rate_limiter,
+        clock=clock,
+        policy=policy,
+    )
+    worker = providers.Singleton(
+        KafkaWorker, service=chat_service, settings=settings, clock=clock
+    )
+
+
+def build_container(settings: Settings) -> Container:
+    return Container(settings=settings)

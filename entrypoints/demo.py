@@ -1,0 +1,103 @@
+"""`chater-gpt demo`: the whole service on one machine, started and stopped by itself.
+
+It starts the embedded Kafka-compatible broker, a worker on a throwaway SQLite
+store, sends a question, a follow-up that needs the first answer, and an image,
+prints the answers and the audit replay, then stops everything it started.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import secrets
+import tempfile
+import time
+
+from confluent_kafka import Consumer, Producer, TopicPartition
+
+from adapters.kafka import ensure_topics, producer_config
+from adapters.tansu_broker import EmbeddedBroker
+from entrypoints.audit import audit_report
+from entrypoints.container import build_container
+from entrypoints.settings import load_settings
+
+# A 1x1 PNG, small enough to read in the source.
+DEMO_IMAGE = (
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg=="
+)
+DEMO_USER = "ada@example.com"
+DEMO_REQUESTS = [
+    ("demo-1", {"message": "Which planet is the largest in the solar system?"}),
+    ("demo-2", {"message": "How many Earths would fit inside it?"}),
+    ("demo-3", {"message": "What is in this picture?", "images": [DEMO_IMAGE]}),
+]
+
+
+def run_demo() -> int:
+    logging.basicConfig(level="WARNING", format="%(levelname)s %(name)s: %(message)s")
+    return asyncio.run(_demo())
+
+
+async def _demo() -> int:
+    online = bool(os.environ.get("OPENAI_API_KEY", "").strip())
+    with tempfile.TemporaryDirectory(prefix="chater-gpt-demo-") as workdir, EmbeddedBroker() as broker:
+        settings = load_settings(
+            BOOTSTRAP_SERVER=broker.bootstrap_server,
+            DATABASE_URL=f"sqlite:///{workdir}/demo.sqlite",
+            SECRET_KEY=os.environ.get("SECRET_KEY") or secrets.token_urlsafe(32),
+            MODEL_PROVIDER="openai" if online else "offline",
+            CONSUMER_GROUP="chater-gpt-demo",
+        )
+        print(f"Broker: Tansu on {broker.bootstrap_server} (memory storage)")
+        print("Store:  SQLite in a temporary folder, events encrypted")
+        print(f"Model:  {'OpenAI ' + settings.MODEL if online else 'offline model (no OPENAI_API_KEY set)'}")
+        ensure_topics(
+            broker.bootstrap_server,
+            [settings.REQUEST_TOPIC, settings.RESPONSE_TOPIC, settings.DLQ_TOPIC],
+        )
+        container = build_container(settings)
+        worker = container.worker()
+        stop = asyncio.Event()
+        worker_task = asyncio.create_task(worker.run(stop))
+        producer = Producer(producer_config(broker.bootstrap_server))
+        responses = Consumer({
+            "bootstrap.servers": broker.bootstrap_server,
+            "group.id": "chater-gpt-demo-reader",
+            "enable.auto.commit": False,
+            "log.connection.close": False,
+        })
+        responses.assign([TopicPartition(settings.RESPONSE_TOPIC, 0, 0)])
+        try:
+            for key, body in DEMO_REQUESTS:
+                request = {"user_email": DEMO_USER, **body}
+                shown = {**request, "images": ["<1x1 PNG>"]} if "images" in body else request
+                print(f"\n>>> {settings.REQUEST_TOPIC} key={key} {json.dumps(shown)}")
+                producer.produce(settings.REQUEST_TOPIC, json.dumps(request).encode(), key)
+                producer.flush(10)
+                answer = await asyncio.to_thread(_await_response, responses, key, 60)
+                print(f"<<< {settings.RESPONSE_TOPIC} key={key}")
+                print(json.dumps(answer, indent=2, ensure_ascii=False))
+            print(f"\nAudit replay (chater-gpt audit {DEMO_USER}):")
+            print(audit_report(container.records(), DEMO_USER, as_of=None))
+            print(f"\nThe conversation as it stood at event #3 (chater-gpt audit {DEMO_USER} --as-of 3):")
+            print(audit_report(container.records(), DEMO_USER, as_of=3))
+        finally:
+            stop.set()
+            await worker_task
+            responses.close()
+            container.records().close()
+    print("\nDemo finished; broker, worker and store stopped.")
+    return 0
+
+
+def _await_response(consumer: Consumer, key: str, timeout: float) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        message = consumer.poll(0.5)
+        if message is None or message.error():
+            continue
+        if message.key() == key.encode():
+            return json.loads(message.value())
+    raise TimeoutError(f"no response for {key} within {timeout:.0f}s")

@@ -1,0 +1,79 @@
+"""Settings from the environment (and .env), with the names the Chater platform uses."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every field is read from the environment variable of the same name."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", case_sensitive=True, extra="ignore"
+    )
+
+    # The platform's existing names (DESIGN §3).
+    OPENAI_API_KEY: SecretStr | None = None
+    MODEL: str = "gpt-4o-mini"
+    VISION_MODEL: str = "gpt-4o-latest"
+    MAX_TOKENS: int = Field(4000, gt=0)
+    TEMPERATURE: float = Field(0.7, ge=0, le=2)
+    BOOTSTRAP_SERVER: str = "localhost:9092"
+    CONSUMER_GROUP: str = "chater-gpt-group"
+    SECRET_KEY: SecretStr | None = None
+    LOG_LEVEL: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+    MAX_RETRIES: int = Field(3, ge=0)
+    TIMEOUT: float = Field(30, gt=0)
+    REQUESTS_PER_MINUTE: int = Field(60, ge=0, description="0 turns the limit off")
+    DAILY_TOKEN_LIMIT: int = Field(1_000_000, gt=0)
+
+    # Settings this service adds, named in the same style.
+    OPENAI_BASE_URL: str | None = None
+    MODEL_PROVIDER: Literal["openai", "offline"] = "openai"
+    DATABASE_URL: str = "sqlite:///eventsourcing.sqlite"
+    REQUEST_TOPIC: str = "gpt-send"
+    RESPONSE_TOPIC: str = "gpt-response"
+    DLQ_TOPIC: str = "gpt-send.dlq"
+    CREATE_TOPICS: bool = True
+    TOPIC_PARTITIONS: int = Field(1, gt=0)
+    CONTEXT_MAX_TOKENS: int = Field(8000, gt=0)
+    CONTEXT_MAX_TURNS: int = Field(10, ge=0)
+    MAX_BATCH: int = Field(500, gt=0)
+
+    @model_validator(mode="after")
+    def check_credentials(self) -> Settings:
+        if self.MODEL_PROVIDER == "openai" and not _filled(self.OPENAI_API_KEY):
+            raise ValueError(
+                "OPENAI_API_KEY is not set: set it, or choose the offline model on "
+                "purpose with MODEL_PROVIDER=offline"
+            )
+        if not _filled(self.SECRET_KEY):
+            raise ValueError(
+                "SECRET_KEY is not set: events at rest are encrypted with a key "
+                "derived from it"
+            )
+        return self
+
+
+def _filled(secret: SecretStr | None) -> bool:
+    return secret is not None and bool(secret.get_secret_value().strip())
+
+
+class SettingsError(RuntimeError):
+    """Start-up configuration that cannot work; the message names the variables."""
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read and validate the settings, with one readable line per problem."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as error:
+        problems = []
+        for item in error.errors():
+            name = ".".join(str(part) for part in item["loc"]) or "settings"
+            message = item["msg"].removeprefix("Value error, ")
+            problems.append(f"{name}: {message}" if item["loc"] else message)
+        raise SettingsError("invalid configuration:\n  " + "\n  ".join(problems)) from None
