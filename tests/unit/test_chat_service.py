@@ -1,0 +1,126 @@
+import base64
+
+from application.contract import ChatRequest
+from application.images import Image
+from application.ports import ModelError, ModelReply
+from domain.conversation import conversation_id
+from domain.token_budget import SERVICE_SCOPE
+from tests.unit.fakes import make_service
+
+PNG = Image("image/png", base64.b64decode(
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg=="
+))
+
+
+def ask(request_id: str, message: str, **fields) -> ChatRequest:
+    return ChatRequest(request_id, fields.pop("user_email", "ada@example.com"), message, **fields)
+
+
+def budget_of(service):
+    return service.records.budget(SERVICE_SCOPE, "2026-11-25")
+
+
+async def test_a_question_is_answered_and_recorded():
+    service, model = make_service()
+    payload = await service.handle(ask("r1", "hello there"))
+    assert payload["response"] == "answer to hello there"
+    assert payload["model"] == "gpt-4o-mini"
+    assert payload["usage"]["total_tokens"] == payload["usage"]["prompt_tokens"] + 4
+    assert payload["timestamp"] == "2026-11-25T12:00:00.000Z"
+    stored = service.records.conversation(conversation_id("ada@example.com"))
+    assert [type(e).__name__ for e in service.records.events.get(stored.id)] == [
+        "Started", "UserMessageReceived", "ReplyRecorded"
+    ]
+
+
+async def test_a_redelivered_request_is_answered_from_the_record_not_the_model():
+    service, model = make_service()
+    first = await service.handle(ask("r1", "hello"))
+    again = await service.handle(ask("r1", "hello"))
+    assert again == first
+    assert len(model.calls) == 1
+    assert service.rate_limiter.acquired == 1
+
+
+async def test_follow_ups_carry_the_history_and_the_callers_context():
+    service, model = make_service()
+    await service.handle(ask("r1", "my name is Ada"))
+    await service.handle(ask("r2", "what is my name?", context="we met yesterday", system_prompt="be kind"))
+    sent = [(m.role, m.text) for m in model.calls[-1].messages]
+    assert sent == [
+        ("system", "be kind"),
+        ("system", "Earlier in this conversation:\nwe met yesterday"),
+        ("user", "my name is Ada"),
+        ("assistant", "answer to my name is Ada"),
+        ("user", "what is my name?"),
+    ]
+
+
+async def test_history_is_bounded_by_turns_and_tokens_but_keeps_system_prompt_and_message():
+    service, model = make_service(context_max_turns=2)
+    for n in range(4):
+        await service.handle(ask(f"r{n}", f"question {n}"))
+    users = [m.text for m in model.calls[-1].messages if m.role == "user"]
+    assert users == ["question 1", "question 2", "question 3"]
+
+    tight, tight_model = make_service(context_max_tokens=30)
+    await tight.handle(ask("r1", "one two three"))
+    long_message = "word " * 40
+    await tight.handle(ask("r2", long_message, system_prompt="stay on topic"))
+    sent = [(m.role, m.text) for m in tight_model.calls[-1].messages]
+    assert sent == [("system", "stay on topic"), ("user", long_message)]
+
+
+async def test_other_threads_of_the_same_user_are_separate_conversations():
+    service, model = make_service()
+    await service.handle(ask("r1", "in thread a", conversation_id="a"))
+    await service.handle(ask("r2", "in thread b", conversation_id="b"))
+    assert [m.text for m in model.calls[-1].messages] == ["in thread b"]
+
+
+async def test_images_go_to_the_vision_model_unless_a_model_is_named():
+    service, model = make_service()
+    await service.handle(ask("r1", "what is this?", images=(PNG,)))
+    assert model.calls[-1].model == "gpt-4o-latest"
+    assert model.calls[-1].messages[-1].images == (PNG,)
+    await service.handle(ask("r2", "and this?", images=(PNG,), model="gpt-4o"))
+    assert model.calls[-1].model == "gpt-4o"
+    await service.handle(ask("r3", "text only", max_tokens=12, temperature=0.1))
+    assert (model.calls[-1].model, model.calls[-1].max_tokens, model.calls[-1].temperature) == (
+        "gpt-4o-mini", 12, 0.1
+    )
+
+
+async def test_tokens_are_reserved_then_settled_with_the_real_usage():
+    service, model = make_service(daily_token_limit=10_000, max_tokens=100)
+    model.script.append(ModelReply("short", "gpt-4o-mini", prompt_tokens=7, completion_tokens=3))
+    await service.handle(ask("r1", "hello"))
+    budget = budget_of(service)
+    assert budget.used == 10 and budget.reserved == 0
+    events = [type(e).__name__ for e in service.records.events.get(budget.id)]
+    assert events == ["Opened", "TokensReserved", "TokensSettled"]
+
+
+async def test_a_request_beyond_the_daily_budget_is_refused_without_calling_the_model():
+    # "hello" costs 1 + 4 overhead + 3 priming + 100 max_tokens = 108 tokens at most;
+    # the second also carries the first turn (4 words + 8 overhead): 120.
+    service, model = make_service(daily_token_limit=110, max_tokens=100)
+    await service.handle(ask("r1", "hello"))
+    used = budget_of(service).used
+    refused = await service.handle(ask("r2", "hello"))
+    assert refused["error"]["type"] == "budget_exceeded"
+    assert f"120 tokens requested, {110 - used} of 110 left" in refused["error"]["message"]
+    assert len(model.calls) == 1
+    assert await service.handle(ask("r2", "hello")) == refused  # redelivered: same answer
+
+
+async def test_a_failed_call_is_recorded_and_its_reservation_released():
+    service, model = make_service(daily_token_limit=200, max_tokens=100)
+    model.script.append(ModelError("upstream_error", "The model provider failed (HTTP 500)."))
+    failed = await service.handle(ask("r1", "hello"))
+    assert failed["error"] == {"type": "upstream_error", "message": "The model provider failed (HTTP 500)."}
+    assert budget_of(service).reserved == 0 and budget_of(service).used == 0
+    answered = await service.handle(ask("r2", "hello"))
+    assert "response" in answered
+    conversation = service.records.conversation(conversation_id("ada@example.com"))
+    assert [t.request_id for t in conversation.turns] == ["r2"]

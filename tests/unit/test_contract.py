@@ -1,0 +1,93 @@
+import base64
+import json
+
+import pytest
+
+from application.contract import InvalidRequest, parse_request
+
+PNG = base64.b64decode(
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg=="
+)
+
+
+def record(value: object) -> bytes:
+    return json.dumps(value).encode()
+
+
+def test_a_plain_request_with_every_field():
+    request = parse_request(
+        b"req-1",
+        record({
+            "user_email": "ada@example.com",
+            "message": "hi",
+            "context": "before",
+            "model": "gpt-4o",
+            "max_tokens": 50,
+            "temperature": 1,
+            "system_prompt": "be brief",
+            "conversation_id": "thread-7",
+            "priority": 3,
+        }),
+    )
+    assert request.request_id == "req-1"
+    assert (request.user_email, request.message, request.context) == ("ada@example.com", "hi", "before")
+    assert (request.model, request.max_tokens, request.temperature) == ("gpt-4o", 50, 1.0)
+    assert (request.system_prompt, request.conversation_id, request.priority) == ("be brief", "thread-7", 3)
+
+
+def test_the_platform_envelope_is_unwrapped_and_its_key_used_when_the_record_has_none():
+    value = record({"key": "req-9", "value": {"user_email": "ada@example.com", "message": "hi"}})
+    assert parse_request(None, value).request_id == "req-9"
+    assert parse_request(b"record-key", value).request_id == "record-key"
+    as_string = record({"key": "k", "value": json.dumps({"user_email": "a@b.c", "message": "x"})})
+    assert parse_request(None, as_string).message == "x"
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        (b"", "has no value"),
+        (b"{not json", "not valid JSON"),
+        (b"\xff\xfe", "not valid JSON"),
+        (record([1, 2]), "must be a JSON object"),
+        (record({"message": "hi"}), "'user_email' is required"),
+        (record({"user_email": "  ", "message": "hi"}), "'user_email' is required"),
+        (record({"user_email": "a@b.c"}), "'message' is required"),
+        (record({"user_email": "a@b.c", "message": 5}), "'message' is required"),
+        (record({"user_email": "a@b.c", "message": "  "}), "may be empty only when images"),
+        (record({"user_email": "a@b.c", "message": "x", "max_tokens": 0}), "'max_tokens'"),
+        (record({"user_email": "a@b.c", "message": "x", "max_tokens": True}), "'max_tokens'"),
+        (record({"user_email": "a@b.c", "message": "x", "temperature": 2.5}), "'temperature'"),
+        (record({"user_email": "a@b.c", "message": "x", "temperature": "hot"}), "'temperature'"),
+        (record({"user_email": "a@b.c", "message": "x", "model": ""}), "'model'"),
+        (record({"user_email": "a@b.c", "message": "x", "images": "abc"}), "'images' must be a list"),
+        (record({"user_email": "a@b.c", "message": "x", "images": ["%%%"]}), "image 1 is not valid base64"),
+        (
+            record({"user_email": "a@b.c", "message": "x", "images": [base64.b64encode(b"GIF? no, text").decode()]}),
+            "image 1 is not a supported type",
+        ),
+        (record({"key": "k", "value": [1]}), "envelope's value must be a JSON object"),
+    ],
+)
+def test_invalid_records_are_refused_with_a_clear_reason_and_the_key(value, reason):
+    with pytest.raises(InvalidRequest, match=reason) as caught:
+        parse_request(b"req-1", value)
+    assert caught.value.request_id == "req-1"
+
+
+def test_a_record_without_any_key_is_refused():
+    with pytest.raises(InvalidRequest, match="no key") as caught:
+        parse_request(None, record({"user_email": "a@b.c", "message": "hi"}))
+    assert caught.value.request_id is None
+
+
+def test_images_as_base64_or_data_urls_and_message_may_then_be_empty():
+    plain = base64.b64encode(PNG).decode()
+    request = parse_request(
+        b"k",
+        record({"user_email": "a@b.c", "images": [plain, "data:image/png;base64," + plain]}),
+    )
+    assert request.message == ""
+    assert [image.mime_type for image in request.images] == ["image/png", "image/png"]
+    assert request.images[0].data == PNG
+    assert request.images[0].data_url.startswith("data:image/png;base64,iVBOR")

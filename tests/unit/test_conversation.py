@@ -1,0 +1,105 @@
+from uuid import UUID
+
+import pytest
+from eventsourcing.application import Application
+
+from domain.conversation import (
+    Conversation,
+    RequestAlreadyReceived,
+    RequestNotPending,
+    conversation_id,
+)
+from tests.unit.fakes import WordCounter
+
+
+def receive(conversation: Conversation, request_id: str, message: str) -> None:
+    conversation.receive_message(
+        request_id=request_id,
+        message=message,
+        image_digests=[],
+        model="gpt-4o-mini",
+        max_tokens=100,
+        temperature=0.7,
+        system_prompt=None,
+        caller_context=None,
+        history_turns=0,
+    )
+
+
+def answer(conversation: Conversation, request_id: str, reply: str) -> None:
+    conversation.record_reply(
+        request_id=request_id,
+        reply=reply,
+        model="gpt-4o-mini",
+        prompt_tokens=10,
+        completion_tokens=5,
+        finish_reason="stop",
+        answered_at="2026-01-01T00:00:00.000Z",
+        processing_time=0.5,
+    )
+
+
+def test_id_is_derived_from_email_and_thread_so_any_worker_finds_it():
+    assert conversation_id("Ada@Example.com ") == conversation_id("ada@example.com")
+    assert conversation_id("ada@example.com", "t1") != conversation_id("ada@example.com")
+    assert Conversation("ada@example.com", "t1").id == conversation_id("ada@example.com", "t1")
+    assert isinstance(conversation_id("a@b.c"), UUID)
+
+
+def test_a_reply_becomes_a_turn_and_the_outcome_of_its_request():
+    conversation = Conversation("ada@example.com")
+    receive(conversation, "r1", "hello")
+    assert conversation.is_pending("r1") and conversation.outcome("r1") is None
+    answer(conversation, "r1", "hi there")
+    assert [(t.user_message, t.reply) for t in conversation.turns] == [("hello", "hi there")]
+    outcome = conversation.outcome("r1")
+    assert outcome["response"] == "hi there"
+    assert outcome["usage"] == {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}
+
+
+def test_a_request_is_received_once_and_answered_only_when_pending():
+    conversation = Conversation("ada@example.com")
+    receive(conversation, "r1", "hello")
+    with pytest.raises(RequestAlreadyReceived):
+        receive(conversation, "r1", "hello")
+    with pytest.raises(RequestNotPending):
+        answer(conversation, "r2", "nobody asked")
+
+
+def test_a_failure_is_an_outcome_but_not_a_turn():
+    conversation = Conversation("ada@example.com")
+    receive(conversation, "r1", "hello")
+    conversation.record_failure("r1", "upstream_error", "down", "2026-01-01T00:00:00Z", 1.0)
+    assert conversation.turns == []
+    assert conversation.outcome("r1")["error"] == {"type": "upstream_error", "message": "down"}
+    assert not conversation.is_pending("r1")
+
+
+def test_recent_turns_keep_the_newest_within_turn_and_token_bounds():
+    conversation = Conversation("ada@example.com")
+    for n in range(5):
+        receive(conversation, f"r{n}", f"question {n}")
+        answer(conversation, f"r{n}", f"answer {n}")
+    counter = WordCounter().count
+    assert [t.request_id for t in conversation.recent_turns(3, 10_000, counter)] == [
+        "r2", "r3", "r4"
+    ]
+    # Each turn costs 2 + 2 words + 8 overhead = 12 tokens: room for two.
+    assert [t.request_id for t in conversation.recent_turns(10, 25, counter)] == ["r3", "r4"]
+    assert conversation.recent_turns(0, 10_000, counter) == []
+    assert conversation.recent_turns(10, 11, counter) == []
+
+
+def test_state_is_rebuilt_from_stored_events():
+    app = Application(env={"PERSISTENCE_MODULE": "eventsourcing.popo"})
+    conversation = Conversation("ada@example.com")
+    receive(conversation, "r1", "hello")
+    answer(conversation, "r1", "hi")
+    receive(conversation, "r2", "again")
+    app.save(conversation)
+    copy = app.repository.get(conversation.id)
+    assert copy.turns == conversation.turns
+    assert copy.outcomes == conversation.outcomes
+    assert copy.is_pending("r2")
+    before_reply = app.repository.get(conversation.id, version=2)
+    assert before_reply.turns == [] and before_reply.is_pending("r1")

@@ -1,0 +1,46 @@
+import asyncio
+
+from adapters.rate_limiter import SlidingWindowRateLimiter
+
+
+class FakeTime:
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.slept: list[float] = []
+
+    def monotonic(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
+
+
+async def test_calls_beyond_the_limit_wait_for_the_window_to_slide():
+    time = FakeTime()
+    limiter = SlidingWindowRateLimiter(3, monotonic=time.monotonic, sleep=time.sleep)
+    for _ in range(3):
+        await limiter.acquire()
+        time.now += 1
+    assert time.slept == []
+    await limiter.acquire()  # the first call was at 1000: wait until 1060
+    assert time.slept == [57.0] and time.now == 1060.0
+
+
+async def test_waiters_are_served_in_order_and_none_is_dropped():
+    time = FakeTime()
+    limiter = SlidingWindowRateLimiter(2, monotonic=time.monotonic, sleep=time.sleep)
+    served: list[int] = []
+
+    async def call(n: int) -> None:
+        await limiter.acquire()
+        served.append(n)
+
+    await asyncio.gather(*(call(n) for n in range(5)))
+    assert served == [0, 1, 2, 3, 4]
+    assert time.now == 1120.0  # two per minute: the fifth call starts two minutes in
+
+
+async def test_zero_means_no_limit():
+    limiter = SlidingWindowRateLimiter(0)
+    await asyncio.wait_for(asyncio.gather(*(limiter.acquire() for _ in range(1000))), 1)
