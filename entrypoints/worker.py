@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -61,7 +62,8 @@ class KafkaWorker:
         self.settings = settings
         self.clock = clock
         self.stats = WorkerStats()
-        self.ready = asyncio.Event()
+        # Set from librdkafka's callback thread once partitions are assigned.
+        self.assigned = threading.Event()
 
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until `stop` is set; the batch in hand is finished first."""
@@ -99,7 +101,7 @@ class KafkaWorker:
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         log.info("assigned %s", [f"{p.topic}[{p.partition}]" for p in partitions])
-        self.ready.set()
+        self.assigned.set()
 
     def _usable(self, message: Message) -> bool:
         error = message.error()

@@ -1,0 +1,199 @@
+"""Bindings of features/*.feature: the real worker, broker, store and openai SDK."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from pytest_bdd import given, parsers, scenarios, then, when
+
+from entrypoints.cli import main as chater_gpt
+from tests.support.worker import RunningWorker
+
+scenarios("chat.feature", "budget.feature")
+
+pytestmark = pytest.mark.integration
+
+PNG = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg=="
+
+
+class Conversation:
+    """What a scenario sent, and the responses read back so far."""
+
+    def __init__(self, worker: RunningWorker) -> None:
+        self.worker = worker
+        self.sent: list[str] = []
+        self.records: dict[str, Any] = {}
+
+    def send(self, key: str, value: dict[str, Any] | bytes) -> None:
+        self.worker.send(key, value)
+        self.records[key] = value
+        self.sent.append(key)
+
+    def responses(self, extra: int = 0) -> list[tuple[bytes | None, dict[str, Any]]]:
+        return self.worker.responses(len(self.sent) + extra)
+
+    def response(self, key: str) -> dict[str, Any]:
+        answers = [body for k, body in self.responses() if k == key.encode()]
+        assert answers, f"no response for {key}"
+        return answers[0]
+
+
+@pytest.fixture
+def worker_settings(fake_openai, tmp_path) -> dict[str, Any]:
+    return {
+        "OPENAI_API_KEY": "test-key",
+        "OPENAI_BASE_URL": fake_openai.base_url,
+        "DATABASE_URL": f"sqlite:///{tmp_path}/events.sqlite",
+        "MAX_RETRIES": 0,
+    }
+
+
+def _start(broker, worker_settings: dict[str, Any], **extra: Any) -> Iterator[Conversation]:
+    worker = RunningWorker(broker.bootstrap_server, **{**worker_settings, **extra})
+    with worker:
+        yield Conversation(worker)
+
+
+@given("the chat worker is running", target_fixture="chat")
+def chat_worker(broker, worker_settings):
+    yield from _start(broker, worker_settings)
+
+
+@given(
+    parsers.parse("the chat worker is running with a daily limit of {limit:d} tokens and max_tokens {max_tokens:d}"),
+    target_fixture="chat",
+)
+def chat_worker_with_budget(broker, worker_settings, limit, max_tokens):
+    yield from _start(broker, worker_settings, DAILY_TOKEN_LIMIT=limit, MAX_TOKENS=max_tokens)
+
+
+@when(parsers.parse('{user} asks "{message}" as request "{key}"'))
+def ask(chat: Conversation, user: str, message: str, key: str):
+    chat.send(key, {"user_email": user, "message": message})
+
+
+@when(parsers.parse('{user} asks "{message}" as request "{key}" after the first answer'))
+def ask_after_answer(chat: Conversation, user: str, message: str, key: str):
+    chat.responses()
+    chat.send(key, {"user_email": user, "message": message})
+
+
+@when(parsers.parse('{user} sends a PNG image asking "{message}" as request "{key}"'))
+def ask_with_image(chat: Conversation, user: str, message: str, key: str):
+    chat.send(key, {"user_email": user, "message": message, "images": [PNG]})
+
+
+@when(parsers.parse('a producer sends the record "{raw}" with key "{key}"'))
+def send_raw(chat: Conversation, raw: str, key: str):
+    chat.send(key, raw.encode())
+
+
+@when(parsers.parse('the record of "{key}" is delivered again'))
+def deliver_again(chat: Conversation, key: str):
+    chat.responses()  # the first delivery has been answered
+    chat.send(key, chat.records[key])
+
+
+@then(parsers.parse('request "{key}" is answered with "{text}"'))
+def answered_with(chat: Conversation, key: str, text: str):
+    assert chat.response(key)["response"] == text
+
+
+@then(parsers.parse('the answer to "{key}" names the model "{model}" and its token usage'))
+def names_model_and_usage(chat: Conversation, key: str, model: str):
+    body = chat.response(key)
+    assert body["model"] == model
+    usage = body["usage"]
+    assert usage["prompt_tokens"] > 0 and usage["completion_tokens"] > 0
+    assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
+    assert body["finish_reason"] == "stop"
+    assert body["timestamp"].endswith("Z") and body["processing_time"] >= 0
+
+
+@then(parsers.parse('the model was sent, for "{key}", the earlier question and answer before the new one'))
+def history_was_sent(chat: Conversation, key: str, fake_openai):
+    chat.responses()
+    sent = fake_openai.requests()[-1]["messages"]
+    first_answer = chat.response(chat.sent[0])["response"]
+    assert sent == [
+        {"role": "user", "content": chat.records[chat.sent[0]]["message"]},
+        {"role": "assistant", "content": first_answer},
+        {"role": "user", "content": chat.records[key]["message"]},
+    ]
+
+
+@then(parsers.parse('the model was asked for "{key}" with the vision model "{model}"'))
+def vision_model_used(chat: Conversation, key: str, model: str, fake_openai):
+    request = fake_openai.requests()[-1]
+    assert request["model"] == model
+    parts = request["messages"][-1]["content"]
+    assert parts[0] == {"type": "text", "text": chat.records[key]["message"]}
+    assert parts[1]["image_url"]["url"] == "data:image/png;base64," + PNG
+
+
+@then(parsers.re(r'request "(?P<key>[^"]+)" gets an? "(?P<error_type>\w+)" error saying "(?P<text>[^"]+)"'))
+def error_response(chat: Conversation, key: str, error_type: str, text: str):
+    body = chat.response(key)
+    assert body["error"]["type"] == error_type
+    assert text in body["error"]["message"]
+    assert "response" not in body
+
+
+@then(parsers.parse('the original bytes of "{key}" are on the dead-letter topic with the reason'))
+def dead_lettered(chat: Conversation, key: str):
+    [(dlq_key, value, headers)] = chat.worker.dead_letters(1)
+    assert dlq_key == key.encode()
+    assert value == chat.records[key]
+    assert headers["error_type"] == b"invalid_request"
+    assert b"not valid JSON" in headers["reason"]
+
+
+@then("the model was not called")
+def model_not_called(fake_openai):
+    assert fake_openai.requests() == []
+
+
+@then("the model was called once")
+def model_called_once(chat: Conversation, fake_openai):
+    chat.responses()
+    assert len(fake_openai.requests()) == 1
+
+
+@then(parsers.parse('both responses to "{key}" are identical'))
+def identical_responses(chat: Conversation, key: str):
+    bodies = [body for k, body in chat.responses() if k == key.encode()]
+    assert len(bodies) == 2
+    assert bodies[0] == bodies[1]
+    assert "response" in bodies[0]
+
+
+@then(parsers.parse("the audit of {user} lists, in order, the events"))
+def audit_lists(chat: Conversation, user: str, datatable, capsys, monkeypatch):
+    chat.responses()
+    lines = _audit(chat, monkeypatch, capsys, user)
+    rows = [line for line in lines if line[:1].isdigit()]
+    expected = datatable[1:]
+    assert len(rows) == len(expected)
+    for row, (event, detail) in zip(rows, expected):
+        assert f"  {event}  " in row and detail in row, row
+
+
+@then(parsers.parse("the audit as of event {version:d} shows {turns:d} answered turn"))
+def audit_as_of(chat: Conversation, version: int, turns: int, capsys, monkeypatch):
+    lines = _audit(chat, monkeypatch, capsys, "ada@example.com", "--as-of", str(version))
+    assert sum(line[:1].isdigit() for line in lines) == version
+    assert f"  {turns} answered turn(s), 0 pending, 0 failed" in lines
+
+
+def _audit(chat: Conversation, monkeypatch, capsys, *args: str) -> list[str]:
+    """Run `chater-gpt audit` as an auditor would, against the worker's store."""
+    settings = chat.worker.settings
+    monkeypatch.setenv("DATABASE_URL", settings.DATABASE_URL)
+    monkeypatch.setenv("SECRET_KEY", settings.SECRET_KEY.get_secret_value())
+    capsys.readouterr()
+    assert chater_gpt(["audit", *args]) == 0
+    return capsys.readouterr().out.splitlines()

@@ -1,0 +1,147 @@
+"""A real KafkaWorker on private topics, run in a background thread for a test."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from confluent_kafka import Consumer, Producer, TopicPartition
+
+from adapters.kafka import ensure_topics, producer_config
+from entrypoints.container import Container, build_container
+from entrypoints.settings import load_settings
+
+
+class RunningWorker:
+    """Starts the worker with the container the CLI would build, from settings.
+
+    Each instance gets its own topics and consumer group, so tests sharing one
+    broker never see each other's records.
+    """
+
+    def __init__(
+        self,
+        bootstrap_server: str,
+        customise: Callable[[Container], None] | None = None,
+        **settings: Any,
+    ) -> None:
+        suffix = uuid.uuid4().hex[:8]
+        self.settings = load_settings(
+            BOOTSTRAP_SERVER=bootstrap_server,
+            REQUEST_TOPIC=f"gpt-send-{suffix}",
+            RESPONSE_TOPIC=f"gpt-response-{suffix}",
+            DLQ_TOPIC=f"gpt-send-{suffix}.dlq",
+            CONSUMER_GROUP=f"chater-gpt-{suffix}",
+            SECRET_KEY="test-secret",
+            REQUESTS_PER_MINUTE=0,
+            **settings,
+        )
+        ensure_topics(
+            bootstrap_server,
+            [self.settings.REQUEST_TOPIC, self.settings.RESPONSE_TOPIC, self.settings.DLQ_TOPIC],
+        )
+        self.container = build_container(self.settings)
+        if customise:
+            customise(self.container)
+        self.worker = self.container.worker()
+        self.producer = Producer(producer_config(bootstrap_server))
+        self._readers: dict[str, Consumer] = {}
+        self._seen: dict[str, list[Any]] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._thread: threading.Thread | None = None
+        self.error: BaseException | None = None
+
+    # Lifecycle ------------------------------------------------------------------
+
+    def start(self, timeout: float = 30.0) -> RunningWorker:
+        started = threading.Event()
+
+        def run() -> None:
+            async def main() -> None:
+                self._loop = asyncio.get_running_loop()
+                self._stop = asyncio.Event()
+                started.set()
+                await self.worker.run(self._stop)
+
+            try:
+                asyncio.run(main())
+            except BaseException as error:  # surfaced by stop() and wait helpers
+                self.error = error
+                started.set()
+
+        self._thread = threading.Thread(target=run, name="chater-gpt-worker", daemon=True)
+        self._thread.start()
+        started.wait(timeout)
+        if not self.worker.assigned.wait(timeout):
+            raise RuntimeError(f"the worker was not assigned partitions in {timeout}s: {self.error}")
+        return self
+
+    def stop(self) -> None:
+        if self._thread and self._loop and self._stop:
+            self._loop.call_soon_threadsafe(self._stop.set)
+            self._thread.join(30)
+            self._thread = None
+        for reader in self._readers.values():
+            reader.close()
+        self._readers.clear()
+        self.producer.flush(5)
+        del self.producer  # librdkafka clients stop when their last reference goes
+        self.container.records().close()
+        if self.error:
+            raise self.error
+
+    def __enter__(self) -> RunningWorker:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    # Talking to it --------------------------------------------------------------
+
+    def send(self, key: str | bytes | None, value: dict[str, Any] | bytes) -> None:
+        body = json.dumps(value).encode() if isinstance(value, dict) else value
+        raw_key = key.encode() if isinstance(key, str) else key
+        self.producer.produce(self.settings.REQUEST_TOPIC, body, raw_key)
+        self.producer.flush(10)
+
+    def responses(self, count: int, timeout: float = 30.0) -> list[tuple[bytes | None, dict[str, Any]]]:
+        """The first `count` responses in the order they were published."""
+        return [
+            (m[0], json.loads(m[1])) for m in self._read(self.settings.RESPONSE_TOPIC, count, timeout)
+        ]
+
+    def dead_letters(self, count: int, timeout: float = 30.0) -> list[tuple[bytes | None, bytes, dict[str, bytes]]]:
+        return self._read(self.settings.DLQ_TOPIC, count, timeout)
+
+    def _read(self, topic: str, count: int, timeout: float) -> list[Any]:
+        """Read a topic from its start, without a consumer group (no join delay)."""
+        reader = self._readers.get(topic)
+        if reader is None:
+            reader = Consumer({
+                "bootstrap.servers": self.settings.BOOTSTRAP_SERVER,
+                "group.id": f"reader-{uuid.uuid4().hex[:8]}",
+                "enable.auto.commit": False,
+                "log.connection.close": False,
+            })
+            reader.assign([TopicPartition(topic, 0, 0)])
+            self._readers[topic] = reader
+        seen = self._seen.setdefault(topic, [])
+        deadline = time.monotonic() + timeout
+        while len(seen) < count and time.monotonic() < deadline:
+            if self.error:
+                raise self.error
+            message = reader.poll(0.2)
+            if message is None or message.error():
+                continue
+            seen.append((message.key(), message.value(), dict(message.headers() or [])))
+        if len(seen) < count:
+            raise TimeoutError(f"{len(seen)} of {count} records on {topic} within {timeout}s")
+        if topic == self.settings.RESPONSE_TOPIC:
+            return [(key, value) for key, value, _ in seen[:count]]
+        return seen[:count]
