@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Prepares this checkout: a virtualenv in .venv with the project installed.
+#   scripts/setup.sh          the service and its command line
+#   scripts/setup.sh --test   also the test tools and a PostgreSQL server
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+want_tests=false
+[[ "${1:-}" == "--test" ]] && want_tests=true
+
+python=${PYTHON:-python3}
+if ! "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+    echo "chater-gpt needs Python 3.11 or newer as '$python' (set PYTHON=...)." >&2
+    exit 1
+fi
+[[ -x .venv/bin/python ]] || "$python" -m venv .venv
+
+# Reinstall only when the dependencies changed: a stamp keeps the last hash.
+extras=$($want_tests && echo ".[test]" || echo ".")
+stamp=".venv/.installed-$($want_tests && echo test || echo base)"
+digest=$(sha256sum pyproject.toml | cut -d' ' -f1)
+if [[ ! -f $stamp || $(cat "$stamp") != "$digest" ]]; then
+    echo "Installing chater-gpt ($extras) into .venv ..."
+    .venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
+    .venv/bin/python -m pip install --quiet --disable-pip-version-check -e "$extras"
+    echo "$digest" > "$stamp"
+fi
+
+if $want_tests && ! compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null && ! command -v initdb >/dev/null; then
+    echo "Installing PostgreSQL (the integration tests start a private server) ..."
+    if [[ $(id -u) -eq 0 ]]; then
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
+    else
+        sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
+    fi
+fi
