@@ -49,6 +49,12 @@ class OpenAIModel:
             )
         except openai.OpenAIError as error:
             raise translate(error, call.model) from None
+        except ValueError:
+            # The SDK lets a 200 whose body is not JSON escape as a JSONDecodeError.
+            log.warning("non-JSON completion from the model provider")
+            raise ModelError(
+                "upstream_error", "The model provider sent an unreadable answer.", True
+            ) from None
         try:
             choice = completion.choices[0]
             usage = completion.usage

@@ -1,0 +1,60 @@
+"""Shared pytest fixtures: real local services, started lazily once per session.
+
+Each service starts the first time a test asks for its fixture and is always
+stopped at the end of the session (try/finally), also when tests fail.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from adapters.tansu_broker import EmbeddedBroker
+from tests.support.fake_openai import FakeOpenAIServer
+from tests.support.postgres import PostgresServer
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Register the ``integration`` marker (harmless if pyproject declares it too)."""
+    config.addinivalue_line("markers", "integration: test uses real local services (Kafka broker, PostgreSQL, fake OpenAI)")
+
+
+@pytest.fixture(scope="session")
+def broker() -> Iterator[EmbeddedBroker]:
+    """An in-memory Tansu Kafka broker on a loopback port."""
+    server = EmbeddedBroker()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """A throwaway PostgreSQL server; create a database per test with ``create_database``."""
+    server = PostgresServer()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def openai_server() -> Iterator[FakeOpenAIServer]:
+    """The fake OpenAI server, shared by the whole session."""
+    server = FakeOpenAIServer()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def fake_openai(openai_server: FakeOpenAIServer) -> Iterator[FakeOpenAIServer]:
+    """The fake OpenAI server with no script, no recorded requests and default latency."""
+    openai_server.reset()
+    yield openai_server

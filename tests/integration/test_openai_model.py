@@ -1,0 +1,96 @@
+"""The OpenAI adapter: the real openai SDK over HTTP against the local model server."""
+
+from __future__ import annotations
+
+import base64
+
+import pytest
+
+from adapters.openai_model import OpenAIModel
+from application.images import Image
+from application.ports import ChatMessage, ModelCall, ModelError
+
+pytestmark = pytest.mark.integration
+
+PNG = Image("image/png", base64.b64decode(
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg=="
+))
+
+
+def call(text: str = "hello", *images: Image) -> ModelCall:
+    return ModelCall(
+        model="gpt-4o-mini",
+        messages=[ChatMessage("system", "be brief"), ChatMessage("user", text, images)],
+        max_tokens=50,
+        temperature=0.2,
+    )
+
+
+@pytest.fixture
+def model(fake_openai) -> OpenAIModel:
+    return OpenAIModel(api_key="test-key", base_url=fake_openai.base_url, timeout=2, max_retries=0)
+
+
+async def test_a_completion_carries_text_model_usage_and_finish_reason(model, fake_openai):
+    fake_openai.script([{"reply": "Paris.", "finish_reason": "stop"}])
+    reply = await model.complete(call("capital of France?"))
+    assert (reply.text, reply.model, reply.finish_reason) == ("Paris.", "gpt-4o-mini", "stop")
+    assert reply.prompt_tokens > 0 and reply.completion_tokens == 1
+    [sent] = fake_openai.requests()
+    assert sent["messages"] == [
+        {"role": "system", "content": "be brief"},
+        {"role": "user", "content": "capital of France?"},
+    ]
+    assert (sent["max_tokens"], sent["temperature"]) == (50, 0.2)
+
+
+async def test_images_are_sent_as_image_parts(model, fake_openai):
+    reply = await model.complete(call("what is it?", PNG))
+    assert reply.text.endswith("| images: 1")
+    parts = fake_openai.requests()[0]["messages"][-1]["content"]
+    assert parts == [
+        {"type": "text", "text": "what is it?"},
+        {"type": "image_url", "image_url": {"url": PNG.data_url}},
+    ]
+
+
+@pytest.mark.parametrize(
+    ("step", "error_type", "retryable"),
+    [
+        ({"status": 429, "headers": {"retry-after": "1"}}, "rate_limited", True),
+        ({"status": 500}, "upstream_error", True),
+        ({"status": 503}, "upstream_error", True),
+        ({"status": 401}, "upstream_error", False),
+        ({"status": 404}, "invalid_request", False),
+        (
+            {"status": 400, "body": {"error": {"message": "too long", "type": "invalid_request_error",
+                                               "code": "context_length_exceeded"}}},
+            "context_too_long",
+            False,
+        ),
+        (
+            {"status": 400, "body": {"error": {"message": "flagged", "type": "invalid_request_error",
+                                               "code": "content_filter"}}},
+            "content_filter",
+            False,
+        ),
+        ({"malformed": True}, "upstream_error", True),
+        ({"disconnect": True}, "upstream_error", True),
+        ({"delay": 3, "reply": "too late"}, "upstream_error", True),
+    ],
+)
+async def test_every_failure_becomes_a_safe_model_error(model, fake_openai, step, error_type, retryable):
+    fake_openai.script([step])
+    with pytest.raises(ModelError) as caught:
+        await model.complete(call())
+    assert (caught.value.error_type, caught.value.retryable) == (error_type, retryable)
+    message = caught.value.message
+    assert "127.0.0.1" not in message and "test-key" not in message and "Traceback" not in message
+
+
+async def test_max_retries_lets_the_sdk_retry_a_server_error(fake_openai):
+    model = OpenAIModel(api_key="test-key", base_url=fake_openai.base_url, timeout=5, max_retries=1)
+    fake_openai.script([{"status": 500}])
+    reply = await model.complete(call("retry me"))
+    assert reply.text.startswith("echo: retry me")
+    assert len(fake_openai.requests()) == 2
