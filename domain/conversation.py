@@ -49,8 +49,9 @@ class Conversation(Aggregate):
         self.pending: dict[str, dict[str, Any]] = {}
         self.outcomes: dict[str, dict[str, Any]] = {}
 
-    # Commands -----------------------------------------------------------------
+    # Commands: each body is both the decision and the state change of its event.
 
+    @event("UserMessageReceived")
     def receive_message(
         self,
         request_id: str,
@@ -65,36 +66,9 @@ class Conversation(Aggregate):
     ) -> None:
         """Record the user's message and exactly what will be sent along with it."""
         self.check_not_seen(request_id)
-        self._receive_message(
-            request_id=request_id,
-            message=message,
-            image_digests=image_digests,
-            model=model,
-            max_tokens=max_tokens,
-            temperature=temperature,
-            system_prompt=system_prompt,
-            caller_context=caller_context,
-            history_turns=history_turns,
-        )
+        self.pending[request_id] = {"message": message, "image_count": len(image_digests)}
 
-    @event("UserMessageReceived")
-    def _receive_message(
-        self,
-        request_id: str,
-        message: str,
-        image_digests: list[str],
-        model: str,
-        max_tokens: int,
-        temperature: float,
-        system_prompt: str | None,
-        caller_context: str | None,
-        history_turns: int,
-    ) -> None:
-        self.pending[request_id] = {
-            "message": message,
-            "image_count": len(image_digests),
-        }
-
+    @event("ReplyRecorded")
     def record_reply(
         self,
         request_id: str,
@@ -108,29 +82,6 @@ class Conversation(Aggregate):
     ) -> None:
         """Record the model's answer to a pending request."""
         self.check_pending(request_id)
-        self._record_reply(
-            request_id=request_id,
-            reply=reply,
-            model=model,
-            prompt_tokens=prompt_tokens,
-            completion_tokens=completion_tokens,
-            finish_reason=finish_reason,
-            answered_at=answered_at,
-            processing_time=processing_time,
-        )
-
-    @event("ReplyRecorded")
-    def _record_reply(
-        self,
-        request_id: str,
-        reply: str,
-        model: str,
-        prompt_tokens: int,
-        completion_tokens: int,
-        finish_reason: str,
-        answered_at: str,
-        processing_time: float,
-    ) -> None:
         asked = self.pending.pop(request_id)
         self.turns.append(
             Turn(request_id, asked["message"], asked["image_count"], reply, model)
@@ -148,6 +99,7 @@ class Conversation(Aggregate):
             "processing_time": processing_time,
         }
 
+    @event("RequestFailed")
     def record_failure(
         self,
         request_id: str,
@@ -157,25 +109,7 @@ class Conversation(Aggregate):
         processing_time: float,
     ) -> None:
         """Record that a request could not be answered, and why."""
-        if request_id in self.outcomes:
-            raise RequestAlreadyConcluded(request_id)
-        self._record_failure(
-            request_id=request_id,
-            error_type=error_type,
-            error_message=error_message,
-            failed_at=failed_at,
-            processing_time=processing_time,
-        )
-
-    @event("RequestFailed")
-    def _record_failure(
-        self,
-        request_id: str,
-        error_type: str,
-        error_message: str,
-        failed_at: str,
-        processing_time: float,
-    ) -> None:
+        self.check_not_concluded(request_id)
         self.pending.pop(request_id, None)
         self.outcomes[request_id] = {
             "error": {"type": error_type, "message": error_message},
@@ -220,6 +154,10 @@ class Conversation(Aggregate):
     def check_pending(self, request_id: str) -> None:
         if request_id not in self.pending:
             raise RequestNotPending(request_id)
+
+    def check_not_concluded(self, request_id: str) -> None:
+        if request_id in self.outcomes:
+            raise RequestAlreadyConcluded(request_id)
 
 
 def conversation_id(user_email: str, thread: str | None = None) -> UUID:

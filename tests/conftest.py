@@ -20,37 +20,31 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "integration: test uses real local services (Kafka broker, PostgreSQL, fake OpenAI)")
 
 
-@pytest.fixture(scope="session")
-def broker() -> Iterator[EmbeddedBroker]:
-    """An in-memory Tansu Kafka broker on a loopback port."""
-    server = EmbeddedBroker()
+def _running(server):
+    """Start a service for the session and stop it whatever happens."""
     try:
         server.start()
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def broker() -> Iterator[EmbeddedBroker]:
+    """An in-memory Tansu Kafka broker on a loopback port."""
+    yield from _running(EmbeddedBroker())
 
 
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[PostgresServer]:
     """A throwaway PostgreSQL server; create a database per test with ``create_database``."""
-    server = PostgresServer()
-    try:
-        server.start()
-        yield server
-    finally:
-        server.stop()
+    yield from _running(PostgresServer())
 
 
 @pytest.fixture(scope="session")
 def openai_server() -> Iterator[FakeOpenAIServer]:
     """The fake OpenAI server, shared by the whole session."""
-    server = FakeOpenAIServer()
-    try:
-        server.start()
-        yield server
-    finally:
-        server.stop()
+    yield from _running(FakeOpenAIServer())
 
 
 @pytest.fixture

@@ -64,6 +64,11 @@ def test_a_request_is_received_once_and_answered_only_when_pending():
         receive(conversation, "r1", "hello")
     with pytest.raises(RequestNotPending):
         answer(conversation, "r2", "nobody asked")
+    # A refused command records nothing and leaves the state as it was.
+    assert [type(e).__name__ for e in conversation.collect_events()] == [
+        "Started", "UserMessageReceived"
+    ]
+    assert conversation.version == 2 and conversation.turns == []
 
 
 def test_a_failure_is_an_outcome_but_not_a_turn():
