@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -11,7 +13,12 @@ from typing import Any, TypeVar
 from uuid import UUID
 
 from eventsourcing.application import AggregateNotFoundError, Application
-from eventsourcing.persistence import RecordConflictError
+from eventsourcing.persistence import (
+    JSONTranscoder,
+    PersistenceError,
+    RecordConflictError,
+    Transcoding,
+)
 
 from application.contract import ChatRequest, error_payload
 from application.ports import (
@@ -27,16 +34,19 @@ from application.ports import (
 from domain.conversation import (
     MESSAGE_OVERHEAD_TOKENS,
     Conversation,
+    Turn,
     conversation_id,
     turn_tokens,
 )
-from domain.token_budget import SERVICE_SCOPE, BudgetExceeded, TokenBudget
+from domain.token_budget import SERVICE_SCOPE, BudgetBusy, BudgetExceeded, TokenBudget
 
 log = logging.getLogger(__name__)
 
 # Tokens the chat format adds once per call to prime the reply.
 REPLY_PRIMING_TOKENS = 3
 CONTEXT_PREFIX = "Earlier in this conversation:\n"
+BUDGET_EXHAUSTED = "The service's daily token budget is used up; please try again tomorrow."
+STORE_RETRY_MAX_DELAY = 5.0
 
 T = TypeVar("T")
 
@@ -58,10 +68,28 @@ class ChatPolicy:
     conflict_retries: int = 10
 
 
+class TurnAsDict(Transcoding):
+    type = Turn
+    name = "turn"
+
+    def encode(self, obj: Turn) -> dict[str, Any]:
+        return obj.__dict__
+
+    def decode(self, data: dict[str, Any]) -> Turn:
+        return Turn(**data)
+
+
 class ChatRecords(Application):
     """Conversations and token budgets, stored as events in one notification log."""
 
     name = "chatergpt"
+    # Loading replays from the latest snapshot, so a busy day's budget or a long
+    # conversation does not make every request slower than the one before.
+    snapshotting_intervals = {Conversation: 50, TokenBudget: 200}
+
+    def register_transcodings(self, transcoder: JSONTranscoder) -> None:
+        super().register_transcodings(transcoder)
+        transcoder.register(TurnAsDict())
 
     def conversation(self, conversation_id: UUID) -> Conversation | None:
         try:
@@ -79,8 +107,15 @@ class ChatRecords(Application):
 @dataclass(frozen=True)
 class _Prepared:
     call: ModelCall
-    reserved_tokens: int
+    reservation_id: str
     day: str
+
+
+class _BudgetBusy:
+    """The budget's free room is held by requests in flight: wait and try again."""
+
+
+BUSY = _BudgetBusy()
 
 
 class ChatService:
@@ -101,6 +136,10 @@ class ChatService:
         self.rate_limiter = rate_limiter
         self.clock = clock
         self.policy = policy
+        # Every request writes the day's budget: writers of this process take
+        # turns instead of colliding; other processes are kept out by optimistic
+        # concurrency (a conflict reloads and decides again).
+        self._write_lock = threading.Lock()
 
     async def handle(self, request: ChatRequest) -> dict[str, Any]:
         """The response payload for a request (DESIGN §2), success or error.
@@ -109,26 +148,52 @@ class ChatService:
         redelivered record never reaches the model twice.
         """
         started = time.perf_counter()
-        prepared = await asyncio.to_thread(self._begin, request, started)
+        wait = 0.02
+        while (prepared := await asyncio.to_thread(self._begin, request, started)) is BUSY:
+            await asyncio.sleep(wait)
+            wait = min(wait * 2, 1.0)
         if isinstance(prepared, dict):
             return prepared
+        assert isinstance(prepared, _Prepared)
         try:
             await self.rate_limiter.acquire()
             reply = await self.model.complete(prepared.call)
         except ModelError as error:
             log.warning("model call failed for %s: %s", request.request_id, error.error_type)
-            return await asyncio.to_thread(
+            return await self._persist(
                 self._fail, request, prepared, error.error_type, error.message, started
             )
-        return await asyncio.to_thread(self._finish, request, prepared, reply, started)
+        except Exception:
+            log.exception("model call failed unexpectedly for %s", request.request_id)
+            return await self._persist(
+                self._fail, request, prepared, "upstream_error",
+                "The model call failed unexpectedly.", started,
+            )
+        return await self._persist(self._finish, request, prepared, reply, started)
+
+    async def _persist(self, step: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any]:
+        """Record how a request ended; the model was paid, so wait out a store outage."""
+        delay = 0.1
+        while True:
+            try:
+                return await asyncio.to_thread(step, *args)
+            except PersistenceError as error:
+                log.warning("could not record an outcome (%s); retrying in %.1fs", error, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, STORE_RETRY_MAX_DELAY)
 
     # Steps, each one transaction, run in a thread because the store is synchronous.
 
-    def _begin(self, request: ChatRequest, started: float) -> _Prepared | dict[str, Any]:
+    def _begin(
+        self, request: ChatRequest, started: float
+    ) -> _Prepared | _BudgetBusy | dict[str, Any]:
         cid = conversation_id(request.user_email, request.conversation_id)
         day = self.clock.now().date().isoformat()
+        # Request ids are the producers' keys: scope them so that two users who
+        # pick the same key never share a reservation.
+        reservation_id = f"{cid}/{request.request_id}"
 
-        def attempt() -> _Prepared | dict[str, Any]:
+        def attempt() -> _Prepared | _BudgetBusy | dict[str, Any]:
             conversation = self.records.conversation(cid) or Conversation(
                 request.user_email, request.conversation_id
             )
@@ -152,19 +217,18 @@ class ChatService:
                 )
             budget = self.records.budget(SERVICE_SCOPE, day)
             try:
-                budget.reserve(request.request_id, estimate, self.policy.daily_token_limit)
+                budget.reserve(reservation_id, estimate, self.policy.daily_token_limit)
+            except BudgetBusy:
+                return BUSY
             except BudgetExceeded as error:
+                log.warning("request %s refused: %s", request.request_id, error)
                 outcome = self._conclude_failure(
-                    conversation,
-                    request.request_id,
-                    "budget_exceeded",
-                    f"The daily token budget is exhausted: {error}.",
-                    started,
+                    conversation, request.request_id, "budget_exceeded", BUDGET_EXHAUSTED, started
                 )
                 self.records.save(conversation)
                 return outcome
             self.records.save(conversation, budget)
-            return _Prepared(call, estimate, day)
+            return _Prepared(call, reservation_id, day)
 
         return self._retrying(attempt)
 
@@ -176,7 +240,7 @@ class ChatService:
         def attempt() -> dict[str, Any]:
             conversation = self._existing(cid)
             budget = self.records.budget(SERVICE_SCOPE, prepared.day)
-            budget.settle(request.request_id, reply.prompt_tokens + reply.completion_tokens)
+            budget.settle(prepared.reservation_id, reply.prompt_tokens + reply.completion_tokens)
             outcome = conversation.outcome(request.request_id)
             if outcome is None:
                 conversation.record_reply(
@@ -209,7 +273,7 @@ class ChatService:
         def attempt() -> dict[str, Any]:
             conversation = self._existing(cid)
             budget = self.records.budget(SERVICE_SCOPE, prepared.day)
-            budget.release(request.request_id)
+            budget.release(prepared.reservation_id)
             outcome = conversation.outcome(request.request_id) or self._conclude_failure(
                 conversation, request.request_id, error_type, message, started
             )
@@ -301,12 +365,14 @@ class ChatService:
 
     def _retrying(self, attempt: Callable[[], T]) -> T:
         """Run a load-decide-save step again when another worker saved first."""
-        for _ in range(self.policy.conflict_retries):
-            try:
-                return attempt()
-            except RecordConflictError:
-                log.debug("concurrent write; reloading and trying again")
-        return attempt()
+        with self._write_lock:
+            for tries in range(1, self.policy.conflict_retries + 1):
+                try:
+                    return attempt()
+                except RecordConflictError:
+                    log.debug("concurrent write; reloading and trying again")
+                    time.sleep(random.uniform(0, 0.01 * tries))  # jitter: let the other finish
+            return attempt()
 
 
 def rejection(error_type: str, message: str, clock: Clock, started: float) -> dict[str, Any]:

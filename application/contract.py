@@ -52,7 +52,7 @@ def parse_request(key: bytes | None, value: bytes | None) -> ChatRequest:
         raise InvalidRequest("the record has no value", request_id)
     try:
         body = json.loads(value)
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):
         raise InvalidRequest("the record value is not valid JSON", request_id) from None
     if not isinstance(body, dict):
         raise InvalidRequest("the record value must be a JSON object", request_id)
@@ -65,6 +65,8 @@ def parse_request(key: bytes | None, value: bytes | None) -> ChatRequest:
         return _build(request_id, body)
     except InvalidImage as error:
         raise InvalidRequest(str(error), request_id) from None
+    except (OverflowError, RecursionError):
+        raise InvalidRequest("the request holds a value too large to read", request_id) from None
 
 
 def _unwrap_envelope(
@@ -83,6 +85,8 @@ def _unwrap_envelope(
         raise InvalidRequest("the envelope's value must be a JSON object", request_id)
     key = body.get("key")
     envelope_key = str(key).strip() if isinstance(key, (str, int)) and str(key).strip() else None
+    if envelope_key is not None and not _encodable(envelope_key):
+        raise InvalidRequest("the envelope's key is not valid text", request_id)
     return inner, envelope_key
 
 
@@ -93,6 +97,8 @@ def _build(request_id: str, body: dict[str, Any]) -> ChatRequest:
     user_email = body.get("user_email")
     if not isinstance(user_email, str) or not user_email.strip():
         raise fail("'user_email' is required and must be a non-empty string")
+    if not _encodable(user_email):
+        raise fail("'user_email' is not valid text")
 
     raw_images = body.get("images")
     if raw_images is None:
@@ -106,6 +112,8 @@ def _build(request_id: str, body: dict[str, Any]) -> ChatRequest:
         raise fail("'message' is required and must be a string")
     if not message.strip() and not images:
         raise fail("'message' may be empty only when images are given")
+    if not _encodable(message):
+        raise fail("'message' is not valid text")
 
     max_tokens = body.get("max_tokens")
     if max_tokens is not None and (
@@ -151,7 +159,18 @@ def _optional_text(
         return None
     if not isinstance(value, str) or (non_empty and not value.strip()):
         raise fail(f"'{name}' must be a{' non-empty' if non_empty else ''} string")
+    if not _encodable(value):
+        raise fail(f"'{name}' is not valid text")
     return value.strip() if non_empty else (value or None)
+
+
+def _encodable(text: str) -> bool:
+    """False for text with lone surrogates (JSON allows them, UTF-8 does not)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def error_payload(

@@ -30,7 +30,6 @@ class TokenBudget(Aggregate):
         self.day = day
         self.used = 0
         self.reservations: dict[str, int] = {}
-        self.settled: set[str] = set()
 
     @property
     def reserved(self) -> int:
@@ -40,10 +39,20 @@ class TokenBudget(Aggregate):
         return limit - self.used - self.reserved
 
     def reserve(self, reservation_id: str, tokens: int, limit: int) -> None:
-        """Hold tokens for a request; a repeated reservation changes nothing."""
-        if reservation_id in self.reservations or reservation_id in self.settled:
+        """Hold tokens for a request; a repeated reservation changes nothing.
+
+        Raises BudgetExceeded when the day's spending alone leaves no room, and
+        BudgetBusy when only reservations of requests in flight are in the way:
+        those end soon, so the caller may wait and try again.
+        """
+        if reservation_id in self.reservations:
             return
-        self.check_affordable(tokens, limit)
+        if self.used + tokens > limit:
+            raise BudgetExceeded(
+                f"{tokens} tokens requested, {max(limit - self.used, 0)} of {limit} left today"
+            )
+        if tokens > self.remaining(limit):
+            raise BudgetBusy(f"{self.reserved} tokens are held by requests in flight")
         self._reserve(reservation_id=reservation_id, tokens=tokens)
 
     @event("TokensReserved")
@@ -51,15 +60,14 @@ class TokenBudget(Aggregate):
         self.reservations[reservation_id] = tokens
 
     def settle(self, reservation_id: str, tokens: int) -> None:
-        """Replace a reservation by the tokens really used."""
-        if reservation_id in self.settled:
+        """Replace a reservation by the tokens really used; only once."""
+        if reservation_id not in self.reservations:
             return
         self._settle(reservation_id=reservation_id, tokens=tokens)
 
     @event("TokensSettled")
     def _settle(self, reservation_id: str, tokens: int) -> None:
-        self.reservations.pop(reservation_id, None)
-        self.settled.add(reservation_id)
+        del self.reservations[reservation_id]
         self.used += tokens
 
     def release(self, reservation_id: str) -> None:
@@ -72,13 +80,6 @@ class TokenBudget(Aggregate):
     def _release(self, reservation_id: str) -> None:
         del self.reservations[reservation_id]
 
-    def check_affordable(self, tokens: int, limit: int) -> None:
-        if tokens > self.remaining(limit):
-            raise BudgetExceeded(
-                f"{tokens} tokens requested, {max(self.remaining(limit), 0)} of "
-                f"{limit} left today"
-            )
-
 
 def budget_id(scope: str, day: str) -> UUID:
     return uuid5(BUDGET_NAMESPACE, f"{scope}\n{day}")
@@ -86,3 +87,7 @@ def budget_id(scope: str, day: str) -> UUID:
 
 class BudgetExceeded(Exception):
     """The request would take the day's spending past the limit."""
+
+
+class BudgetBusy(Exception):
+    """Requests in flight hold the room this one needs; it can wait for them."""

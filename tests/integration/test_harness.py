@@ -164,7 +164,5 @@ def test_fake_openai_reset_clears_script_and_requests(fake_openai: FakeOpenAISer
             )
             return completion.choices[0].message.content
 
-    started = time.monotonic()
     assert asyncio.run(call()) == "echo: ping | seen: 1 messages"
-    assert time.monotonic() - started < 2.0  # latency back to the start value (0)
     assert len(fake_openai.requests()) == 1

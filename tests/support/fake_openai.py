@@ -131,12 +131,16 @@ class FakeOpenAIState:
         self.latency = latency
         self.steps: list[dict[str, Any]] = []
         self.requests: list[Any] = []
+        # (last user text, received at, answered at) per completion, epoch seconds:
+        # the load test subtracts model time from end-to-end latency with these.
+        self.timings: list[tuple[str, float, float]] = []
         self.ids = itertools.count(1)
 
     def reset(self) -> None:
         """Forget steps and requests; latency back to its start value."""
         self.steps.clear()
         self.requests.clear()
+        self.timings.clear()
         self.latency = self.initial_latency
 
     def pick_step(self, last_user_text: str) -> dict[str, Any] | None:
@@ -160,6 +164,7 @@ def build_app(state: FakeOpenAIState) -> "web.Application":
     from aiohttp import web
 
     async def chat_completions(request: web.Request) -> web.StreamResponse:
+        received_at = time.time()
         try:
             body = await request.json()
         except ValueError:
@@ -214,6 +219,7 @@ def build_app(state: FakeOpenAIState) -> "web.Application":
             },
             "system_fingerprint": "fake",
         }
+        state.timings.append((_text(_last_user_message(messages)), received_at, time.time()))
         return web.json_response(payload, headers={
             "x-ratelimit-remaining-requests": "9999",
             "x-ratelimit-remaining-tokens": "999999",
@@ -230,6 +236,9 @@ def build_app(state: FakeOpenAIState) -> "web.Application":
 
     async def control_requests(request: web.Request) -> web.Response:
         return web.json_response(state.requests)
+
+    async def control_timings(request: web.Request) -> web.Response:
+        return web.json_response(state.timings)
 
     async def control_reset(request: web.Request) -> web.Response:
         state.reset()
@@ -248,6 +257,7 @@ def build_app(state: FakeOpenAIState) -> "web.Application":
         web.post("/v1/chat/completions", chat_completions),
         web.post("/_control/script", control_script),
         web.get("/_control/requests", control_requests),
+        web.get("/_control/timings", control_timings),
         web.post("/_control/reset", control_reset),
         web.post("/_control/latency", control_latency),
         web.get("/_control/health", control_health),
@@ -385,6 +395,10 @@ class FakeOpenAIServer:
     def requests(self) -> list[dict[str, Any]]:
         """Return recorded chat-completion request bodies, in arrival order."""
         return self._call("GET", "/_control/requests")
+
+    def timings(self) -> list[tuple[str, float, float]]:
+        """(last user text, received at, answered at) of each completion answered."""
+        return [tuple(t) for t in self._call("GET", "/_control/timings")]
 
     def reset(self) -> None:
         """Clear the script and recorded requests; restore the start latency."""

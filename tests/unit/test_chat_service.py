@@ -106,10 +106,11 @@ async def test_a_request_beyond_the_daily_budget_is_refused_without_calling_the_
     # the second also carries the first turn (4 words + 8 overhead): 120.
     service, model = make_service(daily_token_limit=110, max_tokens=100)
     await service.handle(ask("r1", "hello"))
-    used = budget_of(service).used
     refused = await service.handle(ask("r2", "hello"))
-    assert refused["error"]["type"] == "budget_exceeded"
-    assert f"120 tokens requested, {110 - used} of 110 left" in refused["error"]["message"]
+    assert refused["error"] == {
+        "type": "budget_exceeded",
+        "message": "The service's daily token budget is used up; please try again tomorrow.",
+    }
     assert len(model.calls) == 1
     assert await service.handle(ask("r2", "hello")) == refused  # redelivered: same answer
 
@@ -124,3 +125,68 @@ async def test_a_failed_call_is_recorded_and_its_reservation_released():
     assert "response" in answered
     conversation = service.records.conversation(conversation_id("ada@example.com"))
     assert [t.request_id for t in conversation.turns] == ["r2"]
+
+
+async def test_a_request_waits_while_requests_in_flight_hold_the_budget():
+    import asyncio
+
+    # Each call reserves 1 + 4 + 3 + 100 = 108 of 200: two cannot be in flight at once.
+    service, model = make_service(daily_token_limit=200, max_tokens=100)
+    release = asyncio.Event()
+    original = model.complete
+
+    async def slow_first(call):
+        if len(model.calls) == 0:
+            model.calls.append(call)
+            await release.wait()
+            model.calls.pop()
+        return await original(call)
+
+    model.complete = slow_first
+    first = asyncio.create_task(service.handle(ask("r1", "one", user_email="a@x.com")))
+    await asyncio.sleep(0.05)
+    second = asyncio.create_task(service.handle(ask("r2", "two", user_email="b@x.com")))
+    await asyncio.sleep(0.2)
+    assert not second.done()  # waiting, not refused
+    release.set()
+    answers = await asyncio.gather(first, second)
+    assert all("response" in answer for answer in answers)
+    assert budget_of(service).used == sum(a["usage"]["total_tokens"] for a in answers)
+
+
+async def test_the_same_request_id_from_two_users_is_paid_twice():
+    service, model = make_service()
+    await service.handle(ask("same-key", "hello", user_email="a@x.com"))
+    await service.handle(ask("same-key", "hello", user_email="b@x.com"))
+    assert len(model.calls) == 2
+    assert budget_of(service).used == 2 * (1 + 3)  # "hello" in, "answer to hello" out, twice
+
+
+async def test_an_unexpected_model_failure_is_an_upstream_error_and_frees_the_budget():
+    service, model = make_service()
+
+    async def broken(call):
+        raise RuntimeError("protocol error with secret details")
+
+    model.complete = broken
+    failed = await service.handle(ask("r1", "hello"))
+    assert failed["error"] == {"type": "upstream_error", "message": "The model call failed unexpectedly."}
+    assert budget_of(service).reserved == 0
+    assert await service.handle(ask("r1", "hello")) == failed
+
+
+async def test_long_conversations_and_busy_budgets_load_from_snapshots():
+    service, model = make_service()
+    answers = [await service.handle(ask(f"r{n}", f"question {n}")) for n in range(60)]
+    cid = conversation_id("ada@example.com")
+    assert list(service.records.snapshots.get(cid)), "no snapshot of the conversation"
+    conversation = service.records.conversation(cid)
+    assert len(conversation.turns) == 60 and conversation.turns[-1].reply == "answer to question 59"
+
+    budget = budget_of(service)
+    for n in range(50):  # 121 events so far; the budget's snapshot comes at 200
+        budget.reserve(f"x{n}", 1, 10**9)
+        budget.settle(f"x{n}", 1)
+    service.records.save(budget)
+    assert list(service.records.snapshots.get(budget.id)), "no snapshot of the budget"
+    assert budget_of(service).used == sum(a["usage"]["total_tokens"] for a in answers) + 50

@@ -91,3 +91,25 @@ def test_images_as_base64_or_data_urls_and_message_may_then_be_empty():
     assert [image.mime_type for image in request.images] == ["image/png", "image/png"]
     assert request.images[0].data == PNG
     assert request.images[0].data_url.startswith("data:image/png;base64,iVBOR")
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        (b"[" * 100_000, "not valid JSON"),
+        (b'{"user_email": "a@b.c", "message": "x", "temperature": 1' + b"0" * 400 + b"}", "too large"),
+        (b'{"user_email": "\\ud800", "message": "x"}', "'user_email' is not valid text"),
+        (b'{"user_email": "a@b.c", "message": "\\udfff"}', "'message' is not valid text"),
+        (b'{"user_email": "a@b.c", "message": "x", "context": "\\ud800"}', "'context' is not valid text"),
+        (b'{"user_email": "a@b.c", "message": "x", "images": ["\\ud800"]}', "not valid base64"),
+    ],
+)
+def test_hostile_records_are_refused_not_crashed_on(value, reason):
+    with pytest.raises(InvalidRequest, match=reason):
+        parse_request(b"req-1", value)
+
+
+def test_an_envelope_key_that_is_not_text_is_refused():
+    value = b'{"key": "\\ud800", "value": {"user_email": "a@b.c", "message": "x"}}'
+    with pytest.raises(InvalidRequest, match="envelope's key is not valid text"):
+        parse_request(None, value)

@@ -1,6 +1,6 @@
 import pytest
 
-from domain.token_budget import BudgetExceeded, TokenBudget, budget_id
+from domain.token_budget import BudgetBusy, BudgetExceeded, TokenBudget, budget_id
 
 
 def test_reservations_hold_tokens_until_settled_with_the_real_usage():
@@ -12,13 +12,26 @@ def test_reservations_hold_tokens_until_settled_with_the_real_usage():
     assert budget.remaining(1000) == 850
 
 
-def test_a_reservation_beyond_the_limit_is_refused_and_changes_nothing():
+def test_a_reservation_beyond_what_is_left_today_is_refused_and_changes_nothing():
+    budget = TokenBudget("service", "2026-11-25")
+    budget.reserve("r1", 700, limit=1000)
+    budget.settle("r1", 700)
+    with pytest.raises(BudgetExceeded, match="400 tokens requested, 300 of 1000 left"):
+        budget.reserve("r2", 400, limit=1000)
+    assert budget.reserved == 0
+    assert [type(e).__name__ for e in budget.collect_events()] == [
+        "Opened", "TokensReserved", "TokensSettled"
+    ]
+
+
+def test_a_reservation_blocked_only_by_requests_in_flight_is_busy_not_refused():
     budget = TokenBudget("service", "2026-11-25")
     budget.reserve("r1", 600, limit=1000)
-    with pytest.raises(BudgetExceeded, match="500 tokens requested, 400 of 1000 left"):
+    with pytest.raises(BudgetBusy):
         budget.reserve("r2", 500, limit=1000)
-    assert budget.reserved == 600
-    assert [type(e).__name__ for e in budget.collect_events()] == ["Opened", "TokensReserved"]
+    budget.settle("r1", 100)
+    budget.reserve("r2", 500, limit=1000)
+    assert budget.used + budget.reserved == 600
 
 
 def test_released_tokens_can_be_reserved_again():
@@ -35,9 +48,9 @@ def test_repeated_commands_are_idempotent():
     budget.reserve("r1", 100, limit=1000)
     budget.settle("r1", 80)
     budget.settle("r1", 80)
-    budget.reserve("r1", 100, limit=1000)  # already settled: a redelivery, not a new request
     budget.release("r1")
     assert budget.used == 80 and budget.reserved == 0
+    assert len(budget.collect_events()) == 3
 
 
 def test_one_budget_per_scope_and_day():
