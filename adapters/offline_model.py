@@ -48,3 +48,6 @@ class OfflineModel:
             completion_tokens=completion_tokens,
             finish_reason="stop",
         )
+
+    async def close(self) -> None:
+        """Nothing to release."""

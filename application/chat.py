@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 from uuid import UUID
 
 from eventsourcing.application import AggregateNotFoundError, Application
@@ -20,7 +18,9 @@ from eventsourcing.persistence import (
     Transcoding,
 )
 
+from application.budget_ledger import BudgetLedger
 from application.contract import ChatRequest, error_payload
+from application.group_commit import GroupCommitter
 from application.ports import (
     ChatMessage,
     Clock,
@@ -38,7 +38,7 @@ from domain.conversation import (
     conversation_id,
     turn_tokens,
 )
-from domain.token_budget import SERVICE_SCOPE, BudgetBusy, BudgetExceeded, TokenBudget
+from domain.token_budget import BudgetExceeded, TokenBudget
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +47,6 @@ REPLY_PRIMING_TOKENS = 3
 CONTEXT_PREFIX = "Earlier in this conversation:\n"
 BUDGET_EXHAUSTED = "The service's daily token budget is used up; please try again tomorrow."
 STORE_RETRY_MAX_DELAY = 5.0
-
-T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -65,7 +63,7 @@ class ChatPolicy:
     # Worst case of one high-detail image for the gpt-4o family (8 tiles of 170
     # tokens + 85), reserved per image before the call and settled with the truth.
     image_token_estimate: int = 1445
-    conflict_retries: int = 10
+    budget_chunk_tokens: int = 100_000
 
 
 class TurnAsDict(Transcoding):
@@ -104,22 +102,13 @@ class ChatRecords(Application):
             return TokenBudget(scope, day)
 
 
-@dataclass(frozen=True)
-class _Prepared:
-    call: ModelCall
-    reservation_id: str
-    day: str
-
-
-class _BudgetBusy:
-    """The budget's free room is held by requests in flight: wait and try again."""
-
-
-BUSY = _BudgetBusy()
-
-
 class ChatService:
-    """Answers chat requests: context, budget, rate limit, model, record."""
+    """Answers chat requests: context, budget, rate limit, model, record.
+
+    Per request: one read of the conversation, one group-committed write before
+    the model call (what was asked, with which context) and one after (the
+    reply); the budget is kept in memory against a lease (BudgetLedger).
+    """
 
     def __init__(
         self,
@@ -136,10 +125,14 @@ class ChatService:
         self.rate_limiter = rate_limiter
         self.clock = clock
         self.policy = policy
-        # Every request writes the day's budget: writers of this process take
-        # turns instead of colliding; other processes are kept out by optimistic
-        # concurrency (a conflict reloads and decides again).
-        self._write_lock = threading.Lock()
+        self.writer = GroupCommitter(records)
+        self.ledger = BudgetLedger(
+            load_budget=records.budget,
+            save=records.save,
+            clock=clock,
+            daily_limit=policy.daily_token_limit,
+            chunk_tokens=policy.budget_chunk_tokens,
+        )
 
     async def handle(self, request: ChatRequest) -> dict[str, Any]:
         """The response payload for a request (DESIGN §2), success or error.
@@ -148,61 +141,15 @@ class ChatService:
         redelivered record never reaches the model twice.
         """
         started = time.perf_counter()
-        wait = 0.02
-        while (prepared := await asyncio.to_thread(self._begin, request, started)) is BUSY:
-            await asyncio.sleep(wait)
-            wait = min(wait * 2, 1.0)
-        if isinstance(prepared, dict):
-            return prepared
-        assert isinstance(prepared, _Prepared)
-        try:
-            await self.rate_limiter.acquire()
-            reply = await self.model.complete(prepared.call)
-        except ModelError as error:
-            log.warning("model call failed for %s: %s", request.request_id, error.error_type)
-            return await self._persist(
-                self._fail, request, prepared, error.error_type, error.message, started
-            )
-        except Exception:
-            log.exception("model call failed unexpectedly for %s", request.request_id)
-            return await self._persist(
-                self._fail, request, prepared, "upstream_error",
-                "The model call failed unexpectedly.", started,
-            )
-        return await self._persist(self._finish, request, prepared, reply, started)
-
-    async def _persist(self, step: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any]:
-        """Record how a request ended; the model was paid, so wait out a store outage."""
-        delay = 0.1
-        while True:
-            try:
-                return await asyncio.to_thread(step, *args)
-            except PersistenceError as error:
-                log.warning("could not record an outcome (%s); retrying in %.1fs", error, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, STORE_RETRY_MAX_DELAY)
-
-    # Steps, each one transaction, run in a thread because the store is synchronous.
-
-    def _begin(
-        self, request: ChatRequest, started: float
-    ) -> _Prepared | _BudgetBusy | dict[str, Any]:
         cid = conversation_id(request.user_email, request.conversation_id)
-        day = self.clock.now().date().isoformat()
-        # Request ids are the producers' keys: scope them so that two users who
-        # pick the same key never share a reservation.
-        reservation_id = f"{cid}/{request.request_id}"
-
-        def attempt() -> _Prepared | _BudgetBusy | dict[str, Any]:
-            conversation = self.records.conversation(cid) or Conversation(
-                request.user_email, request.conversation_id
-            )
+        reservation = f"{cid}/{request.request_id}"  # request ids are producers' keys
+        while True:
+            conversation = await self._load(cid, request)
             outcome = conversation.outcome(request.request_id)
             if outcome is not None:
                 log.info("request %s already answered; replaying", request.request_id)
                 return outcome
             call, history_turns = self.build_call(request, conversation)
-            estimate = self.estimate_tokens(call)
             if not conversation.is_pending(request.request_id):
                 conversation.receive_message(
                     request_id=request.request_id,
@@ -215,74 +162,132 @@ class ChatService:
                     caller_context=request.context,
                     history_turns=history_turns,
                 )
-            budget = self.records.budget(SERVICE_SCOPE, day)
             try:
-                budget.reserve(reservation_id, estimate, self.policy.daily_token_limit)
-            except BudgetBusy:
-                return BUSY
+                await self.ledger.reserve(reservation, self.estimate_tokens(call))
             except BudgetExceeded as error:
                 log.warning("request %s refused: %s", request.request_id, error)
-                outcome = self._conclude_failure(
-                    conversation, request.request_id, "budget_exceeded", BUDGET_EXHAUSTED, started
+                return await self._conclude(
+                    cid, conversation, request.request_id,
+                    lambda c: self._record_failure(
+                        c, request.request_id, "budget_exceeded", BUDGET_EXHAUSTED, started
+                    ),
                 )
-                self.records.save(conversation)
-                return outcome
-            self.records.save(conversation, budget)
-            return _Prepared(call, reservation_id, day)
+            try:
+                await self._save(conversation)
+                break
+            except RecordConflictError:
+                await self.ledger.release(reservation)  # another worker wrote: decide again
 
-        return self._retrying(attempt)
+        try:
+            await self.rate_limiter.acquire()
+            reply = await self.model.complete(call)
+        except Exception as error:
+            await self.ledger.release(reservation)
+            if isinstance(error, ModelError):
+                error_type, message = error.error_type, error.message
+                log.warning("model call failed for %s: %s", request.request_id, error_type)
+            else:
+                error_type, message = "upstream_error", "The model call failed unexpectedly."
+                log.exception("model call failed unexpectedly for %s", request.request_id)
+            return await self._conclude(
+                cid, conversation, request.request_id,
+                lambda c: self._record_failure(c, request.request_id, error_type, message, started),
+            )
+        await self.ledger.settle(reservation, reply.prompt_tokens + reply.completion_tokens)
+        return await self._conclude(
+            cid, conversation, request.request_id,
+            lambda c: self._record_reply(c, request.request_id, reply, started),
+        )
 
-    def _finish(
-        self, request: ChatRequest, prepared: _Prepared, reply: ModelReply, started: float
-    ) -> dict[str, Any]:
-        cid = conversation_id(request.user_email, request.conversation_id)
+    async def close(self) -> None:
+        """Settle this worker's budget lease and close the model client."""
+        await self.ledger.close()
+        await self.model.close()
 
-        def attempt() -> dict[str, Any]:
-            conversation = self._existing(cid)
-            budget = self.records.budget(SERVICE_SCOPE, prepared.day)
-            budget.settle(prepared.reservation_id, reply.prompt_tokens + reply.completion_tokens)
-            outcome = conversation.outcome(request.request_id)
-            if outcome is None:
-                conversation.record_reply(
-                    request_id=request.request_id,
-                    reply=reply.text,
-                    model=reply.model,
-                    prompt_tokens=reply.prompt_tokens,
-                    completion_tokens=reply.completion_tokens,
-                    finish_reason=reply.finish_reason,
-                    answered_at=self._timestamp(),
-                    processing_time=round(time.perf_counter() - started, 3),
-                )
-                outcome = conversation.outcome(request.request_id)
-            self.records.save(conversation, budget)
-            assert outcome is not None
-            return outcome
+    # Steps ----------------------------------------------------------------------
 
-        return self._retrying(attempt)
+    async def _load(self, cid: UUID, request: ChatRequest) -> Conversation:
+        conversation = await asyncio.to_thread(self.records.conversation, cid)
+        return conversation or Conversation(request.user_email, request.conversation_id)
 
-    def _fail(
+    async def _save(self, conversation: Conversation) -> None:
+        """Save through the group commit, waiting out a store outage."""
+        delay = 0.1
+        while True:
+            try:
+                return await self.writer.save(conversation)
+            except RecordConflictError:
+                raise
+            except PersistenceError as error:
+                log.warning("event store unavailable (%s); retrying in %.1fs", error, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, STORE_RETRY_MAX_DELAY)
+
+    async def _conclude(
         self,
-        request: ChatRequest,
-        prepared: _Prepared,
+        cid: UUID,
+        conversation: Conversation,
+        request_id: str,
+        record: Callable[[Conversation], None],
+    ) -> dict[str, Any]:
+        """Record how a request ended; on a conflict, on the conversation as stored."""
+        while True:
+            if conversation.outcome(request_id) is None:
+                record(conversation)
+            outcome = conversation.outcome(request_id)
+            assert outcome is not None
+            try:
+                await self._save(conversation)
+                return outcome
+            except RecordConflictError:
+                conversation = await self._reload(cid)
+
+    async def _reload(self, cid: UUID) -> Conversation:
+        """The stored conversation; the model was paid, so wait out a store outage."""
+        delay = 0.1
+        while True:
+            try:
+                stored = await asyncio.to_thread(self.records.conversation, cid)
+                assert stored is not None, "a conflict implies a stored conversation"
+                return stored
+            except PersistenceError as error:
+                log.warning("event store unavailable (%s); retrying in %.1fs", error, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, STORE_RETRY_MAX_DELAY)
+
+    def _record_reply(
+        self, conversation: Conversation, request_id: str, reply: ModelReply, started: float
+    ) -> None:
+        if not conversation.is_pending(request_id):
+            return  # concluded by another worker meanwhile
+        conversation.record_reply(
+            request_id=request_id,
+            reply=reply.text,
+            model=reply.model,
+            prompt_tokens=reply.prompt_tokens,
+            completion_tokens=reply.completion_tokens,
+            finish_reason=reply.finish_reason,
+            answered_at=iso_timestamp(self.clock),
+            processing_time=round(time.perf_counter() - started, 3),
+        )
+
+    def _record_failure(
+        self,
+        conversation: Conversation,
+        request_id: str,
         error_type: str,
         message: str,
         started: float,
-    ) -> dict[str, Any]:
-        cid = conversation_id(request.user_email, request.conversation_id)
+    ) -> None:
+        conversation.record_failure(
+            request_id=request_id,
+            error_type=error_type,
+            error_message=message,
+            failed_at=iso_timestamp(self.clock),
+            processing_time=round(time.perf_counter() - started, 3),
+        )
 
-        def attempt() -> dict[str, Any]:
-            conversation = self._existing(cid)
-            budget = self.records.budget(SERVICE_SCOPE, prepared.day)
-            budget.release(prepared.reservation_id)
-            outcome = conversation.outcome(request.request_id) or self._conclude_failure(
-                conversation, request.request_id, error_type, message, started
-            )
-            self.records.save(conversation, budget)
-            return outcome
-
-        return self._retrying(attempt)
-
-    # Helpers --------------------------------------------------------------------
+    # Context and estimates ----------------------------------------------------
 
     def build_call(
         self, request: ChatRequest, conversation: Conversation
@@ -335,56 +340,14 @@ class ChatService:
         )
         return prompt + call.max_tokens
 
-    def _conclude_failure(
-        self,
-        conversation: Conversation,
-        request_id: str,
-        error_type: str,
-        message: str,
-        started: float,
-    ) -> dict[str, Any]:
-        conversation.record_failure(
-            request_id=request_id,
-            error_type=error_type,
-            error_message=message,
-            failed_at=self._timestamp(),
-            processing_time=round(time.perf_counter() - started, 3),
-        )
-        outcome = conversation.outcome(request_id)
-        assert outcome is not None
-        return outcome
 
-    def _existing(self, cid: UUID) -> Conversation:
-        conversation = self.records.conversation(cid)
-        if conversation is None:
-            raise RuntimeError(f"conversation {cid} vanished from the event store")
-        return conversation
-
-    def _timestamp(self) -> str:
-        return iso_timestamp(self.clock)
-
-    def _retrying(self, attempt: Callable[[], T]) -> T:
-        """Run a load-decide-save step again when another worker saved first."""
-        with self._write_lock:
-            for tries in range(1, self.policy.conflict_retries + 1):
-                try:
-                    return attempt()
-                except RecordConflictError:
-                    log.debug("concurrent write; reloading and trying again")
-                    time.sleep(random.uniform(0, 0.01 * tries))  # jitter: let the other finish
-            return attempt()
+def iso_timestamp(clock: Clock) -> str:
+    """UTC time as the contract shows it, e.g. 2024-01-01T00:00:00.000Z."""
+    return clock.now().isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def rejection(error_type: str, message: str, clock: Clock, started: float) -> dict[str, Any]:
     """The payload for a request rejected before it reached the use case."""
     return error_payload(
-        error_type,
-        message,
-        iso_timestamp(clock),
-        round(time.perf_counter() - started, 3),
+        error_type, message, iso_timestamp(clock), round(time.perf_counter() - started, 3)
     )
-
-
-def iso_timestamp(clock: Clock) -> str:
-    """UTC time as the contract shows it, e.g. 2024-01-01T00:00:00.000Z."""
-    return clock.now().isoformat(timespec="milliseconds").replace("+00:00", "Z")

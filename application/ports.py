@@ -40,6 +40,10 @@ class LanguageModel(Protocol):
         """Answer a call, or raise ModelError."""
         ...
 
+    async def close(self) -> None:
+        """Release connections; called once when the worker stops."""
+        ...
+
 
 class TokenCounter(Protocol):
     def count(self, text: str) -> int:

@@ -45,6 +45,7 @@ class Container(containers.DeclarativeContainer):
             base_url=settings.provided.OPENAI_BASE_URL,
             timeout=settings.provided.TIMEOUT,
             max_retries=settings.provided.MAX_RETRIES,
+            max_connections=settings.provided.MAX_IN_FLIGHT,
         ),
         offline=providers.Singleton(OfflineModel, counter=token_counter),
     )
@@ -57,6 +58,7 @@ class Container(containers.DeclarativeContainer):
         daily_token_limit=settings.provided.DAILY_TOKEN_LIMIT,
         context_max_tokens=settings.provided.CONTEXT_MAX_TOKENS,
         context_max_turns=settings.provided.CONTEXT_MAX_TURNS,
+        budget_chunk_tokens=settings.provided.BUDGET_CHUNK_TOKENS,
     )
     chat_service = providers.Singleton(
         ChatService,

@@ -1,9 +1,12 @@
 """The Kafka worker: `gpt-send` in, the chat use case, `gpt-response` out.
 
-At-least-once: a batch is fetched, its records are answered (different
-conversations concurrently, one conversation's records in offset order), every
-response is delivered, and only then are the offsets committed. A record seen
-again after a crash is answered from the event store, not by the model.
+Records stream in; those of different conversations are answered concurrently,
+those of one conversation one after another in the order they were fetched.
+At most MAX_IN_FLIGHT records are held: beyond that the worker pauses its
+partitions (backpressure) and keeps polling, so the group does not evict it.
+Per partition, only the offset below which every record is answered and its
+response delivered is committed (at-least-once). A record fetched again after a
+crash or a rebalance is answered from the event store, not by the model.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import asyncio
 import logging
 import threading
 import time
-from collections import defaultdict
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,8 +23,10 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 from eventsourcing.persistence import PersistenceError
 
 from adapters.kafka import consumer_config, ensure_topics, producer_config
+from adapters.kafka_offsets import OffsetTracker
 from application.chat import ChatService, rejection
-from application.contract import ChatRequest, InvalidRequest, encode_response, parse_request
+from application.contract import ChatRequest, InvalidRequest, parse_request, request_id_of
+from application.contract import encode_response
 from application.ports import Clock
 from domain.conversation import conversation_id
 from entrypoints.settings import Settings
@@ -30,30 +35,45 @@ log = logging.getLogger(__name__)
 
 # Unexpected errors (not the store being down) are retried this often before the
 # request gets an `internal_error` response, so that one bad record cannot wedge
-# its partition forever.
+# its conversation forever.
 UNEXPECTED_ERROR_ATTEMPTS = 3
 STORE_RETRY_MAX_DELAY = 10.0
+COMMIT_INTERVAL = 0.2
+POLL_TIMEOUT = 0.1
+RESUME_FRACTION = 0.75
 
 
 @dataclass
-class _Outcome:
-    """What happened to one consumed record on its way out."""
+class _Record:
+    """One fetched record on its way through the worker."""
 
     message: Message
-    delivered: bool | None = None  # None until every record it produced is delivered
-    pending: int = 0
-    failed: bool = False
+    epoch: int | None
+    request: ChatRequest | None = None
+    deliveries: int = 0
+
+    @property
+    def partition(self) -> tuple[str, int]:
+        return (self.message.topic(), self.message.partition())
 
 
 @dataclass
 class WorkerStats:
-    """Counts since start, for tests, the demo and health reports."""
+    """Counts since start, for tests, the demo, benchmarks and health reports."""
 
     consumed: int = 0
     answered: int = 0
     errors: int = 0
     dead_lettered: int = 0
+    dropped: int = 0
+    in_flight: int = 0
+    peak_in_flight: int = 0
+    pauses: int = 0
     committed: dict[tuple[str, int], int] = field(default_factory=dict)
+
+
+class _Stopping(Exception):
+    """The worker is stopping while this record waits for the store."""
 
 
 class KafkaWorker:
@@ -64,9 +84,17 @@ class KafkaWorker:
         self.stats = WorkerStats()
         # Set from librdkafka's callback thread once partitions are assigned.
         self.assigned = threading.Event()
+        self._offsets = OffsetTracker()
+        self._queues: dict[str, deque[_Record]] = {}
+        self._runners: set[asyncio.Task[None]] = set()
+        self._paused = False
+        self._stop = asyncio.Event()
+
+    # Lifecycle ------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Consume until `stop` is set; the batch in hand is finished first."""
+        """Consume until `stop` is set, then finish what is in flight and commit."""
+        self._stop = stop
         settings = self.settings
         if settings.CREATE_TOPICS:
             await asyncio.to_thread(
@@ -76,32 +104,58 @@ class KafkaWorker:
                 settings.TOPIC_PARTITIONS,
             )
         consumer = Consumer(consumer_config(settings.BOOTSTRAP_SERVER, settings.CONSUMER_GROUP))
-        producer = Producer(producer_config(settings.BOOTSTRAP_SERVER))
-        consumer.subscribe([settings.REQUEST_TOPIC], on_assign=self._on_assign)
+        self._producer = Producer(producer_config(settings.BOOTSTRAP_SERVER))
+        consumer.subscribe(
+            [settings.REQUEST_TOPIC],
+            on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
+            on_lost=self._on_lost,
+        )
         log.info(
             "worker consuming %s as group %s", settings.REQUEST_TOPIC, settings.CONSUMER_GROUP
         )
         try:
+            last_commit = time.monotonic()
             while not stop.is_set():
-                messages = await asyncio.to_thread(self._fetch, consumer)
-                batch = [m for m in messages if self._usable(m)]
-                if batch:
-                    await self._process(batch, consumer, producer)
+                self._apply_backpressure(consumer)
+                for message in await asyncio.to_thread(self._fetch, consumer):
+                    self._dispatch(message)
+                self._producer.poll(0)
+                if time.monotonic() - last_commit >= COMMIT_INTERVAL:
+                    self._commit(consumer, asynchronous=True)
+                    last_commit = time.monotonic()
         finally:
-            await asyncio.to_thread(producer.flush, 10)
-            await asyncio.to_thread(consumer.close)
-            log.info("worker stopped")
+            await self._shut_down(consumer)
+
+    async def _shut_down(self, consumer: Consumer) -> None:
+        if self._runners:
+            log.info("finishing %d conversations in flight", len(self._runners))
+            _, late = await asyncio.wait(
+                set(self._runners), timeout=self.settings.SHUTDOWN_TIMEOUT
+            )
+            for task in late:  # their records stay uncommitted and are fetched again
+                task.cancel()
+            if late:
+                await asyncio.wait(late)
+        self._producer.flush(10)
+        self._commit(consumer, asynchronous=False)
+        await asyncio.to_thread(consumer.close)
+        del self._producer  # librdkafka clients stop when their last reference goes
+        await self.service.close()
+        log.info("worker stopped")
+
+    # Fetching -------------------------------------------------------------------
 
     def _fetch(self, consumer: Consumer) -> list[Message]:
-        """Wait up to half a second for one record, then take what else is ready."""
-        first = consumer.poll(0.5)
+        """Wait briefly for one record, then take what else is ready (room allowing)."""
+        first = consumer.poll(POLL_TIMEOUT)
         if first is None:
             return []
-        return [first, *consumer.consume(self.settings.MAX_BATCH - 1, 0)]
-
-    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        log.info("assigned %s", [f"{p.topic}[{p.partition}]" for p in partitions])
-        self.assigned.set()
+        room = self.settings.MAX_IN_FLIGHT - self.stats.in_flight - 1
+        batch = [first]
+        if room > 0:
+            batch += consumer.consume(min(room, self.settings.MAX_BATCH), 0)
+        return [m for m in batch if self._usable(m)]
 
     def _usable(self, message: Message) -> bool:
         error = message.error()
@@ -111,68 +165,95 @@ class KafkaWorker:
             log.warning("consume error: %s", error)
         return False
 
-    # One batch ------------------------------------------------------------------
+    def _apply_backpressure(self, consumer: Consumer) -> None:
+        in_flight, limit = self.stats.in_flight, self.settings.MAX_IN_FLIGHT
+        if in_flight >= limit:
+            if not self._paused:
+                self.stats.pauses += 1
+                log.debug("%d records in flight: pausing fetches", in_flight)
+            # Again each time: partitions assigned meanwhile must pause too.
+            consumer.pause(consumer.assignment())
+            self._paused = True
+        elif self._paused and in_flight <= limit * RESUME_FRACTION:
+            consumer.resume(consumer.assignment())
+            self._paused = False
 
-    async def _process(
-        self, batch: list[Message], consumer: Consumer, producer: Producer
-    ) -> None:
-        self.stats.consumed += len(batch)
-        outcomes = [_Outcome(m) for m in batch]
-        groups: dict[str, list[tuple[_Outcome, ChatRequest | InvalidRequest]]] = defaultdict(list)
-        for outcome in outcomes:
-            message = outcome.message
-            try:
-                request: ChatRequest | InvalidRequest = parse_request(
-                    message.key(), message.value()
-                )
-                group = str(conversation_id(request.user_email, request.conversation_id))
-            except InvalidRequest as error:
-                request = error
-                group = f"invalid:{message.partition()}:{message.offset()}"
-            groups[group].append((outcome, request))
+    # Rebalance callbacks (the polling thread) -----------------------------------
 
-        # Higher priority first: the order tasks start is the order they queue for
-        # the rate limiter.
-        ordered = sorted(
-            groups.values(),
-            key=lambda items: -max(
-                r.priority if isinstance(r, ChatRequest) else 0 for _, r in items
-            ),
-        )
-        await asyncio.gather(*(self._run_group(items, producer) for items in ordered))
-        remaining = await asyncio.to_thread(producer.flush, 30)
-        if remaining:
-            log.error("%d responses not delivered; their records will be fetched again", remaining)
-        await asyncio.to_thread(self._commit, outcomes, consumer)
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        log.info("assigned %s", [f"{p.topic}[{p.partition}]" for p in partitions])
+        self._offsets.assign([(p.topic, p.partition) for p in partitions])
+        if self._paused:
+            consumer.pause(partitions)
+        self.assigned.set()
 
-    async def _run_group(
-        self,
-        items: list[tuple[_Outcome, ChatRequest | InvalidRequest]],
-        producer: Producer,
-    ) -> None:
-        for outcome, request in items:
-            if isinstance(request, InvalidRequest):
-                self._reject(outcome, request, producer)
-            else:
-                payload = await self._answer(request)
-                self._send(outcome, producer, self.settings.RESPONSE_TOPIC,
-                           outcome.message.key() or request.request_id.encode(), payload)
-                if "error" in payload:
-                    self.stats.errors += 1
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        log.info("revoked %s", [f"{p.topic}[{p.partition}]" for p in partitions])
+        commits = self._offsets.revoke([(p.topic, p.partition) for p in partitions])
+        self._commit_offsets(consumer, commits, asynchronous=False)
+
+    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        log.warning("lost %s", [f"{p.topic}[{p.partition}]" for p in partitions])
+        self._offsets.revoke([(p.topic, p.partition) for p in partitions])
+
+    # Dispatching (the event loop) -----------------------------------------------
+
+    def _dispatch(self, message: Message) -> None:
+        record = _Record(message, self._offsets.add((message.topic(), message.partition()), message.offset()))
+        self.stats.consumed += 1
+        self.stats.in_flight += 1
+        self.stats.peak_in_flight = max(self.stats.peak_in_flight, self.stats.in_flight)
+        try:
+            record.request = parse_request(message.key(), message.value())
+            key = str(conversation_id(record.request.user_email, record.request.conversation_id))
+        except InvalidRequest as error:
+            self._reject(record, error)
+            return
+        except Exception:  # never let one record stop the worker
+            log.exception("unreadable record at %s[%d]@%d", *record.partition, message.offset())
+            self._reject(record, InvalidRequest("the record could not be read", request_id_of(message.key())))
+            return
+        queue = self._queues.get(key)
+        if queue is None:
+            queue = self._queues[key] = deque()
+            runner = asyncio.create_task(self._run_conversation(key, queue))
+            self._runners.add(runner)
+            runner.add_done_callback(self._runners.discard)
+        queue.append(record)
+
+    async def _run_conversation(self, key: str, queue: deque[_Record]) -> None:
+        """Answer one conversation's records one after another, in fetch order."""
+        try:
+            while queue:
+                record = queue[0]
+                if self._offsets.is_current(record.partition, record.epoch):
+                    assert record.request is not None
+                    payload = await self._answer(record.request)
+                    if self._offsets.is_current(record.partition, record.epoch):
+                        self._respond(record, payload)
+                    else:
+                        self._drop(record)
                 else:
-                    self.stats.answered += 1
-            producer.poll(0)
+                    self._drop(record)
+                queue.popleft()
+        except (_Stopping, asyncio.CancelledError):
+            for record in queue:
+                self._drop(record)
+            queue.clear()
+        finally:
+            if self._queues.get(key) is queue:
+                del self._queues[key]
 
     async def _answer(self, request: ChatRequest) -> dict[str, Any]:
         started = time.perf_counter()
         attempt = 0
+        delay = 0.5
         while True:
             attempt += 1
             try:
                 return await self.service.handle(request)
             except PersistenceError as error:
                 # The store is down: wait for it rather than lose or fail the request.
-                delay = min(0.5 * 2**attempt, STORE_RETRY_MAX_DELAY)
                 log.warning("event store unavailable (%s); retrying in %.1fs", error, delay)
             except Exception:
                 log.exception("unexpected error answering %s", request.request_id)
@@ -183,91 +264,111 @@ class KafkaWorker:
                         self.clock,
                         started,
                     )
-                delay = 0.5 * attempt
+            if self._stop.is_set():
+                raise _Stopping
             await asyncio.sleep(delay)
+            delay = min(delay * 2, STORE_RETRY_MAX_DELAY)
 
-    def _reject(self, outcome: _Outcome, error: InvalidRequest, producer: Producer) -> None:
-        message = outcome.message
+    # Producing ------------------------------------------------------------------
+
+    def _respond(self, record: _Record, payload: dict[str, Any]) -> None:
+        assert record.request is not None
+        if "error" in payload:
+            self.stats.errors += 1
+        else:
+            self.stats.answered += 1
+        key = record.message.key() or record.request.request_id.encode()
+        self._send(record, self.settings.RESPONSE_TOPIC, key, encode_response(payload))
+
+    def _reject(self, record: _Record, error: InvalidRequest) -> None:
+        message = record.message
         self.stats.errors += 1
         self.stats.dead_lettered += 1
         log.warning(
             "invalid record %s[%d]@%d: %s",
             message.topic(), message.partition(), message.offset(), error.message,
         )
-        self._send(
-            outcome,
-            producer,
-            self.settings.DLQ_TOPIC,
-            message.key(),
-            message.value(),
-            headers=[
-                ("error_type", b"invalid_request"),
-                ("reason", error.message.encode()),
-                ("source_topic", (message.topic() or "").encode()),
-                ("source_partition", str(message.partition()).encode()),
-                ("source_offset", str(message.offset()).encode()),
-            ],
-        )
+        headers = [
+            ("error_type", b"invalid_request"),
+            ("reason", error.message.encode()),
+            ("source_topic", (message.topic() or "").encode()),
+            ("source_partition", str(message.partition()).encode()),
+            ("source_offset", str(message.offset()).encode()),
+        ]
         key = message.key() or (error.request_id.encode() if error.request_id else None)
-        if key is None:
+        if key is not None:
+            payload = rejection("invalid_request", error.message, self.clock, time.perf_counter())
+            self._send(record, self.settings.RESPONSE_TOPIC, key, encode_response(payload))
+        else:
             log.warning("invalid record has no key: no error response can be matched to it")
-            return
-        payload = rejection("invalid_request", error.message, self.clock, time.perf_counter())
-        self._send(outcome, producer, self.settings.RESPONSE_TOPIC, key, payload)
+        self._send(record, self.settings.DLQ_TOPIC, message.key(), message.value(), headers)
 
     def _send(
         self,
-        outcome: _Outcome,
-        producer: Producer,
+        record: _Record,
         topic: str,
         key: bytes | None,
-        value: dict[str, Any] | bytes | None,
+        value: bytes | None,
         headers: list[tuple[str, bytes]] | None = None,
     ) -> None:
-        def delivered(error: KafkaError | None, _message: Message) -> None:
-            outcome.pending -= 1
-            if error is not None:
-                log.error("delivery to %s failed: %s", topic, error)
-                outcome.failed = True
+        """Produce; the record is finished once everything it produced is delivered."""
 
-        body = encode_response(value) if isinstance(value, dict) else value
-        outcome.pending += 1
+        def delivered(error: KafkaError | None, _message: Message) -> None:
+            if error is not None:
+                log.error("delivery to %s failed (%s); sending again", topic, error)
+                self._produce(topic, key, value, headers, delivered)
+                return
+            record.deliveries -= 1
+            if record.deliveries == 0:
+                self._finish(record)
+
+        record.deliveries += 1
+        try:
+            self._produce(topic, key, value, headers, delivered)
+        except KafkaException as error:
+            if topic != self.settings.DLQ_TOPIC:
+                raise
+            # Too large for the broker, say: keep the evidence that can be kept.
+            log.error("dead-lettering the original bytes failed (%s); sending headers only", error)
+            omitted = [*(headers or []), ("value_omitted", str(error).encode())]
+            self._produce(topic, key, None, omitted, delivered)
+
+    def _produce(self, topic, key, value, headers, on_delivery) -> None:  # type: ignore[no-untyped-def]
         while True:
             try:
-                producer.produce(topic, body, key, headers=headers, on_delivery=delivered)
+                self._producer.produce(topic, value, key, headers=headers, on_delivery=on_delivery)
+                self._producer.poll(0)
                 return
             except BufferError:
-                producer.poll(0.1)  # the local queue is full: let deliveries drain
+                self._producer.poll(0.05)  # the local queue is full: let deliveries drain
+
+    def _finish(self, record: _Record) -> None:
+        self.stats.in_flight -= 1
+        self._offsets.finish(record.partition, record.message.offset(), record.epoch)
+
+    def _drop(self, record: _Record) -> None:
+        """Work of a partition taken away by a rebalance: its new owner answers it."""
+        self.stats.dropped += 1
+        self.stats.in_flight -= 1
 
     # Offsets --------------------------------------------------------------------
 
-    def _commit(self, outcomes: list[_Outcome], consumer: Consumer) -> None:
-        """Commit, per partition, up to the first record not fully delivered."""
-        by_partition: dict[tuple[str, int], list[_Outcome]] = defaultdict(list)
-        for outcome in outcomes:
-            m = outcome.message
-            by_partition[(m.topic(), m.partition())].append(outcome)
-        commits: list[TopicPartition] = []
-        for (topic, partition), items in by_partition.items():
-            items.sort(key=lambda o: o.message.offset())
-            next_offset = None
-            for outcome in items:
-                if outcome.failed or outcome.pending > 0:
-                    consumer.seek(TopicPartition(topic, partition, outcome.message.offset()))
-                    break
-                next_offset = outcome.message.offset() + 1
-            if next_offset is not None:
-                commits.append(TopicPartition(topic, partition, next_offset))
+    def _commit(self, consumer: Consumer, asynchronous: bool) -> None:
+        self._commit_offsets(consumer, self._offsets.to_commit(), asynchronous)
+
+    def _commit_offsets(
+        self, consumer: Consumer, commits: list[tuple[tuple[str, int], int]], asynchronous: bool
+    ) -> None:
         if not commits:
             return
+        offsets = [TopicPartition(topic, partition, offset) for (topic, partition), offset in commits]
         try:
-            consumer.commit(offsets=commits, asynchronous=False)
+            consumer.commit(offsets=offsets, asynchronous=asynchronous)
         except KafkaException as error:
-            if error.args[0].code() == KafkaError._NO_OFFSET:
-                return
-            # Typically a rebalance took the partition away: its new owner fetches
-            # the records again and answers them from the event store.
-            log.warning("offset commit failed: %s", error)
+            if error.args[0].code() != KafkaError._NO_OFFSET:
+                # Typically a rebalance took the partition away: its new owner
+                # fetches the records again and answers them from the event store.
+                log.warning("offset commit failed: %s", error)
             return
-        for tp in commits:
-            self.stats.committed[(tp.topic, tp.partition)] = tp.offset
+        for (topic, partition), offset in commits:
+            self.stats.committed[(topic, partition)] = offset

@@ -27,8 +27,10 @@ def call(text: str = "hello", *images: Image) -> ModelCall:
 
 
 @pytest.fixture
-def model(fake_openai) -> OpenAIModel:
-    return OpenAIModel(api_key="test-key", base_url=fake_openai.base_url, timeout=2, max_retries=0)
+async def model(fake_openai):
+    model = OpenAIModel(api_key="test-key", base_url=fake_openai.base_url, timeout=2, max_retries=0)
+    yield model
+    await model.close()
 
 
 async def test_a_completion_carries_text_model_usage_and_finish_reason(model, fake_openai):
@@ -91,6 +93,9 @@ async def test_every_failure_becomes_a_safe_model_error(model, fake_openai, step
 async def test_max_retries_lets_the_sdk_retry_a_server_error(fake_openai):
     model = OpenAIModel(api_key="test-key", base_url=fake_openai.base_url, timeout=5, max_retries=1)
     fake_openai.script([{"status": 500}])
-    reply = await model.complete(call("retry me"))
+    try:
+        reply = await model.complete(call("retry me"))
+    finally:
+        await model.close()
     assert reply.text.startswith("echo: retry me")
     assert len(fake_openai.requests()) == 2

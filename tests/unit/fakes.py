@@ -38,6 +38,10 @@ class FakeModel:
         return ModelReply(text, call.model, prompt, len(text.split()))
 
 
+    async def close(self) -> None:
+        pass
+
+
 class FixedClock:
     def __init__(self, at: datetime = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)) -> None:
         self.at = at

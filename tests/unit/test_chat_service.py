@@ -91,10 +91,14 @@ async def test_images_go_to_the_vision_model_unless_a_model_is_named():
     )
 
 
-async def test_tokens_are_reserved_then_settled_with_the_real_usage():
+async def test_tokens_are_leased_before_the_call_and_settled_with_the_real_usage():
     service, model = make_service(daily_token_limit=10_000, max_tokens=100)
     model.script.append(ModelReply("short", "gpt-4o-mini", prompt_tokens=7, completion_tokens=3))
     await service.handle(ask("r1", "hello"))
+    # The worker's lease is reserved in the stored budget while it is open ...
+    assert budget_of(service).reserved == 5000 and budget_of(service).used == 0
+    await service.close()
+    # ... and settled with what its requests really used when it closes.
     budget = budget_of(service)
     assert budget.used == 10 and budget.reserved == 0
     events = [type(e).__name__ for e in service.records.events.get(budget.id)]
@@ -120,6 +124,7 @@ async def test_a_failed_call_is_recorded_and_its_reservation_released():
     model.script.append(ModelError("upstream_error", "The model provider failed (HTTP 500)."))
     failed = await service.handle(ask("r1", "hello"))
     assert failed["error"] == {"type": "upstream_error", "message": "The model provider failed (HTTP 500)."}
+    await service.close()
     assert budget_of(service).reserved == 0 and budget_of(service).used == 0
     answered = await service.handle(ask("r2", "hello"))
     assert "response" in answered
@@ -151,6 +156,7 @@ async def test_a_request_waits_while_requests_in_flight_hold_the_budget():
     release.set()
     answers = await asyncio.gather(first, second)
     assert all("response" in answer for answer in answers)
+    await service.close()
     assert budget_of(service).used == sum(a["usage"]["total_tokens"] for a in answers)
 
 
@@ -159,6 +165,7 @@ async def test_the_same_request_id_from_two_users_is_paid_twice():
     await service.handle(ask("same-key", "hello", user_email="a@x.com"))
     await service.handle(ask("same-key", "hello", user_email="b@x.com"))
     assert len(model.calls) == 2
+    await service.close()
     assert budget_of(service).used == 2 * (1 + 3)  # "hello" in, "answer to hello" out, twice
 
 
@@ -171,7 +178,8 @@ async def test_an_unexpected_model_failure_is_an_upstream_error_and_frees_the_bu
     model.complete = broken
     failed = await service.handle(ask("r1", "hello"))
     assert failed["error"] == {"type": "upstream_error", "message": "The model call failed unexpectedly."}
-    assert budget_of(service).reserved == 0
+    await service.close()
+    assert budget_of(service).reserved == 0 and budget_of(service).used == 0
     assert await service.handle(ask("r1", "hello")) == failed
 
 
@@ -183,10 +191,11 @@ async def test_long_conversations_and_busy_budgets_load_from_snapshots():
     conversation = service.records.conversation(cid)
     assert len(conversation.turns) == 60 and conversation.turns[-1].reply == "answer to question 59"
 
+    await service.close()
     budget = budget_of(service)
-    for n in range(50):  # 121 events so far; the budget's snapshot comes at 200
+    for n in range(100):  # the budget's snapshot comes at event 200
         budget.reserve(f"x{n}", 1, 10**9)
         budget.settle(f"x{n}", 1)
     service.records.save(budget)
     assert list(service.records.snapshots.get(budget.id)), "no snapshot of the budget"
-    assert budget_of(service).used == sum(a["usage"]["total_tokens"] for a in answers) + 50
+    assert budget_of(service).used == sum(a["usage"]["total_tokens"] for a in answers) + 100

@@ -1,0 +1,88 @@
+"""Which offsets are safe to commit when records finish out of order."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from collections import deque
+from dataclasses import dataclass, field
+
+TopicPartitionKey = tuple[str, int]
+
+
+@dataclass
+class _Partition:
+    epoch: int
+    pending: deque[int] = field(default_factory=deque)  # fetched, in offset order
+    finished: set[int] = field(default_factory=set)
+    next_offset: int | None = None  # everything below it is finished
+    committed: int | None = None
+
+
+class OffsetTracker:
+    """Per partition, the highest offset below which every fetched record is finished.
+
+    Thread-safe: records finish on the event loop while rebalance callbacks run
+    in the consumer's polling thread. Each assignment of a partition has its own
+    epoch, so work fetched before a partition was revoked can be recognised and
+    dropped when it comes back.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._partitions: dict[TopicPartitionKey, _Partition] = {}
+        self._epochs = itertools.count(1)
+
+    def assign(self, partitions: list[TopicPartitionKey]) -> None:
+        with self._lock:
+            for tp in partitions:
+                self._partitions[tp] = _Partition(next(self._epochs))
+
+    def revoke(self, partitions: list[TopicPartitionKey]) -> list[tuple[TopicPartitionKey, int]]:
+        """Forget the partitions; returns the offsets still worth committing for them."""
+        with self._lock:
+            commits = []
+            for tp in partitions:
+                state = self._partitions.pop(tp, None)
+                if state and state.next_offset is not None and state.next_offset != state.committed:
+                    commits.append((tp, state.next_offset))
+            return commits
+
+    def add(self, tp: TopicPartitionKey, offset: int) -> int | None:
+        """Note a fetched record; returns its epoch, None if the partition is not ours."""
+        with self._lock:
+            state = self._partitions.get(tp)
+            if state is None:
+                return None
+            state.pending.append(offset)
+            return state.epoch
+
+    def finish(self, tp: TopicPartitionKey, offset: int, epoch: int | None) -> None:
+        with self._lock:
+            state = self._partitions.get(tp)
+            if state is None or state.epoch != epoch:
+                return
+            state.finished.add(offset)
+            while state.pending and state.pending[0] in state.finished:
+                done = state.pending.popleft()
+                state.finished.discard(done)
+                state.next_offset = done + 1
+
+    def is_current(self, tp: TopicPartitionKey, epoch: int | None) -> bool:
+        with self._lock:
+            state = self._partitions.get(tp)
+            return state is not None and state.epoch == epoch
+
+    def to_commit(self) -> list[tuple[TopicPartitionKey, int]]:
+        """Offsets that advanced since the last call; they count as committed."""
+        with self._lock:
+            commits = []
+            for tp, state in self._partitions.items():
+                if state.next_offset is not None and state.next_offset != state.committed:
+                    commits.append((tp, state.next_offset))
+                    state.committed = state.next_offset
+            return commits
+
+    def unfinished(self) -> int:
+        with self._lock:
+            return sum(len(state.pending) for state in self._partitions.values())

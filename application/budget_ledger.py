@@ -1,0 +1,153 @@
+"""This worker's share of the day's TokenBudget, leased in chunks.
+
+Every request of every worker would otherwise write the one TokenBudget
+aggregate of the day, which turns it into a lock for the whole service. Instead
+a worker reserves a lease (a chunk of tokens) in the TokenBudget, holds each
+request's worst case inside it in memory, and settles the lease with the tokens
+really used once it is spent. Leases are saved before any of their tokens are
+used, so the daily limit holds across workers; a worker that dies leaves its
+open lease reserved until the day ends: room is lost, never overspent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from eventsourcing.persistence import RecordConflictError
+
+from application.ports import Clock
+from domain.token_budget import SERVICE_SCOPE, BudgetBusy, TokenBudget
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+@dataclass
+class _Lease:
+    id: str
+    day: str
+    size: int
+    used: int = 0
+    held: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def free(self) -> int:
+        return self.size - self.used - sum(self.held.values())
+
+
+class BudgetLedger:
+    """Reserve, settle and release request tokens against leased chunks."""
+
+    def __init__(
+        self,
+        load_budget: Callable[[str, str], TokenBudget],
+        save: Callable[[TokenBudget], object],
+        clock: Clock,
+        daily_limit: int,
+        chunk_tokens: int = 100_000,
+        scope: str = SERVICE_SCOPE,
+    ) -> None:
+        self.load_budget = load_budget
+        self.save = save
+        self.clock = clock
+        self.daily_limit = daily_limit
+        self.chunk_tokens = chunk_tokens
+        self.scope = scope
+        self.owner = uuid.uuid4().hex[:12]
+        self._numbers = itertools.count(1)
+        self._current: _Lease | None = None
+        self._leases: dict[str, _Lease] = {}  # reservation id -> its lease
+        self._lock = asyncio.Lock()
+        self.leases_opened = 0
+
+    async def reserve(self, reservation_id: str, tokens: int) -> None:
+        """Hold tokens for a request; waits while requests in flight hold the room.
+
+        Raises BudgetExceeded when the day's spending leaves no room at all.
+        """
+        wait = 0.02
+        while True:
+            async with self._lock:
+                if reservation_id in self._leases:
+                    return
+                day = self.clock.now().date().isoformat()
+                lease = self._current
+                if lease is None or lease.day != day or lease.free < tokens:
+                    if lease is not None:
+                        self._current = None
+                        await self._settle_if_spent(lease)
+                    try:
+                        lease = await asyncio.to_thread(self._open_lease, day, tokens)
+                    except BudgetBusy:
+                        lease = None
+                    self._current = lease
+                if lease is not None:
+                    lease.held[reservation_id] = tokens
+                    self._leases[reservation_id] = lease
+                    return
+            await asyncio.sleep(wait)
+            wait = min(wait * 2, 1.0)
+
+    async def settle(self, reservation_id: str, tokens: int) -> None:
+        """Count the tokens a request really used in place of what it held."""
+        lease = self._leases.pop(reservation_id, None)
+        if lease is None:
+            return
+        del lease.held[reservation_id]
+        lease.used += tokens
+        await self._settle_if_spent(lease)
+
+    async def release(self, reservation_id: str) -> None:
+        """Give back what a failed request held."""
+        await self.settle(reservation_id, 0)
+
+    async def close(self) -> None:
+        """Settle the open lease, so its unused tokens go back to the budget."""
+        async with self._lock:
+            lease, self._current = self._current, None
+            if lease is not None:
+                await self._settle_if_spent(lease)
+
+    async def _settle_if_spent(self, lease: _Lease) -> None:
+        """A lease no longer handed out is settled once its last request ends."""
+        if lease is self._current or lease.held:
+            return
+        await asyncio.to_thread(self._retrying, lambda: self._settle_lease(lease))
+
+    def _open_lease(self, day: str, tokens: int) -> _Lease:
+        def attempt() -> _Lease:
+            budget = self.load_budget(self.scope, day)
+            room = budget.remaining(self.daily_limit)
+            # Half of what is left at most, so that other workers keep some room.
+            size = max(tokens, min(self.chunk_tokens, room // 2))
+            lease_id = f"lease:{self.owner}:{next(self._numbers)}"
+            budget.reserve(lease_id, size, self.daily_limit)
+            self.save(budget)
+            return _Lease(lease_id, day, size)
+
+        lease = self._retrying(attempt)
+        self.leases_opened += 1
+        log.debug("opened %s of %d tokens", lease.id, lease.size)
+        return lease
+
+    def _settle_lease(self, lease: _Lease) -> None:
+        budget = self.load_budget(self.scope, lease.day)
+        budget.settle(lease.id, lease.used)
+        self.save(budget)
+
+    @staticmethod
+    def _retrying(attempt: Callable[[], T], tries: int = 20) -> T:
+        """Decide again on fresh state when another worker saved the budget first."""
+        for _ in range(tries - 1):
+            try:
+                return attempt()
+            except RecordConflictError:
+                continue
+        return attempt()

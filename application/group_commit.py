@@ -1,0 +1,95 @@
+"""Group commit: the aggregates of many concurrent requests saved in one transaction.
+
+A transaction costs a disk flush (PostgreSQL) or a lock and a journal write
+(SQLite) whatever it holds, so writes that arrive while one is running go
+together in the next. A batch that fails on a conflict is retried one request at
+a time, so that only the request that collided sees RecordConflictError.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from eventsourcing.application import Application
+from eventsourcing.persistence import RecordConflictError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Write:
+    aggregates: tuple[Any, ...]
+    events: list[Any]
+    done: asyncio.Future[None]
+    error: BaseException | None = field(default=None)
+
+
+class GroupCommitter:
+    def __init__(self, application: Application, max_batch: int = 500) -> None:
+        self.application = application
+        self.max_batch = max_batch
+        self._queue: list[_Write] = []
+        self._writer: asyncio.Task[None] | None = None
+        self.transactions = 0
+        self.saves = 0
+
+    async def save(self, *aggregates: Any) -> None:
+        """Save the aggregates' pending events; raises as `Application.save` would."""
+        events = [event for aggregate in aggregates for event in aggregate.collect_events()]
+        if not events:
+            return
+        write = _Write(aggregates, events, asyncio.get_running_loop().create_future())
+        self._queue.append(write)
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._drain())
+        await write.done
+
+    async def _drain(self) -> None:
+        while self._queue:
+            batch, self._queue = self._queue[: self.max_batch], self._queue[self.max_batch :]
+            try:
+                await asyncio.to_thread(self._write, batch)
+            except BaseException as error:  # the store is down: every writer hears it
+                for write in batch:
+                    write.error = error
+            for write in batch:
+                if write.done.done():
+                    continue
+                if write.error is None:
+                    write.done.set_result(None)
+                else:
+                    write.done.set_exception(write.error)
+
+    def _write(self, batch: list[_Write]) -> None:
+        self.transactions += 1
+        self.saves += len(batch)
+        try:
+            self.application.save(*(event for write in batch for event in write.events))
+        except RecordConflictError:
+            if len(batch) == 1:
+                raise
+            log.debug("conflict in a batch of %d; saving one by one", len(batch))
+            for write in batch:
+                self.transactions += 1
+                try:
+                    self.application.save(*write.events)
+                except RecordConflictError as error:
+                    write.error = error
+        for write in batch:
+            if write.error is None:
+                self._take_snapshots(write)
+
+    def _take_snapshots(self, write: _Write) -> None:
+        """Snapshot as Application.save would, had it been given the aggregates."""
+        intervals = self.application.snapshotting_intervals
+        for aggregate in write.aggregates:
+            interval = intervals.get(type(aggregate))
+            if not interval:
+                continue
+            versions = [e.originator_version for e in write.events if e.originator_id == aggregate.id]
+            due = [v for v in versions if v % interval == 0]
+            if due:
+                self.application.take_snapshot(aggregate.id, version=max(due))

@@ -1,0 +1,83 @@
+import asyncio
+import random
+
+import pytest
+
+from application.budget_ledger import BudgetLedger
+from application.chat import ChatRecords
+from domain.token_budget import SERVICE_SCOPE, BudgetExceeded
+from tests.unit.fakes import FixedClock
+
+
+def ledger(records: ChatRecords, clock: FixedClock, limit: int, chunk: int = 1000) -> BudgetLedger:
+    return BudgetLedger(records.budget, records.save, clock, limit, chunk_tokens=chunk)
+
+
+def stored(records: ChatRecords, day: str = "2026-11-25"):
+    return records.budget(SERVICE_SCOPE, day)
+
+
+@pytest.fixture
+def records() -> ChatRecords:
+    return ChatRecords(env={"PERSISTENCE_MODULE": "eventsourcing.popo"})
+
+
+async def test_requests_are_held_in_a_lease_that_settles_with_real_usage(records):
+    clock = FixedClock()
+    book = ledger(records, clock, limit=100_000)
+    for n in range(10):
+        await book.reserve(f"r{n}", 300)
+        await book.settle(f"r{n}", 20)
+    assert book.leases_opened == 1  # ten requests, one write of the budget
+    assert stored(records).reserved == 1000
+    await book.close()
+    assert (stored(records).used, stored(records).reserved) == (200, 0)
+
+
+async def test_workers_racing_for_one_budget_never_exceed_the_limit(records):
+    clock = FixedClock()
+    limit = 5_000
+    workers = [ledger(records, clock, limit, chunk=700) for _ in range(3)]
+    spent = refused = 0
+
+    async def request(book: BudgetLedger, n: int) -> None:
+        nonlocal spent, refused
+        try:
+            await book.reserve(f"r{n}", 150)
+        except BudgetExceeded:
+            refused += 1
+            return
+        await asyncio.sleep(random.uniform(0, 0.005))
+        used = random.randint(50, 150)
+        spent += used
+        await book.settle(f"r{n}", used)
+
+    await asyncio.gather(*(request(workers[n % 3], n) for n in range(200)))
+    for book in workers:
+        await book.close()
+    budget = stored(records)
+    assert budget.reserved == 0
+    assert budget.used == spent <= limit
+    assert refused > 0 and spent > limit - 150 * 3 - 700  # it stopped near the limit, not early
+
+
+async def test_a_new_day_gets_a_new_budget(records):
+    clock = FixedClock()
+    book = ledger(records, clock, limit=1000, chunk=1000)
+    await book.reserve("r1", 500)
+    await book.settle("r1", 500)
+    clock.advance(days=1)
+    await book.reserve("r2", 500)
+    await book.settle("r2", 400)
+    await book.close()
+    assert stored(records, "2026-11-25").used == 500
+    assert stored(records, "2026-11-26").used == 400
+
+
+async def test_a_request_larger_than_what_is_left_is_refused(records):
+    book = ledger(records, FixedClock(), limit=1000)
+    await book.reserve("r1", 900)
+    await book.settle("r1", 900)
+    with pytest.raises(BudgetExceeded):
+        await book.reserve("r2", 200)
+    await book.reserve("r3", 100)

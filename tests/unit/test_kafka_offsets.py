@@ -1,0 +1,40 @@
+from adapters.kafka_offsets import OffsetTracker
+
+TP = ("gpt-send", 0)
+
+
+def test_only_the_finished_prefix_is_committable():
+    tracker = OffsetTracker()
+    tracker.assign([TP])
+    epochs = {offset: tracker.add(TP, offset) for offset in (10, 11, 12, 13)}
+    tracker.finish(TP, 12, epochs[12])
+    tracker.finish(TP, 13, epochs[13])
+    assert tracker.to_commit() == []  # 10 and 11 are still in flight
+    tracker.finish(TP, 10, epochs[10])
+    assert tracker.to_commit() == [(TP, 11)]
+    tracker.finish(TP, 11, epochs[11])
+    assert tracker.to_commit() == [(TP, 14)]
+    assert tracker.to_commit() == []  # nothing new
+    assert tracker.unfinished() == 0
+
+
+def test_work_from_a_revoked_assignment_is_recognised_and_ignored():
+    tracker = OffsetTracker()
+    tracker.assign([TP])
+    old = tracker.add(TP, 5)
+    tracker.add(TP, 6)
+    tracker.finish(TP, 5, old)
+    assert tracker.revoke([TP]) == [(TP, 6)]
+    assert not tracker.is_current(TP, old)
+    tracker.assign([TP])
+    new = tracker.add(TP, 6)
+    tracker.finish(TP, 6, old)  # late completion from before the revoke: ignored
+    assert tracker.to_commit() == []
+    tracker.finish(TP, 6, new)
+    assert tracker.to_commit() == [(TP, 7)]
+
+
+def test_records_of_partitions_not_assigned_are_not_tracked():
+    tracker = OffsetTracker()
+    assert tracker.add(("other", 3), 1) is None
+    assert tracker.revoke([("other", 3)]) == []
