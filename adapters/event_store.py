@@ -61,7 +61,7 @@ def event_store_env(database_url: str, secret_key: str) -> dict[str, str]:
     """Persistence plus encryption at rest (events hold user messages) and compression."""
     return {
         **persistence_env(database_url),
-        "CIPHER_TOPIC": "eventsourcing.cipher:AESCipher",
+        "CIPHER_TOPIC": "eventsourcing.cryptography:AESCipher",
         "CIPHER_KEY": cipher_key(secret_key),
         "COMPRESSOR_TOPIC": "eventsourcing.compressor:ZlibCompressor",
     }

@@ -24,6 +24,9 @@ def consumer_config(bootstrap_server: str, group: str) -> dict[str, object]:
         "heartbeat.interval.ms": 1500,
         "max.poll.interval.ms": 600_000,
         "partition.assignment.strategy": "cooperative-sticky",
+        # Return fetches within milliseconds of a record arriving: the embedded
+        # broker otherwise answers a fetch only when its wait time runs out.
+        "fetch.wait.max.ms": 10,
         "log.connection.close": False,
     }
 

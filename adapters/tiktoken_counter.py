@@ -10,17 +10,25 @@ from __future__ import annotations
 import base64
 import gzip
 import hashlib
+import importlib.util
 from functools import lru_cache
-from importlib.resources import files
+from pathlib import Path
 
 import tiktoken
 from tiktoken_ext import openai_public
 
 
+def _bundled_file() -> Path:
+    # Located without importing bpe_openai, whose import loads all of its own
+    # encodings: seconds of start-up and tens of MiB for nothing.
+    spec = importlib.util.find_spec("bpe_openai")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("the bpe-openai package (which ships o200k_base) is not installed")
+    return Path(next(iter(spec.submodule_search_locations))) / "data" / "o200k_base.tiktoken.gz"
+
+
 def _bundled_ranks(_url: str, expected_hash: str | None = None) -> dict[bytes, int]:
-    data = gzip.decompress(
-        files("bpe_openai").joinpath("data/o200k_base.tiktoken.gz").read_bytes()
-    )
+    data = gzip.decompress(_bundled_file().read_bytes())
     if expected_hash and hashlib.sha256(data).hexdigest() != expected_hash:
         raise RuntimeError("the bundled o200k_base encoding does not match tiktoken's hash")
     return {

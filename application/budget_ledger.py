@@ -14,6 +14,8 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import threading
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -34,6 +36,7 @@ class _Lease:
     id: str
     day: str
     size: int
+    opened: float = field(default_factory=time.monotonic)
     used: int = 0
     held: dict[str, int] = field(default_factory=dict)
 
@@ -53,6 +56,7 @@ class BudgetLedger:
         daily_limit: int,
         chunk_tokens: int = 100_000,
         scope: str = SERVICE_SCOPE,
+        lease_seconds: float = 10.0,
     ) -> None:
         self.load_budget = load_budget
         self.save = save
@@ -60,7 +64,12 @@ class BudgetLedger:
         self.daily_limit = daily_limit
         self.chunk_tokens = chunk_tokens
         self.scope = scope
+        self.lease_seconds = lease_seconds
         self.owner = uuid.uuid4().hex[:12]
+        # The budget as this worker last saved it: read again only when another
+        # worker wrote it since (the save conflicts). One writer at a time here.
+        self._budgets: dict[str, TokenBudget] = {}
+        self._store_lock = threading.Lock()
         self._numbers = itertools.count(1)
         self._current: _Lease | None = None
         self._leases: dict[str, _Lease] = {}  # reservation id -> its lease
@@ -79,7 +88,7 @@ class BudgetLedger:
                     return
                 day = self.clock.now().date().isoformat()
                 lease = self._current
-                if lease is None or lease.day != day or lease.free < tokens:
+                if lease is None or lease.day != day or lease.free < tokens or self._expired(lease):
                     if lease is not None:
                         self._current = None
                         await self._settle_if_spent(lease)
@@ -108,6 +117,17 @@ class BudgetLedger:
         """Give back what a failed request held."""
         await self.settle(reservation_id, 0)
 
+    async def retire_expired(self) -> None:
+        """Settle a lease held too long, so that an idle worker does not sit on tokens."""
+        async with self._lock:
+            lease = self._current
+            if lease is not None and self._expired(lease):
+                self._current = None
+                await self._settle_if_spent(lease)
+
+    def _expired(self, lease: _Lease) -> bool:
+        return time.monotonic() - lease.opened > self.lease_seconds
+
     async def close(self) -> None:
         """Settle the open lease, so its unused tokens go back to the budget."""
         async with self._lock:
@@ -119,35 +139,39 @@ class BudgetLedger:
         """A lease no longer handed out is settled once its last request ends."""
         if lease is self._current or lease.held:
             return
-        await asyncio.to_thread(self._retrying, lambda: self._settle_lease(lease))
+        await asyncio.to_thread(self._settle_lease, lease)
 
     def _open_lease(self, day: str, tokens: int) -> _Lease:
-        def attempt() -> _Lease:
-            budget = self.load_budget(self.scope, day)
+        def decide(budget: TokenBudget) -> _Lease:
             room = budget.remaining(self.daily_limit)
             # Half of what is left at most, so that other workers keep some room.
             size = max(tokens, min(self.chunk_tokens, room // 2))
             lease_id = f"lease:{self.owner}:{next(self._numbers)}"
             budget.reserve(lease_id, size, self.daily_limit)
-            self.save(budget)
             return _Lease(lease_id, day, size)
 
-        lease = self._retrying(attempt)
+        lease = self._change_budget(day, decide)
         self.leases_opened += 1
         log.debug("opened %s of %d tokens", lease.id, lease.size)
         return lease
 
     def _settle_lease(self, lease: _Lease) -> None:
-        budget = self.load_budget(self.scope, lease.day)
-        budget.settle(lease.id, lease.used)
-        self.save(budget)
+        self._change_budget(lease.day, lambda budget: budget.settle(lease.id, lease.used))
 
-    @staticmethod
-    def _retrying(attempt: Callable[[], T], tries: int = 20) -> T:
-        """Decide again on fresh state when another worker saved the budget first."""
-        for _ in range(tries - 1):
-            try:
-                return attempt()
-            except RecordConflictError:
-                continue
-        return attempt()
+    def _change_budget(self, day: str, decide: Callable[[TokenBudget], T], tries: int = 20) -> T:
+        """Load (or reuse), decide, save; on a conflict decide again on fresh state."""
+        with self._store_lock:
+            for attempt in range(tries):
+                budget = self._budgets.pop(day, None) or self.load_budget(self.scope, day)
+                # A refusal leaves the cache empty: it may have been decided on a
+                # copy that other workers have changed since, so read it again.
+                result = decide(budget)
+                try:
+                    self.save(budget)
+                except RecordConflictError:
+                    if attempt == tries - 1:
+                        raise
+                    continue
+                self._budgets = {day: budget}  # only today's (or the lease's) is kept
+                return result
+            raise AssertionError("unreachable")

@@ -64,6 +64,7 @@ class ChatPolicy:
     # tokens + 85), reserved per image before the call and settled with the truth.
     image_token_estimate: int = 1445
     budget_chunk_tokens: int = 100_000
+    conversation_cache_size: int = 10_000
 
 
 class TurnAsDict(Transcoding):
@@ -83,11 +84,18 @@ class ChatRecords(Application):
     name = "chatergpt"
     # Loading replays from the latest snapshot, so a busy day's budget or a long
     # conversation does not make every request slower than the one before.
-    snapshotting_intervals = {Conversation: 50, TokenBudget: 200}
+    snapshotting_intervals = {Conversation: 50, TokenBudget: 20}
 
     def register_transcodings(self, transcoder: JSONTranscoder) -> None:
         super().register_transcodings(transcoder)
         transcoder.register(TurnAsDict())
+
+    @property
+    def reads_are_local(self) -> bool:
+        """True for an embedded store, where a read takes microseconds and no network."""
+        return self.env.get("PERSISTENCE_MODULE", "") in {
+            "eventsourcing.sqlite", "eventsourcing.popo", ""
+        }
 
     def conversation(self, conversation_id: UUID) -> Conversation | None:
         try:
@@ -126,6 +134,8 @@ class ChatService:
         self.clock = clock
         self.policy = policy
         self.writer = GroupCommitter(records)
+        # Conversations saved by this worker, by id (insertion order = recency).
+        self._cache: dict[UUID, Conversation] = {}
         self.ledger = BudgetLedger(
             load_budget=records.budget,
             save=records.save,
@@ -148,6 +158,7 @@ class ChatService:
             outcome = conversation.outcome(request.request_id)
             if outcome is not None:
                 log.info("request %s already answered; replaying", request.request_id)
+                self._remember(conversation)
                 return outcome
             call, history_turns = self.build_call(request, conversation)
             if not conversation.is_pending(request.request_id):
@@ -199,6 +210,10 @@ class ChatService:
             lambda c: self._record_reply(c, request.request_id, reply, started),
         )
 
+    async def housekeeping(self) -> None:
+        """Called now and then by the driver: give back a budget lease held too long."""
+        await self.ledger.retire_expired()
+
     async def close(self) -> None:
         """Settle this worker's budget lease and close the model client."""
         await self.ledger.close()
@@ -207,21 +222,33 @@ class ChatService:
     # Steps ----------------------------------------------------------------------
 
     async def _load(self, cid: UUID, request: ChatRequest) -> Conversation:
-        conversation = await asyncio.to_thread(self.records.conversation, cid)
+        conversation = self._cache.pop(cid, None)
+        if conversation is None and self.records.reads_are_local:
+            # Measured: handing a SQLite read to a thread costs more than the read.
+            conversation = self.records.conversation(cid)
+        elif conversation is None:
+            conversation = await asyncio.to_thread(self.records.conversation, cid)
         return conversation or Conversation(request.user_email, request.conversation_id)
 
+    def _remember(self, conversation: Conversation) -> None:
+        """Keep a saved conversation for its next turn, the least recent going first.
+
+        A copy that another worker has since changed is not a risk: saving on it
+        conflicts, and the request is decided again on the stored state before
+        the model is called.
+        """
+        self._cache[conversation.id] = conversation
+        while len(self._cache) > self.policy.conversation_cache_size:
+            self._cache.pop(next(iter(self._cache)))
+
     async def _save(self, conversation: Conversation) -> None:
-        """Save through the group commit, waiting out a store outage."""
-        delay = 0.1
-        while True:
-            try:
-                return await self.writer.save(conversation)
-            except RecordConflictError:
-                raise
-            except PersistenceError as error:
-                log.warning("event store unavailable (%s); retrying in %.1fs", error, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, STORE_RETRY_MAX_DELAY)
+        """Save through the group commit (which waits out store outages)."""
+        try:
+            await self.writer.save(conversation)
+        except RecordConflictError:
+            self._cache.pop(conversation.id, None)
+            raise
+        self._remember(conversation)
 
     async def _conclude(
         self,

@@ -3,20 +3,25 @@
 A transaction costs a disk flush (PostgreSQL) or a lock and a journal write
 (SQLite) whatever it holds, so writes that arrive while one is running go
 together in the next. A batch that fails on a conflict is retried one request at
-a time, so that only the request that collided sees RecordConflictError.
+a time, so that only the request that collided sees RecordConflictError. While
+the store is down, writes wait and are tried again: their events were taken
+from the aggregates, so nobody else could try them again.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import random
 from dataclasses import dataclass, field
 from typing import Any
 
 from eventsourcing.application import Application
-from eventsourcing.persistence import RecordConflictError
+from eventsourcing.persistence import PersistenceError, RecordConflictError
 
 log = logging.getLogger(__name__)
+
+MAX_RETRY_DELAY = 5.0
 
 
 @dataclass
@@ -48,11 +53,21 @@ class GroupCommitter:
         await write.done
 
     async def _drain(self) -> None:
+        delay = 0.1
         while self._queue:
             batch, self._queue = self._queue[: self.max_batch], self._queue[self.max_batch :]
             try:
                 await asyncio.to_thread(self._write, batch)
-            except BaseException as error:  # the store is down: every writer hears it
+                delay = 0.1
+            except RecordConflictError as error:
+                batch[0].error = error
+            except PersistenceError as error:
+                log.warning("event store unavailable (%s); retrying in %.1fs", error, delay)
+                self._queue[:0] = [w for w in batch if not w.done.cancelled()]
+                await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+                delay = min(delay * 2, MAX_RETRY_DELAY)
+                continue
+            except BaseException as error:  # a bug: tell every writer instead of hanging
                 for write in batch:
                     write.error = error
             for write in batch:

@@ -16,6 +16,7 @@ import logging
 import threading
 import time
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -89,6 +90,9 @@ class KafkaWorker:
         self._runners: set[asyncio.Task[None]] = set()
         self._paused = False
         self._stop = asyncio.Event()
+        # The consumer waits in a thread of its own, so that its polls never
+        # queue behind (or hold up) the store's work in the default executor.
+        self._polling = ThreadPoolExecutor(1, thread_name_prefix="kafka-poll")
 
     # Lifecycle ------------------------------------------------------------------
 
@@ -118,11 +122,13 @@ class KafkaWorker:
             last_commit = time.monotonic()
             while not stop.is_set():
                 self._apply_backpressure(consumer)
-                for message in await asyncio.to_thread(self._fetch, consumer):
+                loop = asyncio.get_running_loop()
+                for message in await loop.run_in_executor(self._polling, self._fetch, consumer):
                     self._dispatch(message)
                 self._producer.poll(0)
                 if time.monotonic() - last_commit >= COMMIT_INTERVAL:
                     self._commit(consumer, asynchronous=True)
+                    await self.service.housekeeping()
                     last_commit = time.monotonic()
         finally:
             await self._shut_down(consumer)
@@ -139,7 +145,8 @@ class KafkaWorker:
                 await asyncio.wait(late)
         self._producer.flush(10)
         self._commit(consumer, asynchronous=False)
-        await asyncio.to_thread(consumer.close)
+        await asyncio.get_running_loop().run_in_executor(self._polling, consumer.close)
+        self._polling.shutdown()
         del self._producer  # librdkafka clients stop when their last reference goes
         await self.service.close()
         log.info("worker stopped")

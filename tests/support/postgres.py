@@ -67,13 +67,21 @@ class PostgresServer:
     :mod:`atexit` as a safety net.
     """
 
-    def __init__(self, port: int | None = None, *, bindir: str | os.PathLike[str] | None = None) -> None:
+    def __init__(
+        self,
+        port: int | None = None,
+        *,
+        bindir: str | os.PathLike[str] | None = None,
+        durable: bool = False,
+    ) -> None:
         """Configure the server; nothing is created until :meth:`start`."""
         self._port = port if port is not None else free_loopback_port()
         self._bindir = Path(bindir) if bindir is not None else None
         self._tmpdir: Path | None = None
         self._datadir: Path | None = None
         self._running = False
+        # Tests trade durability for speed; benchmarks keep PostgreSQL's defaults.
+        self._durable = durable
 
     @property
     def port(self) -> int:
@@ -121,8 +129,9 @@ class PostgresServer:
             # The socket goes in the data dir: the default /var/run/postgresql may not exist or be writable.
             options = (
                 f"-p {self._port} -k {shlex.quote(str(self._datadir))} "
-                f"-c listen_addresses={_HOST} -c fsync=off "
-                "-c synchronous_commit=off -c full_page_writes=off"
+                f"-c listen_addresses={_HOST} "
+                + ("" if self._durable else
+                   "-c fsync=off -c synchronous_commit=off -c full_page_writes=off")
             )
             self._running = True  # from here on stop() must try pg_ctl stop
             atexit.register(self.stop)

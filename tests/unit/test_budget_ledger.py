@@ -9,8 +9,10 @@ from domain.token_budget import SERVICE_SCOPE, BudgetExceeded
 from tests.unit.fakes import FixedClock
 
 
-def ledger(records: ChatRecords, clock: FixedClock, limit: int, chunk: int = 1000) -> BudgetLedger:
-    return BudgetLedger(records.budget, records.save, clock, limit, chunk_tokens=chunk)
+def ledger(records: ChatRecords, clock: FixedClock, limit: int, chunk: int = 1000,
+           lease_seconds: float = 10.0) -> BudgetLedger:
+    return BudgetLedger(records.budget, records.save, clock, limit, chunk_tokens=chunk,
+                        lease_seconds=lease_seconds)
 
 
 def stored(records: ChatRecords, day: str = "2026-11-25"):
@@ -37,8 +39,14 @@ async def test_requests_are_held_in_a_lease_that_settles_with_real_usage(records
 async def test_workers_racing_for_one_budget_never_exceed_the_limit(records):
     clock = FixedClock()
     limit = 5_000
-    workers = [ledger(records, clock, limit, chunk=700) for _ in range(3)]
+    workers = [ledger(records, clock, limit, chunk=700, lease_seconds=0.05) for _ in range(3)]
     spent = refused = 0
+
+    async def housekeeping() -> None:  # what each worker's loop does between fetches
+        while True:
+            await asyncio.sleep(0.01)
+            for book in workers:
+                await book.retire_expired()
 
     async def request(book: BudgetLedger, n: int) -> None:
         nonlocal spent, refused
@@ -52,7 +60,9 @@ async def test_workers_racing_for_one_budget_never_exceed_the_limit(records):
         spent += used
         await book.settle(f"r{n}", used)
 
+    keeper = asyncio.create_task(housekeeping())
     await asyncio.gather(*(request(workers[n % 3], n) for n in range(200)))
+    keeper.cancel()
     for book in workers:
         await book.close()
     budget = stored(records)
@@ -81,3 +91,18 @@ async def test_a_request_larger_than_what_is_left_is_refused(records):
     with pytest.raises(BudgetExceeded):
         await book.reserve("r2", 200)
     await book.reserve("r3", 100)
+
+
+async def test_an_idle_worker_gives_its_lease_back_when_it_expires(records):
+    clock = FixedClock()
+    idle = ledger(records, clock, limit=1000, chunk=1000, lease_seconds=0.05)
+    busy = ledger(records, clock, limit=1000, chunk=1000)
+    await idle.reserve("r1", 100)
+    await idle.settle("r1", 100)
+    assert stored(records).reserved == 500  # half of what was left
+    waiting = asyncio.create_task(busy.reserve("r2", 600))
+    await asyncio.sleep(0.1)
+    assert not waiting.done()  # the idle worker's lease is in the way
+    await idle.retire_expired()
+    await asyncio.wait_for(waiting, 5)
+    assert stored(records).used == 100

@@ -62,6 +62,6 @@ def test_database_urls_choose_the_event_store():
 
 def test_events_are_encrypted_with_a_key_derived_from_the_secret():
     env = event_store_env("memory://", "s3cret")
-    assert env["CIPHER_TOPIC"] == "eventsourcing.cipher:AESCipher"
+    assert env["CIPHER_TOPIC"] == "eventsourcing.cryptography:AESCipher"
     assert env["CIPHER_KEY"] == cipher_key("s3cret") != cipher_key("other")
     assert "s3cret" not in env["CIPHER_KEY"]
