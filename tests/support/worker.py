@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -145,3 +148,40 @@ class RunningWorker:
         if topic == self.settings.RESPONSE_TOPIC:
             return [(key, value) for key, value, _ in seen[:count]]
         return seen[:count]
+
+
+class WorkerProcess:
+    """One `chater-gpt worker` process; restartable with the same settings."""
+
+    def __init__(self, env: dict[str, str], log_path) -> None:
+        self.env = env
+        self.log_path = log_path
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        log = open(self.log_path, "ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "entrypoints.cli", "worker"],
+            env=self.env, stdout=log, stderr=log, stdin=subprocess.DEVNULL,
+        )
+        self._wait_for("assigned [")
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        assert self.process is not None
+        self.process.send_signal(sig)
+        code = self.process.wait(30)
+        self.process = None
+        return code
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def _wait_for(self, text: str, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if text in self.log().rsplit("worker consuming", 1)[-1]:
+                return
+            if self.process and self.process.poll() is not None:
+                break
+            time.sleep(0.1)
+        raise AssertionError(f"worker never logged {text!r}:\n{self.log()[-3000:]}")

@@ -1,0 +1,60 @@
+"""Fixtures of the integration tests: private topics, a database, a worker process."""
+
+from __future__ import annotations
+
+import os
+import signal
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from adapters.kafka import ensure_topics
+from tests.support.worker import WorkerProcess
+
+
+@pytest.fixture
+def topics(broker) -> dict[str, str]:
+    suffix = uuid.uuid4().hex[:8]
+    names = {
+        "REQUEST_TOPIC": f"gpt-send-{suffix}",
+        "RESPONSE_TOPIC": f"gpt-response-{suffix}",
+        "DLQ_TOPIC": f"gpt-send-{suffix}.dlq",
+        "CONSUMER_GROUP": f"chater-gpt-{suffix}",
+    }
+    ensure_topics(broker.bootstrap_server, [names["REQUEST_TOPIC"], names["RESPONSE_TOPIC"], names["DLQ_TOPIC"]])
+    return names
+
+
+@pytest.fixture
+def database(postgres) -> str:
+    name = f"chat_{uuid.uuid4().hex[:8]}"
+    postgres.create_database(name)
+    return name
+
+
+@pytest.fixture
+def worker_env(broker, postgres, database, fake_openai, topics) -> dict[str, str]:
+    """The environment an operator would give `chater-gpt worker`."""
+    return {
+        **{k: v for k, v in os.environ.items() if k not in {"MODEL_PROVIDER", "DATABASE_URL"}},
+        **topics,
+        "BOOTSTRAP_SERVER": broker.bootstrap_server,
+        "DATABASE_URL": postgres.url(database),
+        "OPENAI_API_KEY": "test-key",
+        "OPENAI_BASE_URL": fake_openai.base_url,
+        "SECRET_KEY": "integration-secret",
+        "MAX_RETRIES": "0",
+        "REQUESTS_PER_MINUTE": "0",
+        "MAX_TOKENS": "500",
+        "DAILY_TOKEN_LIMIT": "100000000",
+        "LOG_LEVEL": "INFO",
+    }
+
+
+@pytest.fixture
+def worker(worker_env, tmp_path) -> Iterator[WorkerProcess]:
+    process = WorkerProcess(worker_env, tmp_path / "worker.log")
+    process.start()
+    yield process
+    if process.process is not None:
+        process.stop(signal.SIGKILL)

@@ -1,0 +1,35 @@
+"""Producing and reading records from tests, the way Chater producers and readers do."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+
+from confluent_kafka import Consumer, Producer, TopicPartition
+
+
+def produce(broker, topic: str, records: list[tuple[str, bytes]]) -> None:
+    producer = Producer({"bootstrap.servers": broker.bootstrap_server})
+    for key, value in records:
+        producer.produce(topic, value, key.encode())
+    assert producer.flush(10) == 0
+
+
+def read(broker, topic: str, count: int, timeout: float = 30.0) -> list[tuple[str, dict]]:
+    consumer = Consumer({"bootstrap.servers": broker.bootstrap_server, "group.id": f"r-{uuid.uuid4().hex}",
+                         "enable.auto.commit": False})
+    consumer.assign([TopicPartition(topic, 0, 0)])
+    seen: list[tuple[str, dict]] = []
+    deadline = time.monotonic() + timeout
+    try:
+        while len(seen) < count and time.monotonic() < deadline:
+            message = consumer.poll(0.2)
+            if message is not None and not message.error():
+                seen.append((message.key().decode(), json.loads(message.value())))
+    finally:
+        consumer.close()
+    assert len(seen) == count, f"{len(seen)} of {count} records on {topic}: {seen}"
+    return seen
+
+
