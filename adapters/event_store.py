@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import zlib
 from urllib.parse import unquote, urlparse
+
+from eventsourcing.compressor import ZlibCompressor
 
 # Fixed on purpose: the same SECRET_KEY must give the same key on every worker.
 _KEY_SALT = b"chater-gpt/event-store/v1"
@@ -22,6 +25,14 @@ def cipher_key(secret_key: str) -> str:
     """A 256-bit AES key derived from SECRET_KEY, base64 as eventsourcing expects."""
     key = hashlib.pbkdf2_hmac("sha256", secret_key.encode(), _KEY_SALT, 100_000)
     return base64.b64encode(key).decode()
+
+
+class FastZlibCompressor(ZlibCompressor):
+    """zlib at level 1: events are small, and level 6 cost a tenth of the worker's
+    CPU under load (py-spy) for little more saving. Same format, so either reads both."""
+
+    def compress(self, data: bytes) -> bytes:
+        return zlib.compress(data, 1)
 
 
 def persistence_env(database_url: str) -> dict[str, str]:
@@ -63,5 +74,5 @@ def event_store_env(database_url: str, secret_key: str) -> dict[str, str]:
         **persistence_env(database_url),
         "CIPHER_TOPIC": "eventsourcing.cryptography:AESCipher",
         "CIPHER_KEY": cipher_key(secret_key),
-        "COMPRESSOR_TOPIC": "eventsourcing.compressor:ZlibCompressor",
+        "COMPRESSOR_TOPIC": "adapters.event_store:FastZlibCompressor",
     }

@@ -129,6 +129,8 @@ def run_service(args, broker, model, store: str, postgres: PostgresServer | None
         database = f"load_{uuid.uuid4().hex[:6]}"
         postgres.create_database(database)
         database_url = postgres.url(database)
+    elif store == "memory":  # no store cost at all: isolates what the rest adds
+        database_url = "memory://"
     else:
         database_url = f"sqlite:///{workdir}/{run}.sqlite"
     env = {**os.environ, **topics,
@@ -349,7 +351,8 @@ def main() -> None:
     parser.add_argument("--conversations", type=int, default=None,
                         help="requests are spread over this many conversations (default: all distinct)")
     parser.add_argument("--latency", type=float, default=0.0, help="model latency in seconds")
-    parser.add_argument("--store", default="sqlite", help="sqlite, postgres, or both: sqlite,postgres")
+    parser.add_argument("--store", default="sqlite",
+                        help="sqlite, postgres, memory (no store cost), or several: sqlite,postgres")
     parser.add_argument("--max-in-flight", type=int, default=1000)
     parser.add_argument("--rate", type=float, default=None, help="open loop: send at this many per second")
     parser.add_argument("--timeout", type=float, default=600)
