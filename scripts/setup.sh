@@ -21,8 +21,13 @@ stamp=".venv/.installed-$($want_tests && echo test || echo base)"
 digest=$(sha256sum pyproject.toml | cut -d' ' -f1)
 if [[ ! -f $stamp || $(cat "$stamp") != "$digest" ]]; then
     echo "Installing chater-gpt ($extras) into .venv ..."
-    .venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
-    .venv/bin/python -m pip install --quiet --disable-pip-version-check -e "$extras"
+    log=.venv/install.log
+    if ! { .venv/bin/python -m pip install --disable-pip-version-check --upgrade pip &&
+           .venv/bin/python -m pip install --disable-pip-version-check -e "$extras"; } >"$log" 2>&1; then
+        tail -n 40 "$log" >&2
+        echo "Installing failed; the whole log is in $log" >&2
+        exit 1
+    fi
     echo "$digest" > "$stamp"
 fi
 
