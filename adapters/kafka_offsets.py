@@ -30,6 +30,7 @@ class OffsetTracker:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
+        self._finished = threading.Condition(self._lock)
         self._partitions: dict[TopicPartitionKey, _Partition] = {}
         self._epochs = itertools.count(1)
 
@@ -49,10 +50,18 @@ class OffsetTracker:
             return commits
 
     def add(self, tp: TopicPartitionKey, offset: int) -> int | None:
-        """Note a fetched record; returns its epoch, None if the partition is not ours."""
+        """Note a fetched record; returns its epoch, None if it is not ours to answer.
+
+        A record of a partition not assigned, or at or below an offset already
+        seen in this assignment (fetched before a rebalance), gets None.
+        """
         with self._lock:
             state = self._partitions.get(tp)
             if state is None:
+                return None
+            if state.pending and offset <= state.pending[-1]:
+                return None
+            if state.next_offset is not None and offset < state.next_offset:
                 return None
             state.pending.append(offset)
             return state.epoch
@@ -67,6 +76,20 @@ class OffsetTracker:
                 done = state.pending.popleft()
                 state.finished.discard(done)
                 state.next_offset = done + 1
+            if not state.pending:
+                self._finished.notify_all()
+
+    def wait_finished(self, partitions: list[TopicPartitionKey], timeout: float) -> bool:
+        """Wait until every fetched record of these partitions is finished."""
+        with self._lock:
+            return self._finished.wait_for(
+                lambda: all(
+                    not self._partitions[tp].pending
+                    for tp in partitions
+                    if tp in self._partitions
+                ),
+                timeout,
+            )
 
     def is_current(self, tp: TopicPartitionKey, epoch: int | None) -> bool:
         with self._lock:
@@ -74,14 +97,20 @@ class OffsetTracker:
             return state is not None and state.epoch == epoch
 
     def to_commit(self) -> list[tuple[TopicPartitionKey, int]]:
-        """Offsets that advanced since the last call; they count as committed."""
+        """Offsets finished beyond what the broker has confirmed as committed."""
         with self._lock:
-            commits = []
-            for tp, state in self._partitions.items():
-                if state.next_offset is not None and state.next_offset != state.committed:
-                    commits.append((tp, state.next_offset))
-                    state.committed = state.next_offset
-            return commits
+            return [
+                (tp, state.next_offset)
+                for tp, state in self._partitions.items()
+                if state.next_offset is not None and state.next_offset != state.committed
+            ]
+
+    def committed(self, tp: TopicPartitionKey, offset: int) -> None:
+        """The broker confirmed a commit (asynchronous commits are confirmed later)."""
+        with self._lock:
+            state = self._partitions.get(tp)
+            if state is not None and (state.committed is None or offset > state.committed):
+                state.committed = offset
 
     def unfinished(self) -> int:
         with self._lock:

@@ -24,7 +24,7 @@ from typing import TypeVar
 from eventsourcing.persistence import RecordConflictError
 
 from application.ports import Clock
-from domain.token_budget import SERVICE_SCOPE, BudgetBusy, TokenBudget
+from domain.token_budget import SERVICE_SCOPE, BudgetBusy, BudgetExceeded, TokenBudget
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +57,7 @@ class BudgetLedger:
         chunk_tokens: int = 100_000,
         scope: str = SERVICE_SCOPE,
         lease_seconds: float = 10.0,
+        max_wait: float = 60.0,
     ) -> None:
         self.load_budget = load_budget
         self.save = save
@@ -65,6 +66,7 @@ class BudgetLedger:
         self.chunk_tokens = chunk_tokens
         self.scope = scope
         self.lease_seconds = lease_seconds
+        self.max_wait = max_wait
         self.owner = uuid.uuid4().hex[:12]
         # The budget as this worker last saved it: read again only when another
         # worker wrote it since (the save conflicts). One writer at a time here.
@@ -73,15 +75,18 @@ class BudgetLedger:
         self._numbers = itertools.count(1)
         self._current: _Lease | None = None
         self._leases: dict[str, _Lease] = {}  # reservation id -> its lease
+        self._spent: list[_Lease] = []  # retired, every request ended, not yet written
         self._lock = asyncio.Lock()
         self.leases_opened = 0
 
     async def reserve(self, reservation_id: str, tokens: int) -> None:
         """Hold tokens for a request; waits while requests in flight hold the room.
 
-        Raises BudgetExceeded when the day's spending leaves no room at all.
+        Raises BudgetExceeded when the day's spending leaves no room at all, or
+        when the room stays held for max_wait (by leases of workers that stopped
+        without settling, say: those stay reserved until the day ends).
         """
-        wait = 0.02
+        wait, waited = 0.02, 0.0
         while True:
             async with self._lock:
                 if reservation_id in self._leases:
@@ -90,8 +95,8 @@ class BudgetLedger:
                 lease = self._current
                 if lease is None or lease.day != day or lease.free < tokens or self._expired(lease):
                     if lease is not None:
-                        self._current = None
-                        await self._settle_if_spent(lease)
+                        self._retire(lease)
+                    await self.flush()
                     try:
                         lease = await asyncio.to_thread(self._open_lease, day, tokens)
                     except BudgetBusy:
@@ -101,45 +106,72 @@ class BudgetLedger:
                     lease.held[reservation_id] = tokens
                     self._leases[reservation_id] = lease
                     return
+            if waited >= self.max_wait:
+                raise BudgetExceeded(
+                    f"{tokens} tokens requested; the rest of today's budget has been held "
+                    f"for {waited:.0f}s by requests in flight or by stopped workers"
+                )
             await asyncio.sleep(wait)
+            waited += wait
             wait = min(wait * 2, 1.0)
 
-    async def settle(self, reservation_id: str, tokens: int) -> None:
-        """Count the tokens a request really used in place of what it held."""
+    def settle(self, reservation_id: str, tokens: int) -> None:
+        """Count the tokens a request really used in place of what it held.
+
+        Never fails and never waits: the request has been answered, so writing
+        a spent lease to the store is left to flush().
+        """
         lease = self._leases.pop(reservation_id, None)
         if lease is None:
             return
         del lease.held[reservation_id]
         lease.used += tokens
-        await self._settle_if_spent(lease)
+        self._retire_if_spent(lease)
 
-    async def release(self, reservation_id: str) -> None:
-        """Give back what a failed request held."""
-        await self.settle(reservation_id, 0)
+    def release(self, reservation_id: str) -> None:
+        """Give back what a request held that ended without using the model."""
+        self.settle(reservation_id, 0)
 
-    async def retire_expired(self) -> None:
-        """Settle a lease held too long, so that an idle worker does not sit on tokens."""
+    async def housekeeping(self) -> None:
+        """Retire a lease held too long and write the spent ones; called now and then."""
         async with self._lock:
             lease = self._current
             if lease is not None and self._expired(lease):
-                self._current = None
-                await self._settle_if_spent(lease)
+                self._retire(lease)
+        await self.flush()
 
-    def _expired(self, lease: _Lease) -> bool:
-        return time.monotonic() - lease.opened > self.lease_seconds
+    async def flush(self) -> None:
+        """Settle the spent leases in the store; those that fail stay for the next flush."""
+        while self._spent:
+            lease = self._spent[0]
+            try:
+                await asyncio.to_thread(self._settle_lease, lease)
+            except Exception as error:  # the store is down: the lease stays reserved meanwhile
+                log.warning("could not settle %s yet: %s", lease.id, error)
+                return
+            self._spent.pop(0)
 
     async def close(self) -> None:
         """Settle the open lease, so its unused tokens go back to the budget."""
         async with self._lock:
-            lease, self._current = self._current, None
-            if lease is not None:
-                await self._settle_if_spent(lease)
+            if self._current is not None:
+                self._retire(self._current)
+            for lease in {id(lease): lease for lease in self._leases.values()}.values():
+                log.warning("closing with %d request(s) still holding %s", len(lease.held), lease.id)
+        await self.flush()
 
-    async def _settle_if_spent(self, lease: _Lease) -> None:
-        """A lease no longer handed out is settled once its last request ends."""
-        if lease is self._current or lease.held:
-            return
-        await asyncio.to_thread(self._settle_lease, lease)
+    def _expired(self, lease: _Lease) -> bool:
+        return time.monotonic() - lease.opened > self.lease_seconds
+
+    def _retire(self, lease: _Lease) -> None:
+        """Hand out no more of this lease; it is settled once its last request ends."""
+        if lease is self._current:
+            self._current = None
+        self._retire_if_spent(lease)
+
+    def _retire_if_spent(self, lease: _Lease) -> None:
+        if lease is not self._current and not lease.held and lease not in self._spent:
+            self._spent.append(lease)
 
     def _open_lease(self, day: str, tokens: int) -> _Lease:
         def decide(budget: TokenBudget) -> _Lease:

@@ -153,13 +153,25 @@ class ChatService:
         started = time.perf_counter()
         cid = conversation_id(request.user_email, request.conversation_id)
         reservation = f"{cid}/{request.request_id}"  # request ids are producers' keys
+        try:
+            outcome, conversation = await self._answer(request, cid, reservation, started)
+        finally:
+            # Whatever happened (an error, a cancellation at shutdown), a hold
+            # still open is given back; a settled one is not touched again.
+            self.ledger.release(reservation)
+        # Only a conversation whose every change is saved is kept for its next turn.
+        self._remember(conversation)
+        return outcome
+
+    async def _answer(
+        self, request: ChatRequest, cid: UUID, reservation: str, started: float
+    ) -> tuple[dict[str, Any], Conversation]:
         while True:
             conversation = await self._load(cid, request)
             outcome = conversation.outcome(request.request_id)
             if outcome is not None:
                 log.info("request %s already answered; replaying", request.request_id)
-                self._remember(conversation)
-                return outcome
+                return outcome, conversation
             call, history_turns = self.build_call(request, conversation)
             if not conversation.is_pending(request.request_id):
                 conversation.receive_message(
@@ -184,16 +196,16 @@ class ChatService:
                     ),
                 )
             try:
-                await self._save(conversation)
+                await self.writer.save(conversation)
                 break
             except RecordConflictError:
-                await self.ledger.release(reservation)  # another worker wrote: decide again
+                self.ledger.release(reservation)  # another worker wrote: decide again
 
         try:
             await self.rate_limiter.acquire()
             reply = await self.model.complete(call)
         except Exception as error:
-            await self.ledger.release(reservation)
+            self.ledger.release(reservation)
             if isinstance(error, ModelError):
                 error_type, message = error.error_type, error.message
                 log.warning("model call failed for %s: %s", request.request_id, error_type)
@@ -204,15 +216,15 @@ class ChatService:
                 cid, conversation, request.request_id,
                 lambda c: self._record_failure(c, request.request_id, error_type, message, started),
             )
-        await self.ledger.settle(reservation, reply.prompt_tokens + reply.completion_tokens)
+        self.ledger.settle(reservation, reply.prompt_tokens + reply.completion_tokens)
         return await self._conclude(
             cid, conversation, request.request_id,
             lambda c: self._record_reply(c, request.request_id, reply, started),
         )
 
     async def housekeeping(self) -> None:
-        """Called now and then by the driver: give back a budget lease held too long."""
-        await self.ledger.retire_expired()
+        """Called now and then by the driver: budget leases held too long or spent."""
+        await self.ledger.housekeeping()
 
     async def close(self) -> None:
         """Settle this worker's budget lease and close the model client."""
@@ -241,22 +253,13 @@ class ChatService:
         while len(self._cache) > self.policy.conversation_cache_size:
             self._cache.pop(next(iter(self._cache)))
 
-    async def _save(self, conversation: Conversation) -> None:
-        """Save through the group commit (which waits out store outages)."""
-        try:
-            await self.writer.save(conversation)
-        except RecordConflictError:
-            self._cache.pop(conversation.id, None)
-            raise
-        self._remember(conversation)
-
     async def _conclude(
         self,
         cid: UUID,
         conversation: Conversation,
         request_id: str,
         record: Callable[[Conversation], None],
-    ) -> dict[str, Any]:
+    ) -> tuple[dict[str, Any], Conversation]:
         """Record how a request ended; on a conflict, on the conversation as stored."""
         while True:
             if conversation.outcome(request_id) is None:
@@ -264,8 +267,8 @@ class ChatService:
             outcome = conversation.outcome(request_id)
             assert outcome is not None
             try:
-                await self._save(conversation)
-                return outcome
+                await self.writer.save(conversation)
+                return outcome, conversation
             except RecordConflictError:
                 conversation = await self._reload(cid)
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from eventsourcing.application import Application
-from eventsourcing.persistence import PersistenceError, RecordConflictError
+from eventsourcing.persistence import InterfaceError, OperationalError, RecordConflictError
 
 log = logging.getLogger(__name__)
 
@@ -55,21 +55,30 @@ class GroupCommitter:
     async def _drain(self) -> None:
         delay = 0.1
         while self._queue:
+            # A writer that gave up (cancelled) does not want its events written.
+            self._queue = [w for w in self._queue if not w.done.cancelled()]
             batch, self._queue = self._queue[: self.max_batch], self._queue[self.max_batch :]
+            if not batch:
+                break
             try:
                 await asyncio.to_thread(self._write, batch)
                 delay = 0.1
             except RecordConflictError as error:
                 batch[0].error = error
-            except PersistenceError as error:
+            except (OperationalError, InterfaceError) as error:
+                # Unreachable, restarting, out of connections: worth waiting for.
                 log.warning("event store unavailable (%s); retrying in %.1fs", error, delay)
-                self._queue[:0] = [w for w in batch if not w.done.cancelled()]
+                self._queue[:0] = batch
                 await asyncio.sleep(delay * random.uniform(0.5, 1.0))
                 delay = min(delay * 2, MAX_RETRY_DELAY)
                 continue
-            except BaseException as error:  # a bug: tell every writer instead of hanging
+            except BaseException as error:  # not a passing outage: tell every writer
                 for write in batch:
-                    write.error = error
+                    if not write.done.done():
+                        write.done.set_exception(error)
+                if isinstance(error, asyncio.CancelledError):
+                    raise
+                continue
             for write in batch:
                 if write.done.done():
                     continue
@@ -95,7 +104,10 @@ class GroupCommitter:
                     write.error = error
         for write in batch:
             if write.error is None:
-                self._take_snapshots(write)
+                try:
+                    self._take_snapshots(write)
+                except Exception as error:  # the writes stand; a later save snapshots again
+                    log.warning("snapshot failed: %s", error)
 
     def _take_snapshots(self, write: _Write) -> None:
         """Snapshot as Application.save would, had it been given the aggregates."""

@@ -34,8 +34,13 @@ def run_worker() -> int:
             loop.add_signal_handler(sig, stop.set)
         await worker.run(stop)
 
+    from entrypoints.worker import WorkerFailed
+
     try:
         asyncio.run(main())
+    except WorkerFailed as error:
+        logging.getLogger("chater-gpt").error("%s: %r", error, error.__cause__)
+        return 1
     finally:
         container.records().close()
     return 0

@@ -42,6 +42,8 @@ STORE_RETRY_MAX_DELAY = 10.0
 COMMIT_INTERVAL = 0.2
 POLL_TIMEOUT = 0.1
 RESUME_FRACTION = 0.75
+DELIVERY_ATTEMPTS = 5
+REVOKE_GRACE_MAX = 10.0
 
 
 @dataclass
@@ -77,6 +79,10 @@ class _Stopping(Exception):
     """The worker is stopping while this record waits for the store."""
 
 
+class WorkerFailed(RuntimeError):
+    """The worker stopped on an error it cannot recover from; a restart is needed."""
+
+
 class KafkaWorker:
     def __init__(self, service: ChatService, settings: Settings, clock: Clock) -> None:
         self.service = service
@@ -93,6 +99,7 @@ class KafkaWorker:
         # The consumer waits in a thread of its own, so that its polls never
         # queue behind (or hold up) the store's work in the default executor.
         self._polling = ThreadPoolExecutor(1, thread_name_prefix="kafka-poll")
+        self._fatal: BaseException | None = None
 
     # Lifecycle ------------------------------------------------------------------
 
@@ -107,7 +114,10 @@ class KafkaWorker:
                 [settings.REQUEST_TOPIC, settings.RESPONSE_TOPIC, settings.DLQ_TOPIC],
                 settings.TOPIC_PARTITIONS,
             )
-        consumer = Consumer(consumer_config(settings.BOOTSTRAP_SERVER, settings.CONSUMER_GROUP))
+        consumer = Consumer({
+            **consumer_config(settings.BOOTSTRAP_SERVER, settings.CONSUMER_GROUP),
+            "on_commit": self._on_commit,
+        })
         self._producer = Producer(producer_config(settings.BOOTSTRAP_SERVER))
         consumer.subscribe(
             [settings.REQUEST_TOPIC],
@@ -118,20 +128,35 @@ class KafkaWorker:
         log.info(
             "worker consuming %s as group %s", settings.REQUEST_TOPIC, settings.CONSUMER_GROUP
         )
+        deliveries = asyncio.create_task(self._serve_deliveries())
         try:
             last_commit = time.monotonic()
+            loop = asyncio.get_running_loop()
             while not stop.is_set():
                 self._apply_backpressure(consumer)
-                loop = asyncio.get_running_loop()
-                for message in await loop.run_in_executor(self._polling, self._fetch, consumer):
-                    self._dispatch(message)
-                self._producer.poll(0)
+                for message, epoch in await loop.run_in_executor(self._polling, self._fetch, consumer):
+                    self._dispatch(message, epoch)
                 if time.monotonic() - last_commit >= COMMIT_INTERVAL:
                     self._commit(consumer, asynchronous=True)
                     await self.service.housekeeping()
                     last_commit = time.monotonic()
         finally:
             await self._shut_down(consumer)
+            deliveries.cancel()
+        if self._fatal is not None:
+            raise WorkerFailed("the worker stopped after an unexpected error") from self._fatal
+
+    async def _serve_deliveries(self) -> None:
+        """Run delivery callbacks on this loop often, also while a fetch is waiting."""
+        while True:
+            self._producer.poll(0)
+            await asyncio.sleep(0.01)
+
+    def _fail(self, error: BaseException) -> None:
+        """Stop the worker: what is not committed is fetched again by its successor."""
+        if self._fatal is None:
+            self._fatal = error
+        self._stop.set()
 
     async def _shut_down(self, consumer: Consumer) -> None:
         if self._runners:
@@ -153,16 +178,27 @@ class KafkaWorker:
 
     # Fetching -------------------------------------------------------------------
 
-    def _fetch(self, consumer: Consumer) -> list[Message]:
-        """Wait briefly for one record, then take what else is ready (room allowing)."""
+    def _fetch(self, consumer: Consumer) -> list[tuple[Message, int | None]]:
+        """Wait briefly for one record, then take what else is ready (room allowing).
+
+        Each record is tagged with its partition's assignment at once, in this
+        thread: a rebalance inside the next call must not make it look current.
+        """
         first = consumer.poll(POLL_TIMEOUT)
         if first is None:
             return []
+        batch = self._tag([first])
         room = self.settings.MAX_IN_FLIGHT - self.stats.in_flight - 1
-        batch = [first]
         if room > 0:
-            batch += consumer.consume(min(room, self.settings.MAX_BATCH), 0)
-        return [m for m in batch if self._usable(m)]
+            batch += self._tag(consumer.consume(min(room, self.settings.MAX_BATCH), 0))
+        return batch
+
+    def _tag(self, messages: list[Message]) -> list[tuple[Message, int | None]]:
+        return [
+            (m, self._offsets.add((m.topic(), m.partition()), m.offset()))
+            for m in messages
+            if self._usable(m)
+        ]
 
     def _usable(self, message: Message) -> bool:
         error = message.error()
@@ -196,8 +232,22 @@ class KafkaWorker:
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         log.info("revoked %s", [f"{p.topic}[{p.partition}]" for p in partitions])
-        commits = self._offsets.revoke([(p.topic, p.partition) for p in partitions])
+        revoked = [(p.topic, p.partition) for p in partitions]
+        # Let the records in flight finish first (bounded): their new owner would
+        # find them pending and pay the model for them a second time.
+        grace = min(self.settings.SHUTDOWN_TIMEOUT, REVOKE_GRACE_MAX)
+        if not self._offsets.wait_finished(revoked, grace):
+            log.warning("records of revoked partitions still in flight after %.0fs", grace)
+        commits = self._offsets.revoke(revoked)
         self._commit_offsets(consumer, commits, asynchronous=False)
+
+    def _on_commit(self, error: KafkaError | None, partitions: list[TopicPartition]) -> None:
+        if error is not None:
+            log.debug("commit not confirmed: %s", error)
+            return
+        for p in partitions:
+            if p.error is None and p.offset >= 0:
+                self._offsets.committed((p.topic, p.partition), p.offset)
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         log.warning("lost %s", [f"{p.topic}[{p.partition}]" for p in partitions])
@@ -205,8 +255,8 @@ class KafkaWorker:
 
     # Dispatching (the event loop) -----------------------------------------------
 
-    def _dispatch(self, message: Message) -> None:
-        record = _Record(message, self._offsets.add((message.topic(), message.partition()), message.offset()))
+    def _dispatch(self, message: Message, epoch: int | None) -> None:
+        record = _Record(message, epoch)
         self.stats.consumed += 1
         self.stats.in_flight += 1
         self.stats.peak_in_flight = max(self.stats.peak_in_flight, self.stats.in_flight)
@@ -247,6 +297,12 @@ class KafkaWorker:
             for record in queue:
                 self._drop(record)
             queue.clear()
+        except Exception as error:  # a bug or a fatal producer error: stop, do not wedge
+            log.exception("conversation %s failed; stopping the worker", key)
+            for record in queue:
+                self._drop(record)
+            queue.clear()
+            self._fail(error)
         finally:
             if self._queues.get(key) is queue:
                 del self._queues[key]
@@ -303,12 +359,17 @@ class KafkaWorker:
             ("source_offset", str(message.offset()).encode()),
         ]
         key = message.key() or (error.request_id.encode() if error.request_id else None)
+        # Counted before either is sent, so that the first delivery cannot finish the record.
+        record.deliveries += 1
         if key is not None:
             payload = rejection("invalid_request", error.message, self.clock, time.perf_counter())
             self._send(record, self.settings.RESPONSE_TOPIC, key, encode_response(payload))
         else:
             log.warning("invalid record has no key: no error response can be matched to it")
         self._send(record, self.settings.DLQ_TOPIC, message.key(), message.value(), headers)
+        record.deliveries -= 1
+        if record.deliveries == 0:
+            self._finish(record)
 
     def _send(
         self,
@@ -320,9 +381,17 @@ class KafkaWorker:
     ) -> None:
         """Produce; the record is finished once everything it produced is delivered."""
 
+        attempts = 1
+
         def delivered(error: KafkaError | None, _message: Message) -> None:
+            nonlocal attempts
             if error is not None:
-                log.error("delivery to %s failed (%s); sending again", topic, error)
+                if attempts >= DELIVERY_ATTEMPTS or error.fatal():
+                    log.error("delivery to %s failed %d times (%s)", topic, attempts, error)
+                    self._fail(KafkaException(error))
+                    return
+                attempts += 1
+                log.warning("delivery to %s failed (%s); sending again", topic, error)
                 self._produce(topic, key, value, headers, delivered)
                 return
             record.deliveries -= 1
@@ -379,3 +448,5 @@ class KafkaWorker:
             return
         for (topic, partition), offset in commits:
             self.stats.committed[(topic, partition)] = offset
+            if not asynchronous:
+                self._offsets.committed((topic, partition), offset)

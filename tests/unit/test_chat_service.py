@@ -1,5 +1,7 @@
 import base64
 
+import pytest
+
 from application.contract import ChatRequest
 from application.images import Image
 from application.ports import ModelError, ModelReply
@@ -199,3 +201,42 @@ async def test_long_conversations_and_busy_budgets_load_from_snapshots():
     service.records.save(budget)
     assert list(service.records.snapshots.get(budget.id)), "no snapshot of the budget"
     assert budget_of(service).used == sum(a["usage"]["total_tokens"] for a in answers) + 100
+
+
+async def test_a_request_cancelled_during_the_model_call_gives_its_hold_back():
+    import asyncio
+
+    service, model = make_service(daily_token_limit=100_000)
+
+    async def never(call):
+        await asyncio.Event().wait()
+
+    model.complete = never
+    task = asyncio.create_task(service.handle(ask("r1", "hello")))
+    await asyncio.sleep(0.05)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await service.close()
+    assert budget_of(service).reserved == 0
+
+
+async def test_a_failed_write_of_the_reply_leaves_nothing_half_saved_behind():
+    service, model = make_service()
+    original = service.writer.save
+    calls = 0
+
+    async def failing_second_write(*aggregates):
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            raise RuntimeError("disk full")
+        await original(*aggregates)
+
+    service.writer.save = failing_second_write
+    with pytest.raises(RuntimeError):
+        await service.handle(ask("r1", "hello"))
+    again = await service.handle(ask("r1", "hello"))  # the redelivery
+    assert again["response"] == "answer to hello"
+    follow_up = await service.handle(ask("r2", "and then?"))
+    assert "response" in follow_up and len(model.calls) == 3

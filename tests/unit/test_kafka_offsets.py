@@ -14,7 +14,9 @@ def test_only_the_finished_prefix_is_committable():
     assert tracker.to_commit() == [(TP, 11)]
     tracker.finish(TP, 11, epochs[11])
     assert tracker.to_commit() == [(TP, 14)]
-    assert tracker.to_commit() == []  # nothing new
+    assert tracker.to_commit() == [(TP, 14)]  # offered again until the broker confirms
+    tracker.committed(TP, 14)
+    assert tracker.to_commit() == []
     assert tracker.unfinished() == 0
 
 
@@ -38,3 +40,25 @@ def test_records_of_partitions_not_assigned_are_not_tracked():
     tracker = OffsetTracker()
     assert tracker.add(("other", 3), 1) is None
     assert tracker.revoke([("other", 3)]) == []
+
+
+def test_a_record_fetched_again_or_out_of_order_is_not_ours_to_answer_twice():
+    tracker = OffsetTracker()
+    tracker.assign([TP])
+    first = tracker.add(TP, 100)
+    assert tracker.add(TP, 100) is None  # fetched twice in one assignment
+    assert tracker.add(TP, 99) is None  # from before a rebalance
+    tracker.finish(TP, 100, first)
+    assert tracker.add(TP, 100) is None
+    assert tracker.add(TP, 101) is not None
+
+
+def test_waiting_for_a_partition_to_finish():
+    import threading
+
+    tracker = OffsetTracker()
+    tracker.assign([TP])
+    epoch = tracker.add(TP, 1)
+    assert not tracker.wait_finished([TP], 0.05)
+    threading.Timer(0.05, tracker.finish, (TP, 1, epoch)).start()
+    assert tracker.wait_finished([TP], 5)
