@@ -141,8 +141,8 @@ class KafkaWorker:
                     await self.service.housekeeping()
                     last_commit = time.monotonic()
         finally:
+            deliveries.cancel()  # the final flush serves the last delivery callbacks
             await self._shut_down(consumer)
-            deliveries.cancel()
         if self._fatal is not None:
             raise WorkerFailed("the worker stopped after an unexpected error") from self._fatal
 
@@ -235,8 +235,9 @@ class KafkaWorker:
         revoked = [(p.topic, p.partition) for p in partitions]
         # Let the records in flight finish first (bounded): their new owner would
         # find them pending and pay the model for them a second time.
-        grace = min(self.settings.SHUTDOWN_TIMEOUT, REVOKE_GRACE_MAX)
-        if not self._offsets.wait_finished(revoked, grace):
+        # (When the worker is stopping, its runners have finished or been cancelled.)
+        grace = 0.0 if self._stop.is_set() else min(self.settings.SHUTDOWN_TIMEOUT, REVOKE_GRACE_MAX)
+        if not self._offsets.wait_finished(revoked, grace) and grace:
             log.warning("records of revoked partitions still in flight after %.0fs", grace)
         commits = self._offsets.revoke(revoked)
         self._commit_offsets(consumer, commits, asynchronous=False)
