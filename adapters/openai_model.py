@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import email.utils
 import json
 import logging
+import re
+from datetime import datetime
 from typing import Any
 
 import httpx2
@@ -44,7 +47,7 @@ class OpenAIModel:
         api_key: str,
         base_url: str | None = None,
         timeout: float = 30.0,
-        max_retries: int = 3,
+        max_retries: int = 0,
         max_connections: int = 1000,
     ) -> None:
         limits = httpx2.Limits(
@@ -91,8 +94,53 @@ class OpenAIModel:
         await self.client.close()
 
 
+def retry_after(headers: Any, rate_limited: bool = True) -> float | None:
+    """Seconds to wait, from retry-after-ms, retry-after or (on a 429) the reset headers."""
+    if headers is None:
+        return None
+    try:
+        if headers.get("retry-after-ms"):
+            return float(headers["retry-after-ms"]) / 1000
+        if headers.get("retry-after"):
+            value = headers["retry-after"]
+            try:
+                return float(value)
+            except ValueError:
+                moment = email.utils.parsedate_to_datetime(value)
+                return max((moment - datetime.now(moment.tzinfo)).total_seconds(), 0.0)
+        resets = [
+            _duration(headers[name])
+            for name in ("x-ratelimit-reset-requests", "x-ratelimit-reset-tokens")
+            if rate_limited and headers.get(name)
+        ]
+        return max(resets) if resets else None
+    except (TypeError, ValueError, OverflowError):
+        return None
+
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
+
+
+def _duration(text: str) -> float:
+    """OpenAI's reset durations: '1s', '6m0s', '20ms', '1h2m3.5s'."""
+    parts = _DURATION_PART.findall(text.strip())
+    if not parts:
+        return float(text)
+    scale = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
+    return sum(float(number) * scale[unit] for number, unit in parts)
+
+
 def translate(error: openai.OpenAIError, model: str) -> ModelError:
     """Map an SDK error to the contract's error types, without leaking internals."""
+    mapped = _translate(error, model)
+    response = getattr(error, "response", None)
+    mapped.retry_after = retry_after(
+        getattr(response, "headers", None), rate_limited=mapped.error_type == "rate_limited"
+    )
+    return mapped
+
+
+def _translate(error: openai.OpenAIError, model: str) -> ModelError:
     code = str(getattr(error, "code", "") or "")
     if isinstance(error, openai.RateLimitError):
         if code == "insufficient_quota":

@@ -75,6 +75,8 @@ class ModelError(Exception):
     message: str
     retryable: bool = False
     details: dict[str, str] = field(default_factory=dict)
+    # Seconds the provider asked us to wait before trying again, if it said.
+    retry_after: float | None = None
 
     def __str__(self) -> str:
         return f"{self.error_type}: {self.message}"

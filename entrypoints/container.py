@@ -11,6 +11,7 @@ from adapters.rate_limiter import SlidingWindowRateLimiter
 from adapters.system_clock import SystemClock
 from adapters.tiktoken_counter import TiktokenCounter
 from application.chat import ChatPolicy, ChatRecords, ChatService
+from application.model_retries import RetryingModel
 from entrypoints.settings import Settings
 from entrypoints.worker import KafkaWorker
 
@@ -37,17 +38,23 @@ class Container(containers.DeclarativeContainer):
             secret_key=providers.Callable(_secret, settings.provided.SECRET_KEY),
         ),
     )
-    language_model = providers.Selector(
+    model_client = providers.Selector(
         settings.provided.MODEL_PROVIDER,
         openai=providers.Singleton(
             OpenAIModel,
             api_key=providers.Callable(_secret, settings.provided.OPENAI_API_KEY),
             base_url=settings.provided.OPENAI_BASE_URL,
             timeout=settings.provided.TIMEOUT,
-            max_retries=settings.provided.MAX_RETRIES,
+            max_retries=0,  # the SDK's own retry loop would hide and double ours
             max_connections=settings.provided.MAX_IN_FLIGHT,
         ),
         offline=providers.Singleton(OfflineModel, counter=token_counter),
+    )
+    language_model = providers.Singleton(
+        RetryingModel,
+        model=model_client,
+        max_retries=settings.provided.MAX_RETRIES,
+        fallback_model=settings.provided.FALLBACK_MODEL,
     )
     policy = providers.Singleton(
         ChatPolicy,

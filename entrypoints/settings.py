@@ -33,6 +33,7 @@ class Settings(BaseSettings):
     # Settings this service adds, named in the same style.
     OPENAI_BASE_URL: str | None = None
     MODEL_PROVIDER: Literal["openai", "offline"] = "openai"
+    FALLBACK_MODEL: str | None = None
     DATABASE_URL: str = "sqlite:///eventsourcing.sqlite"
     REQUEST_TOPIC: str = "gpt-send"
     RESPONSE_TOPIC: str = "gpt-response"

@@ -7,6 +7,7 @@ import base64
 import pytest
 
 from adapters.openai_model import OpenAIModel
+from application.model_retries import RetryingModel
 from application.images import Image
 from application.ports import ChatMessage, ModelCall, ModelError
 
@@ -90,12 +91,38 @@ async def test_every_failure_becomes_a_safe_model_error(model, fake_openai, step
     assert "127.0.0.1" not in message and "test-key" not in message and "Traceback" not in message
 
 
-async def test_max_retries_lets_the_sdk_retry_a_server_error(fake_openai):
-    model = OpenAIModel(api_key="test-key", base_url=fake_openai.base_url, timeout=5, max_retries=1)
-    fake_openai.script([{"status": 500}])
+async def test_the_providers_retry_after_is_read_and_obeyed(fake_openai):
+    client = OpenAIModel(api_key="test-key", base_url=fake_openai.base_url, timeout=5)
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+
+    model = RetryingModel(client, max_retries=2, sleep=sleep)
+    fake_openai.script([
+        {"status": 429, "headers": {"retry-after-ms": "250"}},
+        {"status": 503, "headers": {"retry-after": "1"}},
+    ])
     try:
         reply = await model.complete(call("retry me"))
     finally:
         await model.close()
     assert reply.text.startswith("echo: retry me")
-    assert len(fake_openai.requests()) == 2
+    assert slept == [0.25, 1.0]
+    assert len(fake_openai.requests()) == 3  # the SDK itself did not retry
+
+
+async def test_the_fallback_model_answers_when_the_primary_keeps_failing(fake_openai):
+    client = OpenAIModel(api_key="test-key", base_url=fake_openai.base_url, timeout=5)
+
+    async def sleep(seconds: float) -> None:
+        pass
+
+    model = RetryingModel(client, max_retries=1, fallback_model="gpt-4.1-mini", sleep=sleep)
+    fake_openai.script([{"status": 500}, {"status": 500}])
+    try:
+        reply = await model.complete(call("anyone there?"))
+    finally:
+        await model.close()
+    assert reply.model == "gpt-4.1-mini"
+    assert [r["model"] for r in fake_openai.requests()] == ["gpt-4o-mini", "gpt-4o-mini", "gpt-4.1-mini"]

@@ -1,0 +1,79 @@
+"""Retries and a fallback model around any LanguageModel: the one retry loop there is.
+
+Waits as long as the provider asks (Retry-After and rate-limit reset headers,
+read by the adapter into ModelError.retry_after), otherwise backs off
+exponentially with full jitter. When the retries run out, or the failure is an
+upstream one that retrying cannot fix, the fallback model (if any) is asked
+once; the reply's `model` says which model answered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
+
+from application.ports import LanguageModel, ModelCall, ModelError, ModelReply
+
+log = logging.getLogger(__name__)
+
+# Errors a different model may well not have; a bad request stays bad on any model.
+FALLBACK_ON = {"upstream_error", "rate_limited"}
+
+
+class RetryingModel:
+    def __init__(
+        self,
+        model: LanguageModel,
+        max_retries: int = 3,
+        fallback_model: str | None = None,
+        base_delay: float = 0.5,
+        max_delay: float = 60.0,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self.model = model
+        self.max_retries = max_retries
+        self.fallback_model = fallback_model or None
+        self.base_delay = base_delay
+        self.max_delay = max_delay
+        self.sleep = sleep
+
+    async def complete(self, call: ModelCall) -> ModelReply:
+        try:
+            return await self._with_retries(call)
+        except ModelError as error:
+            if (
+                self.fallback_model is None
+                or self.fallback_model == call.model
+                or error.error_type not in FALLBACK_ON
+            ):
+                raise
+            log.warning("%s failed (%s); asking %s", call.model, error.error_type, self.fallback_model)
+            try:
+                return await self._with_retries(replace(call, model=self.fallback_model))
+            except ModelError:
+                raise error from None
+
+    async def _with_retries(self, call: ModelCall) -> ModelReply:
+        attempt = 0
+        while True:
+            try:
+                return await self.model.complete(call)
+            except ModelError as error:
+                if not error.retryable or attempt >= self.max_retries:
+                    raise
+                delay = self.delay(attempt, error)
+                attempt += 1
+                log.info("%s: %s; retry %d in %.2fs", call.model, error.error_type, attempt, delay)
+                await self.sleep(delay)
+
+    def delay(self, attempt: int, error: ModelError) -> float:
+        """The provider's word if it gave one, else exponential backoff with full jitter."""
+        if error.retry_after is not None:
+            return min(max(error.retry_after, 0.0), self.max_delay)
+        return random.uniform(0, min(self.base_delay * 2**attempt, self.max_delay))
+
+    async def close(self) -> None:
+        await self.model.close()

@@ -1,0 +1,73 @@
+import pytest
+
+from adapters.openai_model import retry_after
+from application.model_retries import RetryingModel
+from application.ports import ChatMessage, ModelCall, ModelError
+from tests.unit.fakes import FakeModel
+
+CALL = ModelCall("gpt-4o-mini", [ChatMessage("user", "hi")], 10, 0.5)
+
+
+def retrying(model: FakeModel, **options) -> tuple[RetryingModel, list[float]]:
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+
+    return RetryingModel(model, sleep=sleep, **options), slept
+
+
+async def test_retryable_failures_are_retried_up_to_max_retries_with_backoff():
+    fake = FakeModel()
+    fake.script = [ModelError("upstream_error", "down", True)] * 2
+    model, slept = retrying(fake, max_retries=2, base_delay=1.0)
+    reply = await model.complete(CALL)
+    assert reply.text == "answer to hi" and len(fake.calls) == 3
+    assert 0 <= slept[0] <= 1.0 and 0 <= slept[1] <= 2.0  # full jitter, doubling
+
+
+async def test_the_providers_wait_is_obeyed_but_capped():
+    fake = FakeModel()
+    fake.script = [ModelError("rate_limited", "slow down", True, retry_after=40.0),
+                   ModelError("rate_limited", "slow down", True, retry_after=600.0)]
+    model, slept = retrying(fake, max_retries=3, max_delay=60.0)
+    await model.complete(CALL)
+    assert slept == [40.0, 60.0]
+
+
+async def test_non_retryable_errors_are_not_retried_and_bad_requests_get_no_fallback():
+    fake = FakeModel()
+    fake.script = [ModelError("context_too_long", "too long")]
+    model, slept = retrying(fake, max_retries=3, fallback_model="gpt-4.1")
+    with pytest.raises(ModelError, match="context_too_long"):
+        await model.complete(CALL)
+    assert len(fake.calls) == 1 and slept == []
+
+
+async def test_the_fallback_answers_when_retries_run_out_and_its_failure_reports_the_first():
+    fake = FakeModel()
+    fake.script = [ModelError("upstream_error", "primary down", True)] * 2
+    model, _ = retrying(fake, max_retries=1, fallback_model="gpt-4.1")
+    reply = await model.complete(CALL)
+    assert reply.model == "gpt-4.1" and [c.model for c in fake.calls] == ["gpt-4o-mini"] * 2 + ["gpt-4.1"]
+
+    fake.script = [ModelError("upstream_error", "primary down"), ModelError("upstream_error", "fallback down")]
+    with pytest.raises(ModelError, match="primary down"):
+        await model.complete(CALL)
+
+
+@pytest.mark.parametrize(
+    ("headers", "rate_limited", "seconds"),
+    [
+        ({"retry-after-ms": "250"}, True, 0.25),
+        ({"retry-after": "3"}, False, 3.0),
+        ({"x-ratelimit-reset-requests": "1m30s", "x-ratelimit-reset-tokens": "20ms"}, True, 90.0),
+        ({"x-ratelimit-reset-requests": "1m30s"}, False, None),
+        ({"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"}, True, 0.0),
+        ({"retry-after": "soon"}, True, None),
+        ({}, True, None),
+    ],
+)
+def test_wait_headers_are_read_as_openai_sends_them(headers, rate_limited, seconds):
+    assert retry_after(headers, rate_limited) == seconds
+
