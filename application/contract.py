@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,11 +46,23 @@ def request_id_of(key: bytes | None) -> str | None:
     return text or None
 
 
-def parse_request(key: bytes | None, value: bytes | None) -> ChatRequest:
+# C0 controls and DEL, except tab, line feed and carriage return.
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+DEFAULT_MAX_REQUEST_BYTES = 10 * 1024 * 1024
+
+
+def parse_request(
+    key: bytes | None, value: bytes | None, max_bytes: int = DEFAULT_MAX_REQUEST_BYTES
+) -> ChatRequest:
     """Read one `gpt-send` record; raise InvalidRequest with a clear reason."""
     request_id = request_id_of(key)
     if not value:
         raise InvalidRequest("the record has no value", request_id)
+    if len(value) > max_bytes:
+        raise InvalidRequest(
+            f"the record is {len(value)} bytes; the limit is {max_bytes}", request_id
+        )
     try:
         body = json.loads(value)
     except (UnicodeDecodeError, ValueError, RecursionError):
@@ -85,8 +98,8 @@ def _unwrap_envelope(
         raise InvalidRequest("the envelope's value must be a JSON object", request_id)
     key = body.get("key")
     envelope_key = str(key).strip() if isinstance(key, (str, int)) and str(key).strip() else None
-    if envelope_key is not None and not _encodable(envelope_key):
-        raise InvalidRequest("the envelope's key is not valid text", request_id)
+    if envelope_key is not None and _unreadable(envelope_key):
+        raise InvalidRequest(f"the envelope's key {_unreadable(envelope_key)}", request_id)
     return inner, envelope_key
 
 
@@ -97,8 +110,8 @@ def _build(request_id: str, body: dict[str, Any]) -> ChatRequest:
     user_email = body.get("user_email")
     if not isinstance(user_email, str) or not user_email.strip():
         raise fail("'user_email' is required and must be a non-empty string")
-    if not _encodable(user_email):
-        raise fail("'user_email' is not valid text")
+    if _unreadable(user_email):
+        raise fail(f"'user_email' {_unreadable(user_email)}")
 
     raw_images = body.get("images")
     if raw_images is None:
@@ -112,8 +125,8 @@ def _build(request_id: str, body: dict[str, Any]) -> ChatRequest:
         raise fail("'message' is required and must be a string")
     if not message.strip() and not images:
         raise fail("'message' may be empty only when images are given")
-    if not _encodable(message):
-        raise fail("'message' is not valid text")
+    if _unreadable(message):
+        raise fail(f"'message' {_unreadable(message)}")
 
     max_tokens = body.get("max_tokens")
     if max_tokens is not None and (
@@ -159,18 +172,20 @@ def _optional_text(
         return None
     if not isinstance(value, str) or (non_empty and not value.strip()):
         raise fail(f"'{name}' must be a{' non-empty' if non_empty else ''} string")
-    if not _encodable(value):
-        raise fail(f"'{name}' is not valid text")
+    if _unreadable(value):
+        raise fail(f"'{name}' {_unreadable(value)}")
     return value.strip() if non_empty else (value or None)
 
 
-def _encodable(text: str) -> bool:
-    """False for text with lone surrogates (JSON allows them, UTF-8 does not)."""
+def _unreadable(text: str) -> str | None:
+    """Why the text cannot be passed on, or None when it can."""
     try:
         text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
+    except UnicodeEncodeError:  # lone surrogates: JSON allows them, UTF-8 does not
+        return "is not valid text"
+    if _CONTROL.search(text):
+        return "contains control characters"
+    return None
 
 
 def error_payload(

@@ -262,7 +262,9 @@ class KafkaWorker:
         self.stats.in_flight += 1
         self.stats.peak_in_flight = max(self.stats.peak_in_flight, self.stats.in_flight)
         try:
-            record.request = parse_request(message.key(), message.value())
+            record.request = parse_request(
+                message.key(), message.value(), self.settings.MAX_REQUEST_BYTES
+            )
             key = str(conversation_id(record.request.user_email, record.request.conversation_id))
         except InvalidRequest as error:
             self._reject(record, error)

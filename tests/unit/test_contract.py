@@ -102,6 +102,8 @@ def test_images_as_base64_or_data_urls_and_message_may_then_be_empty():
         (b'{"user_email": "a@b.c", "message": "\\udfff"}', "'message' is not valid text"),
         (b'{"user_email": "a@b.c", "message": "x", "context": "\\ud800"}', "'context' is not valid text"),
         (b'{"user_email": "a@b.c", "message": "x", "images": ["\\ud800"]}', "not valid base64"),
+        (b'{"user_email": "a@b.c", "message": "bell\\u0007"}', "'message' contains control characters"),
+        (b'{"user_email": "a\\u0000@b.c", "message": "x"}', "'user_email' contains control characters"),
     ],
 )
 def test_hostile_records_are_refused_not_crashed_on(value, reason):
@@ -113,3 +115,9 @@ def test_an_envelope_key_that_is_not_text_is_refused():
     value = b'{"key": "\\ud800", "value": {"user_email": "a@b.c", "message": "x"}}'
     with pytest.raises(InvalidRequest, match="envelope's key is not valid text"):
         parse_request(None, value)
+
+
+def test_lines_and_tabs_are_fine_and_oversized_records_are_refused():
+    assert parse_request(b"k", record({"user_email": "a@b.c", "message": "a\tb\r\nc"})).message == "a\tb\r\nc"
+    with pytest.raises(InvalidRequest, match="the limit is 100"):
+        parse_request(b"k", record({"user_email": "a@b.c", "message": "x" * 200}), max_bytes=100)
