@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 REPLY_PRIMING_TOKENS = 3
 CONTEXT_PREFIX = "Earlier in this conversation:\n"
 BUDGET_EXHAUSTED = "The service's daily token budget is used up; please try again tomorrow."
+TOO_LATE = "The model could not answer before the request's deadline."
 STORE_RETRY_MAX_DELAY = 5.0
 
 
@@ -202,11 +203,13 @@ class ChatService:
                 self.ledger.release(reservation)  # another worker wrote: decide again
 
         try:
-            await self.rate_limiter.acquire()
-            reply = await self.model.complete(call)
+            reply = await asyncio.wait_for(self._call_model(call), self._time_left(request))
         except Exception as error:
             self.ledger.release(reservation)
-            if isinstance(error, ModelError):
+            if isinstance(error, TimeoutError):
+                error_type, message = "upstream_error", TOO_LATE
+                log.warning("request %s passed its deadline", request.request_id)
+            elif isinstance(error, ModelError):
                 error_type, message = error.error_type, error.message
                 log.warning("model call failed for %s: %s", request.request_id, error_type)
             else:
@@ -221,6 +224,16 @@ class ChatService:
             cid, conversation, request.request_id,
             lambda c: self._record_reply(c, request.request_id, reply, started),
         )
+
+    async def _call_model(self, call: ModelCall) -> ModelReply:
+        await self.rate_limiter.acquire()
+        return await self.model.complete(call)
+
+    def _time_left(self, request: ChatRequest) -> float | None:
+        """Seconds until the request's deadline (None: no deadline)."""
+        if request.deadline is None:
+            return None
+        return max(request.deadline - self.clock.now().timestamp(), 0.0)
 
     async def housekeeping(self) -> None:
         """Called now and then by the driver: budget leases held too long or spent."""

@@ -33,6 +33,8 @@ class ChatRequest:
     images: tuple[Image, ...] = ()
     conversation_id: str | None = None
     priority: int = 0
+    # When the answer stops being worth waiting for (epoch seconds), if known.
+    deadline: float | None = None
 
 
 def request_id_of(key: bytes | None) -> str | None:

@@ -11,6 +11,7 @@ from adapters.rate_limiter import SlidingWindowRateLimiter
 from adapters.system_clock import SystemClock
 from adapters.tiktoken_counter import TiktokenCounter
 from application.chat import ChatPolicy, ChatRecords, ChatService
+from application.circuit_breaker import CircuitBreaker
 from application.model_retries import RetryingModel
 from entrypoints.settings import Settings
 from entrypoints.worker import KafkaWorker
@@ -50,9 +51,15 @@ class Container(containers.DeclarativeContainer):
         ),
         offline=providers.Singleton(OfflineModel, counter=token_counter),
     )
+    circuit_breaker = providers.Singleton(
+        CircuitBreaker,
+        model=model_client,
+        failure_threshold=settings.provided.CIRCUIT_FAILURE_THRESHOLD,
+        probe_interval=settings.provided.CIRCUIT_PROBE_INTERVAL,
+    )
     language_model = providers.Singleton(
         RetryingModel,
-        model=model_client,
+        model=circuit_breaker,
         max_retries=settings.provided.MAX_RETRIES,
         fallback_model=settings.provided.FALLBACK_MODEL,
     )

@@ -34,6 +34,9 @@ class Settings(BaseSettings):
     OPENAI_BASE_URL: str | None = None
     MODEL_PROVIDER: Literal["openai", "offline"] = "openai"
     FALLBACK_MODEL: str | None = None
+    REQUEST_DEADLINE: float = Field(600, gt=0, description="seconds from a record's timestamp")
+    CIRCUIT_FAILURE_THRESHOLD: int = Field(5, gt=0)
+    CIRCUIT_PROBE_INTERVAL: float = Field(5, gt=0)
     DATABASE_URL: str = "sqlite:///eventsourcing.sqlite"
     REQUEST_TOPIC: str = "gpt-send"
     RESPONSE_TOPIC: str = "gpt-response"

@@ -17,10 +17,18 @@ import threading
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka import (
+    TIMESTAMP_NOT_AVAILABLE,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
 from eventsourcing.persistence import PersistenceError
 
 from adapters.kafka import consumer_config, ensure_topics, producer_config
@@ -262,9 +270,8 @@ class KafkaWorker:
         self.stats.in_flight += 1
         self.stats.peak_in_flight = max(self.stats.peak_in_flight, self.stats.in_flight)
         try:
-            record.request = parse_request(
-                message.key(), message.value(), self.settings.MAX_REQUEST_BYTES
-            )
+            request = parse_request(message.key(), message.value(), self.settings.MAX_REQUEST_BYTES)
+            record.request = replace(request, deadline=self._deadline(message))
             key = str(conversation_id(record.request.user_email, record.request.conversation_id))
         except InvalidRequest as error:
             self._reject(record, error)
@@ -280,6 +287,12 @@ class KafkaWorker:
             self._runners.add(runner)
             runner.add_done_callback(self._runners.discard)
         queue.append(record)
+
+    def _deadline(self, message: Message) -> float:
+        """REQUEST_DEADLINE after the record was produced (or fetched, if it has no time)."""
+        kind, millis = message.timestamp()
+        produced = millis / 1000 if kind != TIMESTAMP_NOT_AVAILABLE and millis > 0 else time.time()
+        return produced + self.settings.REQUEST_DEADLINE
 
     async def _run_conversation(self, key: str, queue: deque[_Record]) -> None:
         """Answer one conversation's records one after another, in fetch order."""

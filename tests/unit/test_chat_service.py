@@ -240,3 +240,22 @@ async def test_a_failed_write_of_the_reply_leaves_nothing_half_saved_behind():
     assert again["response"] == "answer to hello"
     follow_up = await service.handle(ask("r2", "and then?"))
     assert "response" in follow_up and len(model.calls) == 3
+
+
+async def test_a_request_past_its_deadline_gets_an_upstream_error_instead_of_waiting():
+    import asyncio
+
+    service, model = make_service()
+
+    async def stuck(call):
+        await asyncio.Event().wait()
+
+    model.complete = stuck
+    deadline = service.clock.now().timestamp() + 0.1
+    late = await asyncio.wait_for(service.handle(ask("r1", "hello", deadline=deadline)), 5)
+    assert late["error"] == {
+        "type": "upstream_error",
+        "message": "The model could not answer before the request's deadline.",
+    }
+    await service.close()
+    assert budget_of(service).reserved == 0
