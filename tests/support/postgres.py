@@ -16,6 +16,7 @@ import shlex
 import shutil
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 import psycopg
@@ -126,28 +127,37 @@ class PostgresServer:
             )
             if init.returncode != 0:
                 raise RuntimeError(f"initdb failed ({init.returncode}):\n{init.stdout}\n{init.stderr}")
-            # The socket goes in the data dir: the default /var/run/postgresql may not exist or be writable.
-            options = (
-                f"-p {self._port} -k {shlex.quote(str(self._datadir))} "
-                f"-c listen_addresses={_HOST} "
-                + ("" if self._durable else
-                   "-c fsync=off -c synchronous_commit=off -c full_page_writes=off")
-            )
             self._running = True  # from here on stop() must try pg_ctl stop
             atexit.register(self.stop)
-            started = self._run(
-                "pg_ctl", "-D", str(self._datadir), "-o", options, "-w", "-t", "30",
-                "-l", str(self.log_path), "start",
-            )
-            if started.returncode != 0:
-                raise RuntimeError(
-                    f"pg_ctl start failed ({started.returncode}):\n{started.stdout}\n{started.stderr}\n"
-                    f"log tail:\n{self._log_tail()}"
-                )
+            self._pg_start()
         except BaseException:
             self.stop()
             raise
         return self
+
+    def _pg_start(self) -> None:
+        # The socket goes in the data dir: the default /var/run/postgresql may not exist or be writable.
+        options = (
+            f"-p {self._port} -k {shlex.quote(str(self._datadir))} "
+            f"-c listen_addresses={_HOST} "
+            + ("" if self._durable else
+               "-c fsync=off -c synchronous_commit=off -c full_page_writes=off")
+        )
+        started = self._run(
+            "pg_ctl", "-D", str(self._datadir), "-o", options, "-w", "-t", "30",
+            "-l", str(self.log_path), "start",
+        )
+        if started.returncode != 0:
+            raise RuntimeError(
+                f"pg_ctl start failed ({started.returncode}):\n{started.stdout}\n{started.stderr}\n"
+                f"log tail:\n{self._log_tail()}"
+            )
+
+    def restart(self, down_for: float = 1.0) -> None:
+        """Stop the server (its data kept), stay down a while, start it again: an outage."""
+        self._run("pg_ctl", "-D", str(self._datadir), "-m", "fast", "-w", "stop")
+        time.sleep(down_for)
+        self._pg_start()
 
     def _hand_tmpdir_to_postgres_user(self) -> None:
         """Give the temporary directory to the ``postgres`` user (root only)."""
