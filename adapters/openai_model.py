@@ -13,7 +13,7 @@ import httpx2
 import openai
 from openai import AsyncOpenAI, DefaultAioHttpClient
 
-from application.ports import ChatMessage, ModelCall, ModelError, ModelReply
+from application.ports import ChatMessage, ModelCall, ModelError, ModelReply, RateLimitStatus
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +81,7 @@ class OpenAIModel:
                 prompt_tokens=int(usage.get("prompt_tokens", 0)),
                 completion_tokens=int(usage.get("completion_tokens", 0)),
                 finish_reason=choice.get("finish_reason") or "stop",
+                rate_limits=rate_limit_status(response.headers),
             )
         except openai.OpenAIError as error:
             raise translate(error, call.model) from None
@@ -92,6 +93,32 @@ class OpenAIModel:
 
     async def close(self) -> None:
         await self.client.close()
+
+
+def rate_limit_status(headers: Any) -> RateLimitStatus | None:
+    """The x-ratelimit-* headers of a response, if the provider sent them."""
+
+    def number(name: str) -> int | None:
+        try:
+            return int(headers[name]) if headers.get(name) else None
+        except (TypeError, ValueError):
+            return None
+
+    resets = []
+    for name in ("x-ratelimit-reset-requests", "x-ratelimit-reset-tokens"):
+        try:
+            if headers.get(name):
+                resets.append(_duration(headers[name]))
+        except ValueError:
+            pass
+    status = RateLimitStatus(
+        remaining_requests=number("x-ratelimit-remaining-requests"),
+        limit_requests=number("x-ratelimit-limit-requests"),
+        remaining_tokens=number("x-ratelimit-remaining-tokens"),
+        limit_tokens=number("x-ratelimit-limit-tokens"),
+        reset_seconds=max(resets) if resets else None,
+    )
+    return status if status.remaining_fraction() is not None else None
 
 
 def retry_after(headers: Any, rate_limited: bool = True) -> float | None:

@@ -227,7 +227,10 @@ class ChatService:
 
     async def _call_model(self, call: ModelCall) -> ModelReply:
         await self.rate_limiter.acquire()
-        return await self.model.complete(call)
+        reply = await self.model.complete(call)
+        if reply.rate_limits is not None:
+            self.rate_limiter.observe(reply.rate_limits)
+        return reply
 
     def _time_left(self, request: ChatRequest) -> float | None:
         """Seconds until the request's deadline (None: no deadline)."""

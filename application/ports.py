@@ -27,12 +27,39 @@ class ModelCall:
 
 
 @dataclass(frozen=True)
+class RateLimitStatus:
+    """What the provider says is left of its limits, and when they reset."""
+
+    remaining_requests: int | None = None
+    limit_requests: int | None = None
+    remaining_tokens: int | None = None
+    limit_tokens: int | None = None
+    reset_seconds: float | None = None
+
+    def remaining_fraction(self) -> float | None:
+        """The scarcer of requests and tokens left, as a share of the limit."""
+        shares = [
+            remaining / limit
+            for remaining, limit in (
+                (self.remaining_requests, self.limit_requests),
+                (self.remaining_tokens, self.limit_tokens),
+            )
+            if remaining is not None and limit
+        ]
+        return min(shares) if shares else None
+
+    def remaining_calls(self) -> int | None:
+        return self.remaining_requests
+
+
+@dataclass(frozen=True)
 class ModelReply:
     text: str
     model: str
     prompt_tokens: int
     completion_tokens: int
     finish_reason: str = "stop"
+    rate_limits: RateLimitStatus | None = None
 
 
 class LanguageModel(Protocol):
@@ -58,6 +85,10 @@ class TokenCounter(Protocol):
 class RateLimiter(Protocol):
     async def acquire(self) -> None:
         """Wait until one more model call is allowed."""
+        ...
+
+    def observe(self, status: RateLimitStatus) -> None:
+        """Take the provider's own account of its limits into the pacing."""
         ...
 
 

@@ -126,3 +126,14 @@ async def test_the_fallback_model_answers_when_the_primary_keeps_failing(fake_op
         await model.close()
     assert reply.model == "gpt-4.1-mini"
     assert [r["model"] for r in fake_openai.requests()] == ["gpt-4o-mini", "gpt-4o-mini", "gpt-4.1-mini"]
+
+
+async def test_the_providers_remaining_limits_are_reported(model, fake_openai):
+    fake_openai.script([{"reply": "ok", "headers": {
+        "x-ratelimit-limit-requests": "500", "x-ratelimit-remaining-requests": "12",
+        "x-ratelimit-limit-tokens": "200000", "x-ratelimit-remaining-tokens": "150000",
+        "x-ratelimit-reset-requests": "1m12s", "x-ratelimit-reset-tokens": "6s"}}])
+    reply = await model.complete(call())
+    limits = reply.rate_limits
+    assert (limits.remaining_requests, limits.limit_requests) == (12, 500)
+    assert limits.reset_seconds == 72.0 and limits.remaining_fraction() == 12 / 500

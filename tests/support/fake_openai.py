@@ -223,6 +223,7 @@ def build_app(state: FakeOpenAIState) -> "web.Application":
         return web.json_response(payload, headers={
             "x-ratelimit-remaining-requests": "9999",
             "x-ratelimit-remaining-tokens": "999999",
+            **step.get("headers", {}),
         })
 
     async def control_script(request: web.Request) -> web.Response:

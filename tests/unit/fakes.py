@@ -60,6 +60,9 @@ class CountingLimiter:
     async def acquire(self) -> None:
         self.acquired += 1
 
+    def observe(self, status) -> None:  # type: ignore[no-untyped-def]
+        self.observed = status
+
 
 def make_service(**policy: object) -> tuple[ChatService, FakeModel]:
     model = FakeModel()

@@ -44,3 +44,30 @@ async def test_waiters_are_served_in_order_and_none_is_dropped():
 async def test_zero_means_no_limit():
     limiter = SlidingWindowRateLimiter(0)
     await asyncio.wait_for(asyncio.gather(*(limiter.acquire() for _ in range(1000))), 1)
+
+
+async def test_calls_are_spread_out_while_the_provider_runs_low():
+    from application.ports import RateLimitStatus
+
+    time = FakeTime()
+    limiter = SlidingWindowRateLimiter(0, monotonic=time.monotonic, sleep=time.sleep)
+    limiter.observe(RateLimitStatus(remaining_requests=4, limit_requests=100, reset_seconds=8.0))
+    for _ in range(3):
+        await limiter.acquire()
+    assert time.slept == [2.0, 2.0]  # 4 calls left in 8 s: one every 2 s
+    limiter.observe(RateLimitStatus(remaining_requests=90, limit_requests=100, reset_seconds=8.0))
+    await limiter.acquire()
+    assert time.slept == [2.0, 2.0]  # plenty left again: no pacing
+
+
+async def test_pacing_ends_when_the_providers_window_resets():
+    from application.ports import RateLimitStatus
+
+    time = FakeTime()
+    limiter = SlidingWindowRateLimiter(0, monotonic=time.monotonic, sleep=time.sleep)
+    limiter.observe(RateLimitStatus(remaining_tokens=10, limit_tokens=10_000, reset_seconds=1.0))
+    await limiter.acquire()
+    time.now += 2.0  # past the reset
+    await limiter.acquire()
+    await limiter.acquire()
+    assert time.slept == []
