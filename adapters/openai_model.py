@@ -6,7 +6,8 @@ import email.utils
 import json
 import logging
 import re
-from datetime import datetime
+import math
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx2
@@ -131,10 +132,13 @@ def retry_after(headers: Any, rate_limited: bool = True) -> float | None:
         if headers.get("retry-after"):
             value = headers["retry-after"]
             try:
-                return float(value)
+                seconds = float(value)
+                return seconds if math.isfinite(seconds) else None
             except ValueError:
                 moment = email.utils.parsedate_to_datetime(value)
-                return max((moment - datetime.now(moment.tzinfo)).total_seconds(), 0.0)
+                if moment.tzinfo is None:  # "-0000": UTC by RFC 5322
+                    moment = moment.replace(tzinfo=UTC)
+                return max((moment - datetime.now(UTC)).total_seconds(), 0.0)
         resets = [
             _duration(headers[name])
             for name in ("x-ratelimit-reset-requests", "x-ratelimit-reset-tokens")

@@ -79,7 +79,9 @@ class BudgetLedger:
         self._lock = asyncio.Lock()
         self.leases_opened = 0
 
-    async def reserve(self, reservation_id: str, tokens: int) -> None:
+    async def reserve(
+        self, reservation_id: str, tokens: int, max_wait: float | None = None
+    ) -> None:
         """Hold tokens for a request; waits while requests in flight hold the room.
 
         Raises BudgetExceeded when the day's spending leaves no room at all, or
@@ -87,6 +89,7 @@ class BudgetLedger:
         without settling, say: those stay reserved until the day ends).
         """
         wait, waited = 0.02, 0.0
+        patience = self.max_wait if max_wait is None else max_wait
         while True:
             async with self._lock:
                 if reservation_id in self._leases:
@@ -106,7 +109,7 @@ class BudgetLedger:
                     lease.held[reservation_id] = tokens
                     self._leases[reservation_id] = lease
                     return
-            if waited >= self.max_wait:
+            if waited >= patience:
                 raise BudgetExceeded(
                     f"{tokens} tokens requested; the rest of today's budget has been held "
                     f"for {waited:.0f}s by requests in flight or by stopped workers"

@@ -187,7 +187,10 @@ class ChatService:
                     history_turns=history_turns,
                 )
             try:
-                await self.ledger.reserve(reservation, self.estimate_tokens(call))
+                estimate = self.estimate_tokens(call)
+                # While the model is down, holds of requests waiting for it fill the
+                # budget; wait for them as long as this request may wait at all.
+                await self.ledger.reserve(reservation, estimate, max_wait=self._time_left(request))
             except BudgetExceeded as error:
                 log.warning("request %s refused: %s", request.request_id, error)
                 return await self._conclude(
@@ -202,11 +205,30 @@ class ChatService:
             except RecordConflictError:
                 self.ledger.release(reservation)  # another worker wrote: decide again
 
+        started_call = False
+
+        async def call_model() -> ModelReply:
+            nonlocal started_call
+            await self.rate_limiter.acquire()
+            started_call = True
+            reply = await self.model.complete(call)
+            if reply.rate_limits is not None:
+                self.rate_limiter.observe(reply.rate_limits)
+            return reply
+
+        deadline = self._time_left(request)
         try:
-            reply = await asyncio.wait_for(self._call_model(call), self._time_left(request))
+            try:
+                async with asyncio.timeout(deadline) as budget_of_time:
+                    reply = await call_model()
+            except (TimeoutError, asyncio.CancelledError):
+                if started_call:
+                    # The provider may bill a call cut short: count it as its estimate.
+                    self.ledger.settle(reservation, estimate)
+                raise
         except Exception as error:
             self.ledger.release(reservation)
-            if isinstance(error, TimeoutError):
+            if isinstance(error, TimeoutError) and budget_of_time.expired():
                 error_type, message = "upstream_error", TOO_LATE
                 log.warning("request %s passed its deadline", request.request_id)
             elif isinstance(error, ModelError):
@@ -224,13 +246,6 @@ class ChatService:
             cid, conversation, request.request_id,
             lambda c: self._record_reply(c, request.request_id, reply, started),
         )
-
-    async def _call_model(self, call: ModelCall) -> ModelReply:
-        await self.rate_limiter.acquire()
-        reply = await self.model.complete(call)
-        if reply.rate_limits is not None:
-            self.rate_limiter.observe(reply.rate_limits)
-        return reply
 
     def _time_left(self, request: ChatRequest) -> float | None:
         """Seconds until the request's deadline (None: no deadline)."""

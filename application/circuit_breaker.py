@@ -1,11 +1,13 @@
-"""A circuit breaker in front of the model: stop hammering a provider that is down.
+"""A circuit breaker per model: stop hammering a model that is down.
 
-After `failure_threshold` upstream failures in a row the circuit opens: calls
-wait instead of failing, one probe goes through every `probe_interval`, and the
-first success closes the circuit and lets everyone through. Waiting callers
-stay in flight, so the worker's MAX_IN_FLIGHT backpressure pauses consumption:
-nothing is failed and nothing unanswered is committed meanwhile (a request's
-deadline still ends its wait).
+After `failure_threshold` retryable upstream failures in a row the circuit of
+that model opens: calls wait instead of failing, one probe goes through every
+`probe_interval`, and the first success closes the circuit and lets everyone
+through. Waiting callers stay in flight, so the worker's MAX_IN_FLIGHT
+backpressure pauses consumption: nothing is failed and nothing unanswered is
+committed meanwhile (a request's deadline still ends its wait). Permanent
+errors (a bad key, an exhausted quota, a bad request) do not count: waiting
+would not fix them.
 """
 
 from __future__ import annotations
@@ -19,8 +21,19 @@ from application.ports import LanguageModel, ModelCall, ModelError, ModelReply
 
 log = logging.getLogger(__name__)
 
-# Failures that say the provider is unwell; a bad request says nothing about it.
 PROVIDER_FAILURES = {"upstream_error", "rate_limited"}
+
+
+class _Circuit:
+    def __init__(self) -> None:
+        self.failures = 0
+        self.opened_at: float | None = None
+        self.probing = False
+        self.changed = asyncio.Event()  # replaced after each change; waiters wake on it
+
+    def notify(self) -> None:
+        self.changed.set()
+        self.changed = asyncio.Event()
 
 
 class CircuitBreaker:
@@ -35,67 +48,71 @@ class CircuitBreaker:
         self.failure_threshold = failure_threshold
         self.probe_interval = probe_interval
         self.monotonic = monotonic
-        self.failures = 0
-        self.opened_at: float | None = None
-        self._probing = False
-        self._closed = asyncio.Event()
-        self._closed.set()
+        self._circuits: dict[str, _Circuit] = {}
         self.opened_count = 0
 
-    @property
-    def state(self) -> str:
-        if self.opened_at is None:
+    def state(self, model: str) -> str:
+        circuit = self._circuits.get(model)
+        if circuit is None or circuit.opened_at is None:
             return "closed"
-        return "half-open" if self._probing else "open"
+        return "half-open" if circuit.probing else "open"
 
     async def complete(self, call: ModelCall) -> ModelReply:
-        probe = await self._admit()
+        circuit = self._circuits.setdefault(call.model, _Circuit())
+        probe = await self._admit(circuit)
         try:
             reply = await self.model.complete(call)
         except ModelError as error:
-            self._failed(error, probe)
+            self._failed(call.model, circuit, error, probe)
             raise
         except BaseException:
-            if probe:
-                self._probing = False  # cancelled or broken: let another probe go
+            if probe:  # cancelled or broken: let another probe go
+                circuit.probing = False
+                circuit.notify()
             raise
-        self._succeeded()
+        self._succeeded(call.model, circuit, probe)
         return reply
 
-    async def _admit(self) -> bool:
+    async def _admit(self, circuit: _Circuit) -> bool:
         """Wait until a call may go through; True when it goes as the probe."""
-        while self.opened_at is not None:
-            wait = self.opened_at + self.probe_interval - self.monotonic()
-            if wait <= 0 and not self._probing:
-                self._probing = True
+        while circuit.opened_at is not None:
+            wait = circuit.opened_at + self.probe_interval - self.monotonic()
+            if wait <= 0 and not circuit.probing:
+                circuit.probing = True
                 return True
+            changed = circuit.changed
             try:
-                await asyncio.wait_for(self._closed.wait(), max(wait, 0.05))
+                # Until the next probe is due, or (a probe running) until it ends.
+                async with asyncio.timeout(wait if wait > 0 else None):
+                    await changed.wait()
             except TimeoutError:
                 pass
         return False
 
-    def _failed(self, error: ModelError, probe: bool) -> None:
-        if error.error_type not in PROVIDER_FAILURES:
+    def _failed(self, model: str, circuit: _Circuit, error: ModelError, probe: bool) -> None:
+        if error.error_type not in PROVIDER_FAILURES or not error.retryable:
             if probe:
-                self._probing = False
+                circuit.probing = False
+                circuit.notify()
             return
-        self.failures += 1
-        if probe or (self.opened_at is None and self.failures >= self.failure_threshold):
-            if self.opened_at is None:
+        circuit.failures += 1
+        if probe or (circuit.opened_at is None and circuit.failures >= self.failure_threshold):
+            if circuit.opened_at is None:
                 self.opened_count += 1
-                log.warning("model provider failing (%d in a row): circuit open", self.failures)
-            self.opened_at = self.monotonic()
-            self._probing = False
-            self._closed.clear()
+                log.warning("%s failing (%d in a row): circuit open", model, circuit.failures)
+            circuit.opened_at = self.monotonic()
+            circuit.probing = False
+            circuit.notify()
 
-    def _succeeded(self) -> None:
-        if self.opened_at is not None:
-            log.warning("model provider answered again: circuit closed")
-        self.failures = 0
-        self.opened_at = None
-        self._probing = False
-        self._closed.set()
+    def _succeeded(self, model: str, circuit: _Circuit, probe: bool) -> None:
+        if circuit.opened_at is not None and not probe and circuit.probing:
+            return  # an answer from before the outage: the probe decides
+        if circuit.opened_at is not None:
+            log.warning("%s answered again: circuit closed", model)
+        circuit.failures = 0
+        circuit.opened_at = None
+        circuit.probing = False
+        circuit.notify()
 
     async def close(self) -> None:
         await self.model.close()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
@@ -53,7 +54,8 @@ class RetryingModel:
             log.warning("%s failed (%s); asking %s", call.model, error.error_type, self.fallback_model)
             try:
                 return await self._with_retries(replace(call, model=self.fallback_model))
-            except ModelError:
+            except ModelError as fallback_error:
+                log.warning("fallback %s failed too: %s", self.fallback_model, fallback_error)
                 raise error from None
 
     async def _with_retries(self, call: ModelCall) -> ModelReply:
@@ -71,7 +73,7 @@ class RetryingModel:
 
     def delay(self, attempt: int, error: ModelError) -> float:
         """The provider's word if it gave one, else exponential backoff with full jitter."""
-        if error.retry_after is not None:
+        if error.retry_after is not None and math.isfinite(error.retry_after):
             return min(max(error.retry_after, 0.0), self.max_delay)
         return random.uniform(0, min(self.base_delay * 2**attempt, self.max_delay))
 

@@ -291,8 +291,10 @@ class KafkaWorker:
     def _deadline(self, message: Message) -> float:
         """REQUEST_DEADLINE after the record was produced (or fetched, if it has no time)."""
         kind, millis = message.timestamp()
-        produced = millis / 1000 if kind != TIMESTAMP_NOT_AVAILABLE and millis > 0 else time.time()
-        return produced + self.settings.REQUEST_DEADLINE
+        now = time.time()
+        produced = millis / 1000 if kind != TIMESTAMP_NOT_AVAILABLE and millis > 0 else now
+        # A producer clock running ahead must not push the deadline out.
+        return min(produced, now) + self.settings.REQUEST_DEADLINE
 
     async def _run_conversation(self, key: str, queue: deque[_Record]) -> None:
         """Answer one conversation's records one after another, in fetch order."""

@@ -259,3 +259,19 @@ async def test_a_request_past_its_deadline_gets_an_upstream_error_instead_of_wai
     }
     await service.close()
     assert budget_of(service).reserved == 0
+
+
+async def test_a_call_cut_short_by_the_deadline_is_counted_at_its_estimate():
+    import asyncio
+
+    service, model = make_service(daily_token_limit=100_000, max_tokens=100)
+
+    async def slow(call):
+        await asyncio.sleep(5)
+
+    model.complete = slow
+    deadline = service.clock.now().timestamp() + 0.1
+    late = await service.handle(ask("r1", "hello", deadline=deadline))
+    assert late["error"]["type"] == "upstream_error"
+    await service.close()
+    assert budget_of(service).used == 1 + 4 + 3 + 100  # the provider may have billed it

@@ -65,6 +65,8 @@ async def test_the_fallback_answers_when_retries_run_out_and_its_failure_reports
         ({"x-ratelimit-reset-requests": "1m30s"}, False, None),
         ({"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"}, True, 0.0),
         ({"retry-after": "soon"}, True, None),
+        ({"retry-after": "nan"}, True, None),
+        ({"retry-after": "Wed, 21 Oct 2015 07:28:00 -0000"}, True, 0.0),
         ({}, True, None),
     ],
 )
