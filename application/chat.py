@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -173,7 +174,7 @@ class ChatService:
             if outcome is not None:
                 log.info("request %s already answered; replaying", request.request_id)
                 return outcome, conversation
-            call, history_turns = self.build_call(request, conversation)
+            call, history_turns, estimate = self.build_call(request, conversation)
             if not conversation.is_pending(request.request_id):
                 conversation.receive_message(
                     request_id=request.request_id,
@@ -187,7 +188,6 @@ class ChatService:
                     history_turns=history_turns,
                 )
             try:
-                estimate = self.estimate_tokens(call)
                 # While the model is down, holds of requests waiting for it fill the
                 # budget; wait for them as long as this request may wait at all.
                 await self.ledger.reserve(reservation, estimate, max_wait=self._time_left(request))
@@ -352,14 +352,16 @@ class ChatService:
 
     def build_call(
         self, request: ChatRequest, conversation: Conversation
-    ) -> tuple[ModelCall, int]:
-        """The model call for a request, and how many stored turns it carries.
+    ) -> tuple[ModelCall, int, int]:
+        """The model call, how many stored turns it carries, and the most it can spend.
 
         The system prompt and the new message are always sent; the stored history,
         then the caller's context string, fill what is left of the token window.
         """
         policy = self.policy
-        count = self.counter.count
+        # Selecting the history and estimating the call count the same texts:
+        # each is encoded once per request.
+        count = functools.cache(self.counter.count)
         model = request.model or (policy.vision_model if request.images else policy.model)
         room = policy.context_max_tokens - (
             count(request.message)
@@ -389,12 +391,13 @@ class ChatService:
                 request.temperature if request.temperature is not None else policy.temperature
             ),
         )
-        return call, len(history)
+        return call, len(history), self.estimate_tokens(call, count)
 
-    def estimate_tokens(self, call: ModelCall) -> int:
+    def estimate_tokens(self, call: ModelCall, count: Callable[[str], int] | None = None) -> int:
         """The most a call can spend: its prompt as the model counts it, plus max_tokens."""
+        count = count or self.counter.count
         prompt = REPLY_PRIMING_TOKENS + sum(
-            self.counter.count(message.text)
+            count(message.text)
             + MESSAGE_OVERHEAD_TOKENS
             + len(message.images) * self.policy.image_token_estimate
             for message in call.messages

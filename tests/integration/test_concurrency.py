@@ -4,17 +4,14 @@ from __future__ import annotations
 
 import json
 import signal
-import time
-import uuid
 from collections import Counter
 
 import pytest
-from confluent_kafka import Consumer, TopicPartition
 
 from application.chat import ChatRecords
 from adapters.event_store import event_store_env
 from domain.conversation import conversation_id
-from tests.support.records import produce, read
+from tests.support.records import produce, read, read_until_all
 from tests.support.worker import RunningWorker
 
 pytestmark = pytest.mark.integration
@@ -93,18 +90,3 @@ def test_a_worker_killed_with_hundreds_in_flight_answers_everything_once_after_r
     finally:
         records.close()
 
-
-def read_until_all(broker, topic: str, wanted: set[str], timeout: float) -> list[tuple[str, bytes]]:
-    consumer = Consumer({"bootstrap.servers": broker.bootstrap_server,
-                         "group.id": f"r-{uuid.uuid4().hex}", "enable.auto.commit": False})
-    consumer.assign([TopicPartition(topic, 0, 0)])
-    seen: list[tuple[str, bytes]] = []
-    deadline = time.monotonic() + timeout
-    try:
-        while not wanted <= {key for key, _ in seen} and time.monotonic() < deadline:
-            message = consumer.poll(0.2)
-            if message is not None and not message.error():
-                seen.append((message.key().decode(), message.value()))
-    finally:
-        consumer.close()
-    return seen

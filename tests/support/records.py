@@ -33,3 +33,18 @@ def read(broker, topic: str, count: int, timeout: float = 30.0) -> list[tuple[st
     return seen
 
 
+def read_until_all(broker, topic: str, wanted: set[str], timeout: float) -> list[tuple[str, bytes]]:
+    """Every record (key, raw value) from the start until all `wanted` keys were seen."""
+    consumer = Consumer({"bootstrap.servers": broker.bootstrap_server,
+                         "group.id": f"r-{uuid.uuid4().hex}", "enable.auto.commit": False})
+    consumer.assign([TopicPartition(topic, 0, 0)])
+    seen: list[tuple[str, bytes]] = []
+    deadline = time.monotonic() + timeout
+    try:
+        while not wanted <= {key for key, _ in seen} and time.monotonic() < deadline:
+            message = consumer.poll(0.2)
+            if message is not None and not message.error():
+                seen.append((message.key().decode(), message.value()))
+    finally:
+        consumer.close()
+    return seen
