@@ -57,6 +57,10 @@ class CircuitBreaker:
             return "closed"
         return "half-open" if circuit.probing else "open"
 
+    def states(self) -> dict[str, str]:
+        """The state of every model's circuit that has been used."""
+        return {model: self.state(model) for model in self._circuits}
+
     async def complete(self, call: ModelCall) -> ModelReply:
         circuit = self._circuits.setdefault(call.model, _Circuit())
         probe = await self._admit(circuit)

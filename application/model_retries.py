@@ -33,6 +33,7 @@ class RetryingModel:
         base_delay: float = 0.5,
         max_delay: float = 60.0,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        pace: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.model = model
         self.max_retries = max_retries
@@ -40,6 +41,10 @@ class RetryingModel:
         self.base_delay = base_delay
         self.max_delay = max_delay
         self.sleep = sleep
+        # Awaited before each call this class adds (retries, the fallback), so that
+        # they count against REQUESTS_PER_MINUTE like the first call, which the
+        # use case paces itself.
+        self.pace = pace
 
     async def complete(self, call: ModelCall) -> ModelReply:
         try:
@@ -53,14 +58,19 @@ class RetryingModel:
                 raise
             log.warning("%s failed (%s); asking %s", call.model, error.error_type, self.fallback_model)
             try:
-                return await self._with_retries(replace(call, model=self.fallback_model))
+                return await self._with_retries(
+                    replace(call, model=self.fallback_model), paced=False
+                )
             except ModelError as fallback_error:
                 log.warning("fallback %s failed too: %s", self.fallback_model, fallback_error)
                 raise error from None
 
-    async def _with_retries(self, call: ModelCall) -> ModelReply:
+    async def _with_retries(self, call: ModelCall, paced: bool = True) -> ModelReply:
         attempt = 0
         while True:
+            if not paced and self.pace is not None:
+                await self.pace()
+            paced = False
             try:
                 return await self.model.complete(call)
             except ModelError as error:

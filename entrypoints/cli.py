@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import signal
 import sys
@@ -24,6 +25,7 @@ def _configure_logging(level: str) -> None:
 
 def run_worker() -> int:
     from entrypoints.container import build_container
+    from entrypoints.health import health_server
 
     settings = load_settings()
     _configure_logging(settings.LOG_LEVEL)
@@ -35,7 +37,12 @@ def run_worker() -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        await worker.run(stop)
+        async with contextlib.AsyncExitStack() as stack:
+            if settings.HEALTH_PORT:
+                await stack.enter_async_context(
+                    health_server(container.health(), settings.HEALTH_PORT)
+                )
+            await worker.run(stop)
 
     from entrypoints.worker import WorkerFailed
 
@@ -43,6 +50,9 @@ def run_worker() -> int:
         asyncio.run(main())
     except WorkerFailed as error:
         logging.getLogger("chater-gpt").error("%s: %r", error, error.__cause__)
+        return 1
+    except OSError as error:  # the health port is taken, say
+        logging.getLogger("chater-gpt").error("cannot start: %s", error)
         return 1
     finally:
         container.records().close()

@@ -13,6 +13,7 @@ from adapters.tiktoken_counter import TiktokenCounter
 from application.chat import ChatPolicy, ChatRecords, ChatService
 from application.circuit_breaker import CircuitBreaker
 from application.model_retries import RetryingModel
+from entrypoints.health import worker_checks
 from entrypoints.settings import Settings
 from entrypoints.worker import KafkaWorker
 
@@ -62,6 +63,7 @@ class Container(containers.DeclarativeContainer):
         model=circuit_breaker,
         max_retries=settings.provided.MAX_RETRIES,
         fallback_model=settings.provided.FALLBACK_MODEL,
+        pace=rate_limiter.provided.acquire,
     )
     policy = providers.Singleton(
         ChatPolicy,
@@ -85,6 +87,9 @@ class Container(containers.DeclarativeContainer):
     )
     worker = providers.Singleton(
         KafkaWorker, service=chat_service, settings=settings, clock=clock
+    )
+    health = providers.Singleton(
+        worker_checks, worker=worker, records=records, circuit_breaker=circuit_breaker
     )
 
 

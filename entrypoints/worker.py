@@ -12,6 +12,7 @@ crash or a rebalance is answered from the event store, not by the model.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import threading
 import time
@@ -52,6 +53,7 @@ POLL_TIMEOUT = 0.1
 RESUME_FRACTION = 0.75
 DELIVERY_ATTEMPTS = 5
 REVOKE_GRACE_MAX = 10.0
+LAG_REPORT_INTERVAL_MS = 5000
 
 
 @dataclass
@@ -108,6 +110,9 @@ class KafkaWorker:
         # queue behind (or hold up) the store's work in the default executor.
         self._polling = ThreadPoolExecutor(1, thread_name_prefix="kafka-poll")
         self._fatal: BaseException | None = None
+        self._producer: Producer | None = None
+        # Consumer lag per partition, as librdkafka's statistics last reported it.
+        self._lag: dict[str, int] = {}
 
     # Lifecycle ------------------------------------------------------------------
 
@@ -125,6 +130,8 @@ class KafkaWorker:
         consumer = Consumer({
             **consumer_config(settings.BOOTSTRAP_SERVER, settings.CONSUMER_GROUP),
             "on_commit": self._on_commit,
+            "statistics.interval.ms": LAG_REPORT_INTERVAL_MS,
+            "stats_cb": self._on_statistics,
         })
         self._producer = Producer(producer_config(settings.BOOTSTRAP_SERVER))
         consumer.subscribe(
@@ -180,9 +187,48 @@ class KafkaWorker:
         self._commit(consumer, asynchronous=False)
         await asyncio.get_running_loop().run_in_executor(self._polling, consumer.close)
         self._polling.shutdown()
-        del self._producer  # librdkafka clients stop when their last reference goes
+        self._producer = None  # librdkafka clients stop when their last reference goes
         await self.service.close()
         log.info("worker stopped")
+
+    # Health ---------------------------------------------------------------------
+
+    def alive(self) -> bool:
+        """False once the worker stopped on an error it cannot recover from."""
+        return self._fatal is None
+
+    def probe_broker(self, timeout: float) -> int:
+        """Ask the cluster for the request topic's metadata; the number of brokers.
+
+        Raises KafkaException when no broker answers within `timeout` seconds.
+        """
+        producer = self._producer
+        if producer is None:
+            raise KafkaException(KafkaError(KafkaError._STATE, "the worker is not running"))
+        metadata = producer.list_topics(self.settings.REQUEST_TOPIC, timeout=timeout)
+        return len(metadata.brokers)
+
+    def queue_depth(self) -> dict[str, Any]:
+        """Records held now, the limit, whether fetching is paused, and consumer lag."""
+        return {
+            "in_flight": self.stats.in_flight,
+            "max_in_flight": self.settings.MAX_IN_FLIGHT,
+            "paused": self._paused,
+            "consumer_lag": dict(self._lag),
+        }
+
+    def _on_statistics(self, report: str) -> None:
+        """librdkafka's periodic statistics: keep the lag of the partitions we own.
+
+        Lag comes from the broker's high watermark; embedded test brokers may
+        report wrong watermarks, so tests check what was fetched and answered.
+        """
+        lag = {}
+        for topic, about in json.loads(report).get("topics", {}).items():
+            for number, partition in about.get("partitions", {}).items():
+                if int(number) >= 0 and partition.get("consumer_lag", -1) >= 0:
+                    lag[f"{topic}[{number}]"] = partition["consumer_lag"]
+        self._lag = lag
 
     # Fetching -------------------------------------------------------------------
 

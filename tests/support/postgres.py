@@ -155,8 +155,16 @@ class PostgresServer:
 
     def restart(self, down_for: float = 1.0) -> None:
         """Stop the server (its data kept), stay down a while, start it again: an outage."""
-        self._run("pg_ctl", "-D", str(self._datadir), "-m", "fast", "-w", "stop")
+        self.stop_server()
         time.sleep(down_for)
+        self.start_server()
+
+    def stop_server(self) -> None:
+        """Stop the server process, keeping its data, until :meth:`start_server`."""
+        self._run("pg_ctl", "-D", str(self._datadir), "-m", "fast", "-w", "stop")
+
+    def start_server(self) -> None:
+        """Start the server stopped by :meth:`stop_server` again."""
         self._pg_start()
 
     def _hand_tmpdir_to_postgres_user(self) -> None:

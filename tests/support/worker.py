@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import http.client
 import json
 import signal
 import subprocess
@@ -16,6 +17,7 @@ from typing import Any
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from adapters.kafka import ensure_topics, producer_config
+from adapters.tansu_broker import free_loopback_port
 from entrypoints.container import Container, build_container
 from entrypoints.settings import load_settings
 
@@ -154,9 +156,28 @@ class WorkerProcess:
     """One `chater-gpt worker` process; restartable with the same settings."""
 
     def __init__(self, env: dict[str, str], log_path) -> None:
-        self.env = env
+        # A port of its own, kept across restarts: several workers share the machine.
+        self.health_port = int(env.get("HEALTH_PORT") or free_loopback_port())
+        self.env = {**env, "HEALTH_PORT": str(self.health_port)}
         self.log_path = log_path
         self.process: subprocess.Popen[bytes] | None = None
+
+    def readiness(self, timeout: float = 5.0) -> tuple[int, dict[str, Any]]:
+        """GET /readyz: the status code and the JSON body."""
+        return self._get("/readyz", timeout)
+
+    def liveness(self, timeout: float = 5.0) -> tuple[int, dict[str, Any]]:
+        """GET /healthz: the status code and the JSON body."""
+        return self._get("/healthz", timeout)
+
+    def _get(self, path: str, timeout: float) -> tuple[int, dict[str, Any]]:
+        connection = http.client.HTTPConnection("127.0.0.1", self.health_port, timeout=timeout)
+        try:
+            connection.request("GET", path)
+            response = connection.getresponse()
+            return response.status, json.loads(response.read())
+        finally:
+            connection.close()
 
     def start(self) -> None:
         log = open(self.log_path, "ab")

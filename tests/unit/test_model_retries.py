@@ -73,3 +73,18 @@ async def test_the_fallback_answers_when_retries_run_out_and_its_failure_reports
 def test_wait_headers_are_read_as_openai_sends_them(headers, rate_limited, seconds):
     assert retry_after(headers, rate_limited) == seconds
 
+
+
+async def test_every_call_it_adds_is_paced_like_the_first_one():
+    """Retries and the fallback count against REQUESTS_PER_MINUTE (the first call is the caller's)."""
+    fake = FakeModel()
+    fake.script = [ModelError("upstream_error", "down", True)] * 3
+    paced: list[int] = []
+
+    async def pace() -> None:
+        paced.append(len(fake.calls))  # how many calls had been made when it was asked
+
+    model, _ = retrying(fake, max_retries=2, fallback_model="gpt-4.1", pace=pace)
+    reply = await model.complete(CALL)
+    assert reply.model == "gpt-4.1" and len(fake.calls) == 4
+    assert paced == [1, 2, 3]  # before the 2 retries and the fallback, not before the first

@@ -1,0 +1,226 @@
+"""Health of a worker process over HTTP: `/healthz` (alive) and `/readyz` (ready).
+
+The checks run in the background every CHECK_INTERVAL seconds, each bounded by
+CHECK_TIMEOUT, and a request only reads their latest results: a probe never
+waits on a dependency that hangs, and many probes cost nothing extra. A check
+that has not answered within its timeout counts as failing until it does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import resource
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+log = logging.getLogger(__name__)
+
+CHECK_INTERVAL = 1.0
+CHECK_TIMEOUT = 2.0
+# Above this share of the container's memory limit the worker reports not ready.
+MEMORY_LIMIT_SHARE = 0.9
+CGROUP_MEMORY_MAX = "/sys/fs/cgroup/memory.max"
+
+
+@dataclass
+class CheckResult:
+    status: str  # "ok" or "failing"
+    figure: dict[str, Any] = field(default_factory=dict)
+    checked_at: float = 0.0
+
+    def as_json(self) -> dict[str, Any]:
+        return {"status": self.status, **self.figure}
+
+
+Check = Callable[[], Awaitable[dict[str, Any]]]
+
+
+class CheckFailed(Exception):
+    """A check's dependency is not usable; the message says why, safe to show."""
+
+
+class HealthChecks:
+    """Named checks, refreshed in the background; `report()` reads the latest results."""
+
+    def __init__(self, checks: dict[str, Check], alive: Callable[[], bool]) -> None:
+        self.checks = checks
+        self.alive = alive
+        self.results = {
+            name: CheckResult("failing", {"error": "not checked yet"}) for name in checks
+        }
+        self._running: dict[str, asyncio.Task[None]] = {}
+
+    async def refresh(self) -> None:
+        """Run every check once (those still running from before are not started again)."""
+        await asyncio.gather(*(self._refresh(name) for name in self.checks))
+
+    async def _refresh(self, name: str) -> None:
+        task = self._running.get(name)
+        if task is None or task.done():
+            task = self._running[name] = asyncio.create_task(self._run(name))
+        try:
+            await asyncio.wait_for(asyncio.shield(task), CHECK_TIMEOUT)
+        except TimeoutError:
+            self.results[name] = CheckResult(
+                "failing", {"error": f"no answer within {CHECK_TIMEOUT:.0f}s"}, time.time()
+            )
+
+    async def _run(self, name: str) -> None:
+        try:
+            figure = await self.checks[name]()
+            result = CheckResult("ok", figure, time.time())
+        except CheckFailed as error:
+            result = CheckResult("failing", {"error": str(error)}, time.time())
+        except Exception as error:  # a check must not take the health server down
+            result = CheckResult("failing", {"error": type(error).__name__}, time.time())
+        previous = self.results[name].status
+        if result.status != previous:
+            log.log(
+                logging.WARNING if result.status == "failing" else logging.INFO,
+                "health check %s: %s %s", name, result.status, json.dumps(result.figure),
+            )
+        self.results[name] = result
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            await self.refresh()
+            try:
+                await asyncio.wait_for(stop.wait(), CHECK_INTERVAL)
+            except TimeoutError:
+                pass
+        for task in self._running.values():
+            task.cancel()
+
+    def report(self) -> tuple[bool, dict[str, Any]]:
+        ready = all(r.status == "ok" for r in self.results.values())
+        return ready, {
+            "status": "ready" if ready else "not ready",
+            "checks": {name: result.as_json() for name, result in self.results.items()},
+        }
+
+
+def memory_figure() -> dict[str, Any]:
+    """This process's resident memory, against the container's limit when there is one."""
+    page = os.sysconf("SC_PAGE_SIZE")
+    try:
+        with open("/proc/self/statm") as statm:
+            rss = int(statm.read().split()[1]) * page
+    except OSError:  # not Linux: the peak is the best there is
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    figure: dict[str, Any] = {"rss_mib": round(rss / 2**20, 1)}
+    try:
+        with open(CGROUP_MEMORY_MAX) as limit_file:
+            limit = limit_file.read().strip()
+    except OSError:
+        limit = "max"
+    if limit.isdigit():
+        figure["limit_mib"] = round(int(limit) / 2**20, 1)
+        if rss > MEMORY_LIMIT_SHARE * int(limit):
+            raise CheckFailed(
+                f"resident memory {figure['rss_mib']} MiB is above "
+                f"{MEMORY_LIMIT_SHARE:.0%} of the limit {figure['limit_mib']} MiB"
+            )
+    return figure
+
+
+def health_app(health: HealthChecks) -> web.Application:
+    async def healthz(_: web.Request) -> web.Response:
+        alive = health.alive()
+        return web.json_response(
+            {"status": "alive" if alive else "failed"}, status=200 if alive else 503
+        )
+
+    async def readyz(_: web.Request) -> web.Response:
+        ready, body = health.report()
+        return web.json_response(body, status=200 if ready else 503)
+
+    app = web.Application()
+    app.add_routes([web.get("/healthz", healthz), web.get("/readyz", readyz)])
+    return app
+
+
+@contextlib.asynccontextmanager
+async def health_server(health: HealthChecks, port: int) -> AsyncIterator[int]:
+    """Serve the health endpoints on `port` (0: any free port, which is yielded)
+    and refresh the checks in the background, until the block ends."""
+    runner = web.AppRunner(health_app(health), access_log=None, shutdown_timeout=1.0)
+    await runner.setup()
+    stop = asyncio.Event()
+    refreshing: asyncio.Task[None] | None = None
+    try:
+        # All interfaces: the kubelet probes the pod's address, not loopback.
+        site = web.TCPSite(runner, port=port, reuse_address=True)
+        await site.start()
+        bound = runner.addresses[0][1]
+        log.info("health on port %d: /healthz, /readyz", bound)
+        refreshing = asyncio.create_task(health.run(stop))
+        yield bound
+    finally:
+        stop.set()
+        if refreshing is not None:
+            await refreshing
+        await runner.cleanup()
+
+
+def worker_checks(worker: Any, records: Any, circuit_breaker: Any) -> HealthChecks:
+    """The checks of a Kafka worker process: its broker, its store, the model, itself."""
+
+    async def kafka_broker() -> dict[str, Any]:
+        started = time.perf_counter()
+        try:
+            brokers = await asyncio.to_thread(worker.probe_broker, CHECK_TIMEOUT)
+        except Exception as error:
+            raise CheckFailed(f"broker unreachable: {_reason(error)}") from None
+        return {"brokers": brokers, "latency_ms": _millis_since(started)}
+
+    async def event_store() -> dict[str, Any]:
+        started = time.perf_counter()
+        try:
+            position = await asyncio.to_thread(records.recorder.max_notification_id)
+        except Exception as error:
+            raise CheckFailed(f"event store unreachable: {type(error).__name__}") from None
+        return {"notifications": position or 0, "latency_ms": _millis_since(started)}
+
+    async def openai_api() -> dict[str, Any]:
+        circuits = circuit_breaker.states()
+        failing = sorted(model for model, state in circuits.items() if state != "closed")
+        if failing:
+            raise CheckFailed(f"circuit open for {', '.join(failing)}: the model keeps failing")
+        return {"circuits": circuits}
+
+    async def memory_usage() -> dict[str, Any]:
+        return memory_figure()
+
+    async def queue_depth() -> dict[str, Any]:
+        return worker.queue_depth()
+
+    return HealthChecks(
+        {
+            "openai_api": openai_api,
+            "kafka_broker": kafka_broker,
+            "event_store": event_store,
+            "memory_usage": memory_usage,
+            "queue_depth": queue_depth,
+        },
+        alive=worker.alive,
+    )
+
+
+def _millis_since(started: float) -> float:
+    return round((time.perf_counter() - started) * 1000, 1)
+
+
+def _reason(error: Exception) -> str:
+    """A short, safe reason: librdkafka's error name, never a stack or an address."""
+    args = getattr(error, "args", ())
+    if args and hasattr(args[0], "name"):
+        return str(args[0].name())
+    return type(error).__name__
