@@ -19,6 +19,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import TypeVar
 
 from eventsourcing.persistence import RecordConflictError
@@ -58,6 +59,7 @@ class BudgetLedger:
         scope: str = SERVICE_SCOPE,
         lease_seconds: float = 10.0,
         max_wait: float = 60.0,
+        lease_expiry: float = 60.0,
     ) -> None:
         self.load_budget = load_budget
         self.save = save
@@ -67,6 +69,9 @@ class BudgetLedger:
         self.scope = scope
         self.lease_seconds = lease_seconds
         self.max_wait = max_wait
+        # Leases older than this are counted as spent in full by whoever opens
+        # the next one: a worker that died must not hold room until the day ends.
+        self.lease_expiry = lease_expiry
         self.owner = uuid.uuid4().hex[:12]
         # The budget as this worker last saved it: read again only when another
         # worker wrote it since (the save conflicts). One writer at a time here.
@@ -77,6 +82,7 @@ class BudgetLedger:
         self._leases: dict[str, _Lease] = {}  # reservation id -> its lease
         self._spent: list[_Lease] = []  # retired, every request ended, not yet written
         self._lock = asyncio.Lock()
+        self._flushing = asyncio.Lock()
         self.leases_opened = 0
 
     async def reserve(
@@ -145,14 +151,16 @@ class BudgetLedger:
 
     async def flush(self) -> None:
         """Settle the spent leases in the store; those that fail stay for the next flush."""
-        while self._spent:
-            lease = self._spent[0]
-            try:
-                await asyncio.to_thread(self._settle_lease, lease)
-            except Exception as error:  # the store is down: the lease stays reserved meanwhile
-                log.warning("could not settle %s yet: %s", lease.id, error)
-                return
-            self._spent.pop(0)
+        # One flush at a time: housekeeping and a reservation may both call it.
+        async with self._flushing:
+            while self._spent:
+                lease = self._spent[0]
+                try:
+                    await asyncio.to_thread(self._settle_lease, lease)
+                except Exception as error:  # the store is down: the lease stays reserved
+                    log.warning("could not settle %s yet: %s", lease.id, error)
+                    return
+                self._spent.remove(lease)
 
     async def close(self) -> None:
         """Settle the open lease, so its unused tokens go back to the budget."""
@@ -178,11 +186,15 @@ class BudgetLedger:
 
     def _open_lease(self, day: str, tokens: int) -> _Lease:
         def decide(budget: TokenBudget) -> _Lease:
+            now = self.clock.now()
+            for expired in budget.expire_reservations(now - timedelta(seconds=self.lease_expiry)):
+                log.warning("budget lease %s not settled for %.0fs: counted as spent in full",
+                            expired, self.lease_expiry)
             room = budget.remaining(self.daily_limit)
             # Half of what is left at most, so that other workers keep some room.
             size = max(tokens, min(self.chunk_tokens, room // 2))
             lease_id = f"lease:{self.owner}:{next(self._numbers)}"
-            budget.reserve(lease_id, size, self.daily_limit)
+            budget.reserve(lease_id, size, self.daily_limit, at=now)
             return _Lease(lease_id, day, size)
 
         lease = self._change_budget(day, decide)

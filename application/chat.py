@@ -66,6 +66,7 @@ class ChatPolicy:
     # tokens + 85), reserved per image before the call and settled with the truth.
     image_token_estimate: int = 1445
     budget_chunk_tokens: int = 100_000
+    budget_lease_expiry: float = 60.0
     conversation_cache_size: int = 10_000
 
 
@@ -144,6 +145,7 @@ class ChatService:
             clock=clock,
             daily_limit=policy.daily_token_limit,
             chunk_tokens=policy.budget_chunk_tokens,
+            lease_expiry=policy.budget_lease_expiry,
         )
 
     async def handle(self, request: ChatRequest) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from uuid import NAMESPACE_URL, UUID, uuid5
 
 from eventsourcing.domain import Aggregate, event
@@ -30,6 +31,7 @@ class TokenBudget(Aggregate):
         self.day = day
         self.used = 0
         self.reservations: dict[str, int] = {}
+        self.reserved_at: dict[str, str] = {}  # reservation id -> ISO time it was made
 
     @property
     def reserved(self) -> int:
@@ -38,7 +40,9 @@ class TokenBudget(Aggregate):
     def remaining(self, limit: int) -> int:
         return limit - self.used - self.reserved
 
-    def reserve(self, reservation_id: str, tokens: int, limit: int) -> None:
+    def reserve(
+        self, reservation_id: str, tokens: int, limit: int, at: datetime | None = None
+    ) -> None:
         """Hold tokens for a request; a repeated reservation changes nothing.
 
         Raises BudgetExceeded when the day's spending alone leaves no room, and
@@ -53,11 +57,40 @@ class TokenBudget(Aggregate):
             )
         if tokens > self.remaining(limit):
             raise BudgetBusy(f"{self.reserved} tokens are held by requests in flight")
-        self._reserve(reservation_id=reservation_id, tokens=tokens)
+        self._reserve(
+            reservation_id=reservation_id, tokens=tokens, at=at.isoformat() if at else None
+        )
 
     @event("TokensReserved")
-    def _reserve(self, reservation_id: str, tokens: int) -> None:
+    def _reserve(self, reservation_id: str, tokens: int, at: str | None = None) -> None:
         self.reservations[reservation_id] = tokens
+        if at is not None:
+            self._times()[reservation_id] = at
+
+    def expire_reservations(self, made_before: datetime) -> list[str]:
+        """Count reservations made before `made_before` as spent in full; their ids.
+
+        Their holder has stopped (or is stuck) without settling them: what it
+        used is unknown, so all of it counts. That can lose room, never overspend,
+        and it turns requests waiting for that room into clear refusals.
+        """
+        stale = [
+            reservation_id
+            for reservation_id, at in self._times().items()
+            if reservation_id in self.reservations and datetime.fromisoformat(at) < made_before
+        ]
+        for reservation_id in stale:
+            self._expire(reservation_id=reservation_id)
+        return stale
+
+    @event("ReservationExpired")
+    def _expire(self, reservation_id: str) -> None:
+        self.used += self.reservations.pop(reservation_id)
+        self._times().pop(reservation_id, None)
+
+    def _times(self) -> dict[str, str]:
+        # Budgets recorded before reservations carried their time have no such map.
+        return self.__dict__.setdefault("reserved_at", {})
 
     def settle(self, reservation_id: str, tokens: int) -> None:
         """Replace a reservation by the tokens really used; only once."""
@@ -68,6 +101,7 @@ class TokenBudget(Aggregate):
     @event("TokensSettled")
     def _settle(self, reservation_id: str, tokens: int) -> None:
         del self.reservations[reservation_id]
+        self._times().pop(reservation_id, None)
         self.used += tokens
 
     def release(self, reservation_id: str) -> None:
@@ -79,6 +113,7 @@ class TokenBudget(Aggregate):
     @event("TokensReleased")
     def _release(self, reservation_id: str) -> None:
         del self.reservations[reservation_id]
+        self._times().pop(reservation_id, None)
 
 
 def budget_id(scope: str, day: str) -> UUID:

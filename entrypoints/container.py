@@ -75,6 +75,7 @@ class Container(containers.DeclarativeContainer):
         context_max_tokens=settings.provided.CONTEXT_MAX_TOKENS,
         context_max_turns=settings.provided.CONTEXT_MAX_TURNS,
         budget_chunk_tokens=settings.provided.BUDGET_CHUNK_TOKENS,
+        budget_lease_expiry=settings.provided.BUDGET_LEASE_EXPIRY,
     )
     chat_service = providers.Singleton(
         ChatService,

@@ -16,6 +16,7 @@ import os
 import resource
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -69,9 +70,9 @@ class HealthChecks:
         try:
             await asyncio.wait_for(asyncio.shield(task), CHECK_TIMEOUT)
         except TimeoutError:
-            self.results[name] = CheckResult(
+            self._record(name, CheckResult(
                 "failing", {"error": f"no answer within {CHECK_TIMEOUT:.0f}s"}, time.time()
-            )
+            ))
 
     async def _run(self, name: str) -> None:
         try:
@@ -81,8 +82,10 @@ class HealthChecks:
             result = CheckResult("failing", {"error": str(error)}, time.time())
         except Exception as error:  # a check must not take the health server down
             result = CheckResult("failing", {"error": type(error).__name__}, time.time())
-        previous = self.results[name].status
-        if result.status != previous:
+        self._record(name, result)
+
+    def _record(self, name: str, result: CheckResult) -> None:
+        if result.status != self.results[name].status:
             log.log(
                 logging.WARNING if result.status == "failing" else logging.INFO,
                 "health check %s: %s %s", name, result.status, json.dumps(result.figure),
@@ -172,11 +175,17 @@ async def health_server(health: HealthChecks, port: int) -> AsyncIterator[int]:
 
 def worker_checks(worker: Any, records: Any, circuit_breaker: Any) -> HealthChecks:
     """The checks of a Kafka worker process: its broker, its store, the model, itself."""
+    # Threads of their own: while the store is down, its calls fill the default
+    # executor, and the broker's check must not queue behind them.
+    probes = ThreadPoolExecutor(2, thread_name_prefix="health")
+
+    async def in_thread(function: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(probes, function, *args)
 
     async def kafka_broker() -> dict[str, Any]:
         started = time.perf_counter()
         try:
-            brokers = await asyncio.to_thread(worker.probe_broker, CHECK_TIMEOUT)
+            brokers = await in_thread(worker.probe_broker, CHECK_TIMEOUT)
         except Exception as error:
             raise CheckFailed(f"broker unreachable: {_reason(error)}") from None
         return {"brokers": brokers, "latency_ms": _millis_since(started)}
@@ -184,7 +193,7 @@ def worker_checks(worker: Any, records: Any, circuit_breaker: Any) -> HealthChec
     async def event_store() -> dict[str, Any]:
         started = time.perf_counter()
         try:
-            position = await asyncio.to_thread(records.recorder.max_notification_id)
+            position = await in_thread(records.recorder.max_notification_id)
         except Exception as error:
             raise CheckFailed(f"event store unreachable: {type(error).__name__}") from None
         return {"notifications": position or 0, "latency_ms": _millis_since(started)}

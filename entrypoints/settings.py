@@ -50,6 +50,7 @@ class Settings(BaseSettings):
     MAX_IN_FLIGHT: int = Field(1000, gt=0)
     SHUTDOWN_TIMEOUT: float = Field(30, ge=0)
     BUDGET_CHUNK_TOKENS: int = Field(100_000, gt=0)
+    BUDGET_LEASE_EXPIRY: float = Field(60, gt=0, description="seconds an unsettled lease holds")
     HEALTH_PORT: int = Field(8080, ge=0, le=65535, description="0 turns the health server off")
 
     @model_validator(mode="after")

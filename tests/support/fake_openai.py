@@ -25,9 +25,52 @@ Tests can queue *steps* that change the next answers (see :func:`_pick_step`):
 
 Streaming (``stream=True``) is not supported.
 
+Faults at random (*chaos*), for fault-injection tests: after
+``POST /_control/chaos`` ``{"seed": 7, "rates": {"429": 0.08, "500": 0.06,
+"503": 0.02, "timeout": 0.04, "disconnect": 0.04, "malformed": 0.04},
+"retry_after": [0.1, 1.0], "timeout_delay": 5.0}`` every request that no step
+applies to takes one draw from ``random.Random(seed)`` and, with those
+probabilities, gets a fault instead of a completion:
+
+* ``429`` - OpenAI-shaped error with ``retry-after`` (seconds, up to 3 decimals,
+  uniform in ``retry_after``) and the same value as ``retry-after-ms``
+* ``500`` / ``503`` - that status, OpenAI-shaped error
+* ``timeout`` - wait ``timeout_delay`` seconds more, then a normal completion
+  (meant to arrive after the client gave up)
+* ``disconnect`` - close the connection without answering
+* ``malformed`` - HTTP 200 with a body that is not JSON
+
+The draws follow arrival order, so the k-th request answered by chaos always
+gets the same outcome for a seed.  ``{}`` or ``{"rates": {}}`` turns chaos off.
+
+An *outage* (``POST /_control/outage`` ``{"seconds": 4, "status": 503}``)
+answers every completion request arriving in the next N seconds with that
+status at once (no latency), before any step or chaos draw: a region is down.
+``{"seconds": 0}`` ends it.
+
+The global latency delays every other answer (steps, chaos faults, completions).
+
+Every completion request is logged as a *call* when its outcome is decided::
+
+    {"text": <last user text>, "kind": ..., "received_at": <epoch s>,
+     "answered_at": <epoch s, when the response was written> | null}
+
+with ``kind`` one of ``ok`` (a normal completion the client received; scripted
+replies included), ``429``, ``500``, ``503``, ``timeout``, ``disconnect``,
+``malformed`` (chaos), ``outage``, ``scripted`` (a step answering an error,
+malformed body or disconnect) or ``invalid`` (400: the body had no
+``messages``).  A normal completion that cannot be written because the client
+has gone becomes ``timeout`` (answered_at null): the client never received it.
+``answered_at`` is null for ``disconnect`` and for every answer the client was
+no longer there to receive.
+
 Control endpoints (JSON): ``POST /_control/script`` (list of steps, appended),
-``GET /_control/requests``, ``POST /_control/reset``,
-``POST /_control/latency`` ``{"seconds": x}``, ``GET /_control/health``.
+``GET /_control/requests`` (request bodies), ``GET /_control/timings``,
+``GET /_control/calls`` (the call log), ``GET /_control/faults`` (``{kind:
+count}`` over the calls, ``ok`` excluded), ``POST /_control/chaos``,
+``POST /_control/outage``, ``POST /_control/reset`` (script, logs, chaos,
+outage and latency back to the start), ``POST /_control/latency``
+``{"seconds": x}``, ``GET /_control/health``.
 
 The server half imports only aiohttp and the standard library; the client half
 (:class:`FakeOpenAIServer`) only the standard library.
@@ -41,6 +84,7 @@ import atexit
 import http.client
 import itertools
 import json
+import random
 import re
 import shutil
 import signal
@@ -48,6 +92,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -122,8 +167,74 @@ def prompt_tokens(messages: list[dict[str, Any]]) -> int:
     return sum(len(_text(m).split()) + 3 + 85 * _image_count(m) for m in messages)
 
 
+CHAOS_KINDS = ("429", "500", "503", "timeout", "disconnect", "malformed")
+"""Fault kinds chaos can inject, in the order their probabilities are stacked for a draw."""
+
+
+class _Chaos:
+    """Random fault injection: one draw per request from ``random.Random(seed)``."""
+
+    def __init__(self, seed: int, rates: dict[str, float], retry_after: tuple[float, float],
+                 timeout_delay: float) -> None:
+        """Start the draws for ``seed``; ``rates`` maps kinds of :data:`CHAOS_KINDS` to probabilities."""
+        self.seed = seed
+        self.rates = rates
+        self.retry_after = retry_after
+        self.timeout_delay = timeout_delay
+        self._draws = random.Random(seed)
+        # A separate stream, so Retry-After values do not shift the fault draws.
+        self._retry_after_draws = random.Random(f"{seed}/retry-after")
+
+    def draw(self) -> str | None:
+        """Return the fault for the next request, or None for a normal answer."""
+        value = self._draws.random()
+        edge = 0.0
+        for kind in CHAOS_KINDS:
+            edge += self.rates.get(kind, 0.0)
+            if value < edge:
+                return kind
+        return None
+
+    def retry_after_seconds(self) -> float:
+        """A Retry-After for a 429, uniform in the configured range, to the millisecond."""
+        return round(self._retry_after_draws.uniform(*self.retry_after), 3)
+
+    def describe(self) -> dict[str, Any]:
+        """The configuration, as JSON."""
+        return {"seed": self.seed, "rates": self.rates, "retry_after": list(self.retry_after),
+                "timeout_delay": self.timeout_delay}
+
+
+def _parse_chaos(payload: Any) -> _Chaos | None:
+    """Validate a ``/_control/chaos`` body; None means chaos off.  Raises ValueError."""
+    if not isinstance(payload, dict):
+        raise ValueError("expected a JSON object")
+    raw_rates = payload.get("rates") or {}
+    if not isinstance(raw_rates, dict):
+        raise ValueError("'rates' must be an object {kind: probability}")
+    unknown = sorted(set(raw_rates) - set(CHAOS_KINDS))
+    if unknown:
+        raise ValueError(f"unknown fault kinds {unknown}; known: {list(CHAOS_KINDS)}")
+    rates = {kind: float(raw_rates[kind]) for kind in CHAOS_KINDS if kind in raw_rates}
+    if any(not 0.0 <= rate <= 1.0 for rate in rates.values()) or sum(rates.values()) > 1.0 + 1e-9:
+        raise ValueError("each rate must be in [0, 1] and together at most 1")
+    if not any(rates.values()):
+        return None
+    low, high = (float(x) for x in payload.get("retry_after", (0.1, 1.0)))
+    timeout_delay = float(payload.get("timeout_delay", 5.0))
+    if not 0.0 <= low <= high or timeout_delay < 0:
+        raise ValueError("'retry_after' must be [low, high] with 0 <= low <= high; 'timeout_delay' >= 0")
+    return _Chaos(int(payload.get("seed", 0)), rates, (low, high), timeout_delay)
+
+
+def _retry_after_headers(seconds: float) -> dict[str, str]:
+    """Retry-After (seconds, up to 3 decimals) and retry-after-ms for the same wait."""
+    return {"retry-after": f"{seconds:.3f}".rstrip("0").rstrip("."),
+            "retry-after-ms": str(round(seconds * 1000))}
+
+
 class FakeOpenAIState:
-    """Mutable state of one fake server: script queue, recorded requests, latency."""
+    """Mutable state of one fake server: script, logs, latency, chaos and outage."""
 
     def __init__(self, latency: float = 0.0) -> None:
         """Start with an empty script, no requests and the given latency."""
@@ -134,14 +245,36 @@ class FakeOpenAIState:
         # (last user text, received at, answered at) per completion, epoch seconds:
         # the load test subtracts model time from end-to-end latency with these.
         self.timings: list[tuple[str, float, float]] = []
+        # One entry per completion request: see the module docstring.
+        self.calls: list[dict[str, Any]] = []
+        self.chaos: _Chaos | None = None
+        self.outage_until = 0.0  # time.monotonic() deadline
+        self.outage_status = 503
         self.ids = itertools.count(1)
 
     def reset(self) -> None:
-        """Forget steps and requests; latency back to its start value."""
+        """Forget steps and logs, end chaos and outage; latency back to its start value."""
         self.steps.clear()
         self.requests.clear()
         self.timings.clear()
+        self.calls.clear()
+        self.chaos = None
+        self.outage_until = 0.0
         self.latency = self.initial_latency
+
+    def in_outage(self) -> bool:
+        """Whether an outage is going on."""
+        return time.monotonic() < self.outage_until
+
+    def record(self, text: str, kind: str, received_at: float) -> dict[str, Any]:
+        """Append a call to the log and return its entry (``answered_at`` filled later)."""
+        entry = {"text": text, "kind": kind, "received_at": received_at, "answered_at": None}
+        self.calls.append(entry)
+        return entry
+
+    def faults(self) -> dict[str, int]:
+        """{kind: count} over the calls, ``ok`` excluded."""
+        return dict(Counter(call["kind"] for call in self.calls if call["kind"] != "ok"))
 
     def pick_step(self, last_user_text: str) -> dict[str, Any] | None:
         """Pop the step for a request whose last user message is ``last_user_text``.
@@ -163,44 +296,37 @@ def build_app(state: FakeOpenAIState) -> "web.Application":
     """Return the aiohttp application serving the fake API for ``state``."""
     from aiohttp import web
 
-    async def chat_completions(request: web.Request) -> web.StreamResponse:
-        received_at = time.time()
+    async def send(request: web.Request, response: web.StreamResponse,
+                   call: dict[str, Any]) -> web.StreamResponse:
+        """Write ``response`` now, so the call log knows whether and when it went out."""
         try:
-            body = await request.json()
-        except ValueError:
-            body = None
-        if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
-            state.requests.append(body)
-            return web.json_response(
-                {"error": {"message": "body must be a JSON object with 'messages'",
-                           "type": "invalid_request_error", "param": "messages", "code": None}},
-                status=400,
-            )
-        state.requests.append(body)
-        messages = [m for m in body["messages"] if isinstance(m, dict)]
-        step = state.pick_step(_text(_last_user_message(messages))) or {}
+            await response.prepare(request)
+            await response.write_eof()
+        except ConnectionError:
+            # The client has gone (it timed out): nobody received this answer.  aiohttp
+            # ignores the already-failed response it gets back, without logging.
+            if call["kind"] == "ok":
+                call["kind"] = "timeout"
+            return response
+        call["answered_at"] = time.time()
+        return response
 
-        # Global latency plus any per-step delay; asyncio.sleep keeps thousands of waits cheap.
-        delay = state.latency + float(step.get("delay", 0))
-        if delay > 0:
-            await asyncio.sleep(delay)
+    def disconnect(request: web.Request) -> None:
+        """Drop the TCP connection without writing a response."""
+        if request.transport is not None:
+            request.transport.abort()
+        raise asyncio.CancelledError()
 
-        if step.get("disconnect"):
-            # Drop the TCP connection without writing a response.
-            if request.transport is not None:
-                request.transport.abort()
-            raise asyncio.CancelledError()
-        if "status" in step:
-            status = int(step["status"])
-            return web.json_response(step.get("body", _error_body(status)), status=status,
-                                 headers=step.get("headers"))
-        if step.get("malformed"):
-            return web.Response(status=200, text='{"id": "chatcmpl-broken", "choices": [',
-                                content_type="application/json")
+    def malformed() -> web.Response:
+        return web.Response(status=200, text='{"id": "chatcmpl-broken", "choices": [',
+                            content_type="application/json")
 
+    def completion(body: dict[str, Any], messages: list[dict[str, Any]], step: dict[str, Any],
+                   received_at: float) -> web.Response:
+        """A normal answer in OpenAI's format (the step's reply, or the echo)."""
         reply = step["reply"] if "reply" in step else default_reply(messages)
         prompt = prompt_tokens(messages)
-        completion = len(str(reply).split())
+        completion_tokens = len(str(reply).split())
         payload = {
             "id": f"chatcmpl-fake-{next(state.ids)}",
             "object": "chat.completion",
@@ -214,8 +340,8 @@ def build_app(state: FakeOpenAIState) -> "web.Application":
             }],
             "usage": {
                 "prompt_tokens": prompt,
-                "completion_tokens": completion,
-                "total_tokens": prompt + completion,
+                "completion_tokens": completion_tokens,
+                "total_tokens": prompt + completion_tokens,
             },
             "system_fingerprint": "fake",
         }
@@ -225,6 +351,72 @@ def build_app(state: FakeOpenAIState) -> "web.Application":
             "x-ratelimit-remaining-tokens": "999999",
             **step.get("headers", {}),
         })
+
+    async def chat_completions(request: web.Request) -> web.StreamResponse:
+        received_at = time.time()
+        try:
+            body = await request.json()
+        except ValueError:
+            body = None
+        if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
+            state.requests.append(body)
+            call = state.record("", "invalid", received_at)
+            return await send(request, web.json_response(
+                {"error": {"message": "body must be a JSON object with 'messages'",
+                           "type": "invalid_request_error", "param": "messages", "code": None}},
+                status=400,
+            ), call)
+        state.requests.append(body)
+        messages = [m for m in body["messages"] if isinstance(m, dict)]
+        text = _text(_last_user_message(messages))
+
+        # An outage beats everything, and answers at once: the region is down.
+        if state.in_outage():
+            status = state.outage_status
+            call = state.record(text, "outage", received_at)
+            return await send(request, web.json_response(_error_body(status), status=status), call)
+
+        step = state.pick_step(text)
+        if step is not None:
+            faulty = bool(step.get("disconnect") or "status" in step or step.get("malformed"))
+            call = state.record(text, "scripted" if faulty else "ok", received_at)
+            # Global latency plus any per-step delay; asyncio.sleep keeps thousands of waits cheap.
+            delay = state.latency + float(step.get("delay", 0))
+            if delay > 0:
+                await asyncio.sleep(delay)
+            if step.get("disconnect"):
+                disconnect(request)
+            if "status" in step:
+                status = int(step["status"])
+                return await send(request, web.json_response(
+                    step.get("body", _error_body(status)), status=status, headers=step.get("headers"),
+                ), call)
+            if step.get("malformed"):
+                return await send(request, malformed(), call)
+            return await send(request, completion(body, messages, step, received_at), call)
+
+        chaos = state.chaos
+        fault = chaos.draw() if chaos is not None else None
+        call = state.record(text, fault or "ok", received_at)
+        delay = state.latency
+        if fault == "timeout":
+            assert chaos is not None
+            delay += chaos.timeout_delay
+        if delay > 0:
+            await asyncio.sleep(delay)
+        if fault == "429":
+            assert chaos is not None
+            return await send(request, web.json_response(
+                _error_body(429), status=429, headers=_retry_after_headers(chaos.retry_after_seconds()),
+            ), call)
+        if fault in ("500", "503"):
+            status = int(fault)
+            return await send(request, web.json_response(_error_body(status), status=status), call)
+        if fault == "disconnect":
+            disconnect(request)
+        if fault == "malformed":
+            return await send(request, malformed(), call)
+        return await send(request, completion(body, messages, {}, received_at), call)
 
     async def control_script(request: web.Request) -> web.Response:
         steps = await request.json()
@@ -240,6 +432,33 @@ def build_app(state: FakeOpenAIState) -> "web.Application":
 
     async def control_timings(request: web.Request) -> web.Response:
         return web.json_response(state.timings)
+
+    async def control_calls(request: web.Request) -> web.Response:
+        return web.json_response(state.calls)
+
+    async def control_faults(request: web.Request) -> web.Response:
+        return web.json_response(state.faults())
+
+    async def control_chaos(request: web.Request) -> web.Response:
+        try:
+            chaos = _parse_chaos(await request.json())
+        except (ValueError, TypeError) as exc:
+            return web.json_response({"error": f"bad chaos settings: {exc}"}, status=400)
+        state.chaos = chaos
+        return web.json_response({"chaos": chaos.describe() if chaos is not None else None})
+
+    async def control_outage(request: web.Request) -> web.Response:
+        try:
+            payload = await request.json()
+            seconds = float(payload["seconds"])
+            status = int(payload.get("status", 503))
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            return web.json_response({"error": f"expected {{'seconds': x, 'status': n}}: {exc}"}, status=400)
+        if not 400 <= status <= 599:
+            return web.json_response({"error": "status must be an HTTP error (400-599)"}, status=400)
+        state.outage_status = status
+        state.outage_until = time.monotonic() + max(seconds, 0.0)
+        return web.json_response({"seconds": max(seconds, 0.0), "status": status})
 
     async def control_reset(request: web.Request) -> web.Response:
         state.reset()
@@ -259,6 +478,10 @@ def build_app(state: FakeOpenAIState) -> "web.Application":
         web.post("/_control/script", control_script),
         web.get("/_control/requests", control_requests),
         web.get("/_control/timings", control_timings),
+        web.get("/_control/calls", control_calls),
+        web.get("/_control/faults", control_faults),
+        web.post("/_control/chaos", control_chaos),
+        web.post("/_control/outage", control_outage),
         web.post("/_control/reset", control_reset),
         web.post("/_control/latency", control_latency),
         web.get("/_control/health", control_health),
@@ -401,8 +624,33 @@ class FakeOpenAIServer:
         """(last user text, received at, answered at) of each completion answered."""
         return [tuple(t) for t in self._call("GET", "/_control/timings")]
 
+    def calls(self) -> list[dict[str, Any]]:
+        """The call log: one ``{"text", "kind", "received_at", "answered_at"}`` per completion request."""
+        return self._call("GET", "/_control/calls")
+
+    def faults(self) -> dict[str, int]:
+        """How many calls got each kind of answer other than ``ok``."""
+        return self._call("GET", "/_control/faults")
+
+    def chaos(self, rates: dict[str, float] | None, seed: int = 0,
+              retry_after: tuple[float, float] = (0.1, 1.0), timeout_delay: float = 5.0) -> None:
+        """Inject faults at random: ``rates`` maps a kind (``"429"``, ``"500"``, ``"503"``,
+        ``"timeout"``, ``"disconnect"``, ``"malformed"``) to its probability per request.
+
+        None or {} turns chaos off.  ``retry_after`` is the (low, high) range of a 429's
+        Retry-After in seconds; a ``timeout`` answers after ``timeout_delay`` seconds.
+        """
+        self._call("POST", "/_control/chaos", {
+            "seed": seed, "rates": {str(k): v for k, v in (rates or {}).items()},
+            "retry_after": list(retry_after), "timeout_delay": timeout_delay,
+        })
+
+    def outage(self, seconds: float, status: int = 503) -> None:
+        """Answer every completion request of the next ``seconds`` with ``status`` (0 ends it)."""
+        self._call("POST", "/_control/outage", {"seconds": seconds, "status": status})
+
     def reset(self) -> None:
-        """Clear the script and recorded requests; restore the start latency."""
+        """Clear the script and all logs, end chaos and outage; restore the start latency."""
         self._call("POST", "/_control/reset", {})
 
     def set_latency(self, seconds: float) -> None:

@@ -134,3 +134,32 @@ async def test_a_store_outage_while_settling_fails_nobody_and_is_written_later(r
     assert stored(records).reserved == 1000
     await book.flush()
     assert (stored(records).used, stored(records).reserved) == (40, 0)
+
+
+async def test_a_dead_workers_lease_counts_as_spent_once_it_expires_and_waiters_get_a_clear_no(records):
+    clock = FixedClock()
+    dead = ledger(records, clock, limit=1000, chunk=1000)
+    await dead.reserve("r1", 100)  # leases 500 and dies without settling
+    alive = BudgetLedger(records.budget, records.save, clock, 1000, chunk_tokens=1000,
+                         lease_expiry=60.0)
+    waiting = asyncio.create_task(alive.reserve("r2", 600))  # fits only without the dead lease
+    await asyncio.sleep(0.1)
+    assert not waiting.done()
+    clock.advance(seconds=61)
+    with pytest.raises(BudgetExceeded, match="600 tokens requested, 500 of 1000 left"):
+        await asyncio.wait_for(waiting, 5)  # not after the request's whole deadline
+    await alive.reserve("r3", 400)  # what the dead worker did not hold is still there
+    alive.settle("r3", 400)
+    await alive.close()
+    assert (stored(records).used, stored(records).reserved) == (900, 0)
+
+
+async def test_concurrent_flushes_settle_each_spent_lease_once(records):
+    clock = FixedClock()
+    book = ledger(records, clock, limit=100_000, chunk=600)
+    for n in range(3):
+        await book.reserve(f"r{n}", 600)  # each fills a lease of its own
+    for n in range(3):
+        book.settle(f"r{n}", 10)  # the first two leases are spent, the third is current
+    await asyncio.gather(book.flush(), book.flush(), book.housekeeping())
+    assert (stored(records).used, stored(records).reserved) == (20, 600)

@@ -57,3 +57,17 @@ def test_one_budget_per_scope_and_day():
     assert TokenBudget("service", "2026-11-25").id == budget_id("service", "2026-11-25")
     assert budget_id("service", "2026-11-25") != budget_id("service", "2026-11-26")
     assert budget_id("service", "2026-11-25") != budget_id("user:a", "2026-11-25")
+
+
+def test_reservations_left_unsettled_too_long_count_as_spent_in_full():
+    from datetime import UTC, datetime, timedelta
+
+    opened = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
+    budget = TokenBudget("service", "2026-11-25")
+    budget.reserve("old", 500, limit=1000, at=opened)
+    budget.reserve("new", 200, limit=1000, at=opened + timedelta(seconds=50))
+    assert budget.expire_reservations(opened + timedelta(seconds=30)) == ["old"]
+    assert (budget.used, budget.reservations) == (500, {"new": 200})
+    budget.settle("old", 20)  # its holder coming back late changes nothing
+    assert budget.used == 500
+    assert [type(e).__name__ for e in budget.collect_events()][-1] == "ReservationExpired"
