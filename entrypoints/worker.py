@@ -280,8 +280,13 @@ class KafkaWorker:
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         log.info("assigned %s", [f"{p.topic}[{p.partition}]" for p in partitions])
         self._offsets.assign([(p.topic, p.partition) for p in partitions])
+        # librdkafka keeps a partition's pause through a revocation or loss and a
+        # new assignment: set it to what the worker wants now, or a partition
+        # paused before a rebalance would never be fetched again.
         if self._paused:
             consumer.pause(partitions)
+        else:
+            consumer.resume(partitions)
         self.assigned.set()
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
