@@ -91,6 +91,8 @@ class EmbeddedBroker:
     ) -> None:
         """Configure the broker; nothing is started until :meth:`start`."""
         self._port = port if port is not None else free_loopback_port()
+        # Where clients are told to connect; another port when a proxy stands in front.
+        self._advertised_port: int | None = None
         self._binary = Path(binary) if binary is not None else None
         self._startup_timeout = startup_timeout
         self._proc: subprocess.Popen[bytes] | None = None
@@ -145,12 +147,13 @@ class EmbeddedBroker:
         self._tmpdir = Path(tempfile.mkdtemp(prefix="tansu-"))
         self._log_path = self._tmpdir / "tansu.log"
         url = f"tcp://{_LOOPBACK}:{self._port}"
+        advertised = f"tcp://{_LOOPBACK}:{self._advertised_port or self._port}"
         try:
             cmd = [
                 str(self._executable()),
                 "broker",
                 "--listener-url", url,
-                "--advertised-listener-url", url,
+                "--advertised-listener-url", advertised,
                 # Memory is the default today; be explicit so an upstream
                 # default change cannot make tests write to disk or S3.
                 "--storage-engine", "memory://tansu/",

@@ -24,15 +24,11 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
-import os
 import socket
 import struct
-import subprocess
-import tempfile
 import threading
 import time
 from collections.abc import Coroutine, Iterator
-from pathlib import Path
 from typing import Any
 
 from adapters.tansu_broker import EmbeddedBroker
@@ -305,37 +301,15 @@ class ProxiedBroker(EmbeddedBroker):
         return f"{_LOOPBACK}:{self.port}"
 
     def start(self) -> "ProxiedBroker":
-        """Start the proxy, then Tansu advertising the proxy's port; returns self.
-
-        Mirrors :meth:`EmbeddedBroker.start` except for the advertised URL
-        (that method builds its command line inline, so it cannot be reused).
-        """
+        """Start the proxy, then Tansu advertising the proxy's port; returns self."""
         if self.running:
             return self
         self.proxy.start()  # first: its port goes into Tansu's command line
-        self._tmpdir = Path(tempfile.mkdtemp(prefix="tansu-"))
-        self._log_path = self._tmpdir / "tansu.log"
+        self._advertised_port = self.proxy.listen_port
         try:
-            cmd = [
-                str(self._executable()),
-                "broker",
-                "--listener-url", f"tcp://{_LOOPBACK}:{self.port}",
-                "--advertised-listener-url", f"tcp://{self.proxy.address}",
-                "--storage-engine", "memory://tansu/",
-            ]
-            with open(self._log_path, "wb") as log:
-                self._proc = subprocess.Popen(
-                    cmd,
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    cwd=self._tmpdir,
-                    env={**os.environ, "NO_COLOR": "1"},
-                )
-            atexit.register(self.stop)
-            self._wait_until_listening()
+            super().start()
         except BaseException:
-            self.stop()
+            self.proxy.stop()
             raise
         return self
 
