@@ -244,10 +244,12 @@ class ChatService:
                 lambda c: self._record_failure(c, request.request_id, error_type, message, started),
             )
         self.ledger.settle(reservation, reply.prompt_tokens + reply.completion_tokens)
-        return await self._conclude(
+        # A paid reply is recorded even if the caller gives up now (its partition
+        # was taken away, say): whoever answers the request next finds it answered.
+        return await asyncio.shield(self._conclude(
             cid, conversation, request.request_id,
             lambda c: self._record_reply(c, request.request_id, reply, started),
-        )
+        ))
 
     def _time_left(self, request: ChatRequest) -> float | None:
         """Seconds until the request's deadline (None: no deadline)."""

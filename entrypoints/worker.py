@@ -64,6 +64,7 @@ class _Record:
     epoch: int | None
     request: ChatRequest | None = None
     deliveries: int = 0
+    answering: asyncio.Task[dict[str, Any]] | None = None
 
     @property
     def partition(self) -> tuple[str, int]:
@@ -119,6 +120,7 @@ class KafkaWorker:
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until `stop` is set, then finish what is in flight and commit."""
         self._stop = stop
+        self._loop = asyncio.get_running_loop()
         settings = self.settings
         if settings.CREATE_TOPICS:
             await asyncio.to_thread(
@@ -300,6 +302,7 @@ class KafkaWorker:
             log.warning("records of revoked partitions still in flight after %.0fs", grace)
         commits = self._offsets.revoke(revoked)
         self._commit_offsets(consumer, commits, asynchronous=False)
+        self._loop.call_soon_threadsafe(self._abandon)
 
     def _on_commit(self, error: KafkaError | None, partitions: list[TopicPartition]) -> None:
         if error is not None:
@@ -312,6 +315,7 @@ class KafkaWorker:
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         log.warning("lost %s", [f"{p.topic}[{p.partition}]" for p in partitions])
         self._offsets.revoke([(p.topic, p.partition) for p in partitions])
+        self._loop.call_soon_threadsafe(self._abandon)
 
     # Dispatching (the event loop) -----------------------------------------------
 
@@ -353,9 +357,8 @@ class KafkaWorker:
             while queue:
                 record = queue[0]
                 if self._offsets.is_current(record.partition, record.epoch):
-                    assert record.request is not None
-                    payload = await self._answer(record.request)
-                    if self._offsets.is_current(record.partition, record.epoch):
+                    payload = await self._answer_unless_abandoned(record)
+                    if payload is not None and self._offsets.is_current(record.partition, record.epoch):
                         self._respond(record, payload)
                     else:
                         self._drop(record)
@@ -375,6 +378,40 @@ class KafkaWorker:
         finally:
             if self._queues.get(key) is queue:
                 del self._queues[key]
+
+    async def _answer_unless_abandoned(self, record: _Record) -> dict[str, Any] | None:
+        """The record's response payload, or None if its partition was taken away
+        while it waited (see `_abandon`)."""
+        assert record.request is not None
+        task = record.answering = asyncio.create_task(self._answer(record.request))
+        try:
+            await asyncio.wait({task})
+        except asyncio.CancelledError:  # the worker is stopping
+            task.cancel()
+            await asyncio.wait({task})  # what it holds (budget, say) is given back first
+            raise
+        finally:
+            record.answering = None
+        return None if task.cancelled() else task.result()
+
+    def _abandon(self) -> None:
+        """Stop answering records whose partition was revoked or lost.
+
+        A record can wait long (an open circuit, the rate limit, the budget); once
+        its partition is another worker's, that worker answers it, so going on
+        would pay the model twice. A reply already received is still recorded
+        (the use case shields it), so the new owner finds it answered.
+        """
+        for queue in self._queues.values():
+            record = queue[0] if queue else None
+            if (
+                record is not None
+                and record.answering is not None
+                and not self._offsets.is_current(record.partition, record.epoch)
+            ):
+                assert record.request is not None
+                log.info("abandoning %s: its partition is no longer ours", record.request.request_id)
+                record.answering.cancel()
 
     async def _answer(self, request: ChatRequest) -> dict[str, Any]:
         started = time.perf_counter()
