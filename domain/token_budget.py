@@ -85,18 +85,36 @@ class TokenBudget(Aggregate):
 
     @event("ReservationExpired")
     def _expire(self, reservation_id: str) -> None:
-        self.used += self.reservations.pop(reservation_id)
+        tokens = self.reservations.pop(reservation_id)
+        self.used += tokens
         self._times().pop(reservation_id, None)
+        self._expired()[reservation_id] = tokens
 
+    # Budgets recorded before reservations could expire have neither map.
     def _times(self) -> dict[str, str]:
-        # Budgets recorded before reservations carried their time have no such map.
         return self.__dict__.setdefault("reserved_at", {})
 
+    def _expired(self) -> dict[str, int]:
+        """Expired reservations (counted in full) whose holder may still settle them."""
+        return self.__dict__.setdefault("expired", {})
+
     def settle(self, reservation_id: str, tokens: int) -> None:
-        """Replace a reservation by the tokens really used; only once."""
+        """Replace a reservation by the tokens really used; only once.
+
+        A reservation that expired meanwhile was counted in full: its holder
+        coming back with the real figure gives the difference back.
+        """
+        if reservation_id in self._expired():
+            self._settle_expired(reservation_id=reservation_id, tokens=tokens)
+            return
         if reservation_id not in self.reservations:
             return
         self._settle(reservation_id=reservation_id, tokens=tokens)
+
+    @event("ExpiredReservationSettled")
+    def _settle_expired(self, reservation_id: str, tokens: int) -> None:
+        counted = self._expired().pop(reservation_id)
+        self.used -= counted - min(tokens, counted)
 
     @event("TokensSettled")
     def _settle(self, reservation_id: str, tokens: int) -> None:

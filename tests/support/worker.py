@@ -160,6 +160,7 @@ class WorkerProcess:
         self.health_port = int(env.get("HEALTH_PORT") or free_loopback_port())
         self.env = {**env, "HEALTH_PORT": str(self.health_port)}
         self.log_path = log_path
+        self._log_start = 0
         self.process: subprocess.Popen[bytes] | None = None
 
     def readiness(self, timeout: float = 5.0) -> tuple[int, dict[str, Any]]:
@@ -180,11 +181,13 @@ class WorkerProcess:
             connection.close()
 
     def start(self) -> None:
-        log = open(self.log_path, "ab")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "entrypoints.cli", "worker"],
-            env=self.env, stdout=log, stderr=log, stdin=subprocess.DEVNULL,
-        )
+        # The log is kept across restarts: only what this process writes counts.
+        self._log_start = self.log_path.stat().st_size if self.log_path.exists() else 0
+        with open(self.log_path, "ab") as log:  # the process keeps its own copy
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "entrypoints.cli", "worker"],
+                env=self.env, stdout=log, stderr=log, stdin=subprocess.DEVNULL,
+            )
         self._wait_for("assigned [")
 
     def stop(self, sig: int = signal.SIGTERM) -> int:
@@ -200,7 +203,7 @@ class WorkerProcess:
     def _wait_for(self, text: str, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if text in self.log().rsplit("worker consuming", 1)[-1]:
+            if text in self.log_path.read_bytes()[self._log_start:].decode(errors="replace"):
                 return
             if self.process and self.process.poll() is not None:
                 break
