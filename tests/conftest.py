@@ -11,6 +11,7 @@ from collections.abc import Iterator
 import pytest
 
 from adapters.tansu_broker import EmbeddedBroker
+from tests.support.broker_outage import ProxiedBroker
 from tests.support.fake_openai import FakeOpenAIServer
 from tests.support.postgres import PostgresServer
 
@@ -33,6 +34,12 @@ def _running(server):
 def broker() -> Iterator[EmbeddedBroker]:
     """An in-memory Tansu Kafka broker on a loopback port."""
     yield from _running(EmbeddedBroker())
+
+
+@pytest.fixture(scope="session")
+def flaky_broker() -> Iterator[ProxiedBroker]:
+    """A second broker that tests can make unreachable (cut, outage) and bring back."""
+    yield from _running(ProxiedBroker())
 
 
 @pytest.fixture(scope="session")

@@ -26,10 +26,9 @@ import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from adapters.event_store import event_store_env
-from adapters.kafka import ensure_topics
 from application.chat import ChatRecords
 from domain.token_budget import SERVICE_SCOPE
-from tests.support.broker_outage import ProxiedBroker
+from tests.support.records import private_topics
 from tests.support.worker import WorkerProcess
 
 pytestmark = pytest.mark.integration
@@ -61,15 +60,6 @@ LONG_WAIT_KEY = "f-7-0"  # asked before the region outage, long before the kill
 
 def request_key(conversation: int, turn: int) -> str:
     return f"f-{conversation}-{turn}"
-
-
-@pytest.fixture(scope="module")
-def flaky_broker():
-    broker = ProxiedBroker()
-    try:
-        yield broker.start()
-    finally:
-        broker.stop()
 
 
 class ReadinessWatch(threading.Thread):
@@ -142,15 +132,8 @@ def test_nothing_lost_nothing_paid_twice_through_every_fault(
     flaky_broker, postgres, fake_openai, tmp_path, capsys, request
 ):
     bootstrap = flaky_broker.bootstrap_server
-    suffix = uuid.uuid4().hex[:8]
-    topics = {
-        "REQUEST_TOPIC": f"gpt-send-{suffix}",
-        "RESPONSE_TOPIC": f"gpt-response-{suffix}",
-        "DLQ_TOPIC": f"gpt-send-{suffix}.dlq",
-        "CONSUMER_GROUP": f"chater-gpt-{suffix}",
-    }
-    ensure_topics(bootstrap, [topics["REQUEST_TOPIC"]], partitions=2)
-    ensure_topics(bootstrap, [topics["RESPONSE_TOPIC"], topics["DLQ_TOPIC"]])
+    topics = private_topics(bootstrap, request_partitions=2)
+    suffix = topics["CONSUMER_GROUP"].rsplit("-", 1)[-1]
     database = f"faults_{suffix}"
     postgres.create_database(database)
     env = {

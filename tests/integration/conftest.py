@@ -8,21 +8,13 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
-from adapters.kafka import ensure_topics
+from tests.support.records import private_topics
 from tests.support.worker import WorkerProcess
 
 
 @pytest.fixture
 def topics(broker) -> dict[str, str]:
-    suffix = uuid.uuid4().hex[:8]
-    names = {
-        "REQUEST_TOPIC": f"gpt-send-{suffix}",
-        "RESPONSE_TOPIC": f"gpt-response-{suffix}",
-        "DLQ_TOPIC": f"gpt-send-{suffix}.dlq",
-        "CONSUMER_GROUP": f"chater-gpt-{suffix}",
-    }
-    ensure_topics(broker.bootstrap_server, [names["REQUEST_TOPIC"], names["RESPONSE_TOPIC"], names["DLQ_TOPIC"]])
-    return names
+    return private_topics(broker.bootstrap_server)
 
 
 @pytest.fixture

@@ -8,20 +8,10 @@ import time
 import pytest
 
 from adapters.kafka import ensure_topics
-from tests.support.broker_outage import ProxiedBroker
 from tests.support.records import produce, read_until_all
 from tests.support.worker import WorkerProcess
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def flaky_broker():
-    broker = ProxiedBroker()
-    try:
-        yield broker.start()
-    finally:
-        broker.stop()
 
 
 def requests(keys: list[str]) -> list[tuple[str, bytes]]:

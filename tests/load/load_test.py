@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 from confluent_kafka import Consumer, Producer, TopicPartition  # noqa: E402
 
 from adapters.kafka import ensure_topics  # noqa: E402
-from adapters.tansu_broker import EmbeddedBroker  # noqa: E402
+from adapters.tansu_broker import EmbeddedBroker, free_loopback_port  # noqa: E402
 from tests.support.fake_openai import FakeOpenAIServer  # noqa: E402
 from tests.support.postgres import PostgresServer  # noqa: E402
 
@@ -139,7 +139,9 @@ def run_service(args, broker, model, store: str, postgres: PostgresServer | None
            "OPENAI_API_KEY": "load-test", "OPENAI_BASE_URL": model.base_url,
            "MODEL_PROVIDER": "openai", "REQUESTS_PER_MINUTE": "0", "MAX_RETRIES": "0",
            "DAILY_TOKEN_LIMIT": str(10**12), "MAX_IN_FLIGHT": str(args.max_in_flight),
-           "LOG_LEVEL": "WARNING", "PYTHONPATH": str(ROOT)}
+           "LOG_LEVEL": "WARNING", "PYTHONPATH": str(ROOT),
+           # Served as in production (its checks run every second), on a port of its own.
+           "HEALTH_PORT": str(free_loopback_port())}
     log = open(workdir / f"{run}.log", "wb")
     command = [sys.executable, "-m", "entrypoints.cli", "worker"]
     if args.profile:  # py-spy's collapsed stacks of the worker, for finding what limits it

@@ -8,6 +8,22 @@ import uuid
 
 from confluent_kafka import Consumer, Producer, TopicPartition
 
+from adapters.kafka import ensure_topics
+
+
+def private_topics(bootstrap_server: str, request_partitions: int = 1) -> dict[str, str]:
+    """Topics and a consumer group of one test's own, created, as worker settings."""
+    suffix = uuid.uuid4().hex[:8]
+    names = {
+        "REQUEST_TOPIC": f"gpt-send-{suffix}",
+        "RESPONSE_TOPIC": f"gpt-response-{suffix}",
+        "DLQ_TOPIC": f"gpt-send-{suffix}.dlq",
+        "CONSUMER_GROUP": f"chater-gpt-{suffix}",
+    }
+    ensure_topics(bootstrap_server, [names["REQUEST_TOPIC"]], request_partitions)
+    ensure_topics(bootstrap_server, [names["RESPONSE_TOPIC"], names["DLQ_TOPIC"]])
+    return names
+
 
 def produce(broker, topic: str, records: list[tuple[str, bytes]]) -> None:
     producer = Producer({"bootstrap.servers": broker.bootstrap_server})
