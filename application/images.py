@@ -5,8 +5,12 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import io
 import re
+import warnings
 from dataclasses import dataclass
+
+from PIL import Image as Picture
 
 # The image types the OpenAI vision models accept, recognised by their magic bytes
 # rather than by what the sender claims.
@@ -71,4 +75,30 @@ def decode_image(encoded: object, position: int) -> Image:
         raise InvalidImage(
             f"image {position} is not a supported type (PNG, JPEG, GIF or WEBP)"
         )
+    check_readable(data, position)
     return Image(mime_type, data)
+
+
+# More pixels than any image the vision models take in full (they scale down to
+# 2048 x 768 tiles), and far below what could exhaust memory when decoded.
+MAX_PIXELS = 50_000_000
+
+
+def check_readable(data: bytes, position: int) -> None:
+    """Refuse an image whose header or structure is damaged (Pillow reads it
+    without decoding every pixel), or whose size could be a decompression bomb:
+    the provider would refuse it after we had paid for the round trip."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Picture.DecompressionBombWarning)
+            with Picture.open(io.BytesIO(data)) as picture:
+                width, height = picture.size
+                picture.verify()
+    except (Picture.DecompressionBombWarning, Picture.DecompressionBombError):
+        raise InvalidImage(f"image {position} has too many pixels") from None
+    except Exception:  # Pillow's errors on hostile bytes are many and varied
+        raise InvalidImage(f"image {position} is damaged or truncated") from None
+    if width * height > MAX_PIXELS:
+        raise InvalidImage(
+            f"image {position} is {width} x {height} pixels; the limit is {MAX_PIXELS:,}"
+        )

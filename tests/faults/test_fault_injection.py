@@ -39,6 +39,7 @@ DAILY_TOKEN_LIMIT = 12000
 SECRET = "fault-suite-secret"
 CHAOS = {"429": 0.07, "500": 0.06, "503": 0.02, "timeout": 0.03, "disconnect": 0.03, "malformed": 0.03}
 NOT_AN_IMAGE = "bm90IGFuIGltYWdl"  # base64 of "not an image"
+TRUNCATED_PNG = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAAB"  # the start of a PNG, cut off
 
 
 def poison_records(n: int) -> list[tuple[str, str | None, bytes]]:
@@ -50,6 +51,7 @@ def poison_records(n: int) -> list[tuple[str, str | None, bytes]]:
         ("missing fields", f"bad-missing-{n}", json.dumps({"message": "who am I?"}).encode()),
         ("too large", f"bad-huge-{n}", json.dumps({**ok, "message": "x" * 30_000}).encode()),
         ("invalid image", f"bad-image-{n}", json.dumps({**ok, "images": [NOT_AN_IMAGE]}).encode()),
+        ("truncated image", f"bad-png-{n}", json.dumps({**ok, "images": [TRUNCATED_PNG]}).encode()),
         ("control characters", f"bad-control-{n}", json.dumps({**ok, "message": "poison: hi\x00\x07"}).encode()),
         ("no key", None, json.dumps(ok).encode()),
     ]

@@ -1,5 +1,6 @@
 import base64
 import json
+import struct
 
 import pytest
 
@@ -7,6 +8,11 @@ from application.contract import InvalidRequest, parse_request
 
 PNG = base64.b64decode(
     "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg=="
+)
+# A GIF whose header claims 65535 x 65535 pixels in 31 bytes: a decompression bomb.
+HUGE_GIF = (
+    b"GIF89a" + struct.pack("<HHBBB", 0xFFFF, 0xFFFF, 0, 0, 0)
+    + b"," + struct.pack("<HHHHB", 0, 0, 0xFFFF, 0xFFFF, 0) + b"\x02\x00;"
 )
 
 
@@ -65,6 +71,19 @@ def test_the_platform_envelope_is_unwrapped_and_its_key_used_when_the_record_has
         (
             record({"user_email": "a@b.c", "message": "x", "images": [base64.b64encode(b"GIF? no, text").decode()]}),
             "image 1 is not a supported type",
+        ),
+        (
+            record({"user_email": "a@b.c", "message": "x",
+                    "images": [base64.b64encode(b"\x89PNG\r\n\x1a\n").decode()]}),
+            "image 1 is damaged or truncated",  # a PNG signature and nothing else
+        ),
+        (
+            record({"user_email": "a@b.c", "message": "x", "images": [base64.b64encode(PNG[:40]).decode()]}),
+            "image 1 is damaged or truncated",
+        ),
+        (
+            record({"user_email": "a@b.c", "message": "x", "images": [base64.b64encode(HUGE_GIF).decode()]}),
+            "image 1 has too many pixels",
         ),
         (record({"key": "k", "value": [1]}), "envelope's value must be a JSON object"),
     ],
