@@ -19,7 +19,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import TypeVar
 
 from eventsourcing.persistence import RecordConflictError
@@ -40,6 +40,7 @@ class _Lease:
     opened: float = field(default_factory=time.monotonic)
     used: int = 0
     held: dict[str, int] = field(default_factory=dict)
+    renewed: datetime | None = None  # when the budget last heard this lease is alive
 
     @property
     def free(self) -> int:
@@ -142,12 +143,41 @@ class BudgetLedger:
         self.settle(reservation_id, 0)
 
     async def housekeeping(self) -> None:
-        """Retire a lease held too long and write the spent ones; called now and then."""
+        """Retire a lease held too long, write the spent ones and renew the ones
+        still in use; called now and then."""
         async with self._lock:
             lease = self._current
             if lease is not None and self._expired(lease):
                 self._retire(lease)
         await self.flush()
+        await self.renew()
+
+    async def renew(self) -> None:
+        """Tell the budget which leases this worker still uses, well before they
+        would expire: only the leases of a worker that stopped ever expire."""
+        now = self.clock.now()
+        due = [
+            lease for lease in self._live_leases()
+            if now - (lease.renewed or now) > timedelta(seconds=self.lease_expiry / 3)
+        ]
+        for day in {lease.day for lease in due}:
+            of_day = [lease for lease in due if lease.day == day]
+            try:
+                await asyncio.to_thread(
+                    self._change_budget, day,
+                    lambda budget, leases=of_day: [budget.renew(lease.id, now) for lease in leases],
+                )
+            except Exception as error:  # the store is down: try again next time
+                log.warning("could not renew budget leases yet: %s", error)
+                return
+            for lease in of_day:
+                lease.renewed = now
+
+    def _live_leases(self) -> list[_Lease]:
+        leases = {id(lease): lease for lease in self._leases.values()}
+        if self._current is not None:
+            leases[id(self._current)] = self._current
+        return list(leases.values())
 
     async def flush(self) -> None:
         """Settle the spent leases in the store; those that fail stay for the next flush."""
@@ -195,7 +225,7 @@ class BudgetLedger:
             size = max(tokens, min(self.chunk_tokens, room // 2))
             lease_id = f"lease:{self.owner}:{next(self._numbers)}"
             budget.reserve(lease_id, size, self.daily_limit, at=now)
-            return _Lease(lease_id, day, size)
+            return _Lease(lease_id, day, size, renewed=now)
 
         lease = self._change_budget(day, decide)
         self.leases_opened += 1

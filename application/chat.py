@@ -31,6 +31,7 @@ from application.ports import (
     ModelReply,
     RateLimiter,
     TokenCounter,
+    waiting_at_circuit,
 )
 from domain.conversation import (
     MESSAGE_OVERHEAD_TOKENS,
@@ -49,6 +50,7 @@ CONTEXT_PREFIX = "Earlier in this conversation:\n"
 BUDGET_EXHAUSTED = "The service's daily token budget is used up; please try again tomorrow."
 TOO_LATE = "The model could not answer before the request's deadline."
 STORE_RETRY_MAX_DELAY = 5.0
+RECORDING_GRACE = 10.0  # seconds a closing service waits for paid replies to be recorded
 
 
 @dataclass(frozen=True)
@@ -139,6 +141,7 @@ class ChatService:
         self.writer = GroupCommitter(records)
         # Conversations saved by this worker, by id (insertion order = recency).
         self._cache: dict[UUID, Conversation] = {}
+        self._recording: set[asyncio.Future[tuple[dict[str, Any], Conversation]]] = set()
         self.ledger = BudgetLedger(
             load_budget=records.budget,
             save=records.save,
@@ -213,6 +216,7 @@ class ChatService:
             nonlocal started_call
             await self.rate_limiter.acquire()
             started_call = True
+            waiting_at_circuit.set(False)
             reply = await self.model.complete(call)
             if reply.rate_limits is not None:
                 self.rate_limiter.observe(reply.rate_limits)
@@ -224,8 +228,9 @@ class ChatService:
                 async with asyncio.timeout(deadline) as budget_of_time:
                     reply = await call_model()
             except (TimeoutError, asyncio.CancelledError):
-                if started_call:
-                    # The provider may bill a call cut short: count it as its estimate.
+                if started_call and not waiting_at_circuit.get():
+                    # The provider may bill a call cut short: count it as its estimate
+                    # (not one cut short while an open circuit still held it back).
                     self.ledger.settle(reservation, estimate)
                 raise
         except Exception as error:
@@ -246,10 +251,13 @@ class ChatService:
         self.ledger.settle(reservation, reply.prompt_tokens + reply.completion_tokens)
         # A paid reply is recorded even if the caller gives up now (its partition
         # was taken away, say): whoever answers the request next finds it answered.
-        return await asyncio.shield(self._conclude(
+        recording = asyncio.ensure_future(self._conclude(
             cid, conversation, request.request_id,
             lambda c: self._record_reply(c, request.request_id, reply, started),
         ))
+        self._recording.add(recording)
+        recording.add_done_callback(self._recording.discard)
+        return await asyncio.shield(recording)
 
     def _time_left(self, request: ChatRequest) -> float | None:
         """Seconds until the request's deadline (None: no deadline)."""
@@ -262,7 +270,10 @@ class ChatService:
         await self.ledger.housekeeping()
 
     async def close(self) -> None:
-        """Settle this worker's budget lease and close the model client."""
+        """Record the replies still being written, settle this worker's budget
+        lease and close the model client."""
+        if self._recording:
+            await asyncio.wait(set(self._recording), timeout=RECORDING_GRACE)
         await self.ledger.close()
         await self.model.close()
 

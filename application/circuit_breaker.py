@@ -17,7 +17,13 @@ import logging
 import time
 from collections.abc import Callable
 
-from application.ports import LanguageModel, ModelCall, ModelError, ModelReply
+from application.ports import (
+    LanguageModel,
+    ModelCall,
+    ModelError,
+    ModelReply,
+    waiting_at_circuit,
+)
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +35,7 @@ class _Circuit:
         self.failures = 0
         self.opened_at: float | None = None
         self.probing = False
+        self.waiting = 0  # calls held back while the circuit is open
         self.changed = asyncio.Event()  # replaced after each change; waiters wake on it
 
     def notify(self) -> None:
@@ -61,6 +68,14 @@ class CircuitBreaker:
         """The state of every model's circuit that has been used."""
         return {model: self.state(model) for model in self._circuits}
 
+    def waiting(self) -> dict[str, int]:
+        """Calls held back now, per model whose circuit is not closed."""
+        return {
+            model: circuit.waiting
+            for model, circuit in self._circuits.items()
+            if circuit.opened_at is not None
+        }
+
     async def complete(self, call: ModelCall) -> ModelReply:
         circuit = self._circuits.setdefault(call.model, _Circuit())
         probe = await self._admit(circuit)
@@ -79,19 +94,30 @@ class CircuitBreaker:
 
     async def _admit(self, circuit: _Circuit) -> bool:
         """Wait until a call may go through; True when it goes as the probe."""
-        while circuit.opened_at is not None:
-            wait = circuit.opened_at + self.probe_interval - self.monotonic()
-            if wait <= 0 and not circuit.probing:
-                circuit.probing = True
-                return True
-            changed = circuit.changed
-            try:
-                # Until the next probe is due, or (a probe running) until it ends.
-                async with asyncio.timeout(wait if wait > 0 else None):
-                    await changed.wait()
-            except TimeoutError:
-                pass
-        return False
+        if circuit.opened_at is None:
+            return False
+        # Left set if the wait is cancelled: the use case then knows that this
+        # call never reached the provider and costs nothing.
+        waiting_at_circuit.set(True)
+        circuit.waiting += 1
+        try:
+            while circuit.opened_at is not None:
+                wait = circuit.opened_at + self.probe_interval - self.monotonic()
+                if wait <= 0 and not circuit.probing:
+                    circuit.probing = True
+                    waiting_at_circuit.set(False)
+                    return True
+                changed = circuit.changed
+                try:
+                    # Until the next probe is due, or (a probe running) until it ends.
+                    async with asyncio.timeout(wait if wait > 0 else None):
+                        await changed.wait()
+                except TimeoutError:
+                    pass
+            waiting_at_circuit.set(False)
+            return False
+        finally:
+            circuit.waiting -= 1
 
     def _failed(self, model: str, circuit: _Circuit, error: ModelError, probe: bool) -> None:
         if error.error_type not in PROVIDER_FAILURES or not error.retryable:

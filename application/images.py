@@ -79,6 +79,15 @@ def decode_image(encoded: object, position: int) -> Image:
     return Image(mime_type, data)
 
 
+def _ends_whole(data: bytes) -> bool:
+    """JPEG and GIF end with a marker; Pillow's verify() does not read that far."""
+    if data.startswith(b"\xff\xd8\xff"):
+        return data.rstrip(b"\x00").endswith(b"\xff\xd9")  # some encoders pad
+    if data.startswith(b"GIF8"):
+        return data.rstrip(b"\x00").endswith(b";")
+    return True
+
+
 # More pixels than any image the vision models take in full (they scale down to
 # 2048 x 768 tiles), and far below what could exhaust memory when decoded.
 MAX_PIXELS = 50_000_000
@@ -98,6 +107,8 @@ def check_readable(data: bytes, position: int) -> None:
         raise InvalidImage(f"image {position} has too many pixels") from None
     except Exception:  # Pillow's errors on hostile bytes are many and varied
         raise InvalidImage(f"image {position} is damaged or truncated") from None
+    if not _ends_whole(data):
+        raise InvalidImage(f"image {position} is damaged or truncated")
     if width * height > MAX_PIXELS:
         raise InvalidImage(
             f"image {position} is {width} x {height} pixels; the limit is {MAX_PIXELS:,}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
@@ -111,3 +112,8 @@ class ModelError(Exception):
 
     def __str__(self) -> str:
         return f"{self.error_type}: {self.message}"
+
+
+#: True while the current task's model call is held back by an open circuit (and
+#: still true if that wait is cancelled): such a call never reached the provider.
+waiting_at_circuit: ContextVar[bool] = ContextVar("waiting_at_circuit", default=False)

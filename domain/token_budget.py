@@ -67,8 +67,18 @@ class TokenBudget(Aggregate):
         if at is not None:
             self._times()[reservation_id] = at
 
+    def renew(self, reservation_id: str, at: datetime) -> None:
+        """Its holder is alive and still needs it: it does not expire meanwhile."""
+        if reservation_id in self.reservations:
+            self._renew(reservation_id=reservation_id, at=at.isoformat())
+
+    @event("ReservationRenewed")
+    def _renew(self, reservation_id: str, at: str) -> None:
+        self._times()[reservation_id] = at
+
     def expire_reservations(self, made_before: datetime) -> list[str]:
-        """Count reservations made before `made_before` as spent in full; their ids.
+        """Count reservations made (or last renewed) before `made_before` as spent
+        in full; their ids.
 
         Their holder has stopped (or is stuck) without settling them: what it
         used is unknown, so all of it counts. That can lose room, never overspend,
@@ -114,7 +124,7 @@ class TokenBudget(Aggregate):
     @event("ExpiredReservationSettled")
     def _settle_expired(self, reservation_id: str, tokens: int) -> None:
         counted = self._expired().pop(reservation_id)
-        self.used -= counted - min(tokens, counted)
+        self.used += tokens - counted
 
     @event("TokensSettled")
     def _settle(self, reservation_id: str, tokens: int) -> None:

@@ -200,9 +200,14 @@ def worker_checks(worker: Any, records: Any, circuit_breaker: Any) -> HealthChec
 
     async def openai_api() -> dict[str, Any]:
         circuits = circuit_breaker.states()
-        failing = sorted(model for model, state in circuits.items() if state != "closed")
-        if failing:
-            raise CheckFailed(f"circuit open for {', '.join(failing)}: the model keeps failing")
+        # An open circuit nobody waits at says nothing about now: it closes on
+        # the next call that succeeds, so it must not keep the worker unready.
+        held = {model: n for model, n in circuit_breaker.waiting().items() if n > 0}
+        if held:
+            raise CheckFailed(
+                "circuit open, calls held back: "
+                + ", ".join(f"{model} ({n})" for model, n in sorted(held.items()))
+            )
         return {"circuits": circuits}
 
     async def memory_usage() -> dict[str, Any]:

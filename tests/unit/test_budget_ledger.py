@@ -163,3 +163,21 @@ async def test_concurrent_flushes_settle_each_spent_lease_once(records):
         book.settle(f"r{n}", 10)  # the first two leases are spent, the third is current
     await asyncio.gather(book.flush(), book.flush(), book.housekeeping())
     assert (stored(records).used, stored(records).reserved) == (20, 600)
+
+
+async def test_a_live_workers_lease_is_renewed_and_never_expires_under_a_slow_request(records):
+    clock = FixedClock()
+    slow = ledger(records, clock, limit=1000, chunk=1000)
+    slow.lease_expiry = 60.0
+    await slow.reserve("r1", 100)  # leases 500, and r1 takes minutes (an open circuit)
+    other = BudgetLedger(records.budget, records.save, clock, 1000, chunk_tokens=1000,
+                         lease_expiry=60.0, max_wait=0.2)
+    for _ in range(6):  # three minutes go by, the slow worker's housekeeping runs
+        clock.advance(seconds=30)
+        await slow.housekeeping()
+    with pytest.raises(BudgetExceeded, match="held for"):  # waits for the room; no expiry
+        await other.reserve("r2", 600)
+    assert stored(records).used == 0
+    slow.settle("r1", 80)
+    await slow.close()
+    assert (stored(records).used, stored(records).reserved) == (80, 0)

@@ -275,3 +275,21 @@ async def test_a_call_cut_short_by_the_deadline_is_counted_at_its_estimate():
     assert late["error"]["type"] == "upstream_error"
     await service.close()
     assert budget_of(service).used == 1 + 4 + 3 + 100  # the provider may have billed it
+
+
+async def test_a_request_cut_short_while_an_open_circuit_held_it_back_costs_nothing():
+    import asyncio
+
+    from application.circuit_breaker import CircuitBreaker
+    from application.ports import ModelError
+
+    service, model = make_service(daily_token_limit=100_000, max_tokens=100)
+    model.script = [ModelError("upstream_error", "down", True)]
+    service.model = CircuitBreaker(model, failure_threshold=1, probe_interval=60)
+    failed = await service.handle(ask("r1", "hello"))  # opens the circuit
+    assert failed["error"]["type"] == "upstream_error"
+    deadline = service.clock.now().timestamp() + 0.1
+    late = await asyncio.wait_for(service.handle(ask("r2", "hello", deadline=deadline)), 5)
+    assert late["error"]["type"] == "upstream_error" and len(model.calls) == 1
+    await service.close()
+    assert (budget_of(service).used, budget_of(service).reserved) == (0, 0)

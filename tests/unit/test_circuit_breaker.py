@@ -21,9 +21,11 @@ async def test_repeated_failures_open_the_circuit_and_callers_wait_instead_of_fa
     waiting = [asyncio.create_task(breaker.complete(CALL)) for _ in range(5)]
     await asyncio.sleep(0.05)
     assert not any(task.done() for task in waiting) and len(fake.calls) == 3
+    assert breaker.waiting() == {"gpt-4o-mini": 5}
     replies = await asyncio.wait_for(asyncio.gather(*waiting), 2)
     assert all(r.text == "answer to hi" for r in replies)
     assert breaker.state("gpt-4o-mini") == "closed" and len(fake.calls) == 3 + 5
+    assert breaker.waiting() == {}
 
 
 async def test_a_failed_probe_keeps_it_open_with_one_probe_at_a_time():

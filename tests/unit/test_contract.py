@@ -140,3 +140,23 @@ def test_lines_and_tabs_are_fine_and_oversized_records_are_refused():
     assert parse_request(b"k", record({"user_email": "a@b.c", "message": "a\tb\r\nc"})).message == "a\tb\r\nc"
     with pytest.raises(InvalidRequest, match="the limit is 100"):
         parse_request(b"k", record({"user_email": "a@b.c", "message": "x" * 200}), max_bytes=100)
+
+
+@pytest.mark.parametrize("kind", ["JPEG", "GIF", "PNG", "WEBP"])
+def test_an_image_cut_short_is_refused_and_the_whole_one_accepted(kind):
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 48), "teal").save(buffer, kind)
+    whole = buffer.getvalue()
+
+    def request(data: bytes):
+        return parse_request(b"req-1", record({
+            "user_email": "a@b.c", "message": "x", "images": [base64.b64encode(data).decode()],
+        }))
+
+    assert request(whole).images[0].data == whole
+    with pytest.raises(InvalidRequest, match="image 1 is damaged or truncated"):
+        request(whole[: len(whole) * 2 // 3])
