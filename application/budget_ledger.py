@@ -125,6 +125,11 @@ class BudgetLedger:
             waited += wait
             wait = min(wait * 2, 1.0)
 
+    def remaining_today(self) -> int | None:
+        """What is left of today's budget as this worker last saw it (None: not yet)."""
+        budget = self._budgets.get(self.clock.now().date().isoformat())
+        return None if budget is None else max(budget.remaining(self.daily_limit), 0)
+
     def settle(self, reservation_id: str, tokens: int) -> None:
         """Count the tokens a request really used in place of what it held.
 

@@ -117,3 +117,16 @@ class ModelError(Exception):
 #: True while the current task's model call is held back by an open circuit (and
 #: still true if that wait is cancelled): such a call never reached the provider.
 waiting_at_circuit: ContextVar[bool] = ContextVar("waiting_at_circuit", default=False)
+
+
+class Metrics(Protocol):
+    def request_finished(
+        self, *, outcome: str, model: str, kind: str, seconds: float,
+        prompt_tokens: int = 0, completion_tokens: int = 0,
+    ) -> None:
+        """One response produced: `outcome` is "answered" or the error type."""
+        ...
+
+    def model_called(self, *, model: str, outcome: str, seconds: float) -> None:
+        """One call to the model provider: `outcome` is "ok" or the error type."""
+        ...

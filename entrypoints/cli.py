@@ -25,7 +25,7 @@ def _configure_logging(level: str) -> None:
 
 def run_worker() -> int:
     from entrypoints.container import build_container
-    from entrypoints.health import health_server
+    from entrypoints.health import health_server, observe_worker
 
     settings = load_settings()
     _configure_logging(settings.LOG_LEVEL)
@@ -39,8 +39,11 @@ def run_worker() -> int:
             loop.add_signal_handler(sig, stop.set)
         async with contextlib.AsyncExitStack() as stack:
             if settings.HEALTH_PORT:
+                metrics = container.metrics()
+                observe_worker(metrics, worker, container.circuit_breaker(),
+                               container.chat_service().ledger)
                 await stack.enter_async_context(
-                    health_server(container.health(), settings.HEALTH_PORT)
+                    health_server(container.health(), settings.HEALTH_PORT, metrics.prometheus_text)
                 )
             await worker.run(stop)
 
@@ -55,6 +58,7 @@ def run_worker() -> int:
         logging.getLogger("chater-gpt").error("cannot start: %s", error)
         return 1
     finally:
+        container.metrics().close()  # the last OTLP export, when there is one
         container.records().close()
     return 0
 

@@ -6,12 +6,14 @@ from dependency_injector import containers, providers
 
 from adapters.event_store import event_store_env
 from adapters.offline_model import OfflineModel
+from adapters.otel_metrics import OtelMetrics
 from adapters.openai_model import OpenAIModel
 from adapters.rate_limiter import SlidingWindowRateLimiter
 from adapters.system_clock import SystemClock
 from adapters.tiktoken_counter import TiktokenCounter
 from application.chat import ChatPolicy, ChatRecords, ChatService
 from application.circuit_breaker import CircuitBreaker
+from application.measured_model import MeasuredModel
 from application.model_retries import RetryingModel
 from entrypoints.health import worker_checks
 from entrypoints.settings import Settings
@@ -28,6 +30,7 @@ class Container(containers.DeclarativeContainer):
     settings = providers.Dependency(instance_of=Settings)
 
     clock = providers.Singleton(SystemClock)
+    metrics = providers.Singleton(OtelMetrics)
     token_counter = providers.Singleton(TiktokenCounter)
     rate_limiter = providers.Singleton(
         SlidingWindowRateLimiter, per_minute=settings.provided.REQUESTS_PER_MINUTE
@@ -52,9 +55,10 @@ class Container(containers.DeclarativeContainer):
         ),
         offline=providers.Singleton(OfflineModel, counter=token_counter),
     )
+    measured_model = providers.Singleton(MeasuredModel, model=model_client, metrics=metrics)
     circuit_breaker = providers.Singleton(
         CircuitBreaker,
-        model=model_client,
+        model=measured_model,
         failure_threshold=settings.provided.CIRCUIT_FAILURE_THRESHOLD,
         probe_interval=settings.provided.CIRCUIT_PROBE_INTERVAL,
     )
@@ -87,7 +91,7 @@ class Container(containers.DeclarativeContainer):
         policy=policy,
     )
     worker = providers.Singleton(
-        KafkaWorker, service=chat_service, settings=settings, clock=clock
+        KafkaWorker, service=chat_service, settings=settings, clock=clock, metrics=metrics
     )
     health = providers.Singleton(
         worker_checks, worker=worker, records=records, circuit_breaker=circuit_breaker

@@ -134,7 +134,25 @@ def memory_figure() -> dict[str, Any]:
     return figure
 
 
-def health_app(health: HealthChecks) -> web.Application:
+CIRCUIT_STATES = {"closed": 0, "half-open": 1, "open": 2}
+
+
+def observe_worker(metrics: Any, worker: Any, circuit_breaker: Any, ledger: Any) -> None:
+    """Gauges read when metrics are collected: what the worker holds, how far it
+    lags, what is left of the day's budget, and each model's circuit."""
+    metrics.watch("chater_gpt_in_flight", "Records held by the worker now",
+                  lambda: [(worker.stats.in_flight, {})])
+    metrics.watch("chater_gpt_consumer_lag", "Records not yet fetched, per partition",
+                  lambda: [(lag, {"partition": p}) for p, lag in worker.queue_depth()["consumer_lag"].items()])
+    metrics.watch("chater_gpt_budget_remaining_tokens", "What is left of today's token budget",
+                  lambda: [(left, {}) for left in [ledger.remaining_today()] if left is not None])
+    metrics.watch("chater_gpt_circuit_state", "Per model: 0 closed, 1 half-open, 2 open",
+                  lambda: [(CIRCUIT_STATES[s], {"model": m}) for m, s in circuit_breaker.states().items()])
+
+
+def health_app(
+    health: HealthChecks, metrics_text: Callable[[], tuple[bytes, str]] | None = None
+) -> web.Application:
     async def healthz(_: web.Request) -> web.Response:
         alive = health.alive()
         return web.json_response(
@@ -145,16 +163,25 @@ def health_app(health: HealthChecks) -> web.Application:
         ready, body = health.report()
         return web.json_response(body, status=200 if ready else 503)
 
+    async def metrics(_: web.Request) -> web.Response:
+        assert metrics_text is not None
+        body, content_type = metrics_text()
+        return web.Response(body=body, headers={"Content-Type": content_type})
+
     app = web.Application()
     app.add_routes([web.get("/healthz", healthz), web.get("/readyz", readyz)])
+    if metrics_text is not None:
+        app.add_routes([web.get("/metrics", metrics)])
     return app
 
 
 @contextlib.asynccontextmanager
-async def health_server(health: HealthChecks, port: int) -> AsyncIterator[int]:
-    """Serve the health endpoints on `port` (0: any free port, which is yielded)
-    and refresh the checks in the background, until the block ends."""
-    runner = web.AppRunner(health_app(health), access_log=None, shutdown_timeout=1.0)
+async def health_server(
+    health: HealthChecks, port: int, metrics_text: Callable[[], tuple[bytes, str]] | None = None
+) -> AsyncIterator[int]:
+    """Serve the health endpoints (and `/metrics`) on `port` (0: any free port,
+    which is yielded) and refresh the checks in the background, until the block ends."""
+    runner = web.AppRunner(health_app(health, metrics_text), access_log=None, shutdown_timeout=1.0)
     await runner.setup()
     stop = asyncio.Event()
     refreshing: asyncio.Task[None] | None = None
@@ -163,7 +190,8 @@ async def health_server(health: HealthChecks, port: int) -> AsyncIterator[int]:
         site = web.TCPSite(runner, port=port, reuse_address=True)
         await site.start()
         bound = runner.addresses[0][1]
-        log.info("health on port %d: /healthz, /readyz", bound)
+        log.info("health on port %d: /healthz, /readyz%s", bound,
+                 ", /metrics" if metrics_text else "")
         refreshing = asyncio.create_task(health.run(stop))
         yield bound
     finally:

@@ -37,7 +37,7 @@ from adapters.kafka_offsets import OffsetTracker
 from application.chat import ChatService, rejection
 from application.contract import ChatRequest, InvalidRequest, parse_request, request_id_of
 from application.contract import encode_response
-from application.ports import Clock
+from application.ports import Clock, Metrics
 from domain.conversation import conversation_id
 from entrypoints.settings import Settings
 
@@ -95,10 +95,13 @@ class WorkerFailed(RuntimeError):
 
 
 class KafkaWorker:
-    def __init__(self, service: ChatService, settings: Settings, clock: Clock) -> None:
+    def __init__(
+        self, service: ChatService, settings: Settings, clock: Clock, metrics: Metrics | None = None
+    ) -> None:
         self.service = service
         self.settings = settings
         self.clock = clock
+        self.metrics = metrics
         self.stats = WorkerStats()
         # Set from librdkafka's callback thread once partitions are assigned.
         self.assigned = threading.Event()
@@ -446,6 +449,7 @@ class KafkaWorker:
             self.stats.errors += 1
         else:
             self.stats.answered += 1
+        self._measure(record, payload)
         key = record.message.key() or record.request.request_id.encode()
         self._send(record, self.settings.RESPONSE_TOPIC, key, encode_response(payload))
 
@@ -467,6 +471,7 @@ class KafkaWorker:
         key = message.key() or (error.request_id.encode() if error.request_id else None)
         # Counted before either is sent, so that the first delivery cannot finish the record.
         record.deliveries += 1
+        self._measure(record, {"error": {"type": "invalid_request"}})
         if key is not None:
             payload = rejection("invalid_request", error.message, self.clock, time.perf_counter())
             self._send(record, self.settings.RESPONSE_TOPIC, key, encode_response(payload))
@@ -476,6 +481,28 @@ class KafkaWorker:
         record.deliveries -= 1
         if record.deliveries == 0:
             self._finish(record)
+
+    def _measure(self, record: _Record, payload: dict[str, Any]) -> None:
+        """One response for the metrics: outcome, model, kind, time since produced, tokens."""
+        if self.metrics is None:
+            return
+        request = record.request
+        images = bool(request and request.images)
+        model = payload.get("model") or (request and request.model) or (
+            "none" if request is None
+            else self.settings.VISION_MODEL if images else self.settings.MODEL
+        )
+        kind, millis = record.message.timestamp()
+        produced = millis / 1000 if kind != TIMESTAMP_NOT_AVAILABLE and millis > 0 else time.time()
+        usage = payload.get("usage") or {}
+        self.metrics.request_finished(
+            outcome=payload["error"]["type"] if "error" in payload else "answered",
+            model=model,
+            kind="vision" if images else "text",
+            seconds=time.time() - produced,
+            prompt_tokens=int(usage.get("prompt_tokens", 0)),
+            completion_tokens=int(usage.get("completion_tokens", 0)),
+        )
 
     def _send(
         self,

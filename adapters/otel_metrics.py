@@ -1,0 +1,94 @@
+"""Metrics port through the OpenTelemetry SDK: Prometheus text for `/metrics`,
+and OTLP as well when OTEL_EXPORTER_OTLP_ENDPOINT is set (the SDK reads it)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable
+
+from opentelemetry.exporter.prometheus import PrometheusMetricReader
+from opentelemetry.metrics import CallbackOptions, Observation
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
+from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, View
+from opentelemetry.sdk.resources import Resource
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+# Seconds: a model answers in tenths of a second to minutes.
+LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+
+Reading = Callable[[], Iterable[tuple[float, dict[str, str]]]]
+
+
+class OtelMetrics:
+    """Counters and histograms of the requests and model calls; gauges read on scrape."""
+
+    def __init__(self) -> None:
+        # A registry of its own: several services in one process (tests) never clash.
+        self.registry = CollectorRegistry(auto_describe=True)
+        readers: list[MetricReader] = [
+            PrometheusMetricReader(disable_target_info=True, registry=self.registry)
+        ]
+        if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
+            from opentelemetry.exporter.otlp.proto.http.metric_exporter import (
+                OTLPMetricExporter,
+            )
+
+            readers.append(PeriodicExportingMetricReader(OTLPMetricExporter()))
+        self.provider = MeterProvider(
+            metric_readers=readers,
+            resource=Resource.create({"service.name": "chater-gpt"}),
+            views=[View(
+                instrument_name="chater_gpt_*duration",
+                aggregation=ExplicitBucketHistogramAggregation(LATENCY_BUCKETS),
+            )],
+        )
+        meter = self.meter = self.provider.get_meter("chater-gpt")
+        self._requests = meter.create_counter(
+            "chater_gpt_requests", description="Responses produced, by outcome, model and kind"
+        )
+        self._errors = meter.create_counter(
+            "chater_gpt_errors", description="Error responses, by type"
+        )
+        self._tokens = meter.create_counter(
+            "chater_gpt_tokens", description="Tokens used, by model and type (prompt, completion)"
+        )
+        self._latency = meter.create_histogram(
+            "chater_gpt_request_duration", unit="s",
+            description="From a request's record being produced to its response",
+        )
+        self._model_latency = meter.create_histogram(
+            "chater_gpt_model_call_duration", unit="s",
+            description="One call to the model provider, by model and outcome",
+        )
+
+    def request_finished(
+        self, *, outcome: str, model: str, kind: str, seconds: float,
+        prompt_tokens: int = 0, completion_tokens: int = 0,
+    ) -> None:
+        labels = {"outcome": outcome, "model": model, "kind": kind}
+        self._requests.add(1, labels)
+        self._latency.record(max(seconds, 0.0), labels)
+        if outcome != "answered":
+            self._errors.add(1, {"type": outcome})
+        if prompt_tokens:
+            self._tokens.add(prompt_tokens, {"model": model, "type": "prompt"})
+        if completion_tokens:
+            self._tokens.add(completion_tokens, {"model": model, "type": "completion"})
+
+    def model_called(self, *, model: str, outcome: str, seconds: float) -> None:
+        self._model_latency.record(seconds, {"model": model, "outcome": outcome})
+
+    def watch(self, name: str, description: str, read: Reading) -> None:
+        """A gauge whose values `read()` gives whenever metrics are collected."""
+
+        def observe(_: CallbackOptions) -> list[Observation]:
+            return [Observation(value, labels) for value, labels in read()]
+
+        self.meter.create_observable_gauge(name, callbacks=[observe], description=description)
+
+    def prometheus_text(self) -> tuple[bytes, str]:
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+    def close(self) -> None:
+        self.provider.shutdown()

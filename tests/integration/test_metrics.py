@@ -1,0 +1,65 @@
+"""`/metrics` after real traffic: the numbers match what was sent and what the model used."""
+
+from __future__ import annotations
+
+import http.client
+import json
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.support.records import produce, read
+
+pytestmark = pytest.mark.integration
+
+PNG = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg=="
+
+
+def scrape(worker) -> dict[str, list]:
+    connection = http.client.HTTPConnection("127.0.0.1", worker.health_port, timeout=5)
+    try:
+        connection.request("GET", "/metrics")
+        response = connection.getresponse()
+        assert response.status == 200
+        assert response.getheader("Content-Type").startswith("text/plain")
+        text = response.read().decode()
+    finally:
+        connection.close()
+    samples: dict[str, list] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples.setdefault(sample.name, []).append(sample)
+    return samples
+
+
+def total(samples, name: str, **labels: str) -> float:
+    return sum(s.value for s in samples.get(name, []) if labels.items() <= s.labels.items())
+
+
+def test_metrics_count_what_was_sent_and_what_the_model_used(broker, topics, fake_openai, worker):
+    records = [
+        (f"m-{n}", json.dumps({"user_email": f"m{n % 4}@example.com", "message": f"m-{n}: hello there"}).encode())
+        for n in range(48)
+    ]
+    records.append(("m-vision", json.dumps({
+        "user_email": "eye@example.com", "message": "what is this?", "images": [PNG],
+    }).encode()))
+    records.append(("m-bad", b"{not json"))
+    produce(broker, topics["REQUEST_TOPIC"], records)
+    answers = dict(read(broker, topics["RESPONSE_TOPIC"], len(records)))
+    samples = scrape(worker)
+
+    assert total(samples, "chater_gpt_requests_total") == 50
+    assert total(samples, "chater_gpt_requests_total", outcome="answered") == 49
+    assert total(samples, "chater_gpt_requests_total", kind="vision", model="gpt-4o-latest") == 1
+    assert total(samples, "chater_gpt_errors_total", type="invalid_request") == 1
+    used = [a["usage"] for a in answers.values() if "usage" in a]
+    assert total(samples, "chater_gpt_tokens_total", type="prompt") == sum(u["prompt_tokens"] for u in used)
+    assert total(samples, "chater_gpt_tokens_total", type="completion") == sum(
+        u["completion_tokens"] for u in used
+    )
+    assert total(samples, "chater_gpt_model_call_duration_seconds_count", outcome="ok") == 49
+    assert total(samples, "chater_gpt_request_duration_seconds_count") == 50
+    assert total(samples, "chater_gpt_in_flight") == 0
+    assert total(samples, "chater_gpt_circuit_state", model="gpt-4o-mini") == 0
+    assert 0 < total(samples, "chater_gpt_budget_remaining_tokens") < 100_000_000  # a lease is held
