@@ -51,6 +51,8 @@ class Settings(BaseSettings):
     SHUTDOWN_TIMEOUT: float = Field(30, ge=0)
     BUDGET_CHUNK_TOKENS: int = Field(100_000, gt=0)
     BUDGET_LEASE_EXPIRY: float = Field(60, gt=0, description="seconds an unsettled lease holds")
+    LOG_FORMAT: Literal["json", "text"] = "json"
+    LOG_CONTENT: bool = Field(False, description="message text and e-mail addresses in logs")
     HEALTH_PORT: int = Field(8080, ge=0, le=65535, description="0 turns the health server off")
 
     @model_validator(mode="after")

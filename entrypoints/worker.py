@@ -12,6 +12,7 @@ crash or a rebalance is answered from the event store, not by the model.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 import logging
 import threading
@@ -42,6 +43,8 @@ from domain.conversation import conversation_id
 from entrypoints.settings import Settings
 
 log = logging.getLogger(__name__)
+# One line per request at INFO: who (hashed), which model, tokens, time, outcome.
+request_log = logging.getLogger("chater_gpt.requests")
 
 # Unexpected errors (not the store being down) are retried this often before the
 # request gets an `internal_error` response, so that one bad record cannot wedge
@@ -483,9 +486,8 @@ class KafkaWorker:
             self._finish(record)
 
     def _measure(self, record: _Record, payload: dict[str, Any]) -> None:
-        """One response for the metrics: outcome, model, kind, time since produced, tokens."""
-        if self.metrics is None:
-            return
+        """One response for the metrics and the log: outcome, model, kind, time
+        since produced, tokens. No message text or e-mail address unless LOG_CONTENT."""
         request = record.request
         images = bool(request and request.images)
         model = payload.get("model") or (request and request.model) or (
@@ -495,14 +497,32 @@ class KafkaWorker:
         kind, millis = record.message.timestamp()
         produced = millis / 1000 if kind != TIMESTAMP_NOT_AVAILABLE and millis > 0 else time.time()
         usage = payload.get("usage") or {}
-        self.metrics.request_finished(
-            outcome=payload["error"]["type"] if "error" in payload else "answered",
-            model=model,
-            kind="vision" if images else "text",
-            seconds=time.time() - produced,
-            prompt_tokens=int(usage.get("prompt_tokens", 0)),
-            completion_tokens=int(usage.get("completion_tokens", 0)),
-        )
+        figures = {
+            "outcome": payload["error"]["type"] if "error" in payload else "answered",
+            "model": model,
+            "kind": "vision" if images else "text",
+            "seconds": time.time() - produced,
+            "prompt_tokens": int(usage.get("prompt_tokens", 0)),
+            "completion_tokens": int(usage.get("completion_tokens", 0)),
+        }
+        if self.metrics is not None:
+            self.metrics.request_finished(**figures)
+        if request_log.isEnabledFor(logging.INFO):
+            line = {
+                "key": request.request_id if request else request_id_of(record.message.key()),
+                "user": self._user_hash(request.user_email) if request else None,
+                **{name: value for name, value in figures.items() if name != "seconds"},
+                "latency_ms": round(figures["seconds"] * 1000, 1),
+            }
+            if self.settings.LOG_CONTENT and request is not None:
+                line.update(user_email=request.user_email, message_text=request.message)
+            request_log.info("request done", extra=line)
+
+    def _user_hash(self, email: str) -> str:
+        """The same user gives the same hash, which says nothing without SECRET_KEY."""
+        assert self.settings.SECRET_KEY is not None
+        key = self.settings.SECRET_KEY.get_secret_value().encode()
+        return hmac.new(key, email.strip().lower().encode(), "sha256").hexdigest()[:16]
 
     def _send(
         self,

@@ -1,0 +1,52 @@
+"""Worker logs: one JSON line per request, and no message text, address or secret in them."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.support.records import produce, read
+from tests.support.worker import WorkerProcess
+
+pytestmark = pytest.mark.integration
+
+SECRET_TEXT = "my card is 4111 1111 1111 1111 and I live at 7 Elm Street"
+
+
+def request_lines(log: str) -> list[dict]:
+    lines = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
+    return [line for line in lines if line.get("message") == "request done"]
+
+
+@pytest.mark.parametrize("content", [False, True], ids=["default", "LOG_CONTENT"])
+def test_one_json_line_per_request_without_content_unless_asked(
+    broker, topics, fake_openai, worker_env, tmp_path, content
+):
+    env = {**worker_env, "LOG_CONTENT": str(content).lower(), "OPENAI_API_KEY": "sk-test-4f9a8b7c"}
+    worker = WorkerProcess(env, tmp_path / "worker.log")
+    worker.start()
+    try:
+        produce(broker, topics["REQUEST_TOPIC"], [
+            ("l-1", json.dumps({"user_email": "Ada.Lovelace@example.com", "message": SECRET_TEXT}).encode()),
+            ("l-2", b"{not json"),
+        ])
+        answers = dict(read(broker, topics["RESPONSE_TOPIC"], 2))
+    finally:
+        worker.stop()
+    log = worker.log()
+    lines = {line["key"]: line for line in request_lines(log)}
+    assert set(lines) == {"l-1", "l-2"}
+    done = lines["l-1"]
+    usage = answers["l-1"]["usage"]
+    assert (done["outcome"], done["model"], done["kind"]) == ("answered", "gpt-4o-mini", "text")
+    assert (done["prompt_tokens"], done["completion_tokens"]) == (
+        usage["prompt_tokens"], usage["completion_tokens"]
+    )
+    assert len(done["user"]) == 16 and done["latency_ms"] >= 0 and done["level"] == "INFO"
+    assert lines["l-2"]["outcome"] == "invalid_request"
+    assert "sk-test-4f9a8b7c" not in log  # never, at any setting
+    if content:
+        assert done["message_text"] == SECRET_TEXT and done["user_email"] == "Ada.Lovelace@example.com"
+    else:
+        assert "4111" not in log and "Elm Street" not in log and "Lovelace" not in log.lower()
