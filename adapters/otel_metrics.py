@@ -27,7 +27,9 @@ class OtelMetrics:
         # A registry of its own: several services in one process (tests) never clash.
         self.registry = CollectorRegistry(auto_describe=True)
         readers: list[MetricReader] = [
-            PrometheusMetricReader(disable_target_info=True, registry=self.registry)
+            PrometheusMetricReader(
+                disable_target_info=True, scope_info_enabled=False, registry=self.registry
+            )
         ]
         if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
             from opentelemetry.exporter.otlp.proto.http.metric_exporter import (

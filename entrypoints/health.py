@@ -144,7 +144,8 @@ def observe_worker(metrics: Any, worker: Any, circuit_breaker: Any, ledger: Any)
                   lambda: [(worker.stats.in_flight, {})])
     metrics.watch("chater_gpt_consumer_lag", "Records not yet fetched, per partition",
                   lambda: [(lag, {"partition": p}) for p, lag in worker.queue_depth()["consumer_lag"].items()])
-    metrics.watch("chater_gpt_budget_remaining_tokens", "What is left of today's token budget",
+    metrics.watch("chater_gpt_budget_remaining_tokens",
+                  "Tokens of the day neither spent nor held (leases included)",
                   lambda: [(left, {}) for left in [ledger.remaining_today()] if left is not None])
     metrics.watch("chater_gpt_circuit_state", "Per model: 0 closed, 1 half-open, 2 open",
                   lambda: [(CIRCUIT_STATES[s], {"model": m}) for m, s in circuit_breaker.states().items()])
