@@ -66,13 +66,14 @@ class CircuitBreaker:
 
     def states(self) -> dict[str, str]:
         """The state of every model's circuit that has been used."""
-        return {model: self.state(model) for model in self._circuits}
+        # A copy first: an exporter's thread may read while the loop adds a circuit.
+        return {model: self.state(model) for model in list(self._circuits)}
 
     def waiting(self) -> dict[str, int]:
         """Calls held back now, per model whose circuit is not closed."""
         return {
             model: circuit.waiting
-            for model, circuit in self._circuits.items()
+            for model, circuit in list(self._circuits.items())
             if circuit.opened_at is not None
         }
 

@@ -488,6 +488,12 @@ class KafkaWorker:
     def _measure(self, record: _Record, payload: dict[str, Any]) -> None:
         """One response for the metrics and the log: outcome, model, kind, time
         since produced, tokens. No message text or e-mail address unless LOG_CONTENT."""
+        try:
+            self._account(record, payload)
+        except Exception:  # telemetry must never stop a response
+            log.exception("could not record metrics for a response")
+
+    def _account(self, record: _Record, payload: dict[str, Any]) -> None:
         request = record.request
         images = bool(request and request.images)
         model = payload.get("model") or (request and request.model) or (
