@@ -377,7 +377,7 @@ class ChatService:
         # Selecting the history and estimating the call count the same texts:
         # each is encoded once per request.
         count = functools.cache(self.counter.count)
-        model = request.model or (policy.vision_model if request.images else policy.model)
+        model = self.model_for(request)
         room = policy.context_max_tokens - (
             count(request.message)
             + MESSAGE_OVERHEAD_TOKENS
@@ -407,6 +407,12 @@ class ChatService:
             ),
         )
         return call, len(history), self.estimate_tokens(call, count)
+
+    def model_for(self, request: ChatRequest) -> str:
+        """The model a request asks for, or the default for its kind (text, vision)."""
+        if request.model:
+            return request.model
+        return self.policy.vision_model if request.images else self.policy.model
 
     def estimate_tokens(self, call: ModelCall, count: Callable[[str], int] | None = None) -> int:
         """The most a call can spend: its prompt as the model counts it, plus max_tokens."""

@@ -349,13 +349,17 @@ class KafkaWorker:
             runner.add_done_callback(self._runners.discard)
         queue.append(record)
 
+    @staticmethod
+    def _produced_at(message: Message, now: float) -> float:
+        """When the record was produced (epoch seconds), or `now` if it carries no time."""
+        kind, millis = message.timestamp()
+        return millis / 1000 if kind != TIMESTAMP_NOT_AVAILABLE and millis > 0 else now
+
     def _deadline(self, message: Message) -> float:
         """REQUEST_DEADLINE after the record was produced (or fetched, if it has no time)."""
-        kind, millis = message.timestamp()
         now = time.time()
-        produced = millis / 1000 if kind != TIMESTAMP_NOT_AVAILABLE and millis > 0 else now
         # A producer clock running ahead must not push the deadline out.
-        return min(produced, now) + self.settings.REQUEST_DEADLINE
+        return min(self._produced_at(message, now), now) + self.settings.REQUEST_DEADLINE
 
     async def _run_conversation(self, key: str, queue: deque[_Record]) -> None:
         """Answer one conversation's records one after another, in fetch order."""
@@ -496,18 +500,16 @@ class KafkaWorker:
     def _account(self, record: _Record, payload: dict[str, Any]) -> None:
         request = record.request
         images = bool(request and request.images)
-        model = payload.get("model") or (request and request.model) or (
-            "none" if request is None
-            else self.settings.VISION_MODEL if images else self.settings.MODEL
+        model = payload.get("model") or (
+            "none" if request is None else self.service.model_for(request)
         )
-        kind, millis = record.message.timestamp()
-        produced = millis / 1000 if kind != TIMESTAMP_NOT_AVAILABLE and millis > 0 else time.time()
+        now = time.time()
         usage = payload.get("usage") or {}
         figures = {
             "outcome": payload["error"]["type"] if "error" in payload else "answered",
             "model": model,
             "kind": "vision" if images else "text",
-            "seconds": time.time() - produced,
+            "seconds": now - self._produced_at(record.message, now),
             "prompt_tokens": int(usage.get("prompt_tokens", 0)),
             "completion_tokens": int(usage.get("completion_tokens", 0)),
         }

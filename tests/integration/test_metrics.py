@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import http.client
 import json
 
 import pytest
@@ -16,15 +15,10 @@ PNG = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAh
 
 
 def scrape(worker) -> dict[str, list]:
-    connection = http.client.HTTPConnection("127.0.0.1", worker.health_port, timeout=5)
-    try:
-        connection.request("GET", "/metrics")
-        response = connection.getresponse()
-        assert response.status == 200
-        assert response.getheader("Content-Type").startswith("text/plain")
-        text = response.read().decode()
-    finally:
-        connection.close()
+    status, content_type, body = worker.fetch("/metrics")
+    assert status == 200
+    assert content_type.startswith("text/plain")
+    text = body.decode()
     samples: dict[str, list] = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:

@@ -172,11 +172,16 @@ class WorkerProcess:
         return self._get("/healthz", timeout)
 
     def _get(self, path: str, timeout: float) -> tuple[int, dict[str, Any]]:
+        status, _, body = self.fetch(path, timeout)
+        return status, json.loads(body)
+
+    def fetch(self, path: str, timeout: float = 5.0) -> tuple[int, str, bytes]:
+        """GET a path of the health port: status, content type, body."""
         connection = http.client.HTTPConnection("127.0.0.1", self.health_port, timeout=timeout)
         try:
             connection.request("GET", path)
             response = connection.getresponse()
-            return response.status, json.loads(response.read())
+            return response.status, response.getheader("Content-Type") or "", response.read()
         finally:
             connection.close()
 
