@@ -81,6 +81,9 @@ class OpenAIModel:
                 model=completion.get("model") or call.model,
                 prompt_tokens=int(usage.get("prompt_tokens", 0)),
                 completion_tokens=int(usage.get("completion_tokens", 0)),
+                cached_tokens=int(
+                    (usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0
+                ),
                 finish_reason=choice.get("finish_reason") or "stop",
                 rate_limits=rate_limit_status(response.headers),
             )

@@ -53,7 +53,17 @@ class OtelMetrics:
             "chater_gpt_errors", description="Error responses, by type"
         )
         self._tokens = meter.create_counter(
-            "chater_gpt_tokens", description="Tokens used, by model and type (prompt, completion)"
+            "chater_gpt_tokens",
+            description="Tokens the model calls used, by model and type: prompt (not from "
+            "the provider's cache), cached_prompt, completion",
+        )
+        self._cost = meter.create_counter(
+            "chater_gpt_cost_usd",
+            description="What the model calls cost in US dollars at the price table, by model",
+        )
+        self._unpriced = meter.create_counter(
+            "chater_gpt_unpriced_calls",
+            description="Answered model calls whose model has no price: not in the cost",
         )
         self._latency = meter.create_histogram(
             "chater_gpt_request_duration", unit="s",
@@ -64,22 +74,27 @@ class OtelMetrics:
             description="One call to the model provider, by model and outcome",
         )
 
-    def request_finished(
-        self, *, outcome: str, model: str, kind: str, seconds: float,
-        prompt_tokens: int = 0, completion_tokens: int = 0,
-    ) -> None:
+    def request_finished(self, *, outcome: str, model: str, kind: str, seconds: float) -> None:
         labels = {"outcome": outcome, "model": model, "kind": kind}
         self._requests.add(1, labels)
         self._latency.record(max(seconds, 0.0), labels)
         if outcome != "answered":
             self._errors.add(1, {"type": outcome})
-        if prompt_tokens:
-            self._tokens.add(prompt_tokens, {"model": model, "type": "prompt"})
-        if completion_tokens:
-            self._tokens.add(completion_tokens, {"model": model, "type": "completion"})
 
     def model_called(self, *, model: str, outcome: str, seconds: float) -> None:
         self._model_latency.record(seconds, {"model": model, "outcome": outcome})
+
+    def model_used(
+        self, *, model: str, prompt_tokens: int, cached_tokens: int, completion_tokens: int,
+        cost: float | None,
+    ) -> None:
+        self._tokens.add(prompt_tokens - cached_tokens, {"model": model, "type": "prompt"})
+        self._tokens.add(cached_tokens, {"model": model, "type": "cached_prompt"})
+        self._tokens.add(completion_tokens, {"model": model, "type": "completion"})
+        if cost is None:
+            self._unpriced.add(1, {"model": model})
+        else:
+            self._cost.add(cost, {"model": model})
 
     def watch(self, name: str, description: str, read: Reading) -> None:
         """A gauge whose values `read()` gives whenever metrics are collected."""

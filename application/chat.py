@@ -7,7 +7,7 @@ import functools
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
 
@@ -40,6 +40,7 @@ from domain.conversation import (
     conversation_id,
     turn_tokens,
 )
+from domain.pricing import DEFAULT_PRICES, PriceTable
 from domain.token_budget import BudgetExceeded, TokenBudget
 
 log = logging.getLogger(__name__)
@@ -70,6 +71,7 @@ class ChatPolicy:
     budget_chunk_tokens: int = 100_000
     budget_lease_expiry: float = 60.0
     conversation_cache_size: int = 10_000
+    prices: PriceTable = field(default_factory=lambda: PriceTable(DEFAULT_PRICES))
 
 
 class TurnAsDict(Transcoding):
@@ -345,6 +347,10 @@ class ChatService:
             finish_reason=reply.finish_reason,
             answered_at=iso_timestamp(self.clock),
             processing_time=round(time.perf_counter() - started, 3),
+            cached_tokens=reply.cached_tokens,
+            cost=self.policy.prices.cost(
+                reply.model, reply.prompt_tokens, reply.cached_tokens, reply.completion_tokens
+            ),
         )
 
     def _record_failure(

@@ -60,6 +60,8 @@ class ModelReply:
     prompt_tokens: int
     completion_tokens: int
     finish_reason: str = "stop"
+    # Prompt tokens the provider served from its prompt cache (billed cheaper).
+    cached_tokens: int = 0
     rate_limits: RateLimitStatus | None = None
 
 
@@ -120,13 +122,17 @@ waiting_at_circuit: ContextVar[bool] = ContextVar("waiting_at_circuit", default=
 
 
 class Metrics(Protocol):
-    def request_finished(
-        self, *, outcome: str, model: str, kind: str, seconds: float,
-        prompt_tokens: int = 0, completion_tokens: int = 0,
-    ) -> None:
+    def request_finished(self, *, outcome: str, model: str, kind: str, seconds: float) -> None:
         """One response produced: `outcome` is "answered" or the error type."""
         ...
 
     def model_called(self, *, model: str, outcome: str, seconds: float) -> None:
         """One call to the model provider: `outcome` is "ok" or the error type."""
+        ...
+
+    def model_used(
+        self, *, model: str, prompt_tokens: int, cached_tokens: int, completion_tokens: int,
+        cost: float | None,
+    ) -> None:
+        """What one answered call used; `cost` in dollars, None when unpriced."""
         ...

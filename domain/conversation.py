@@ -68,7 +68,29 @@ class Conversation(Aggregate):
         self.check_not_seen(request_id)
         self.pending[request_id] = {"message": message, "image_count": len(image_digests)}
 
-    @event("ReplyRecorded")
+    class ReplyRecorded(Aggregate.Event):
+        """Version 2 added what a reply cost: cached prompt tokens and dollars."""
+
+        class_version = 2
+
+        request_id: str
+        reply: str
+        model: str
+        prompt_tokens: int
+        completion_tokens: int
+        finish_reason: str
+        answered_at: str
+        processing_time: float
+        cached_tokens: int
+        cost: float | None
+
+        @staticmethod
+        def upcast_v1_v2(state: dict[str, Any]) -> None:
+            # Replies recorded before prices were kept: their cost was never known.
+            state["cached_tokens"] = 0
+            state["cost"] = None
+
+    @event(ReplyRecorded)
     def record_reply(
         self,
         request_id: str,
@@ -79,8 +101,11 @@ class Conversation(Aggregate):
         finish_reason: str,
         answered_at: str,
         processing_time: float,
+        cached_tokens: int,
+        cost: float | None,
     ) -> None:
-        """Record the model's answer to a pending request."""
+        """Record the model's answer to a pending request and what it cost
+        (`cost` in US dollars, None when the model has no price)."""
         self.check_pending(request_id)
         asked = self.pending.pop(request_id)
         self.turns.append(
@@ -94,6 +119,7 @@ class Conversation(Aggregate):
                 "completion_tokens": completion_tokens,
                 "total_tokens": prompt_tokens + completion_tokens,
             },
+            "cost_usd": cost,
             "finish_reason": finish_reason,
             "timestamp": answered_at,
             "processing_time": processing_time,

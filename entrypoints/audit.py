@@ -28,26 +28,37 @@ def _short(text: str | None, limit: int = 60) -> str:
     return f'"{text if len(text) <= limit else text[: limit - 1] + "…"}"'
 
 
-def describe(event: Any) -> tuple[str, str, str]:
-    """(model, tokens, detail) columns for one event."""
+def usd(cost: float | None) -> str:
+    """Dollars as an auditor reads them; None is a model without a price."""
+    if cost is None:
+        return "unpriced"
+    return "$" + (f"{cost:.8f}".rstrip("0").rstrip(".") if cost else "0")
+
+
+def describe(event: Any) -> tuple[str, str, str, str]:
+    """(model, tokens, cost, detail) columns for one event."""
     name = type(event).__name__
     if name == "Started":
         thread = f" thread {event.thread}" if event.thread else ""
-        return "", "", f"conversation of {event.user_email}{thread}"
+        return "", "", "", f"conversation of {event.user_email}{thread}"
     if name == "UserMessageReceived":
         images = f" +{len(event.image_digests)} image(s)" if event.image_digests else ""
         context = f", {event.history_turns} earlier turn(s) as context"
         return (
             event.model,
             "",
+            "",
             f"request {event.request_id}: {_short(event.message)}{images}{context}",
         )
     if name == "ReplyRecorded":
         tokens = f"{event.prompt_tokens}+{event.completion_tokens}"
-        return event.model, tokens, f"request {event.request_id}: {_short(event.reply)}"
+        if event.cached_tokens:
+            tokens += f" ({event.cached_tokens} cached)"
+        detail = f"request {event.request_id}: {_short(event.reply)}"
+        return event.model, tokens, usd(event.cost), detail
     if name == "RequestFailed":
-        return "", "", f"request {event.request_id}: {event.error_type}: {event.error_message}"
-    return "", "", ""
+        return "", "", "", f"request {event.request_id}: {event.error_type}: {event.error_message}"
+    return "", "", "", ""
 
 
 def audit_report(records: ChatRecords, target: str, thread: str | None = None,
@@ -56,21 +67,18 @@ def audit_report(records: ChatRecords, target: str, thread: str | None = None,
     events = list(records.events.get(cid, lte=as_of))
     if not events:
         raise ConversationNotFound(f"no conversation found for {target}")
-    rows = [("#", "time (UTC)", "event", "model", "tokens", "detail")]
+    rows = [("#", "time (UTC)", "event", "model", "tokens", "cost", "detail")]
     for event in events:
-        model, tokens, detail = describe(event)
         rows.append((
             str(event.originator_version),
             event.timestamp.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3],
             type(event).__name__,
-            model,
-            tokens,
-            detail,
+            *describe(event),
         ))
-    widths = [max(len(row[i]) for row in rows) for i in range(5)]
+    widths = [max(len(row[i]) for row in rows) for i in range(6)]
     lines = [f"Conversation {cid}"]
     lines += [
-        "  ".join(cell.ljust(width) for cell, width in zip(row[:5], widths)) + "  " + row[5]
+        "  ".join(cell.ljust(width) for cell, width in zip(row[:6], widths)) + "  " + row[6]
         for row in rows
     ]
     if as_of is not None:

@@ -7,6 +7,7 @@ from dependency_injector import containers, providers
 from adapters.event_store import event_store_env
 from adapters.offline_model import OfflineModel
 from adapters.otel_metrics import OtelMetrics
+from adapters.price_file import PriceFileError, price_table
 from adapters.openai_model import OpenAIModel
 from adapters.rate_limiter import SlidingWindowRateLimiter
 from adapters.system_clock import SystemClock
@@ -16,7 +17,7 @@ from application.circuit_breaker import CircuitBreaker
 from application.measured_model import MeasuredModel
 from application.model_retries import RetryingModel
 from entrypoints.health import worker_checks
-from entrypoints.settings import Settings
+from entrypoints.settings import Settings, SettingsError
 from entrypoints.worker import KafkaWorker
 
 
@@ -55,7 +56,10 @@ class Container(containers.DeclarativeContainer):
         ),
         offline=providers.Singleton(OfflineModel, counter=token_counter),
     )
-    measured_model = providers.Singleton(MeasuredModel, model=model_client, metrics=metrics)
+    prices = providers.Singleton(price_table, path=settings.provided.MODEL_PRICES)
+    measured_model = providers.Singleton(
+        MeasuredModel, model=model_client, metrics=metrics, prices=prices
+    )
     circuit_breaker = providers.Singleton(
         CircuitBreaker,
         model=measured_model,
@@ -80,6 +84,7 @@ class Container(containers.DeclarativeContainer):
         context_max_turns=settings.provided.CONTEXT_MAX_TURNS,
         budget_chunk_tokens=settings.provided.BUDGET_CHUNK_TOKENS,
         budget_lease_expiry=settings.provided.BUDGET_LEASE_EXPIRY,
+        prices=prices,
     )
     chat_service = providers.Singleton(
         ChatService,
@@ -99,4 +104,9 @@ class Container(containers.DeclarativeContainer):
 
 
 def build_container(settings: Settings) -> Container:
-    return Container(settings=settings)
+    container = Container(settings=settings)
+    try:
+        container.prices()  # a bad price file stops the start, not the first reply
+    except PriceFileError as error:
+        raise SettingsError(f"invalid configuration:\n  MODEL_PRICES: {error}") from None
+    return container

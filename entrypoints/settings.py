@@ -53,6 +53,9 @@ class Settings(BaseSettings):
     BUDGET_LEASE_EXPIRY: float = Field(60, gt=0, description="seconds an unsettled lease holds")
     LOG_FORMAT: Literal["json", "text"] = "json"
     LOG_CONTENT: bool = Field(False, description="message text and e-mail addresses in logs")
+    MODEL_PRICES: str | None = Field(
+        None, description="a JSON or YAML file of prices per million tokens, by model"
+    )
     HEALTH_PORT: int = Field(8080, ge=0, le=65535, description="0 turns the health server off")
 
     @model_validator(mode="after")

@@ -510,8 +510,6 @@ class KafkaWorker:
             "model": model,
             "kind": "vision" if images else "text",
             "seconds": now - self._produced_at(record.message, now),
-            "prompt_tokens": int(usage.get("prompt_tokens", 0)),
-            "completion_tokens": int(usage.get("completion_tokens", 0)),
         }
         if self.metrics is not None:
             self.metrics.request_finished(**figures)
@@ -520,8 +518,14 @@ class KafkaWorker:
                 "key": request.request_id if request else request_id_of(record.message.key()),
                 "user": self._user_hash(request.user_email) if request else None,
                 **{name: value for name, value in figures.items() if name != "seconds"},
+                "prompt_tokens": int(usage.get("prompt_tokens", 0)),
+                "completion_tokens": int(usage.get("completion_tokens", 0)),
                 "latency_ms": round(figures["seconds"] * 1000, 1),
             }
+            if "usage" in payload:  # answered: priced, or plainly marked as not
+                line["cost_usd"] = payload.get("cost_usd")
+                if line["cost_usd"] is None:
+                    line["unpriced"] = True
             if self.settings.LOG_CONTENT and request is not None:
                 line.update(user_email=request.user_email, message_text=request.message)
             request_log.info("request done", extra=line)

@@ -11,6 +11,7 @@ Feature: Chat requests are answered on Kafka
     When ada@example.com asks "What is the capital of France?" as request "q-1"
     Then request "q-1" is answered with "echo: What is the capital of France? | seen: 1 messages"
     And the answer to "q-1" names the model "gpt-4o-mini" and its token usage
+    And the answer to "q-1" costs its tokens at gpt-4o-mini's price
 
   Scenario: A follow-up sees its history
     When ada@example.com asks "My name is Ada." as request "q-1"

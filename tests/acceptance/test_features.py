@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from pytest_bdd import given, parsers, scenarios, then, when
 
+from domain.pricing import DEFAULT_PRICES
 from entrypoints.cli import main as chater_gpt
 from tests.support.worker import RunningWorker
 
@@ -99,6 +100,15 @@ def deliver_again(chat: Conversation, key: str):
 @then(parsers.parse('request "{key}" is answered with "{text}"'))
 def answered_with(chat: Conversation, key: str, text: str):
     assert chat.response(key)["response"] == text
+
+
+@then(parsers.parse('the answer to "{key}" costs its tokens at {model}\'s price'))
+def costs_tokens_at_price(chat: Conversation, key: str, model: str):
+    body = chat.response(key)
+    price = DEFAULT_PRICES[model]
+    usage = body["usage"]
+    expected = (usage["prompt_tokens"] * price.prompt + usage["completion_tokens"] * price.completion)
+    assert body["cost_usd"] == pytest.approx(expected / 1e6)
 
 
 @then(parsers.parse('the answer to "{key}" names the model "{model}" and its token usage'))

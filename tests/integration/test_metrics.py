@@ -52,6 +52,18 @@ def test_metrics_count_what_was_sent_and_what_the_model_used(broker, topics, fak
     assert total(samples, "chater_gpt_tokens_total", type="completion") == sum(
         u["completion_tokens"] for u in used
     )
+    # Cost is tokens times the shipped price of gpt-4o-mini ($0.15 / $0.60 per
+    # million); the vision model's name (gpt-4o-latest) has no price and is marked.
+    text = [a for a in answers.values() if a.get("model") == "gpt-4o-mini"]
+    assert len(text) == 48
+    expected = sum(
+        a["usage"]["prompt_tokens"] * 0.15 + a["usage"]["completion_tokens"] * 0.60 for a in text
+    ) / 1e6
+    assert total(samples, "chater_gpt_cost_usd_total", model="gpt-4o-mini") == pytest.approx(expected)
+    assert sum(a["cost_usd"] for a in text) == pytest.approx(expected)
+    assert total(samples, "chater_gpt_cost_usd_total", model="gpt-4o-latest") == 0
+    assert total(samples, "chater_gpt_unpriced_calls_total", model="gpt-4o-latest") == 1
+    assert answers["m-vision"]["cost_usd"] is None
     assert total(samples, "chater_gpt_model_call_duration_seconds_count", outcome="ok") == 49
     assert total(samples, "chater_gpt_request_duration_seconds_count") == 50
     assert total(samples, "chater_gpt_in_flight") == 0

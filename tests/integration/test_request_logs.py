@@ -43,6 +43,10 @@ def test_one_json_line_per_request_without_content_unless_asked(
     assert (done["prompt_tokens"], done["completion_tokens"]) == (
         usage["prompt_tokens"], usage["completion_tokens"]
     )
+    # gpt-4o-mini at the shipped prices: $0.15 and $0.60 per million tokens.
+    expected = (usage["prompt_tokens"] * 0.15 + usage["completion_tokens"] * 0.60) / 1e6
+    assert done["cost_usd"] == answers["l-1"]["cost_usd"] == pytest.approx(expected)
+    assert "unpriced" not in done
     assert len(done["user"]) == 16 and done["latency_ms"] >= 0 and done["level"] == "INFO"
     assert lines["l-2"]["outcome"] == "invalid_request"
     assert "sk-test-4f9a8b7c" not in log  # never, at any setting

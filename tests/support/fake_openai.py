@@ -15,6 +15,7 @@ OpenAI's wire format.  By default the reply echoes what the model saw::
 Tests can queue *steps* that change the next answers (see :func:`_pick_step`):
 
 * ``{"reply": "text", "finish_reason": "stop"}`` - answer with this text
+* ``{"cached_tokens": N}`` - say that N prompt tokens came from the prompt cache
 * ``{"status": 429, "headers": {"retry-after": "1"}, "body": {...}}`` - HTTP
   error; ``body`` defaults to an OpenAI-shaped ``{"error": {...}}``
 * ``{"delay": seconds}`` - wait first (combinable with the others)
@@ -342,6 +343,7 @@ def build_app(state: FakeOpenAIState) -> "web.Application":
                 "prompt_tokens": prompt,
                 "completion_tokens": completion_tokens,
                 "total_tokens": prompt + completion_tokens,
+                "prompt_tokens_details": {"cached_tokens": step.get("cached_tokens", 0)},
             },
             "system_fingerprint": "fake",
         }

@@ -293,3 +293,22 @@ async def test_a_request_cut_short_while_an_open_circuit_held_it_back_costs_noth
     assert late["error"]["type"] == "upstream_error" and len(model.calls) == 1
     await service.close()
     assert (budget_of(service).used, budget_of(service).reserved) == (0, 0)
+
+
+async def test_each_recorded_reply_carries_its_cost_and_unknown_models_are_unpriced():
+    service, model = make_service()
+    model.script.append(ModelReply(
+        "short", "gpt-4o-mini-2024-07-18", prompt_tokens=1000, completion_tokens=100,
+        cached_tokens=400,
+    ))
+    model.script.append(ModelReply("short", "acme-llm", prompt_tokens=10, completion_tokens=1))
+    priced = await service.handle(ask("r1", "hello"))
+    unpriced = await service.handle(ask("r2", "hello again"))
+    expected = (600 * 0.15 + 400 * 0.075 + 100 * 0.60) / 1e6
+    assert priced["cost_usd"] == pytest.approx(expected)
+    assert unpriced["cost_usd"] is None
+    replies = [
+        e for e in service.records.events.get(conversation_id("ada@example.com"))
+        if type(e).__name__ == "ReplyRecorded"
+    ]
+    assert [(e.cached_tokens, e.cost) for e in replies] == [(400, priced["cost_usd"]), (0, None)]

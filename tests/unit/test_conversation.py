@@ -36,6 +36,8 @@ def answer(conversation: Conversation, request_id: str, reply: str) -> None:
         finish_reason="stop",
         answered_at="2026-01-01T00:00:00.000Z",
         processing_time=0.5,
+        cached_tokens=0,
+        cost=0.0000045,
     )
 
 
@@ -108,3 +110,39 @@ def test_state_is_rebuilt_from_stored_events():
     assert copy.is_pending("r2")
     before_reply = app.repository.get(conversation.id, version=2)
     assert before_reply.turns == [] and before_reply.is_pending("r1")
+
+
+def test_replies_recorded_before_prices_were_kept_replay_as_unpriced():
+    """A version 1 ReplyRecorded (no cost fields) is upcast, not an exception."""
+    app = Application()
+    conversation = Conversation("old@example.com")
+    receive(conversation, "r1", "hello")
+    answer(conversation, "r1", "hi")
+    app.save(conversation)
+    # Rewrite the stored reply as an older worker wrote it.
+    recorder = app.recorder
+    stored = recorder.select_events(conversation.id)
+    reply = stored[-1]
+    state = app.mapper.transcoder.decode(reply.state)
+    del state["cached_tokens"], state["cost"]
+    state["class_version"] = 1
+    old = type(reply)(
+        originator_id=reply.originator_id,
+        originator_version=reply.originator_version,
+        topic=reply.topic,
+        state=app.mapper.transcoder.encode(state),
+    )
+    recorder._stored_events[-1] = old  # the POPO recorder keeps them in a list
+    app.repository.cache = None
+
+    replayed = app.repository.get(conversation.id)
+    assert replayed.outcome("r1")["cost_usd"] is None
+    event = list(app.events.get(conversation.id))[-1]
+    assert (event.cached_tokens, event.cost) == (0, None)
+
+
+def test_a_recorded_reply_carries_its_cost():
+    conversation = Conversation("ada@example.com")
+    receive(conversation, "r1", "hello")
+    answer(conversation, "r1", "hi")
+    assert conversation.outcome("r1")["cost_usd"] == 0.0000045

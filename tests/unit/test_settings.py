@@ -65,3 +65,15 @@ def test_events_are_encrypted_with_a_key_derived_from_the_secret():
     assert env["CIPHER_TOPIC"] == "eventsourcing.cryptography:AESCipher"
     assert env["CIPHER_KEY"] == cipher_key("s3cret") != cipher_key("other")
     assert "s3cret" not in env["CIPHER_KEY"]
+
+
+def test_a_bad_price_file_stops_the_start_and_names_the_variable(tmp_path):
+    from entrypoints.container import build_container
+
+    prices = tmp_path / "prices.yaml"
+    prices.write_text("gpt-4o: {prompt: 1}\n")
+    settings = load_settings(MODEL_PROVIDER="offline", SECRET_KEY="s3cret", MODEL_PRICES=str(prices))
+    with pytest.raises(SettingsError, match="MODEL_PRICES: .*gpt-4o: missing completion"):
+        build_container(settings)
+    prices.write_text("gpt-4o: {prompt: 1, completion: 2}\n")
+    assert build_container(settings).prices().price_of("gpt-4o").prompt == 1
