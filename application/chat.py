@@ -18,6 +18,7 @@ from eventsourcing.persistence import (
     RecordConflictError,
     Transcoding,
 )
+from opentelemetry import trace
 
 from application.budget_ledger import BudgetLedger
 from application.contract import ChatRequest, error_payload
@@ -104,6 +105,12 @@ class ChatRecords(Application):
             "eventsourcing.sqlite", "eventsourcing.popo", ""
         }
 
+    @property
+    def persistence_name(self) -> str:
+        """"sqlite", "postgres" or "popo": which store holds the events."""
+        module = self.env.get("PERSISTENCE_MODULE", "") or "eventsourcing.popo"
+        return module.rsplit(".", 1)[-1]
+
     def conversation(self, conversation_id: UUID) -> Conversation | None:
         try:
             return self.repository.get(conversation_id)
@@ -133,8 +140,10 @@ class ChatService:
         rate_limiter: RateLimiter,
         clock: Clock,
         policy: ChatPolicy,
+        tracer: trace.Tracer | None = None,
     ) -> None:
         self.records = records
+        self.tracer = tracer or trace.get_tracer(__name__)
         self.model = model
         self.counter = counter
         self.rate_limiter = rate_limiter
@@ -207,7 +216,7 @@ class ChatService:
                     ),
                 )
             try:
-                await self.writer.save(conversation)
+                await self._save(conversation)
                 break
             except RecordConflictError:
                 self.ledger.release(reservation)  # another worker wrote: decide again
@@ -283,12 +292,25 @@ class ChatService:
 
     async def _load(self, cid: UUID, request: ChatRequest) -> Conversation:
         conversation = self._cache.pop(cid, None)
-        if conversation is None and self.records.reads_are_local:
-            # Measured: handing a SQLite read to a thread costs more than the read.
-            conversation = self.records.conversation(cid)
-        elif conversation is None:
-            conversation = await asyncio.to_thread(self.records.conversation, cid)
+        if conversation is None:
+            with self.tracer.start_as_current_span("load conversation", attributes={
+                "db.operation.name": "load", "chater.store": self.records.persistence_name,
+            }) as span:
+                if self.records.reads_are_local:
+                    # Measured: handing a SQLite read to a thread costs more than the read.
+                    conversation = self.records.conversation(cid)
+                else:
+                    conversation = await asyncio.to_thread(self.records.conversation, cid)
+                span.set_attribute("chater.found", conversation is not None)
         return conversation or Conversation(request.user_email, request.conversation_id)
+
+    async def _save(self, conversation: Conversation) -> None:
+        """Save the conversation's new events (group-committed with other requests')."""
+        with self.tracer.start_as_current_span("save conversation", attributes={
+            "db.operation.name": "save", "chater.store": self.records.persistence_name,
+            "chater.events": len(conversation.pending_events),
+        }):
+            await self.writer.save(conversation)
 
     def _remember(self, conversation: Conversation) -> None:
         """Keep a saved conversation for its next turn, the least recent going first.
@@ -315,7 +337,7 @@ class ChatService:
             outcome = conversation.outcome(request_id)
             assert outcome is not None
             try:
-                await self.writer.save(conversation)
+                await self._save(conversation)
                 return outcome, conversation
             except RecordConflictError:
                 conversation = await self._reload(cid)

@@ -4,44 +4,81 @@ from __future__ import annotations
 
 import time
 
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
 from application.ports import LanguageModel, Metrics, ModelCall, ModelError, ModelReply
 from domain.pricing import PriceTable
 
 
 class MeasuredModel:
     """Counts what was spent where it was spent: at each call that got an answer,
-    so a reply replayed from the store is never counted twice."""
+    so a reply replayed from the store is never counted twice. Each call is a span
+    (OpenTelemetry's gen_ai conventions), a child of the request's."""
 
-    def __init__(self, model: LanguageModel, metrics: Metrics, prices: PriceTable) -> None:
+    def __init__(
+        self,
+        model: LanguageModel,
+        metrics: Metrics,
+        prices: PriceTable,
+        tracer: trace.Tracer | None = None,
+    ) -> None:
         self.model = model
         self.metrics = metrics
         self.prices = prices
+        self.tracer = tracer or trace.get_tracer(__name__)
 
     async def complete(self, call: ModelCall) -> ModelReply:
-        started = time.perf_counter()
-        outcome = "ok"
-        try:
-            reply = await self.model.complete(call)
-        except ModelError as error:
-            outcome = error.error_type
-            raise
-        except BaseException:
-            outcome = "interrupted"
-            raise
-        finally:
-            self.metrics.model_called(
-                model=call.model, outcome=outcome, seconds=time.perf_counter() - started
-            )
-        self.metrics.model_used(
-            model=reply.model,
-            prompt_tokens=reply.prompt_tokens,
-            cached_tokens=reply.cached_tokens,
-            completion_tokens=reply.completion_tokens,
-            cost=self.prices.cost(
+        with self.tracer.start_as_current_span(
+            f"chat {call.model}",
+            kind=SpanKind.CLIENT,
+            attributes={
+                "gen_ai.operation.name": "chat",
+                "gen_ai.system": "openai",
+                "gen_ai.request.model": call.model,
+                "gen_ai.request.max_tokens": call.max_tokens,
+                "gen_ai.request.temperature": call.temperature,
+            },
+            record_exception=False,  # an exception's text may quote the request
+            set_status_on_exception=False,
+        ) as span:
+            started = time.perf_counter()
+            outcome = "ok"
+            try:
+                reply = await self.model.complete(call)
+            except ModelError as error:
+                outcome = error.error_type
+                raise
+            except BaseException:
+                outcome = "interrupted"
+                raise
+            finally:
+                self.metrics.model_called(
+                    model=call.model, outcome=outcome, seconds=time.perf_counter() - started
+                )
+                if outcome != "ok":
+                    span.set_attribute("error.type", outcome)
+                    span.set_status(Status(StatusCode.ERROR, outcome))
+            cost = self.prices.cost(
                 reply.model, reply.prompt_tokens, reply.cached_tokens, reply.completion_tokens
-            ),
-        )
-        return reply
+            )
+            self.metrics.model_used(
+                model=reply.model,
+                prompt_tokens=reply.prompt_tokens,
+                cached_tokens=reply.cached_tokens,
+                completion_tokens=reply.completion_tokens,
+                cost=cost,
+            )
+            span.set_attributes({
+                "gen_ai.response.model": reply.model,
+                "gen_ai.response.finish_reasons": [reply.finish_reason],
+                "gen_ai.usage.input_tokens": reply.prompt_tokens,
+                "gen_ai.usage.output_tokens": reply.completion_tokens,
+                "chater.cached_tokens": reply.cached_tokens,
+            })
+            if cost is not None:
+                span.set_attribute("chater.cost_usd", cost)
+            return reply
 
     async def close(self) -> None:
         await self.model.close()

@@ -7,6 +7,7 @@ from dependency_injector import containers, providers
 from adapters.event_store import event_store_env
 from adapters.offline_model import OfflineModel
 from adapters.otel_metrics import OtelMetrics
+from adapters.otel_tracing import OtelTracing
 from adapters.price_file import PriceFileError, price_table
 from adapters.openai_model import OpenAIModel
 from adapters.rate_limiter import SlidingWindowRateLimiter
@@ -32,6 +33,8 @@ class Container(containers.DeclarativeContainer):
 
     clock = providers.Singleton(SystemClock)
     metrics = providers.Singleton(OtelMetrics)
+    tracing = providers.Singleton(OtelTracing)
+    tracer = tracing.provided.tracer
     token_counter = providers.Singleton(TiktokenCounter)
     rate_limiter = providers.Singleton(
         SlidingWindowRateLimiter, per_minute=settings.provided.REQUESTS_PER_MINUTE
@@ -58,7 +61,7 @@ class Container(containers.DeclarativeContainer):
     )
     prices = providers.Singleton(price_table, path=settings.provided.MODEL_PRICES)
     measured_model = providers.Singleton(
-        MeasuredModel, model=model_client, metrics=metrics, prices=prices
+        MeasuredModel, model=model_client, metrics=metrics, prices=prices, tracer=tracer
     )
     circuit_breaker = providers.Singleton(
         CircuitBreaker,
@@ -94,9 +97,15 @@ class Container(containers.DeclarativeContainer):
         rate_limiter=rate_limiter,
         clock=clock,
         policy=policy,
+        tracer=tracer,
     )
     worker = providers.Singleton(
-        KafkaWorker, service=chat_service, settings=settings, clock=clock, metrics=metrics
+        KafkaWorker,
+        service=chat_service,
+        settings=settings,
+        clock=clock,
+        metrics=metrics,
+        tracer=tracer,
     )
     health = providers.Singleton(
         worker_checks, worker=worker, records=records, circuit_breaker=circuit_breaker

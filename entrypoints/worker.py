@@ -32,6 +32,9 @@ from confluent_kafka import (
     TopicPartition,
 )
 from eventsourcing.persistence import PersistenceError
+from opentelemetry import context as otel_context
+from opentelemetry import propagate, trace
+from opentelemetry.trace import INVALID_SPAN, Span, SpanKind, Status, StatusCode
 
 from adapters.kafka import consumer_config, ensure_topics, producer_config
 from adapters.kafka_offsets import OffsetTracker
@@ -68,6 +71,8 @@ class _Record:
     request: ChatRequest | None = None
     deliveries: int = 0
     answering: asyncio.Task[dict[str, Any]] | None = None
+    # From consume to the last delivery of what it produced (W3C trace context).
+    span: Span = INVALID_SPAN
 
     @property
     def partition(self) -> tuple[str, int]:
@@ -99,12 +104,18 @@ class WorkerFailed(RuntimeError):
 
 class KafkaWorker:
     def __init__(
-        self, service: ChatService, settings: Settings, clock: Clock, metrics: Metrics | None = None
+        self,
+        service: ChatService,
+        settings: Settings,
+        clock: Clock,
+        metrics: Metrics | None = None,
+        tracer: trace.Tracer | None = None,
     ) -> None:
         self.service = service
         self.settings = settings
         self.clock = clock
         self.metrics = metrics
+        self.tracer = tracer or trace.get_tracer(__name__)
         self.stats = WorkerStats()
         # Set from librdkafka's callback thread once partitions are assigned.
         self.assigned = threading.Event()
@@ -326,7 +337,7 @@ class KafkaWorker:
     # Dispatching (the event loop) -----------------------------------------------
 
     def _dispatch(self, message: Message, epoch: int | None) -> None:
-        record = _Record(message, epoch)
+        record = _Record(message, epoch, span=self._start_span(message))
         self.stats.consumed += 1
         self.stats.in_flight += 1
         self.stats.peak_in_flight = max(self.stats.peak_in_flight, self.stats.in_flight)
@@ -341,6 +352,10 @@ class KafkaWorker:
             log.exception("unreadable record at %s[%d]@%d", *record.partition, message.offset())
             self._reject(record, InvalidRequest("the record could not be read", request_id_of(message.key())))
             return
+        record.span.set_attributes({
+            "chater.request.kind": "vision" if record.request.images else "text",
+            "gen_ai.request.model": self.service.model_for(record.request),
+        })
         queue = self._queues.get(key)
         if queue is None:
             queue = self._queues[key] = deque()
@@ -348,6 +363,31 @@ class KafkaWorker:
             self._runners.add(runner)
             runner.add_done_callback(self._runners.discard)
         queue.append(record)
+
+    def _start_span(self, message: Message) -> Span:
+        """The request's span, a child of the producer's when its headers carry a
+        W3C `traceparent`. No key or content in it unless LOG_CONTENT."""
+        carrier = {
+            name.lower(): value.decode("latin-1")
+            for name, value in message.headers() or []
+            if isinstance(value, bytes)
+        }
+        attributes: dict[str, Any] = {
+            "messaging.system": "kafka",
+            "messaging.operation.type": "process",
+            "messaging.destination.name": message.topic() or "",
+            "messaging.destination.partition.id": str(message.partition()),
+            "messaging.kafka.offset": message.offset(),
+            "messaging.consumer.group.name": self.settings.CONSUMER_GROUP,
+        }
+        if self.settings.LOG_CONTENT and message.key() is not None:
+            attributes["messaging.kafka.message.key"] = message.key().decode("utf-8", "replace")
+        return self.tracer.start_span(
+            f"process {message.topic()}",
+            context=propagate.extract(carrier),
+            kind=SpanKind.CONSUMER,
+            attributes=attributes,
+        )
 
     @staticmethod
     def _produced_at(message: Message, now: float) -> float:
@@ -393,7 +433,12 @@ class KafkaWorker:
         """The record's response payload, or None if its partition was taken away
         while it waited (see `_abandon`)."""
         assert record.request is not None
-        task = record.answering = asyncio.create_task(self._answer(record.request))
+        # The use case's spans (store, model) are children of the request's.
+        token = otel_context.attach(trace.set_span_in_context(record.span))
+        try:
+            task = record.answering = asyncio.create_task(self._answer(record.request))
+        finally:
+            otel_context.detach(token)
         try:
             await asyncio.wait({task})
         except asyncio.CancelledError:  # the worker is stopping
@@ -513,6 +558,18 @@ class KafkaWorker:
         }
         if self.metrics is not None:
             self.metrics.request_finished(**figures)
+        span = record.span
+        span.set_attributes({
+            "chater.outcome": figures["outcome"],
+            "gen_ai.response.model": model,
+            "gen_ai.usage.input_tokens": int(usage.get("prompt_tokens", 0)),
+            "gen_ai.usage.output_tokens": int(usage.get("completion_tokens", 0)),
+        })
+        if payload.get("cost_usd") is not None:
+            span.set_attribute("chater.cost_usd", payload["cost_usd"])
+        if "error" in payload:
+            span.set_attribute("error.type", figures["outcome"])
+            span.set_status(Status(StatusCode.ERROR, figures["outcome"]))
         if request_log.isEnabledFor(logging.INFO):
             line = {
                 "key": request.request_id if request else request_id_of(record.message.key()),
@@ -544,21 +601,37 @@ class KafkaWorker:
         value: bytes | None,
         headers: list[tuple[str, bytes]] | None = None,
     ) -> None:
-        """Produce; the record is finished once everything it produced is delivered."""
+        """Produce; the record is finished once everything it produced is delivered.
+
+        Each record produced carries the `traceparent` of its own send span.
+        """
 
         attempts = 1
+        span = self.tracer.start_span(
+            f"send {topic}",
+            context=trace.set_span_in_context(record.span),
+            kind=SpanKind.PRODUCER,
+            attributes={"messaging.system": "kafka", "messaging.destination.name": topic,
+                        "messaging.operation.type": "send"},
+        )
+        carrier: dict[str, str] = {}
+        propagate.inject(carrier, context=trace.set_span_in_context(span))
+        headers = [*(headers or []), *((name, value.encode()) for name, value in carrier.items())]
 
         def delivered(error: KafkaError | None, _message: Message) -> None:
             nonlocal attempts
             if error is not None:
                 if attempts >= DELIVERY_ATTEMPTS or error.fatal():
                     log.error("delivery to %s failed %d times (%s)", topic, attempts, error)
+                    span.set_status(Status(StatusCode.ERROR, str(error.code())))
+                    span.end()
                     self._fail(KafkaException(error))
                     return
                 attempts += 1
                 log.warning("delivery to %s failed (%s); sending again", topic, error)
                 self._produce(topic, key, value, headers, delivered)
                 return
+            span.end()
             record.deliveries -= 1
             if record.deliveries == 0:
                 self._finish(record)
@@ -568,10 +641,11 @@ class KafkaWorker:
             self._produce(topic, key, value, headers, delivered)
         except KafkaException as error:
             if topic != self.settings.DLQ_TOPIC:
+                span.end()
                 raise
             # Too large for the broker, say: keep the evidence that can be kept.
             log.error("dead-lettering the original bytes failed (%s); sending headers only", error)
-            omitted = [*(headers or []), ("value_omitted", str(error).encode())]
+            omitted = [*headers, ("value_omitted", str(error).encode())]
             self._produce(topic, key, None, omitted, delivered)
 
     def _produce(self, topic, key, value, headers, on_delivery) -> None:  # type: ignore[no-untyped-def]
@@ -586,11 +660,14 @@ class KafkaWorker:
     def _finish(self, record: _Record) -> None:
         self.stats.in_flight -= 1
         self._offsets.finish(record.partition, record.message.offset(), record.epoch)
+        record.span.end()
 
     def _drop(self, record: _Record) -> None:
         """Work of a partition taken away by a rebalance: its new owner answers it."""
         self.stats.dropped += 1
         self.stats.in_flight -= 1
+        record.span.set_attribute("chater.dropped", True)
+        record.span.end()
 
     # Offsets --------------------------------------------------------------------
 

@@ -25,24 +25,36 @@ def private_topics(bootstrap_server: str, request_partitions: int = 1) -> dict[s
     return names
 
 
-def produce(broker, topic: str, records: list[tuple[str, bytes]]) -> None:
+def produce(
+    broker, topic: str, records: list[tuple[str, bytes]],
+    headers: dict[str, list[tuple[str, bytes]]] | None = None,
+) -> None:
+    """Produce (key, value) records; `headers` by key for those that carry some."""
     producer = Producer({"bootstrap.servers": broker.bootstrap_server})
     for key, value in records:
-        producer.produce(topic, value, key.encode())
+        producer.produce(topic, value, key.encode(), headers=(headers or {}).get(key))
     assert producer.flush(10) == 0
 
 
 def read(broker, topic: str, count: int, timeout: float = 30.0) -> list[tuple[str, dict]]:
+    """The first `count` records of a (one-partition) topic: key and JSON value."""
+    return [(key, json.loads(value)) for key, value, _ in read_records(broker, topic, count, timeout)]
+
+
+def read_records(
+    broker, topic: str, count: int, timeout: float = 30.0
+) -> list[tuple[str, bytes, dict[str, bytes]]]:
+    """The first `count` records of a (one-partition) topic: key, raw value, headers."""
     consumer = Consumer({"bootstrap.servers": broker.bootstrap_server, "group.id": f"r-{uuid.uuid4().hex}",
                          "enable.auto.commit": False})
     consumer.assign([TopicPartition(topic, 0, 0)])
-    seen: list[tuple[str, dict]] = []
+    seen: list[tuple[str, bytes, dict[str, bytes]]] = []
     deadline = time.monotonic() + timeout
     try:
         while len(seen) < count and time.monotonic() < deadline:
             message = consumer.poll(0.2)
             if message is not None and not message.error():
-                seen.append((message.key().decode(), json.loads(message.value())))
+                seen.append((message.key().decode(), message.value(), dict(message.headers() or [])))
     finally:
         consumer.close()
     assert len(seen) == count, f"{len(seen)} of {count} records on {topic}: {seen}"
