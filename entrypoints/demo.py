@@ -2,18 +2,22 @@
 
 It starts the embedded Kafka-compatible broker, a worker on a throwaway SQLite
 store, sends a question, a follow-up that needs the first answer, and an image,
-prints the answers and the audit replay, then stops everything it started.
+prints the answers and the audit replay, then what an operator sees (`/readyz`,
+`/metrics`), then stops everything it started.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
 import secrets
 import tempfile
 import time
+import urllib.error
+import urllib.request
 
 from confluent_kafka import Consumer, Producer, TopicPartition
 
@@ -21,6 +25,7 @@ from adapters.kafka import ensure_topics, producer_config
 from adapters.tansu_broker import EmbeddedBroker
 from entrypoints.audit import audit_report
 from entrypoints.container import build_container
+from entrypoints.health import health_server, observe_worker
 from entrypoints.settings import load_settings
 
 # A 1x1 PNG, small enough to read in the source.
@@ -33,6 +38,13 @@ DEMO_REQUESTS = [
     ("demo-2", {"message": "How many Earths would fit inside it?"}),
     ("demo-3", {"message": "What is in this picture?", "images": [DEMO_IMAGE]}),
 ]
+# The /metrics lines the demo shows (the rest are histogram buckets and the like).
+SHOWN_METRICS = (
+    "chater_gpt_requests_total", "chater_gpt_tokens_total", "chater_gpt_cost_usd_total",
+    "chater_gpt_unpriced_calls_total", "chater_gpt_request_duration_seconds_count",
+    "chater_gpt_request_duration_seconds_sum", "chater_gpt_in_flight",
+    "chater_gpt_budget_remaining_tokens", "chater_gpt_circuit_state",
+)
 
 
 def run_demo() -> int:
@@ -59,6 +71,13 @@ async def _demo() -> int:
         )
         container = build_container(settings)
         worker = container.worker()
+        metrics = container.metrics()
+        observe_worker(metrics, worker, container.circuit_breaker(), container.chat_service().ledger)
+        operations = contextlib.AsyncExitStack()
+        health_port = await operations.enter_async_context(
+            health_server(container.health(), 0, metrics.prometheus_text, host="127.0.0.1")
+        )
+        print(f"Health: http://127.0.0.1:{health_port}/readyz and /metrics")
         stop = asyncio.Event()
         worker_task = asyncio.create_task(worker.run(stop))
         producer = Producer(producer_config(broker.bootstrap_server))
@@ -83,13 +102,43 @@ async def _demo() -> int:
             print(audit_report(container.records(), DEMO_USER, as_of=None))
             print(f"\nThe conversation as it stood at event #3 (chater-gpt audit {DEMO_USER} --as-of 3):")
             print(audit_report(container.records(), DEMO_USER, as_of=3))
+            await _show_operations(health_port)
         finally:
             stop.set()
             await worker_task
+            await operations.aclose()
             responses.close()
+            metrics.close()
             container.records().close()
     print("\nDemo finished; broker, worker and store stopped.")
     return 0
+
+
+async def _show_operations(port: int) -> None:
+    """What an operator's probes and Prometheus see now."""
+    base = f"http://127.0.0.1:{port}"
+    await asyncio.sleep(1.5)  # the checks run every second: let them see the traffic
+    status, body = await asyncio.to_thread(_get, f"{base}/readyz")
+    for _ in range(50):
+        if status == 200:
+            break
+        await asyncio.sleep(0.1)
+        status, body = await asyncio.to_thread(_get, f"{base}/readyz")
+    print(f"\nGET /readyz -> {status}")
+    print(json.dumps(json.loads(body), indent=2))
+    _, text = await asyncio.to_thread(_get, f"{base}/metrics")
+    print("\nGET /metrics (excerpt)")
+    for line in text.decode().splitlines():
+        if line.startswith(SHOWN_METRICS):
+            print(line)
+
+
+def _get(url: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 (loopback)
+            return response.status, response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read()
 
 
 def _await_response(consumer: Consumer, key: str, timeout: float) -> dict:

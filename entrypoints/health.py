@@ -178,17 +178,21 @@ def health_app(
 
 @contextlib.asynccontextmanager
 async def health_server(
-    health: HealthChecks, port: int, metrics_text: Callable[[], tuple[bytes, str]] | None = None
+    health: HealthChecks,
+    port: int,
+    metrics_text: Callable[[], tuple[bytes, str]] | None = None,
+    host: str | None = None,
 ) -> AsyncIterator[int]:
-    """Serve the health endpoints (and `/metrics`) on `port` (0: any free port,
-    which is yielded) and refresh the checks in the background, until the block ends."""
+    """Serve the health endpoints (and `/metrics`) on `port` and refresh the checks
+    in the background, until the block ends. Port 0 takes any free port, which is
+    yielded: give a `host` then (IPv4 and IPv6 would get different ports)."""
     runner = web.AppRunner(health_app(health, metrics_text), access_log=None, shutdown_timeout=1.0)
     await runner.setup()
     stop = asyncio.Event()
     refreshing: asyncio.Task[None] | None = None
     try:
         # All interfaces: the kubelet probes the pod's address, not loopback.
-        site = web.TCPSite(runner, port=port, reuse_address=True)
+        site = web.TCPSite(runner, host=host, port=port, reuse_address=True)
         await site.start()
         bound = runner.addresses[0][1]
         log.info("health on port %d: /healthz, /readyz%s", bound,
