@@ -578,6 +578,8 @@ class KafkaWorker:
                 "prompt_tokens": int(usage.get("prompt_tokens", 0)),
                 "completion_tokens": int(usage.get("completion_tokens", 0)),
                 "latency_ms": round(figures["seconds"] * 1000, 1),
+                # The request's trace, for finding it in the tracing backend.
+                "trace_id": trace.format_trace_id(span.get_span_context().trace_id),
             }
             if "usage" in payload:  # answered: priced, or plainly marked as not
                 line["cost_usd"] = payload.get("cost_usd")

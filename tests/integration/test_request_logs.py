@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tests.support.records import produce, read
+from tests.support.records import produce, read_records
 from tests.support.worker import WorkerProcess
 
 pytestmark = pytest.mark.integration
@@ -31,7 +31,9 @@ def test_one_json_line_per_request_without_content_unless_asked(
             ("l-1", json.dumps({"user_email": "Ada.Lovelace@example.com", "message": SECRET_TEXT}).encode()),
             ("l-2", b"{not json"),
         ])
-        answers = dict(read(broker, topics["RESPONSE_TOPIC"], 2))
+        records = read_records(broker, topics["RESPONSE_TOPIC"], 2)
+        answers = {key: json.loads(value) for key, value, _ in records}
+        answers_headers = {key: headers for key, _, headers in records}
     finally:
         worker.stop()
     log = worker.log()
@@ -47,6 +49,8 @@ def test_one_json_line_per_request_without_content_unless_asked(
     expected = (usage["prompt_tokens"] * 0.15 + usage["completion_tokens"] * 0.60) / 1e6
     assert done["cost_usd"] == answers["l-1"]["cost_usd"] == pytest.approx(expected)
     assert "unpriced" not in done
+    traceparent = answers_headers["l-1"]["traceparent"].decode()
+    assert traceparent.split("-")[1] == done["trace_id"]  # the line leads to the trace
     assert len(done["user"]) == 16 and done["latency_ms"] >= 0 and done["level"] == "INFO"
     assert lines["l-2"]["outcome"] == "invalid_request"
     assert "sk-test-4f9a8b7c" not in log  # never, at any setting
