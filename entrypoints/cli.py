@@ -1,4 +1,4 @@
-"""The `chater-gpt` command: worker, audit, demo."""
+"""The `chater-gpt` command: worker, audit, usage, demo."""
 
 from __future__ import annotations
 
@@ -8,8 +8,13 @@ import contextlib
 import logging
 import signal
 import sys
+import threading
+from typing import TYPE_CHECKING, cast
 
 from entrypoints.settings import SettingsError, load_settings
+
+if TYPE_CHECKING:
+    from application.chat import ChatRecords
 
 
 def _configure_logging(level: str, json_lines: bool = False) -> None:
@@ -29,7 +34,58 @@ def _configure_logging(level: str, json_lines: bool = False) -> None:
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))
 
 
+USAGE_CATCH_UP_INTERVAL = 5.0  # seconds between the worker's catch-ups of the usage view
+
+
+class UsageCatchUp:
+    """Keeps the usage view current while the worker runs: a catch-up every few
+    seconds in a thread of its own, and a last one at stop. A failure (the store
+    is down) is logged and tried again later; it never stops the worker."""
+
+    def __init__(self, records: ChatRecords, env: dict[str, str], secret_key: str) -> None:
+        self.records = records
+        self.env = env
+        self.secret_key = secret_key
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="usage-catch-up", daemon=True)
+        self.log = logging.getLogger("chater-gpt.usage")
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Catch up once more (what the worker recorded last) and wait for it."""
+        self.stopping.set()
+        self.thread.join(timeout)
+
+    def _run(self) -> None:
+        from adapters.usage_view import UsageViewUnavailable, open_usage_view
+        from application.usage import UsageProjection, catch_up
+
+        projection: UsageProjection | None = None
+        try:
+            while True:
+                last = self.stopping.is_set()
+                try:
+                    if projection is None:
+                        projection = UsageProjection(open_usage_view(self.env), self.secret_key)
+                    # A stopping worker's last catch-up is not cut short between batches.
+                    catch_up(self.records, projection, stop=None if last else self.stopping)
+                except UsageViewUnavailable as error:
+                    self.log.info("usage view not kept: %s", error)
+                    return
+                except Exception as error:  # the store is down, say: next time
+                    self.log.warning("usage view catch-up failed (%s); retrying", error)
+                if last:
+                    return
+                self.stopping.wait(USAGE_CATCH_UP_INTERVAL)
+        finally:
+            if projection is not None:
+                projection.view.close()
+
+
 def run_worker() -> int:
+    from adapters.event_store import event_store_env
     from entrypoints.container import build_container
     from entrypoints.health import health_server, observe_worker
 
@@ -37,6 +93,11 @@ def run_worker() -> int:
     _configure_logging(settings.LOG_LEVEL, json_lines=settings.LOG_FORMAT == "json")
     container = build_container(settings)
     worker = container.worker()
+    assert settings.SECRET_KEY is not None  # validated
+    secret_key = settings.SECRET_KEY.get_secret_value()
+    usage = UsageCatchUp(
+        container.records(), event_store_env(settings.DATABASE_URL, secret_key), secret_key
+    )
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -55,6 +116,7 @@ def run_worker() -> int:
 
     from entrypoints.worker import WorkerFailed
 
+    usage.start()
     try:
         asyncio.run(main())
     except WorkerFailed as error:
@@ -64,6 +126,7 @@ def run_worker() -> int:
         logging.getLogger("chater-gpt").error("cannot start: %s", error)
         return 1
     finally:
+        usage.stop()  # after the worker's last writes, before the store closes
         container.metrics().close()  # the last OTLP export, when there is one
         container.records().close()
     return 0
@@ -86,6 +149,43 @@ def run_audit(target: str, thread: str | None, as_of: int | None) -> int:
     return 0
 
 
+def run_usage(since: str | None, until: str | None, by: str | None, fmt: str,
+              user: str | None) -> int:
+    from eventsourcing.persistence import PersistenceError
+
+    from adapters.event_store import event_store_env
+    from adapters.usage_view import UsageViewUnavailable
+    from application.usage import Grouping, parse_window
+    from entrypoints.container import build_container
+    from entrypoints.usage_report import Format, current_usage
+
+    try:
+        window = parse_window(since, until)
+    except ValueError as error:
+        print(f"chater-gpt usage: {error}", file=sys.stderr)
+        return 2
+    settings = load_settings(MODEL_PROVIDER="offline")
+    _configure_logging("WARNING")
+    assert settings.SECRET_KEY is not None  # validated
+    secret_key = settings.SECRET_KEY.get_secret_value()
+    container = build_container(settings)
+    records = container.records()
+    try:
+        print(current_usage(
+            records, event_store_env(settings.DATABASE_URL, secret_key), secret_key, window,
+            cast(Grouping | None, by), cast(Format, fmt), user,
+        ))
+    except UsageViewUnavailable as error:
+        print(f"chater-gpt usage: {error}", file=sys.stderr)
+        return 2
+    except PersistenceError as error:
+        print(f"chater-gpt usage: the event store is unavailable: {error}", file=sys.stderr)
+        return 1
+    finally:
+        records.close()
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="chater-gpt", description="The GPT service of the Chater platform."
@@ -98,6 +198,15 @@ def main(argv: list[str] | None = None) -> int:
     audit.add_argument(
         "--as-of", type=int, metavar="N", help="stop at event N and show the state then"
     )
+    usage = commands.add_parser(
+        "usage", help="requests, tokens and cost, from a projection of the events"
+    )
+    usage.add_argument("--since", help="YYYY-MM-DD (whole UTC day) or an ISO datetime; inclusive")
+    usage.add_argument("--until", help="YYYY-MM-DD (whole UTC day, inclusive) or an ISO "
+                       "datetime (exclusive)")
+    usage.add_argument("--by", choices=("user", "model", "day"), help="one line per group")
+    usage.add_argument("--format", choices=("table", "json", "csv"), default="table")
+    usage.add_argument("--user", metavar="EMAIL", help="only this user's requests")
     commands.add_parser("demo", help="run everything on this machine and show it working")
     args = parser.parse_args(argv)
     try:
@@ -105,6 +214,8 @@ def main(argv: list[str] | None = None) -> int:
             return run_worker()
         if args.command == "audit":
             return run_audit(args.target, args.thread, args.as_of)
+        if args.command == "usage":
+            return run_usage(args.since, args.until, args.by, args.format, args.user)
         from entrypoints.demo import run_demo
 
         return run_demo()

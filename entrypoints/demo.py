@@ -3,7 +3,7 @@
 It starts the embedded Kafka-compatible broker, a worker on a throwaway SQLite
 store, sends a question, a follow-up that needs the first answer, and an image,
 prints the answers and the audit replay, then what an operator sees (`/readyz`,
-`/metrics`), then stops everything it started.
+`/metrics`, the usage report), then stops everything it started.
 """
 
 from __future__ import annotations
@@ -21,12 +21,15 @@ import urllib.request
 
 from confluent_kafka import Consumer, Producer, TopicPartition
 
+from adapters.event_store import event_store_env
 from adapters.kafka import ensure_topics, producer_config
 from adapters.tansu_broker import EmbeddedBroker
 from entrypoints.audit import audit_report
 from entrypoints.container import build_container
 from entrypoints.health import health_server, observe_worker
+from application.usage import Window
 from entrypoints.settings import load_settings
+from entrypoints.usage_report import current_usage
 
 # A 1x1 PNG, small enough to read in the source.
 DEMO_IMAGE = (
@@ -103,11 +106,18 @@ async def _demo() -> int:
             print(f"\nThe conversation as it stood at event #3 (chater-gpt audit {DEMO_USER} --as-of 3):")
             print(audit_report(container.records(), DEMO_USER, as_of=3))
             await _show_operations(health_port)
+            secret_key = settings.SECRET_KEY.get_secret_value()
+            print("\nUsage report (chater-gpt usage --by model):")
+            print(current_usage(
+                container.records(), event_store_env(settings.DATABASE_URL, secret_key),
+                secret_key, Window(), by="model",
+            ))
         finally:
             stop.set()
             await worker_task
             await operations.aclose()
             responses.close()
+            del producer  # librdkafka clients stop when their last reference goes
             metrics.close()
             container.records().close()
     print("\nDemo finished; broker, worker and store stopped.")

@@ -12,7 +12,6 @@ crash or a rebalance is answered from the event store, not by the model.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 import logging
 import threading
@@ -42,6 +41,7 @@ from application.chat import ChatService, rejection
 from application.contract import ChatRequest, InvalidRequest, parse_request, request_id_of
 from application.contract import encode_response
 from application.ports import Clock, Metrics
+from application.usage import user_hash
 from domain.conversation import conversation_id
 from entrypoints.settings import Settings
 
@@ -590,10 +590,9 @@ class KafkaWorker:
             request_log.info("request done", extra=line)
 
     def _user_hash(self, email: str) -> str:
-        """The same user gives the same hash, which says nothing without SECRET_KEY."""
+        """The user as the usage report shows them: an HMAC of the address."""
         assert self.settings.SECRET_KEY is not None
-        key = self.settings.SECRET_KEY.get_secret_value().encode()
-        return hmac.new(key, email.strip().lower().encode(), "sha256").hexdigest()[:16]
+        return user_hash(self.settings.SECRET_KEY.get_secret_value(), email)
 
     def _send(
         self,
