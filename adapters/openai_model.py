@@ -8,12 +8,13 @@ import logging
 import re
 import math
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 import httpx2
 import openai
 from openai import AsyncOpenAI, DefaultAioHttpClient
 
+from adapters.secret_file import StaticSecret
 from application.ports import ChatMessage, ModelCall, ModelError, ModelReply, RateLimitStatus
 
 log = logging.getLogger(__name__)
@@ -31,6 +32,18 @@ def to_openai_message(message: ChatMessage) -> dict[str, Any]:
     return {"role": message.role, "content": parts}
 
 
+class ApiKeySource(Protocol):
+    """Where the API key comes from (adapters.secret_file: a variable, or a file re-read on change)."""
+
+    def current(self) -> str:
+        """The key to send now; cheap enough to ask before every call."""
+        ...
+
+    def reread(self) -> bool:
+        """Read the key's source again now; True if the key changed."""
+        ...
+
+
 class OpenAIModel:
     """Calls Chat Completions; every failure becomes a ModelError safe to show a user.
 
@@ -41,21 +54,27 @@ class OpenAIModel:
     SDK's per-call transformation of typed parameters and response models (about
     half of its CPU per call). Retries, timeouts, auth and error mapping remain
     the SDK's.
+
+    The API key may be rotated while we run (a mounted Secret file): the key
+    source is asked before every call, and the SDK reads `client.api_key` when
+    it builds each request's headers. A 401 makes the source read the key
+    again, and the call is sent once more only if the key is now another one.
     """
 
     def __init__(
         self,
-        api_key: str,
+        api_key: str | ApiKeySource,
         base_url: str | None = None,
         timeout: float = 30.0,
         max_retries: int = 0,
         max_connections: int = 1000,
     ) -> None:
+        self.key_source = StaticSecret(api_key) if isinstance(api_key, str) else api_key
         limits = httpx2.Limits(
             max_connections=max_connections, max_keepalive_connections=max_connections
         )
         self.client = AsyncOpenAI(
-            api_key=api_key,
+            api_key=self.key_source.current(),
             base_url=base_url,
             timeout=timeout,
             max_retries=max_retries,
@@ -70,9 +89,7 @@ class OpenAIModel:
             "temperature": call.temperature,
         }
         try:
-            response = await self.client.post(
-                "/chat/completions", cast_to=httpx2.Response, body=body
-            )
+            response = await self._post(body)
             completion = json.loads(response.content)
             choice = completion["choices"][0]
             usage = completion.get("usage") or {}
@@ -94,6 +111,27 @@ class OpenAIModel:
             raise ModelError(
                 "upstream_error", "The model provider sent an unreadable answer.", True
             ) from None
+
+    async def _post(self, body: dict[str, Any]) -> httpx2.Response:
+        # The SDK builds this request's Authorization header from client.api_key;
+        # a call running meanwhile can only have set a key read later than `key`.
+        key = self.key_source.current()
+        self.client.api_key = key
+        try:
+            return await self.client.post("/chat/completions", cast_to=httpx2.Response, body=body)
+        except openai.AuthenticationError:
+            if not self._key_changed_since(key):
+                raise  # the same key again would be refused again: the usual error
+        # Not retried inside the except block, so a second failure carries no trace of the first.
+        log.warning("the model provider refused the API key; sending the call again with the new key")
+        self.client.api_key = self.key_source.current()
+        return await self.client.post("/chat/completions", cast_to=httpx2.Response, body=body)
+
+    def _key_changed_since(self, refused: str) -> bool:
+        """Read the key again (unless another call already did); whether it is another one now."""
+        if self.key_source.current() == refused:
+            self.key_source.reread()
+        return self.key_source.current() != refused
 
     async def close(self) -> None:
         await self.client.close()

@@ -11,6 +11,7 @@ from adapters.otel_tracing import OtelTracing
 from adapters.price_file import PriceFileError, price_table
 from adapters.openai_model import OpenAIModel
 from adapters.rate_limiter import SlidingWindowRateLimiter
+from adapters.secret_file import api_key_source
 from adapters.system_clock import SystemClock
 from adapters.tiktoken_counter import TiktokenCounter
 from application.chat import ChatPolicy, ChatRecords, ChatService
@@ -51,7 +52,11 @@ class Container(containers.DeclarativeContainer):
         settings.provided.MODEL_PROVIDER,
         openai=providers.Singleton(
             OpenAIModel,
-            api_key=providers.Callable(_secret, settings.provided.OPENAI_API_KEY),
+            api_key=providers.Callable(
+                api_key_source,
+                key=providers.Callable(_secret, settings.provided.OPENAI_API_KEY),
+                path=settings.provided.OPENAI_API_KEY_FILE,
+            ),
             base_url=settings.provided.OPENAI_BASE_URL,
             timeout=settings.provided.TIMEOUT,
             max_retries=0,  # the SDK's own retry loop would hide and double ours

@@ -4,15 +4,22 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, SecretStr, ValidationError, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from adapters.secret_file import SecretFileError, read_secret_file
 
 
 class Settings(BaseSettings):
     """Every field is read from the environment variable of the same name."""
 
     model_config = SettingsConfigDict(
-        env_file=".env", env_file_encoding="utf-8", case_sensitive=True, extra="ignore"
+        env_file=".env",
+        env_file_encoding="utf-8",
+        case_sensitive=True,
+        extra="ignore",
+        # A failed model check would otherwise print every input, secrets included.
+        hide_input_in_errors=True,
     )
 
     # The platform's existing names (DESIGN §3).
@@ -31,6 +38,16 @@ class Settings(BaseSettings):
     DAILY_TOKEN_LIMIT: int = Field(1_000_000, gt=0)
 
     # Settings this service adds, named in the same style.
+    OPENAI_API_KEY_FILE: str | None = Field(
+        None,
+        description="a file holding the key (a mounted Secret); wins over OPENAI_API_KEY, "
+        "and is read again when it changes",
+    )
+    SECRET_KEY_PREVIOUS: SecretStr | None = Field(
+        None,
+        description="the previous SECRET_KEY during a rotation: data keys wrapped with it are "
+        "still unwrapped, and `chater-gpt rotate-keys` rewraps them with SECRET_KEY",
+    )
     OPENAI_BASE_URL: str | None = None
     MODEL_PROVIDER: Literal["openai", "offline"] = "openai"
     FALLBACK_MODEL: str | None = None
@@ -58,17 +75,39 @@ class Settings(BaseSettings):
     )
     HEALTH_PORT: int = Field(8080, ge=0, le=65535, description="0 turns the health server off")
 
+    @field_validator("OPENAI_API_KEY_FILE", "SECRET_KEY_PREVIOUS", mode="before")
+    @classmethod
+    def blank_is_unset(cls, value: object) -> object:
+        # A manifest that sets the variable to "" means "not set".
+        return None if isinstance(value, str) and not value.strip() else value
+
     @model_validator(mode="after")
     def check_credentials(self) -> Settings:
-        if self.MODEL_PROVIDER == "openai" and not _filled(self.OPENAI_API_KEY):
-            raise ValueError(
-                "OPENAI_API_KEY is not set: set it, or choose the offline model on "
-                "purpose with MODEL_PROVIDER=offline"
-            )
+        if self.MODEL_PROVIDER == "openai":
+            if self.OPENAI_API_KEY_FILE is not None:
+                # Read once to fail at start-up; the model client reads it again when it changes.
+                try:
+                    read_secret_file(self.OPENAI_API_KEY_FILE)
+                except SecretFileError as error:
+                    raise ValueError(f"OPENAI_API_KEY_FILE: {error}") from None
+            elif not _filled(self.OPENAI_API_KEY):
+                raise ValueError(
+                    "OPENAI_API_KEY is not set: set it (or OPENAI_API_KEY_FILE, a file holding "
+                    "it), or choose the offline model on purpose with MODEL_PROVIDER=offline"
+                )
         if not _filled(self.SECRET_KEY):
             raise ValueError(
                 "SECRET_KEY is not set: events at rest are encrypted with a key "
                 "derived from it"
+            )
+        if (
+            self.SECRET_KEY_PREVIOUS is not None
+            and self.SECRET_KEY is not None
+            and self.SECRET_KEY_PREVIOUS.get_secret_value() == self.SECRET_KEY.get_secret_value()
+        ):
+            raise ValueError(
+                "SECRET_KEY_PREVIOUS is the same as SECRET_KEY: during a rotation it holds "
+                "the key being replaced; leave it unset otherwise"
             )
         return self
 

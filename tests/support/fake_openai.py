@@ -49,6 +49,17 @@ answers every completion request arriving in the next N seconds with that
 status at once (no latency), before any step or chaos draw: a region is down.
 ``{"seconds": 0}`` ends it.
 
+API keys: by default any key (or none) is accepted.  After
+``POST /_control/api_keys`` ``{"keys": ["sk-a", "sk-b"]}`` only a request whose
+``Authorization: Bearer <key>`` names one of them is answered; any other gets a
+401 at once (no latency), before outage, step or chaos, in OpenAI's format:
+``{"error": {"message": "Incorrect API key provided: sk-*****wxyz.", "type":
+"invalid_request_error", "param": null, "code": "invalid_api_key"}}`` (the key
+masked as OpenAI masks it: its first 3 and last 4 characters; all stars when
+shorter than 12), or ``"You didn't provide an API key."`` without one.
+``{"keys": null}`` or a reset accepts any key again.  The server never logs or
+returns a key in full.
+
 The global latency delays every other answer (steps, chaos faults, completions).
 
 Every completion request is logged as a *call* when its outcome is decided::
@@ -59,9 +70,10 @@ Every completion request is logged as a *call* when its outcome is decided::
 with ``kind`` one of ``ok`` (a normal completion the client received; scripted
 replies included), ``429``, ``500``, ``503``, ``timeout``, ``disconnect``,
 ``malformed`` (chaos), ``outage``, ``scripted`` (a step answering an error,
-malformed body or disconnect) or ``invalid`` (400: the body had no
-``messages``).  A normal completion that cannot be written because the client
-has gone becomes ``timeout`` (answered_at null): the client never received it.
+malformed body or disconnect), ``invalid`` (400: the body had no
+``messages``) or ``unauthorized`` (401: a key not accepted).  A normal
+completion that cannot be written because the client has gone becomes
+``timeout`` (answered_at null): the client never received it.
 ``answered_at`` is null for ``disconnect`` and for every answer the client was
 no longer there to receive.
 
@@ -69,8 +81,9 @@ Control endpoints (JSON): ``POST /_control/script`` (list of steps, appended),
 ``GET /_control/requests`` (request bodies), ``GET /_control/timings``,
 ``GET /_control/calls`` (the call log), ``GET /_control/faults`` (``{kind:
 count}`` over the calls, ``ok`` excluded), ``POST /_control/chaos``,
-``POST /_control/outage``, ``POST /_control/reset`` (script, logs, chaos,
-outage and latency back to the start), ``POST /_control/latency``
+``POST /_control/outage``, ``POST /_control/api_keys``, ``POST /_control/reset``
+(script, logs, chaos, outage, accepted keys and latency back to the start),
+``POST /_control/latency``
 ``{"seconds": x}``, ``GET /_control/health``.
 
 The server half imports only aiohttp and the standard library; the client half
@@ -122,6 +135,24 @@ def _error_body(status: int) -> dict[str, Any]:
     """Return an error payload in OpenAI's shape for an HTTP status."""
     message, kind, code = _DEFAULT_ERRORS.get(status, (f"Fake error {status}", "server_error", None))
     return {"error": {"message": message, "type": kind, "param": None, "code": code}}
+
+
+def _masked(key: str) -> str:
+    """A key as OpenAI's 401 message shows it: a few characters at each end, stars between."""
+    if len(key) < 12:
+        return "*" * len(key)
+    return key[:3] + "*" * (len(key) - 7) + key[-4:]
+
+
+def _unauthorized_body(authorization: str | None) -> dict[str, Any]:
+    """OpenAI's 401 payload for a request with this Authorization header."""
+    scheme, _, key = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer" or not key.strip():
+        message = "You didn't provide an API key."
+    else:
+        message = f"Incorrect API key provided: {_masked(key.strip())}."
+    return {"error": {"message": message, "type": "invalid_request_error", "param": None,
+                      "code": "invalid_api_key"}}
 
 
 def _parts(content: Any) -> list[dict[str, Any]]:
@@ -251,6 +282,7 @@ class FakeOpenAIState:
         self.chaos: _Chaos | None = None
         self.outage_until = 0.0  # time.monotonic() deadline
         self.outage_status = 503
+        self.api_keys: frozenset[str] | None = None  # None: any key is accepted
         self.ids = itertools.count(1)
 
     def reset(self) -> None:
@@ -261,7 +293,15 @@ class FakeOpenAIState:
         self.calls.clear()
         self.chaos = None
         self.outage_until = 0.0
+        self.api_keys = None
         self.latency = self.initial_latency
+
+    def accepts(self, authorization: str | None) -> bool:
+        """Whether a request with this Authorization header may be answered."""
+        if self.api_keys is None:
+            return True
+        scheme, _, key = (authorization or "").partition(" ")
+        return scheme.lower() == "bearer" and key.strip() in self.api_keys
 
     def in_outage(self) -> bool:
         """Whether an outage is going on."""
@@ -360,6 +400,17 @@ def build_app(state: FakeOpenAIState) -> "web.Application":
             body = await request.json()
         except ValueError:
             body = None
+        # As the real API: a key it does not accept is refused before anything else.
+        authorization = request.headers.get("Authorization")
+        if not state.accepts(authorization):
+            state.requests.append(body)
+            messages = body.get("messages") if isinstance(body, dict) else None
+            text = _text(_last_user_message(
+                [m for m in messages if isinstance(m, dict)] if isinstance(messages, list) else []
+            ))
+            call = state.record(text, "unauthorized", received_at)
+            return await send(request, web.json_response(
+                _unauthorized_body(authorization), status=401), call)
         if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
             state.requests.append(body)
             call = state.record("", "invalid", received_at)
@@ -462,6 +513,17 @@ def build_app(state: FakeOpenAIState) -> "web.Application":
         state.outage_until = time.monotonic() + max(seconds, 0.0)
         return web.json_response({"seconds": max(seconds, 0.0), "status": status})
 
+    async def control_api_keys(request: web.Request) -> web.Response:
+        try:
+            keys = (await request.json())["keys"]
+        except (ValueError, TypeError, KeyError) as exc:
+            return web.json_response({"error": f"expected {{'keys': [..] or null}}: {exc}"}, status=400)
+        if keys is not None and (not isinstance(keys, list) or not all(isinstance(k, str) for k in keys)):
+            return web.json_response({"error": "'keys' must be a list of strings or null"}, status=400)
+        state.api_keys = None if keys is None else frozenset(keys)
+        # How many, never which: the keys stay out of every answer.
+        return web.json_response({"accepted_keys": None if keys is None else len(state.api_keys)})
+
     async def control_reset(request: web.Request) -> web.Response:
         state.reset()
         return web.json_response({"ok": True})
@@ -484,6 +546,7 @@ def build_app(state: FakeOpenAIState) -> "web.Application":
         web.get("/_control/faults", control_faults),
         web.post("/_control/chaos", control_chaos),
         web.post("/_control/outage", control_outage),
+        web.post("/_control/api_keys", control_api_keys),
         web.post("/_control/reset", control_reset),
         web.post("/_control/latency", control_latency),
         web.get("/_control/health", control_health),
@@ -651,8 +714,12 @@ class FakeOpenAIServer:
         """Answer every completion request of the next ``seconds`` with ``status`` (0 ends it)."""
         self._call("POST", "/_control/outage", {"seconds": seconds, "status": status})
 
+    def accept_api_keys(self, keys: list[str] | None) -> None:
+        """Answer only requests bearing one of ``keys`` (others get OpenAI's 401); None: any key."""
+        self._call("POST", "/_control/api_keys", {"keys": None if keys is None else list(keys)})
+
     def reset(self) -> None:
-        """Clear the script and all logs, end chaos and outage; restore the start latency."""
+        """Clear the script and all logs, end chaos and outage, accept any key; restore the start latency."""
         self._call("POST", "/_control/reset", {})
 
     def set_latency(self, seconds: float) -> None:

@@ -6,7 +6,8 @@ from entrypoints.settings import SettingsError, load_settings
 
 @pytest.fixture(autouse=True)
 def clean_environment(monkeypatch, tmp_path):
-    for name in ("OPENAI_API_KEY", "SECRET_KEY", "MODEL_PROVIDER", "MAX_TOKENS", "TEMPERATURE"):
+    for name in ("OPENAI_API_KEY", "OPENAI_API_KEY_FILE", "SECRET_KEY", "SECRET_KEY_PREVIOUS",
+                 "MODEL_PROVIDER", "MAX_TOKENS", "TEMPERATURE"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.chdir(tmp_path)  # no stray .env
 
@@ -62,9 +63,9 @@ def test_database_urls_choose_the_event_store():
 
 def test_events_are_encrypted_with_a_key_derived_from_the_secret():
     env = event_store_env("memory://", "s3cret")
-    assert env["CIPHER_TOPIC"] == "eventsourcing.cryptography:AESCipher"
-    assert env["CIPHER_KEY"] == cipher_key("s3cret") != cipher_key("other")
-    assert "s3cret" not in env["CIPHER_KEY"]
+    assert env["DATA_KEYS_STORE_KEY"] == cipher_key("s3cret") != cipher_key("other")
+    assert env["DATA_KEYS_MASTER"] != event_store_env("sqlite:///x", "other")["DATA_KEYS_MASTER"]
+    assert not any("s3cret" in value for value in env.values())
 
 
 def test_a_bad_price_file_stops_the_start_and_names_the_variable(tmp_path):
@@ -77,3 +78,112 @@ def test_a_bad_price_file_stops_the_start_and_names_the_variable(tmp_path):
         build_container(settings)
     prices.write_text("gpt-4o: {prompt: 1, completion: 2}\n")
     assert build_container(settings).prices().price_of("gpt-4o").prompt == 1
+
+
+def test_the_api_key_can_come_from_a_file(monkeypatch, tmp_path):
+    key_file = tmp_path / "openai-api-key"
+    key_file.write_text("sk-from-file-0123\n")  # as a mounted Secret holds it
+    monkeypatch.setenv("SECRET_KEY", "s3cret")
+    monkeypatch.setenv("OPENAI_API_KEY_FILE", str(key_file))
+    settings = load_settings()
+    assert settings.OPENAI_API_KEY is None and settings.OPENAI_API_KEY_FILE == str(key_file)
+    assert "sk-from-file-0123" not in repr(settings)
+
+
+def test_the_api_key_from_the_environment_needs_no_file(monkeypatch):
+    monkeypatch.setenv("SECRET_KEY", "s3cret")
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-from-env")
+    monkeypatch.setenv("OPENAI_API_KEY_FILE", "")  # a manifest's empty value: not set
+    settings = load_settings()
+    assert settings.OPENAI_API_KEY_FILE is None
+    assert settings.OPENAI_API_KEY.get_secret_value() == "sk-from-env"
+
+
+async def test_with_both_the_file_wins(monkeypatch, tmp_path, caplog):
+    from entrypoints.container import build_container
+
+    key_file = tmp_path / "openai-api-key"
+    key_file.write_text("sk-from-file-0123\n")
+    monkeypatch.setenv("SECRET_KEY", "s3cret")
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-from-env-4567")
+    monkeypatch.setenv("OPENAI_API_KEY_FILE", str(key_file))
+    model = build_container(load_settings()).model_client()
+    try:
+        assert model.key_source.current() == "sk-from-file-0123"
+        assert model.client.api_key == "sk-from-file-0123"
+    finally:
+        await model.close()
+    assert "the file wins" in caplog.text
+    assert "sk-from-file-0123" not in caplog.text and "sk-from-env-4567" not in caplog.text
+
+
+def test_without_either_the_message_names_both(monkeypatch):
+    monkeypatch.setenv("SECRET_KEY", "s3cret")
+    with pytest.raises(SettingsError, match="OPENAI_API_KEY is not set: set it \\(or OPENAI_API_KEY_FILE"):
+        load_settings()
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        (None, "cannot read {path}: No such file or directory"),
+        (b"", "{path} is empty"),
+        (b"\n", "{path} is empty"),
+        (b"\xff\xfesk-secret-0123", "{path} is not UTF-8 text"),
+    ],
+)
+def test_a_key_file_that_cannot_be_used_is_named_without_its_content(monkeypatch, tmp_path, content, problem):
+    key_file = tmp_path / "openai-api-key"
+    if content is not None:
+        key_file.write_bytes(content)
+    monkeypatch.setenv("SECRET_KEY", "s3cret")
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-from-env-4567")  # the file is asked for: no falling back
+    monkeypatch.setenv("OPENAI_API_KEY_FILE", str(key_file))
+    with pytest.raises(SettingsError) as caught:
+        load_settings()
+    message = str(caught.value)
+    assert message == "invalid configuration:\n  OPENAI_API_KEY_FILE: " + problem.format(path=key_file)
+    assert "sk-secret-0123" not in message and "sk-from-env-4567" not in message
+
+
+def test_an_unreadable_key_file_is_named(monkeypatch, tmp_path):
+    monkeypatch.setenv("SECRET_KEY", "s3cret")
+    monkeypatch.setenv("OPENAI_API_KEY_FILE", str(tmp_path))  # a directory: mounted at the wrong level
+    with pytest.raises(SettingsError, match=f"OPENAI_API_KEY_FILE: cannot read {tmp_path}: Is a directory"):
+        load_settings()
+
+
+def test_the_key_file_is_not_needed_by_the_offline_model(monkeypatch, tmp_path):
+    monkeypatch.setenv("SECRET_KEY", "s3cret")
+    monkeypatch.setenv("MODEL_PROVIDER", "offline")
+    monkeypatch.setenv("OPENAI_API_KEY_FILE", str(tmp_path / "missing"))
+    assert load_settings().MODEL_PROVIDER == "offline"
+
+
+def test_the_previous_secret_key_is_optional_and_must_differ(monkeypatch):
+    monkeypatch.setenv("MODEL_PROVIDER", "offline")
+    monkeypatch.setenv("SECRET_KEY", "new-s3cret")
+    assert load_settings().SECRET_KEY_PREVIOUS is None
+    monkeypatch.setenv("SECRET_KEY_PREVIOUS", "")
+    assert load_settings().SECRET_KEY_PREVIOUS is None
+    monkeypatch.setenv("SECRET_KEY_PREVIOUS", "old-s3cret")
+    settings = load_settings()
+    assert settings.SECRET_KEY_PREVIOUS.get_secret_value() == "old-s3cret"
+    assert "old-s3cret" not in repr(settings)
+    monkeypatch.setenv("SECRET_KEY_PREVIOUS", "new-s3cret")
+    with pytest.raises(SettingsError, match="SECRET_KEY_PREVIOUS is the same as SECRET_KEY") as caught:
+        load_settings()
+    assert "new-s3cret" not in str(caught.value)
+
+
+def test_a_validation_error_never_shows_the_inputs(monkeypatch):
+    from pydantic import ValidationError
+
+    from entrypoints.settings import Settings
+
+    monkeypatch.setenv("SECRET_KEY", "hunter2")
+    monkeypatch.setenv("SECRET_KEY_PREVIOUS", "hunter2")
+    monkeypatch.setenv("MODEL_PROVIDER", "offline")
+    with pytest.raises(ValidationError) as caught:
+        Settings()  # not through load_settings: pydantic's own message
+    assert "hunter2" not in str(caught.value)
