@@ -13,6 +13,8 @@ from urllib.parse import unquote, urlparse
 
 from eventsourcing.compressor import ZlibCompressor
 
+from adapters.data_keys import master_keys_env
+
 # Fixed on purpose: the same SECRET_KEY must give the same key on every worker.
 _KEY_SALT = b"chater-gpt/event-store/v1"
 
@@ -68,11 +70,16 @@ def persistence_env(database_url: str) -> dict[str, str]:
     )
 
 
-def event_store_env(database_url: str, secret_key: str) -> dict[str, str]:
-    """Persistence plus encryption at rest (events hold user messages) and compression."""
+def event_store_env(
+    database_url: str, secret_key: str, previous_secret_key: str | None = None
+) -> dict[str, str]:
+    """Persistence, compression and encryption at rest: every event with the store
+    key, the personal fields also with their owner's data key for the day
+    (crypto-shredding); both kinds of key wrapped by a key derived from SECRET_KEY.
+    A new store's key is the one earlier versions derived from SECRET_KEY, so that
+    their events stay readable."""
     return {
         **persistence_env(database_url),
-        "CIPHER_TOPIC": "eventsourcing.cryptography:AESCipher",
-        "CIPHER_KEY": cipher_key(secret_key),
         "COMPRESSOR_TOPIC": "adapters.event_store:FastZlibCompressor",
+        **master_keys_env(secret_key, previous_secret_key, cipher_key(secret_key)),
     }

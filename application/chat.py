@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import functools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
@@ -14,18 +15,22 @@ from uuid import UUID
 from eventsourcing.application import AggregateNotFoundError, Application
 from eventsourcing.persistence import (
     JSONTranscoder,
+    Mapper,
     PersistenceError,
     RecordConflictError,
     Transcoding,
 )
+from eventsourcing.utils import resolve_topic
 from opentelemetry import trace
 
 from application.budget_ledger import BudgetLedger
 from application.contract import ChatRequest, error_payload
 from application.group_commit import GroupCommitter
+from application.personal_data import PersonalDataMapper
 from application.ports import (
     ChatMessage,
     Clock,
+    DataKeys,
     LanguageModel,
     ModelCall,
     ModelError,
@@ -87,7 +92,25 @@ class TurnAsDict(Transcoding):
 
 
 class ChatRecords(Application):
-    """Conversations and token budgets, stored as events in one notification log."""
+    """Conversations and token budgets, stored as events in one notification log.
+
+    With DATA_KEYS_TOPIC in its settings (a function of the recorder and the
+    settings that gives the DataKeys), conversations' personal fields are also
+    encrypted per owner and day, so that they can be crypto-shredded.
+    """
+
+    def __init__(self, env: Mapping[str, str] | None = None) -> None:
+        super().__init__(env)
+        self.data_keys: DataKeys | None = None
+        if isinstance(self.mapper, PersonalDataMapper):
+            open_keys = resolve_topic(self.env["DATA_KEYS_TOPIC"])
+            self.data_keys = keys = open_keys(self.recorder, self.env)
+            initial = base64.b64decode(self.env["DATA_KEYS_STORE_KEY"])
+            self.mapper.attach(keys, keys.store_key(initial))
+
+    def construct_mapper(self) -> Mapper[Any]:
+        base = super().construct_mapper()
+        return PersonalDataMapper(base) if self.env.get("DATA_KEYS_TOPIC") else base
 
     name = "chatergpt"
     # Loading replays from the latest snapshot, so a busy day's budget or a long

@@ -136,3 +136,44 @@ class Metrics(Protocol):
     ) -> None:
         """What one answered call used; `cost` in dollars, None when unpriced."""
         ...
+
+
+class DataKeys(Protocol):
+    """Data keys per user and day, wrapped at rest by a key derived from SECRET_KEY.
+    Destroying a key (crypto-shredding) makes what it encrypted unreadable for good."""
+
+    def owner_of(self, conversation_id: str) -> str | None:
+        """The owner (see domain.conversation.data_owner) of a conversation, if known."""
+        ...
+
+    def register(self, conversation_id: str, owner: str) -> None:
+        """Remember whose a conversation is (idempotent)."""
+        ...
+
+    def conversations_of(self, owner: str) -> list[str]:
+        ...
+
+    def store_key(self, initial: bytes) -> bytes:
+        """The key of the store's outer encryption (`initial` when there is none yet)."""
+        ...
+
+    def key_for_writing(self, owner: str, day: str) -> tuple[str, bytes]:
+        """(key id, 32-byte key) of the owner's live key for the UTC day, issued when
+        there is none (a destroyed key is never used again)."""
+        ...
+
+    def key_for_reading(self, key_id: str) -> bytes | str:
+        """The key, or why it is gone: "erased" or "expired"."""
+        ...
+
+    def shred_owner(self, owner: str) -> int:
+        """Destroy every key of the owner (erasure); how many were live."""
+        ...
+
+    def shred_before(self, day: str) -> list[str]:
+        """Destroy every key of a day before `day` (retention); the owners concerned."""
+        ...
+
+    def rewrap(self) -> int:
+        """Wrap every live key with the current master key; how many were rewrapped."""
+        ...

@@ -14,6 +14,24 @@ CONVERSATION_NAMESPACE = uuid5(NAMESPACE_URL, "chater-gpt/conversation")
 # Tokens the chat format spends on each message besides its text (role, separators).
 MESSAGE_OVERHEAD_TOKENS = 4
 
+# What shows in place of content whose data key was destroyed: at the user's
+# request (erasure) or by the retention policy (expiry).
+ERASED = "[erased]"
+EXPIRED = "[expired]"
+SHREDDED = (ERASED, EXPIRED)
+
+# The user's own words in each event (and in a snapshot's state): encrypted at rest
+# with the user's data key, unreadable once it is destroyed. The rest (times,
+# models, tokens, cost) is the accounting, kept for the budget and the auditor.
+PERSONAL_FIELDS: dict[str, tuple[str, ...]] = {
+    "Started": ("user_email", "thread"),
+    "UserMessageReceived": ("message", "image_digests", "system_prompt", "caller_context"),
+    "ReplyRecorded": ("reply",),
+    # A snapshot's texts inside `pending` and `outcomes` are personal too (see
+    # application.personal_data); which requests are pending or concluded is not.
+    "Snapshot": ("user_email", "thread", "turns"),
+}
+
 
 def normalise_email(user_email: str) -> str:
     return user_email.strip().lower()
@@ -28,6 +46,12 @@ class Turn:
     image_count: int
     reply: str
     model: str
+    answered_at: str = ""  # ISO UTC; empty in turns recorded before it was kept
+
+    @property
+    def readable(self) -> bool:
+        """False once its content was erased or expired: it is no context any more."""
+        return self.user_message not in SHREDDED and self.reply not in SHREDDED
 
 
 class Conversation(Aggregate):
@@ -109,7 +133,7 @@ class Conversation(Aggregate):
         self.check_pending(request_id)
         asked = self.pending.pop(request_id)
         self.turns.append(
-            Turn(request_id, asked["message"], asked["image_count"], reply, model)
+            Turn(request_id, asked["message"], asked["image_count"], reply, model, answered_at)
         )
         self.outcomes[request_id] = {
             "response": reply,
@@ -143,6 +167,24 @@ class Conversation(Aggregate):
             "processing_time": processing_time,
         }
 
+    @event("UserErased")
+    def erase(self, requested_by: str, erased_at: str) -> None:
+        """The user asked for their data to be erased (their data keys are destroyed
+        next): the history is forgotten, so later requests start afresh. Requests
+        in flight stay pending, so that their replies can still be recorded."""
+        self.turns = []
+        for outcome in self.outcomes.values():
+            if "response" in outcome:
+                outcome["response"] = ERASED
+        for asked in self.pending.values():
+            asked["message"] = ERASED
+
+    @event("ContentExpired")
+    def expire(self, before_day: str, expired_at: str) -> None:
+        """The retention policy destroyed the data keys of the days before
+        `before_day`: those turns are no context any more."""
+        self.turns = [turn for turn in self.turns if turn.answered_at[:10] >= before_day]
+
     # Queries ------------------------------------------------------------------
 
     def outcome(self, request_id: str) -> dict[str, Any] | None:
@@ -153,16 +195,25 @@ class Conversation(Aggregate):
         return request_id in self.pending
 
     def recent_turns(
-        self, max_turns: int, max_tokens: int, count_tokens: Callable[[str], int]
+        self,
+        max_turns: int,
+        max_tokens: int,
+        count_tokens: Callable[[str], int],
+        not_before: str = "",
     ) -> list[Turn]:
-        """The latest turns, oldest first, that fit both bounds.
+        """The latest readable turns, oldest first, that fit both bounds and were
+        answered at or after `not_before` (ISO UTC; older content has expired).
 
         Newer turns matter more, so selection walks back from the latest and stops
         at the first turn that no longer fits.
         """
         selected: list[Turn] = []
         room = max_tokens
-        for turn in reversed(self.turns[-max_turns:] if max_turns > 0 else []):
+        turns = [
+            turn for turn in self.turns
+            if turn.readable and (not not_before or turn.answered_at >= not_before)
+        ]
+        for turn in reversed(turns[-max_turns:] if max_turns > 0 else []):
             cost = turn_tokens(turn, count_tokens)
             if cost > room:
                 break
@@ -184,6 +235,12 @@ class Conversation(Aggregate):
     def check_not_concluded(self, request_id: str) -> None:
         if request_id in self.outcomes:
             raise RequestAlreadyConcluded(request_id)
+
+
+def data_owner(user_email: str) -> str:
+    """Who owns the data keys of a user's conversations: stable across SECRET_KEY
+    rotations, and no more revealing than the conversation ids already are."""
+    return str(uuid5(CONVERSATION_NAMESPACE, f"owner\n{normalise_email(user_email)}"))
 
 
 def conversation_id(user_email: str, thread: str | None = None) -> UUID:

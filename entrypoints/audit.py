@@ -6,6 +6,7 @@ from typing import Any
 from uuid import UUID
 
 from application.chat import ChatRecords
+from application.privacy import KEY_LEDGER_ID
 from domain.conversation import Conversation, conversation_id
 
 
@@ -58,6 +59,12 @@ def describe(event: Any) -> tuple[str, str, str, str]:
         return event.model, tokens, usd(event.cost), detail
     if name == "RequestFailed":
         return "", "", "", f"request {event.request_id}: {event.error_type}: {event.error_message}"
+    if name == "UserErased":
+        return "", "", "", f"erasure requested by {event.requested_by}: data keys destroyed"
+    if name == "ContentExpired":
+        return "", "", "", f"retention: content before {event.before_day} expired"
+    if name == "KeysRotated":
+        return "", "", "", f"master key rotated: {event.keys} data key(s) rewrapped"
     return "", "", "", ""
 
 
@@ -67,10 +74,17 @@ def audit_report(records: ChatRecords, target: str, thread: str | None = None,
     events = list(records.events.get(cid, lte=as_of))
     if not events:
         raise ConversationNotFound(f"no conversation found for {target}")
+    # Key rotations concern every conversation: shown in its timeline, unnumbered.
+    since, until = events[0].timestamp, events[-1].timestamp if as_of else None
+    rotations = [
+        e for e in records.events.get(KEY_LEDGER_ID)
+        if type(e).__name__ == "KeysRotated" and e.timestamp >= since
+        and (until is None or e.timestamp <= until)
+    ]
     rows = [("#", "time (UTC)", "event", "model", "tokens", "cost", "detail")]
-    for event in events:
+    for event in sorted([*events, *rotations], key=lambda e: e.timestamp):
         rows.append((
-            str(event.originator_version),
+            str(event.originator_version) if event.originator_id == cid else "-",
             event.timestamp.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3],
             type(event).__name__,
             *describe(event),

@@ -1,0 +1,151 @@
+"""Crypto-shredding: each conversation event's personal fields are encrypted with
+its owner's data key for the day (AES-GCM, eventsourcing's cipher), inside the
+store's own encryption. Destroying the key makes those fields unreadable for good,
+while the rest of the event (times, models, tokens, cost) stays readable.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+from eventsourcing.cryptography import AESCipher
+from eventsourcing.persistence import Mapper, StoredEvent
+from eventsourcing.utils import Environment
+
+from application.ports import DataKeys
+from domain.conversation import ERASED, EXPIRED, PERSONAL_FIELDS, data_owner
+
+CONVERSATION_TOPIC = "domain.conversation:Conversation"
+CIPHER_CACHE_SIZE = 10_000  # owners' days whose keys are kept ready
+# What a destroyed field reads as, when not the text marker.
+_SHREDDED_VALUES: dict[str, Any] = {"thread": None, "image_digests": [], "turns": []}
+# A snapshot's nested texts: (field, key in each of its entries).
+_NESTED_TEXTS = (("pending", "message"), ("outcomes", "response"))
+
+
+class PersonalDataMapper(Mapper[Any]):
+    """A Mapper that encrypts every event with the store key, and the personal
+    fields of Conversation events and snapshots also with their owner's data key
+    for the day. Both keys come from `DataKeys`, attached once the application's
+    recorder exists (`attach`)."""
+
+    def __init__(self, base: Mapper[Any]) -> None:
+        super().__init__(base.transcoder, base.compressor, base.cipher)
+        self.keys: DataKeys | None = None
+        self._store: AESCipher | None = None
+        self._ciphers: dict[str, AESCipher] = {}
+
+    def attach(self, keys: DataKeys, store_key: bytes) -> None:
+        self.keys = keys
+        self._store = _aes(store_key)
+
+    # Writing ------------------------------------------------------------------------
+
+    def to_stored_event(self, domain_event: Any) -> StoredEvent:
+        stored = self._to_stored_event(domain_event)
+        if self._store is None:
+            return stored
+        return StoredEvent(
+            originator_id=stored.originator_id,
+            originator_version=stored.originator_version,
+            topic=stored.topic,
+            state=self._store.encrypt(stored.state),
+        )
+
+    def _to_stored_event(self, domain_event: Any) -> StoredEvent:
+        fields = self._personal_fields(domain_event)
+        if not fields or self.keys is None:
+            return super().to_stored_event(domain_event)
+        state = dict(vars(domain_event))
+        holder = state  # a snapshot holds the aggregate's fields in its own "state"
+        if "state" in state:
+            holder = state["state"] = dict(state["state"])
+        owner = self._owner(str(state["originator_id"]), holder)
+        if owner is None:  # a conversation from before data keys: as it was
+            return super().to_stored_event(domain_event)
+        day = state["timestamp"].strftime("%Y-%m-%d")
+        key_id, key = self.keys.key_for_writing(owner, day)
+        personal = {name: holder.pop(name) for name in fields if name in holder}
+        if holder is not state:  # a snapshot: its nested texts too
+            for name, text in _NESTED_TEXTS:
+                entries = holder[name] = {k: dict(v) for k, v in holder.get(name, {}).items()}
+                personal[name] = {k: v.pop(text) for k, v in entries.items() if text in v}
+        sealed = self._cipher(key_id, key).encrypt(self.transcoder.encode(personal))
+        state["_personal"] = {"key": key_id, "data": base64.b64encode(sealed).decode()}
+        clone = object.__new__(type(domain_event))
+        object.__setattr__(clone, "__dict__", state)
+        return super().to_stored_event(clone)
+
+    def _owner(self, conversation_id: str, holder: dict[str, Any]) -> str | None:
+        assert self.keys is not None
+        owner = self.keys.owner_of(conversation_id)
+        if owner is None and "user_email" in holder:  # its first event, or a snapshot
+            owner = data_owner(holder["user_email"])
+            self.keys.register(conversation_id, owner)
+        return owner
+
+    @staticmethod
+    def _personal_fields(domain_event: Any) -> tuple[str, ...]:
+        kind = type(domain_event)
+        if kind.__name__ == "Snapshot":
+            is_conversation = getattr(domain_event, "topic", "") == CONVERSATION_TOPIC
+            return PERSONAL_FIELDS["Snapshot"] if is_conversation else ()
+        if not kind.__qualname__.startswith("Conversation."):
+            return ()
+        return PERSONAL_FIELDS.get(kind.__name__, ())
+
+    # Reading ------------------------------------------------------------------------
+
+    def to_domain_event(self, stored_event: StoredEvent) -> Any:
+        if self._store is not None:
+            stored_event = StoredEvent(
+                originator_id=stored_event.originator_id,
+                originator_version=stored_event.originator_version,
+                topic=stored_event.topic,
+                state=self._store.decrypt(stored_event.state),
+            )
+        domain_event = super().to_domain_event(stored_event)
+        state = vars(domain_event)
+        personal = state.pop("_personal", None)
+        if personal is None:
+            return domain_event
+        holder = state["state"] if "state" in state else state
+        found = self.keys.key_for_reading(personal["key"]) if self.keys else "erased"
+        snapshot = holder is not state
+        if isinstance(found, bytes):
+            sealed = base64.b64decode(personal["data"])
+            fields = self.transcoder.decode(self._cipher(personal["key"], found).decrypt(sealed))
+            if snapshot:
+                for name, text in _NESTED_TEXTS:
+                    for key, value in fields.pop(name, {}).items():
+                        holder[name][key][text] = value
+            holder.update(fields)
+        else:
+            marker = EXPIRED if found == "expired" else ERASED
+            for field in PERSONAL_FIELDS["Snapshot" if snapshot else type(domain_event).__name__]:
+                holder[field] = _SHREDDED_VALUES.get(field, marker)
+            if snapshot:
+                for name, text in _NESTED_TEXTS:
+                    for entry in holder.get(name, {}).values():
+                        if name == "pending" or "usage" in entry:  # an answer
+                            entry[text] = marker
+        return domain_event
+
+    def _cipher(self, key_id: str, key: bytes) -> AESCipher:
+        cipher = self._ciphers.get(key_id)
+        if cipher is None:
+            if len(self._ciphers) >= CIPHER_CACHE_SIZE:
+                self._ciphers.pop(next(iter(self._ciphers)))  # the oldest
+            cipher = self._ciphers[key_id] = _aes(key)
+        return cipher
+
+    def forget(self) -> None:
+        """Drop the ciphers of unwrapped keys (after keys were destroyed)."""
+        self._ciphers.clear()
+
+
+def _aes(key: bytes) -> AESCipher:
+    """eventsourcing's AES-GCM cipher with this key."""
+    return AESCipher(Environment(env={"CIPHER_KEY": base64.b64encode(key).decode()}))
+

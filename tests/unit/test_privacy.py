@@ -1,0 +1,164 @@
+"""Crypto-shredding on a real (SQLite) event store: per-user data keys, erasure,
+retention and master key rotation, with the accounting kept readable."""
+
+from __future__ import annotations
+
+import sqlite3
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from adapters.data_keys import KeyUnavailable
+from adapters.event_store import event_store_env
+from application.chat import ChatRecords
+from application.privacy import KEY_LEDGER_ID, Privacy
+from domain.conversation import ERASED, EXPIRED, Conversation, conversation_id
+from tests.unit.fakes import FixedClock
+
+SECRET = "privacy-secret"
+MESSAGE = "my diagnosis is hypertension, call me on +44 20 7946 0958"
+REPLY = "noted: hypertension"
+
+
+def say(records: ChatRecords, email: str, request_id: str, message: str = MESSAGE,
+        reply: str = REPLY) -> Conversation:
+    conversation = records.conversation(conversation_id(email)) or Conversation(email)
+    conversation.receive_message(
+        request_id=request_id, message=message, image_digests=["sha256:abc"], model="gpt-4o-mini",
+        max_tokens=100, temperature=0.7, system_prompt="be kind", caller_context="ctx",
+        history_turns=len(conversation.turns),
+    )
+    conversation.record_reply(
+        request_id=request_id, reply=reply, model="gpt-4o-mini", prompt_tokens=12,
+        completion_tokens=3, finish_reason="stop", answered_at=_now(), processing_time=0.1,
+        cached_tokens=0, cost=0.0000036,
+    )
+    records.save(conversation)
+    return conversation
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@pytest.fixture
+def store(tmp_path):
+    url = f"sqlite:///{tmp_path}/events.sqlite"
+    records = ChatRecords(env=event_store_env(url, SECRET))
+    yield records, url, tmp_path / "events.sqlite"
+    records.close()
+
+
+def raw_bytes(path) -> bytes:
+    connection = sqlite3.connect(path)
+    try:
+        connection.execute("PRAGMA wal_checkpoint(FULL)")
+    finally:
+        connection.close()
+    return b"".join(p.read_bytes() for p in path.parent.iterdir() if p.name.startswith(path.name))
+
+
+def test_nothing_personal_is_in_the_raw_store(store):
+    records, _, path = store
+    say(records, "ada.lovelace@example.com", "r1")
+    data = raw_bytes(path)
+    for secret in (b"hypertension", b"ada.lovelace", b"7946", b"be kind", b"sha256:abc"):
+        assert secret not in data
+
+
+def test_erasure_leaves_the_accounting_and_starts_afresh(store):
+    records, _, _ = store
+    say(records, "ada@example.com", "r1")
+    say(records, "ada@example.com", "r2", message="second", reply="second reply")
+    say(records, "bob@example.com", "b1", message="bob's own", reply="bob's reply")
+    erasure = Privacy(records, FixedClock()).erase("Ada@Example.com", requested_by="dpo")
+    assert (erasure.conversations, erasure.keys_destroyed) == (1, 1)
+
+    cid = conversation_id("ada@example.com")
+    events = list(records.events.get(cid))
+    names = [type(e).__name__ for e in events]
+    assert names == ["Started", "UserMessageReceived", "ReplyRecorded", "UserMessageReceived",
+                     "ReplyRecorded", "UserErased"]
+    assert events[0].user_email == ERASED
+    assert (events[1].message, events[1].image_digests, events[1].system_prompt) == (ERASED, [], ERASED)
+    reply = events[2]
+    assert reply.reply == ERASED
+    assert (reply.model, reply.prompt_tokens, reply.completion_tokens, reply.cost) == (
+        "gpt-4o-mini", 12, 3, 0.0000036)
+    assert events[-1].requested_by == "dpo"
+    conversation = records.conversation(cid)
+    assert conversation.turns == [] and conversation.outcome("r1")["response"] == ERASED
+    # Another user is untouched; the same address starts a fresh, readable history.
+    assert records.conversation(conversation_id("bob@example.com")).turns[0].reply == "bob's reply"
+    say(records, "ada@example.com", "r3", message="hello again", reply="welcome back")
+    again = records.conversation(cid)
+    assert [(t.user_message, t.reply) for t in again.turns] == [("hello again", "welcome back")]
+
+
+def test_erased_content_stays_unreadable_from_a_fresh_process(store):
+    records, url, _ = store
+    say(records, "ada@example.com", "r1")
+    Privacy(records, FixedClock()).erase("ada@example.com", requested_by="ada@example.com")
+    reopened = ChatRecords(env=event_store_env(url, SECRET))
+    try:
+        events = list(reopened.events.get(conversation_id("ada@example.com")))
+        assert events[2].reply == ERASED and events[2].completion_tokens == 3
+    finally:
+        reopened.close()
+
+
+def test_retention_expires_old_content_and_the_history_forgets_it(store):
+    records, _, _ = store
+    say(records, "ada@example.com", "r1")
+    later = FixedClock(datetime.now(UTC) + timedelta(days=31))
+    expired = Privacy(records, later).expire(retention_days=30)
+    cid = conversation_id("ada@example.com")
+    assert expired == [str(cid)]
+    events = list(records.events.get(cid))
+    assert [type(e).__name__ for e in events][-1] == "ContentExpired"
+    assert events[1].message == EXPIRED and events[2].reply == EXPIRED
+    assert events[2].prompt_tokens == 12
+    assert records.conversation(cid).turns == []
+    assert Privacy(records, later).expire(retention_days=30) == []  # nothing left to expire
+
+
+def test_a_snapshot_of_erased_content_reads_as_erased(store):
+    records, _, _ = store
+    for n in range(26):  # 52 events: a snapshot at 50
+        say(records, "ada@example.com", f"r{n}")
+    cid = conversation_id("ada@example.com")
+    assert len(list(records.snapshots.get(cid))) == 1
+    Privacy(records, FixedClock()).erase("ada@example.com", requested_by="dpo")
+    conversation = records.conversation(cid)
+    assert conversation.turns == [] and conversation.user_email == ERASED
+
+
+def test_rotating_the_secret_rewraps_every_key(tmp_path):
+    url = f"sqlite:///{tmp_path}/events.sqlite"
+    old = ChatRecords(env=event_store_env(url, "old-secret"))
+    say(old, "ada@example.com", "r1")
+    old.close()
+    # The new secret alone cannot unwrap the old keys: a clear error at start ...
+    with pytest.raises(KeyUnavailable, match="SECRET_KEY_PREVIOUS"):
+        ChatRecords(env=event_store_env(url, "new-secret"))
+    # ... with the previous one it can, and rotate-keys rewraps them.
+    rotating = ChatRecords(env=event_store_env(url, "new-secret", "old-secret"))
+    assert Privacy(rotating, FixedClock()).rotate() == 2  # the user's key and the store key
+    rotating.close()
+    new = ChatRecords(env=event_store_env(url, "new-secret"))
+    try:
+        assert new.conversation(conversation_id("ada@example.com")).turns[0].reply == REPLY
+        rotations = list(new.events.get(KEY_LEDGER_ID))
+        assert type(rotations[-1]).__name__ == "KeysRotated" and rotations[-1].keys == 2
+    finally:
+        new.close()
+
+
+def test_a_key_wrapped_by_an_unknown_master_is_a_clear_error():
+    from adapters.data_keys import MasterKey, SqlDataKeys, _MemorySql
+
+    keys = SqlDataKeys(_MemorySql(), [MasterKey.from_secret("one")])
+    key_id, _ = keys.key_for_writing("owner", "2026-11-26")
+    other = SqlDataKeys(keys.sql, [MasterKey.from_secret("two")])
+    with pytest.raises(KeyUnavailable, match="SECRET_KEY_PREVIOUS"):
+        other.key_for_reading(key_id)
