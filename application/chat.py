@@ -9,6 +9,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
 
@@ -77,6 +78,7 @@ class ChatPolicy:
     budget_chunk_tokens: int = 100_000
     budget_lease_expiry: float = 60.0
     conversation_cache_size: int = 10_000
+    retention_days: int = 30  # older turns have expired: never context
     prices: PriceTable = field(default_factory=lambda: PriceTable(DEFAULT_PRICES))
 
 
@@ -335,6 +337,11 @@ class ChatService:
         }):
             await self.writer.save(conversation)
 
+    def forget(self, conversation_ids: list[str]) -> None:
+        """Drop kept copies (their user was erased): the next request reads the store."""
+        for cid in conversation_ids:
+            self._cache.pop(UUID(cid), None)
+
     def _remember(self, conversation: Conversation) -> None:
         """Keep a saved conversation for its next turn, the least recent going first.
 
@@ -438,7 +445,10 @@ class ChatService:
         if request.system_prompt:
             messages.append(ChatMessage("system", request.system_prompt))
             room -= count(request.system_prompt) + MESSAGE_OVERHEAD_TOKENS
-        history = conversation.recent_turns(policy.context_max_turns, max(room, 0), count)
+        not_before = iso_timestamp_of(self.clock.now() - timedelta(days=policy.retention_days))
+        history = conversation.recent_turns(
+            policy.context_max_turns, max(room, 0), count, not_before=not_before
+        )
         room -= sum(turn_tokens(turn, count) for turn in history)
         if request.context:
             room -= count(CONTEXT_PREFIX) + MESSAGE_OVERHEAD_TOKENS
@@ -479,7 +489,11 @@ class ChatService:
 
 def iso_timestamp(clock: Clock) -> str:
     """UTC time as the contract shows it, e.g. 2024-01-01T00:00:00.000Z."""
-    return clock.now().isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return iso_timestamp_of(clock.now())
+
+
+def iso_timestamp_of(at: datetime) -> str:
+    return at.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def rejection(error_type: str, message: str, clock: Clock, started: float) -> dict[str, Any]:

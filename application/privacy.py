@@ -43,7 +43,7 @@ class KeyLedger(Aggregate):
 
 @dataclass(frozen=True)
 class Erasure:
-    conversations: int
+    conversation_ids: list[str]
     keys_destroyed: int
 
 
@@ -74,7 +74,7 @@ class Privacy:
         self._forget_ciphers()
         log.info("erased a user: %d conversation(s), %d data key(s) destroyed",
                  len(conversations), destroyed)
-        return Erasure(len(conversations), destroyed)
+        return Erasure(conversations, destroyed)
 
     def expire(self, retention_days: int) -> list[str]:
         """Destroy the data keys of the days before the retention window, after

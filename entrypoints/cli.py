@@ -1,4 +1,4 @@
-"""The `chater-gpt` command: worker, audit, usage, demo."""
+"""The `chater-gpt` command: worker, audit, usage, erase, retention, rotate-keys, demo."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import sys
 import threading
 from typing import TYPE_CHECKING, cast
 
+from adapters.data_keys import KeyUnavailable
 from entrypoints.settings import SettingsError, load_settings
 
 if TYPE_CHECKING:
@@ -149,6 +150,34 @@ def run_audit(target: str, thread: str | None, as_of: int | None) -> int:
     return 0
 
 
+def run_privacy(command: str, email: str | None = None, requested_by: str | None = None) -> int:
+    """`erase`, `retention` and `rotate-keys`: against the store, without a worker."""
+    from entrypoints.container import build_container
+
+    settings = load_settings(MODEL_PROVIDER="offline")
+    _configure_logging("WARNING")
+    container = build_container(settings)
+    records = container.records()
+    try:
+        privacy = container.privacy()
+        if command == "erase":
+            assert email is not None
+            erasure = privacy.erase(email, requested_by or "operator")
+            print(f"erased {email}: {len(erasure.conversation_ids)} conversation(s), "
+                  f"{erasure.keys_destroyed} data key(s) destroyed")
+        elif command == "retention":
+            expired = privacy.expire(settings.RETENTION_DAYS)
+            print(f"retention ({settings.RETENTION_DAYS} days): content expired in "
+                  f"{len(expired)} conversation(s)")
+        else:
+            count = privacy.rotate()
+            print(f"rotate-keys: {count} key(s) rewrapped with the current SECRET_KEY; "
+                  "SECRET_KEY_PREVIOUS can be removed now")
+    finally:
+        records.close()
+    return 0
+
+
 def run_usage(since: str | None, until: str | None, by: str | None, fmt: str,
               user: str | None) -> int:
     from eventsourcing.persistence import PersistenceError
@@ -207,6 +236,15 @@ def main(argv: list[str] | None = None) -> int:
     usage.add_argument("--by", choices=("user", "model", "day"), help="one line per group")
     usage.add_argument("--format", choices=("table", "json", "csv"), default="table")
     usage.add_argument("--user", metavar="EMAIL", help="only this user's requests")
+    erase = commands.add_parser(
+        "erase", help="erase a user: destroy their data keys (their content becomes unreadable)"
+    )
+    erase.add_argument("user_email")
+    erase.add_argument("--requested-by", metavar="WHO", help="who asked (recorded; default operator)")
+    commands.add_parser("retention", help="expire content older than RETENTION_DAYS now")
+    commands.add_parser(
+        "rotate-keys", help="rewrap every data key with SECRET_KEY (set SECRET_KEY_PREVIOUS)"
+    )
     commands.add_parser("demo", help="run everything on this machine and show it working")
     args = parser.parse_args(argv)
     try:
@@ -214,12 +252,16 @@ def main(argv: list[str] | None = None) -> int:
             return run_worker()
         if args.command == "audit":
             return run_audit(args.target, args.thread, args.as_of)
+        if args.command == "erase":
+            return run_privacy("erase", args.user_email, args.requested_by)
+        if args.command in {"retention", "rotate-keys"}:
+            return run_privacy(args.command)
         if args.command == "usage":
             return run_usage(args.since, args.until, args.by, args.format, args.user)
         from entrypoints.demo import run_demo
 
         return run_demo()
-    except SettingsError as error:
+    except (SettingsError, KeyUnavailable) as error:
         print(f"chater-gpt: {error}", file=sys.stderr)
         return 2
 

@@ -18,6 +18,7 @@ from application.chat import ChatPolicy, ChatRecords, ChatService
 from application.circuit_breaker import CircuitBreaker
 from application.measured_model import MeasuredModel
 from application.model_retries import RetryingModel
+from application.privacy import Privacy
 from entrypoints.health import worker_checks
 from entrypoints.settings import Settings, SettingsError
 from entrypoints.worker import KafkaWorker
@@ -46,6 +47,7 @@ class Container(containers.DeclarativeContainer):
             event_store_env,
             database_url=settings.provided.DATABASE_URL,
             secret_key=providers.Callable(_secret, settings.provided.SECRET_KEY),
+            previous_secret_key=providers.Callable(_secret, settings.provided.SECRET_KEY_PREVIOUS),
         ),
     )
     model_client = providers.Selector(
@@ -92,6 +94,7 @@ class Container(containers.DeclarativeContainer):
         context_max_turns=settings.provided.CONTEXT_MAX_TURNS,
         budget_chunk_tokens=settings.provided.BUDGET_CHUNK_TOKENS,
         budget_lease_expiry=settings.provided.BUDGET_LEASE_EXPIRY,
+        retention_days=settings.provided.RETENTION_DAYS,
         prices=prices,
     )
     chat_service = providers.Singleton(
@@ -104,6 +107,7 @@ class Container(containers.DeclarativeContainer):
         policy=policy,
         tracer=tracer,
     )
+    privacy = providers.Singleton(Privacy, records=records, clock=clock)
     worker = providers.Singleton(
         KafkaWorker,
         service=chat_service,
@@ -111,6 +115,7 @@ class Container(containers.DeclarativeContainer):
         clock=clock,
         metrics=metrics,
         tracer=tracer,
+        privacy=privacy,
     )
     health = providers.Singleton(
         worker_checks, worker=worker, records=records, circuit_breaker=circuit_breaker

@@ -74,6 +74,11 @@ class Settings(BaseSettings):
         None, description="a JSON or YAML file of prices per million tokens, by model"
     )
     HEALTH_PORT: int = Field(8080, ge=0, le=65535, description="0 turns the health server off")
+    ERASE_TOPIC: str = Field("gpt-erase", description="erasure requests: {\"user_email\": ...}")
+    RETENTION_DAYS: int = Field(30, gt=0, description="days conversation content is kept")
+    RETENTION_INTERVAL: float = Field(
+        3600, gt=0, description="seconds between the worker's retention runs"
+    )
 
     @field_validator("OPENAI_API_KEY_FILE", "SECRET_KEY_PREVIOUS", mode="before")
     @classmethod

@@ -41,6 +41,7 @@ from application.chat import ChatService, rejection
 from application.contract import ChatRequest, InvalidRequest, parse_request, request_id_of
 from application.contract import encode_response
 from application.ports import Clock, Metrics
+from application.privacy import Privacy
 from application.usage import user_hash
 from domain.conversation import conversation_id
 from entrypoints.settings import Settings
@@ -110,8 +111,12 @@ class KafkaWorker:
         clock: Clock,
         metrics: Metrics | None = None,
         tracer: trace.Tracer | None = None,
+        privacy: Privacy | None = None,
     ) -> None:
         self.service = service
+        self.privacy = privacy
+        self._retention: asyncio.Task[None] | None = None
+        self._last_retention = float("-inf")
         self.settings = settings
         self.clock = clock
         self.metrics = metrics
@@ -146,6 +151,8 @@ class KafkaWorker:
                 [settings.REQUEST_TOPIC, settings.RESPONSE_TOPIC, settings.DLQ_TOPIC],
                 settings.TOPIC_PARTITIONS,
             )
+            if self.privacy is not None:
+                await asyncio.to_thread(ensure_topics, settings.BOOTSTRAP_SERVER, [settings.ERASE_TOPIC])
         consumer = Consumer({
             **consumer_config(settings.BOOTSTRAP_SERVER, settings.CONSUMER_GROUP),
             "on_commit": self._on_commit,
@@ -154,7 +161,7 @@ class KafkaWorker:
         })
         self._producer = Producer(producer_config(settings.BOOTSTRAP_SERVER))
         consumer.subscribe(
-            [settings.REQUEST_TOPIC],
+            [settings.REQUEST_TOPIC, *([settings.ERASE_TOPIC] if self.privacy else [])],
             on_assign=self._on_assign,
             on_revoke=self._on_revoke,
             on_lost=self._on_lost,
@@ -173,9 +180,12 @@ class KafkaWorker:
                 if time.monotonic() - last_commit >= COMMIT_INTERVAL:
                     self._commit(consumer, asynchronous=True)
                     await self.service.housekeeping()
+                    self._schedule_retention()
                     last_commit = time.monotonic()
         finally:
             deliveries.cancel()  # the final flush serves the last delivery callbacks
+            if self._retention is not None:
+                await asyncio.wait({self._retention})
             await self._shut_down(consumer)
         if self._fatal is not None:
             raise WorkerFailed("the worker stopped after an unexpected error") from self._fatal
@@ -209,6 +219,55 @@ class KafkaWorker:
         self._producer = None  # librdkafka clients stop when their last reference goes
         await self.service.close()
         log.info("worker stopped")
+
+    # Privacy --------------------------------------------------------------------
+
+    def _schedule_retention(self) -> None:
+        """Every RETENTION_INTERVAL (and at start), destroy the data keys of content
+        older than RETENTION_DAYS, in a thread; never two runs at once."""
+        if self.privacy is None or (self._retention is not None and not self._retention.done()):
+            return
+        if time.monotonic() - self._last_retention < self.settings.RETENTION_INTERVAL:
+            return
+        self._last_retention = time.monotonic()
+        self._retention = asyncio.create_task(self._run_retention())
+
+    async def _run_retention(self) -> None:
+        assert self.privacy is not None
+        try:
+            expired = await asyncio.to_thread(self.privacy.expire, self.settings.RETENTION_DAYS)
+            self.service.forget(expired)
+        except Exception as error:  # the store is down, say: the next run does it
+            log.warning("retention run failed (%s); trying again in %.0fs",
+                        type(error).__name__, self.settings.RETENTION_INTERVAL)
+
+    async def _erase(self, record: _Record) -> None:
+        """An erasure request from ERASE_TOPIC: the user's conversations get a
+        UserErased event and their data keys are destroyed. Waits out a store outage."""
+        assert self.privacy is not None
+        try:
+            request = json.loads(record.message.value() or b"")
+            email, requested_by = request["user_email"], request.get("requested_by") or "user"
+            if not isinstance(email, str) or "@" not in email or not isinstance(requested_by, str):
+                raise ValueError("user_email must be an e-mail address")
+        except (ValueError, KeyError, TypeError) as error:
+            self._dead_letter(record, f"not an erasure request: {type(error).__name__}")
+            return
+        delay = 0.5
+        while True:
+            try:
+                erasure = await asyncio.to_thread(self.privacy.erase, email, requested_by)
+                break
+            except PersistenceError as error:
+                log.warning("event store unavailable (%s); retrying the erasure", error)
+            if self._stop.is_set():
+                self._drop(record)  # fetched again by whoever runs next
+                return
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, STORE_RETRY_MAX_DELAY)
+        self.service.forget(erasure.conversation_ids)
+        record.span.set_attribute("chater.erased_conversations", len(erasure.conversation_ids))
+        self._finish(record)
 
     # Health ---------------------------------------------------------------------
 
@@ -341,6 +400,11 @@ class KafkaWorker:
         self.stats.consumed += 1
         self.stats.in_flight += 1
         self.stats.peak_in_flight = max(self.stats.peak_in_flight, self.stats.in_flight)
+        if message.topic() == self.settings.ERASE_TOPIC:
+            task = asyncio.create_task(self._erase(record))
+            self._runners.add(task)
+            task.add_done_callback(self._runners.discard)
+            return
         try:
             request = parse_request(message.key(), message.value(), self.settings.MAX_REQUEST_BYTES)
             record.request = replace(request, deadline=self._deadline(message))
@@ -513,13 +577,7 @@ class KafkaWorker:
             "invalid record %s[%d]@%d: %s",
             message.topic(), message.partition(), message.offset(), error.message,
         )
-        headers = [
-            ("error_type", b"invalid_request"),
-            ("reason", error.message.encode()),
-            ("source_topic", (message.topic() or "").encode()),
-            ("source_partition", str(message.partition()).encode()),
-            ("source_offset", str(message.offset()).encode()),
-        ]
+        headers = _dead_letter_headers(message, error.message)
         key = message.key() or (error.request_id.encode() if error.request_id else None)
         # Counted before either is sent, so that the first delivery cannot finish the record.
         record.deliveries += 1
@@ -533,6 +591,16 @@ class KafkaWorker:
         record.deliveries -= 1
         if record.deliveries == 0:
             self._finish(record)
+
+    def _dead_letter(self, record: _Record, reason: str) -> None:
+        """A record that is no request (an unreadable erasure): to the DLQ only."""
+        message = record.message
+        self.stats.dead_lettered += 1
+        log.warning("unreadable record %s[%d]@%d: %s",
+                    message.topic(), message.partition(), message.offset(), reason)
+        record.span.set_status(Status(StatusCode.ERROR, "invalid_request"))
+        self._send(record, self.settings.DLQ_TOPIC, message.key(), message.value(),
+                   _dead_letter_headers(message, reason))
 
     def _measure(self, record: _Record, payload: dict[str, Any]) -> None:
         """One response for the metrics and the log: outcome, model, kind, time
@@ -693,3 +761,13 @@ class KafkaWorker:
             self.stats.committed[(topic, partition)] = offset
             if not asynchronous:
                 self._offsets.committed((topic, partition), offset)
+
+
+def _dead_letter_headers(message: Message, reason: str) -> list[tuple[str, bytes]]:
+    return [
+        ("error_type", b"invalid_request"),
+        ("reason", reason.encode()),
+        ("source_topic", (message.topic() or "").encode()),
+        ("source_partition", str(message.partition()).encode()),
+        ("source_offset", str(message.offset()).encode()),
+    ]

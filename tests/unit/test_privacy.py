@@ -72,7 +72,7 @@ def test_erasure_leaves_the_accounting_and_starts_afresh(store):
     say(records, "ada@example.com", "r2", message="second", reply="second reply")
     say(records, "bob@example.com", "b1", message="bob's own", reply="bob's reply")
     erasure = Privacy(records, FixedClock()).erase("Ada@Example.com", requested_by="dpo")
-    assert (erasure.conversations, erasure.keys_destroyed) == (1, 1)
+    assert (erasure.conversation_ids, erasure.keys_destroyed) == ([str(conversation_id("ada@example.com"))], 1)
 
     cid = conversation_id("ada@example.com")
     events = list(records.events.get(cid))
