@@ -18,10 +18,11 @@ def private_topics(bootstrap_server: str, request_partitions: int = 1) -> dict[s
         "REQUEST_TOPIC": f"gpt-send-{suffix}",
         "RESPONSE_TOPIC": f"gpt-response-{suffix}",
         "DLQ_TOPIC": f"gpt-send-{suffix}.dlq",
+        "ERASE_TOPIC": f"gpt-erase-{suffix}",
         "CONSUMER_GROUP": f"chater-gpt-{suffix}",
     }
     ensure_topics(bootstrap_server, [names["REQUEST_TOPIC"]], request_partitions)
-    ensure_topics(bootstrap_server, [names["RESPONSE_TOPIC"], names["DLQ_TOPIC"]])
+    ensure_topics(bootstrap_server, [names["RESPONSE_TOPIC"], names["DLQ_TOPIC"], names["ERASE_TOPIC"]])
     return names
 
 

@@ -41,6 +41,7 @@ class RunningWorker:
             REQUEST_TOPIC=f"gpt-send-{suffix}",
             RESPONSE_TOPIC=f"gpt-response-{suffix}",
             DLQ_TOPIC=f"gpt-send-{suffix}.dlq",
+            ERASE_TOPIC=f"gpt-erase-{suffix}",
             CONSUMER_GROUP=f"chater-gpt-{suffix}",
             SECRET_KEY="test-secret",
             REQUESTS_PER_MINUTE=0,
