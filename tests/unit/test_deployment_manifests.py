@@ -51,7 +51,16 @@ def test_the_worker_deployment_is_probed_limited_and_keeps_secrets_out():
         "limits": {"memory": "512Mi", "cpu": "500m"},
     }
     env = {item["name"]: item for item in worker["env"]}
-    assert env["OPENAI_API_KEY"]["valueFrom"]["secretKeyRef"]["key"] == "OPENAI_API_KEY"
+    # The API key: a file from the Secret, mounted whole (a subPath is never updated).
+    assert "OPENAI_API_KEY" not in env
+    key_file = env["OPENAI_API_KEY_FILE"]["value"]
+    (mount,) = [m for m in worker["volumeMounts"] if key_file.startswith(m["mountPath"] + "/")]
+    assert "subPath" not in mount and mount["readOnly"] is True
+    (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+    assert volume["secret"]["secretName"] == "chater-gpt"
+    assert volume["secret"]["items"] == [
+        {"key": "OPENAI_API_KEY", "path": key_file.rsplit("/", 1)[1]}
+    ]
     assert "value" not in env["SECRET_KEY"] and "value" not in env["DATABASE_URL"]
     assert pod["securityContext"]["runAsNonRoot"] is True
 
