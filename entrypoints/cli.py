@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import logging
 import signal
 import sys
@@ -178,6 +179,50 @@ def run_privacy(command: str, email: str | None = None, requested_by: str | None
     return 0
 
 
+def run_dead_letters(limit: int) -> int:
+    """Print the dead letters (up to `limit`), their values opened with SECRET_KEY."""
+    import uuid
+
+    from confluent_kafka import Consumer, TopicPartition
+
+    from adapters.dead_letters import SEALED_HEADER, DeadLetterSeal
+
+    settings = load_settings(MODEL_PROVIDER="offline")
+    _configure_logging("WARNING")
+    assert settings.SECRET_KEY is not None  # validated
+    seal = DeadLetterSeal(settings.SECRET_KEY.get_secret_value())
+    consumer = Consumer({
+        "bootstrap.servers": settings.BOOTSTRAP_SERVER, "group.id": f"dlq-{uuid.uuid4()}",
+        "enable.auto.commit": False, "enable.partition.eof": True,
+    })
+    try:
+        metadata = consumer.list_topics(settings.DLQ_TOPIC, timeout=10).topics[settings.DLQ_TOPIC]
+        partitions = [TopicPartition(settings.DLQ_TOPIC, p, 0) for p in metadata.partitions]
+        consumer.assign(partitions)
+        at_end: set[int] = set()
+        shown = 0
+        while len(at_end) < len(partitions) and shown < limit:
+            message = consumer.poll(5)
+            if message is None:
+                break
+            if message.error():
+                at_end.add(message.partition())
+                continue
+            headers = {k: v.decode(errors="replace") for k, v in message.headers() or []}
+            value = message.value() or b""
+            if SEALED_HEADER in headers:
+                value = seal.open(value)
+            print(json.dumps({
+                "partition": message.partition(), "offset": message.offset(),
+                "key": (message.key() or b"").decode(errors="replace"),
+                "headers": headers, "value": value.decode(errors="replace"),
+            }, ensure_ascii=False))
+            shown += 1
+    finally:
+        consumer.close()
+    return 0
+
+
 def run_usage(since: str | None, until: str | None, by: str | None, fmt: str,
               user: str | None) -> int:
     from eventsourcing.persistence import PersistenceError
@@ -245,6 +290,10 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser(
         "rotate-keys", help="rewrap every data key with SECRET_KEY (set SECRET_KEY_PREVIOUS)"
     )
+    dead = commands.add_parser(
+        "dead-letters", help="print the dead-letter topic, values opened with SECRET_KEY"
+    )
+    dead.add_argument("--limit", type=int, default=100)
     commands.add_parser("demo", help="run everything on this machine and show it working")
     args = parser.parse_args(argv)
     try:
@@ -256,6 +305,8 @@ def main(argv: list[str] | None = None) -> int:
             return run_privacy("erase", args.user_email, args.requested_by)
         if args.command in {"retention", "rotate-keys"}:
             return run_privacy(args.command)
+        if args.command == "dead-letters":
+            return run_dead_letters(args.limit)
         if args.command == "usage":
             return run_usage(args.since, args.until, args.by, args.format, args.user)
         from entrypoints.demo import run_demo

@@ -35,6 +35,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.trace import INVALID_SPAN, Span, SpanKind, Status, StatusCode
 
+from adapters.dead_letters import SEALED_HEADER, SEALED_WITH, DeadLetterSeal
 from adapters.kafka import consumer_config, ensure_topics, producer_config
 from adapters.kafka_offsets import OffsetTracker
 from application.chat import ChatService, rejection
@@ -115,6 +116,8 @@ class KafkaWorker:
     ) -> None:
         self.service = service
         self.privacy = privacy
+        assert settings.SECRET_KEY is not None  # validated
+        self._seal = DeadLetterSeal(settings.SECRET_KEY.get_secret_value())
         self._retention: asyncio.Task[None] | None = None
         self._last_retention = float("-inf")
         self.settings = settings
@@ -587,7 +590,7 @@ class KafkaWorker:
             self._send(record, self.settings.RESPONSE_TOPIC, key, encode_response(payload))
         else:
             log.warning("invalid record has no key: no error response can be matched to it")
-        self._send(record, self.settings.DLQ_TOPIC, message.key(), message.value(), headers)
+        self._send(record, self.settings.DLQ_TOPIC, message.key(), self._sealed(message), headers)
         record.deliveries -= 1
         if record.deliveries == 0:
             self._finish(record)
@@ -599,8 +602,13 @@ class KafkaWorker:
         log.warning("unreadable record %s[%d]@%d: %s",
                     message.topic(), message.partition(), message.offset(), reason)
         record.span.set_status(Status(StatusCode.ERROR, "invalid_request"))
-        self._send(record, self.settings.DLQ_TOPIC, message.key(), message.value(),
+        self._send(record, self.settings.DLQ_TOPIC, message.key(), self._sealed(message),
                    _dead_letter_headers(message, reason))
+
+    def _sealed(self, message: Message) -> bytes | None:
+        """The record's original bytes, encrypted: they may hold anything a user wrote."""
+        value = message.value()
+        return None if value is None else self._seal.seal(value)
 
     def _measure(self, record: _Record, payload: dict[str, Any]) -> None:
         """One response for the metrics and the log: outcome, model, kind, time
@@ -765,6 +773,7 @@ class KafkaWorker:
 
 def _dead_letter_headers(message: Message, reason: str) -> list[tuple[str, bytes]]:
     return [
+        (SEALED_HEADER, SEALED_WITH),
         ("error_type", b"invalid_request"),
         ("reason", reason.encode()),
         ("source_topic", (message.topic() or "").encode()),

@@ -27,7 +27,7 @@ Feature: Chat requests are answered on Kafka
   Scenario: A bad record gets an error response and a dead-letter copy
     When a producer sends the record "this is not json" with key "bad-1"
     Then request "bad-1" gets an "invalid_request" error saying "not valid JSON"
-    And the original bytes of "bad-1" are on the dead-letter topic with the reason
+    And the original bytes of "bad-1" are on the dead-letter topic, sealed, with the reason
     And the model was not called
 
   Scenario: A redelivered record is not paid twice

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from pytest_bdd import given, parsers, scenarios, then, when
 
+from adapters.dead_letters import DeadLetterSeal
 from domain.pricing import DEFAULT_PRICES
 from entrypoints.cli import main as chater_gpt
 from tests.support.worker import RunningWorker
@@ -151,11 +152,14 @@ def error_response(chat: Conversation, key: str, error_type: str, text: str):
     assert "response" not in body
 
 
-@then(parsers.parse('the original bytes of "{key}" are on the dead-letter topic with the reason'))
+@then(parsers.parse('the original bytes of "{key}" are on the dead-letter topic, sealed, with the reason'))
 def dead_lettered(chat: Conversation, key: str):
     [(dlq_key, value, headers)] = chat.worker.dead_letters(1)
     assert dlq_key == key.encode()
-    assert value == chat.records[key]
+    assert value != chat.records[key]  # sealed: it may hold anything a user wrote
+    seal = DeadLetterSeal(chat.worker.settings.SECRET_KEY.get_secret_value())
+    assert seal.open(value) == chat.records[key]
+    assert headers["value_encryption"] == b"aes-256-gcm;chater-gpt/dead-letters/v1"
     assert headers["error_type"] == b"invalid_request"
     assert b"not valid JSON" in headers["reason"]
 

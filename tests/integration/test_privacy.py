@@ -10,6 +10,7 @@ import time
 import psycopg
 import pytest
 
+from adapters.dead_letters import DeadLetterSeal
 from adapters.event_store import event_store_env
 from application.chat import ChatRecords
 from domain.conversation import ERASED, conversation_id
@@ -100,4 +101,12 @@ def test_erasure_through_kafka_with_a_request_in_flight(
     assert "blood pressure" not in audit and "hello again" in audit
     # The unreadable erasure request was dead-lettered.
     dead = dict(read_until_all(broker, topics["DLQ_TOPIC"], {"erase-bad"}, timeout=10))
-    assert dead["erase-bad"] == b"{not an erasure"
+    assert DeadLetterSeal(worker_env["SECRET_KEY"]).open(dead["erase-bad"]) == b"{not an erasure"
+    # Operators read them opened, with SECRET_KEY.
+    monkeypatch.setenv("BOOTSTRAP_SERVER", worker_env["BOOTSTRAP_SERVER"])
+    monkeypatch.setenv("DLQ_TOPIC", topics["DLQ_TOPIC"])
+    capsys.readouterr()
+    assert chater_gpt(["dead-letters"]) == 0
+    letters = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    [letter] = [d for d in letters if d["key"] == "erase-bad"]
+    assert letter["value"] == "{not an erasure" and letter["headers"]["reason"].startswith("not an erasure")
