@@ -23,7 +23,9 @@ Reading = Callable[[], Iterable[tuple[float, dict[str, str]]]]
 class OtelMetrics:
     """Counters and histograms of the requests and model calls; gauges read on scrape."""
 
-    def __init__(self) -> None:
+    def __init__(self, model_label: Callable[[str], str] | None = None) -> None:
+        # What a model is called in labels (unknown names as one "other").
+        self.model_label = model_label or (lambda model: model)
         # A registry of its own: several services in one process (tests) never clash.
         self.registry = CollectorRegistry(auto_describe=True)
         readers: list[MetricReader] = [
@@ -75,19 +77,20 @@ class OtelMetrics:
         )
 
     def request_finished(self, *, outcome: str, model: str, kind: str, seconds: float) -> None:
-        labels = {"outcome": outcome, "model": model, "kind": kind}
+        labels = {"outcome": outcome, "model": self.model_label(model), "kind": kind}
         self._requests.add(1, labels)
         self._latency.record(max(seconds, 0.0), labels)
         if outcome != "answered":
             self._errors.add(1, {"type": outcome})
 
     def model_called(self, *, model: str, outcome: str, seconds: float) -> None:
-        self._model_latency.record(seconds, {"model": model, "outcome": outcome})
+        self._model_latency.record(seconds, {"model": self.model_label(model), "outcome": outcome})
 
     def model_used(
         self, *, model: str, prompt_tokens: int, cached_tokens: int, completion_tokens: int,
         cost: float | None,
     ) -> None:
+        model = self.model_label(model)
         self._tokens.add(prompt_tokens - cached_tokens, {"model": model, "type": "prompt"})
         self._tokens.add(cached_tokens, {"model": model, "type": "cached_prompt"})
         self._tokens.add(completion_tokens, {"model": model, "type": "completion"})

@@ -10,6 +10,9 @@ from typing import Any
 
 from application.images import Image, InvalidImage, decode_image
 
+# An address's shape, not its deliverability: local@domain.tld, no spaces, at most 254.
+EMAIL_SHAPE = re.compile(r"^(?=.{3,254}$)[^@\s]+@[^@\s]+\.[^@\s]+$")
+
 
 class InvalidRequest(ValueError):
     """A record that is not a valid chat request; the message is safe to show."""
@@ -114,6 +117,8 @@ def _build(request_id: str, body: dict[str, Any]) -> ChatRequest:
         raise fail("'user_email' is required and must be a non-empty string")
     if _unreadable(user_email):
         raise fail(f"'user_email' {_unreadable(user_email)}")
+    if not EMAIL_SHAPE.match(user_email.strip()):  # never quoted: it may be anything
+        raise fail("'user_email' must be an e-mail address")
 
     raw_images = body.get("images")
     if raw_images is None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
@@ -22,20 +23,22 @@ class MeasuredModel:
         metrics: Metrics,
         prices: PriceTable,
         tracer: trace.Tracer | None = None,
+        model_label: Callable[[str], str] = lambda model: model,
     ) -> None:
         self.model = model
         self.metrics = metrics
         self.prices = prices
+        self.model_label = model_label
         self.tracer = tracer or trace.get_tracer(__name__)
 
     async def complete(self, call: ModelCall) -> ModelReply:
         with self.tracer.start_as_current_span(
-            f"chat {call.model}",
+            f"chat {self.model_label(call.model)}",
             kind=SpanKind.CLIENT,
             attributes={
                 "gen_ai.operation.name": "chat",
                 "gen_ai.system": "openai",
-                "gen_ai.request.model": call.model,
+                "gen_ai.request.model": self.model_label(call.model),
                 "gen_ai.request.max_tokens": call.max_tokens,
                 "gen_ai.request.temperature": call.temperature,
             },
@@ -70,7 +73,7 @@ class MeasuredModel:
                 cost=cost,
             )
             span.set_attributes({
-                "gen_ai.response.model": reply.model,
+                "gen_ai.response.model": self.model_label(reply.model),
                 "gen_ai.response.finish_reasons": [reply.finish_reason],
                 "gen_ai.usage.input_tokens": reply.prompt_tokens,
                 "gen_ai.usage.output_tokens": reply.completion_tokens,

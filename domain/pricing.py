@@ -78,6 +78,10 @@ class PriceTable:
             (name for name in self.prices if "*" in name or "?" in name), key=len, reverse=True
         )
 
+    def names(self, model: str) -> bool:
+        """True when the table names the model (or its snapshot's model), not a pattern."""
+        return model in self.prices or _SNAPSHOT.sub("", model) in self.prices
+
     def price_of(self, model: str) -> Price | None:
         for name in (model, _SNAPSHOT.sub("", model)):
             if name in self.prices:

@@ -19,7 +19,12 @@ if TYPE_CHECKING:
     from application.chat import ChatRecords
 
 
-def _configure_logging(level: str, json_lines: bool = False) -> None:
+# Libraries whose DEBUG lines carry request bodies (the OpenAI SDK logs its request
+# options, messages included) or URLs: never below WARNING unless LOG_CONTENT.
+CHATTY_LIBRARIES = ("openai", "httpx", "httpx2", "httpcore", "aiohttp", "urllib3")
+
+
+def _configure_logging(level: str, json_lines: bool = False, content: bool = False) -> None:
     handler = logging.StreamHandler(sys.stderr)
     if json_lines:  # one JSON object a line, for log collectors
         from pythonjsonlogger.json import JsonFormatter
@@ -31,9 +36,9 @@ def _configure_logging(level: str, json_lines: bool = False) -> None:
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=level, handlers=[handler])
-    # The HTTP clients log every request at INFO: one line per model call, URL included.
-    for noisy in ("httpx", "httpx2"):
-        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))
+    if not content:
+        for chatty in CHATTY_LIBRARIES:
+            logging.getLogger(chatty).setLevel(max(logging.WARNING, logging.getLevelName(level)))
 
 
 USAGE_CATCH_UP_INTERVAL = 5.0  # seconds between the worker's catch-ups of the usage view
@@ -92,7 +97,9 @@ def run_worker() -> int:
     from entrypoints.health import health_server, observe_worker
 
     settings = load_settings()
-    _configure_logging(settings.LOG_LEVEL, json_lines=settings.LOG_FORMAT == "json")
+    _configure_logging(
+        settings.LOG_LEVEL, json_lines=settings.LOG_FORMAT == "json", content=settings.LOG_CONTENT
+    )
     container = build_container(settings)
     worker = container.worker()
     assert settings.SECRET_KEY is not None  # validated

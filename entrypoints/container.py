@@ -17,6 +17,7 @@ from adapters.tiktoken_counter import TiktokenCounter
 from application.chat import ChatPolicy, ChatRecords, ChatService
 from application.circuit_breaker import CircuitBreaker
 from application.measured_model import MeasuredModel
+from application.model_names import ModelNames
 from application.model_retries import RetryingModel
 from application.privacy import Privacy
 from entrypoints.health import worker_checks
@@ -34,7 +35,15 @@ class Container(containers.DeclarativeContainer):
     settings = providers.Dependency(instance_of=Settings)
 
     clock = providers.Singleton(SystemClock)
-    metrics = providers.Singleton(OtelMetrics)
+    prices = providers.Singleton(price_table, path=settings.provided.MODEL_PRICES)
+    model_names = providers.Singleton(
+        ModelNames,
+        configured=providers.List(
+            settings.provided.MODEL, settings.provided.VISION_MODEL, settings.provided.FALLBACK_MODEL
+        ),
+        prices=prices,
+    )
+    metrics = providers.Singleton(OtelMetrics, model_label=model_names.provided.label)
     tracing = providers.Singleton(OtelTracing)
     tracer = tracing.provided.tracer
     token_counter = providers.Singleton(TiktokenCounter)
@@ -66,9 +75,9 @@ class Container(containers.DeclarativeContainer):
         ),
         offline=providers.Singleton(OfflineModel, counter=token_counter),
     )
-    prices = providers.Singleton(price_table, path=settings.provided.MODEL_PRICES)
     measured_model = providers.Singleton(
-        MeasuredModel, model=model_client, metrics=metrics, prices=prices, tracer=tracer
+        MeasuredModel, model=model_client, metrics=metrics, prices=prices, tracer=tracer,
+        model_label=model_names.provided.label,
     )
     circuit_breaker = providers.Singleton(
         CircuitBreaker,
@@ -116,9 +125,11 @@ class Container(containers.DeclarativeContainer):
         metrics=metrics,
         tracer=tracer,
         privacy=privacy,
+        model_label=model_names.provided.label,
     )
     health = providers.Singleton(
-        worker_checks, worker=worker, records=records, circuit_breaker=circuit_breaker
+        worker_checks, worker=worker, records=records, circuit_breaker=circuit_breaker,
+        model_label=model_names.provided.label,
     )
 
 

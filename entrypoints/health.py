@@ -147,8 +147,14 @@ def observe_worker(metrics: Any, worker: Any, circuit_breaker: Any, ledger: Any)
     metrics.watch("chater_gpt_budget_remaining_tokens",
                   "Tokens of the day neither spent nor held (leases included)",
                   lambda: [(left, {}) for left in [ledger.remaining_today()] if left is not None])
-    metrics.watch("chater_gpt_circuit_state", "Per model: 0 closed, 1 half-open, 2 open",
-                  lambda: [(CIRCUIT_STATES[s], {"model": m}) for m, s in circuit_breaker.states().items()])
+    def circuits() -> list[tuple[float, dict[str, str]]]:
+        worst: dict[str, int] = {}  # models shown as one label ("other") show the worst
+        for model, state in circuit_breaker.states().items():
+            label = metrics.model_label(model)
+            worst[label] = max(worst.get(label, 0), CIRCUIT_STATES[state])
+        return [(state, {"model": label}) for label, state in worst.items()]
+
+    metrics.watch("chater_gpt_circuit_state", "Per model: 0 closed, 1 half-open, 2 open", circuits)
 
 
 def health_app(
@@ -206,7 +212,10 @@ async def health_server(
         await runner.cleanup()
 
 
-def worker_checks(worker: Any, records: Any, circuit_breaker: Any) -> HealthChecks:
+def worker_checks(
+    worker: Any, records: Any, circuit_breaker: Any,
+    model_label: Callable[[str], str] = lambda model: model,
+) -> HealthChecks:
     """The checks of a Kafka worker process: its broker, its store, the model, itself."""
     # Threads of their own: while the store is down, its calls fill the default
     # executor, and the broker's check must not queue behind them.
@@ -232,10 +241,10 @@ def worker_checks(worker: Any, records: Any, circuit_breaker: Any) -> HealthChec
         return {"notifications": position or 0, "latency_ms": _millis_since(started)}
 
     async def openai_api() -> dict[str, Any]:
-        circuits = circuit_breaker.states()
+        circuits = {model_label(m): state for m, state in circuit_breaker.states().items()}
         # An open circuit nobody waits at says nothing about now: it closes on
         # the next call that succeeds, so it must not keep the worker unready.
-        held = {model: n for model, n in circuit_breaker.waiting().items() if n > 0}
+        held = {model_label(m): n for m, n in circuit_breaker.waiting().items() if n > 0}
         if held:
             raise CheckFailed(
                 "circuit open, calls held back: "

@@ -17,6 +17,7 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -113,7 +114,9 @@ class KafkaWorker:
         metrics: Metrics | None = None,
         tracer: trace.Tracer | None = None,
         privacy: Privacy | None = None,
+        model_label: Callable[[str], str] = lambda model: model,
     ) -> None:
+        self.model_label = model_label
         self.service = service
         self.privacy = privacy
         assert settings.SECRET_KEY is not None  # validated
@@ -421,7 +424,7 @@ class KafkaWorker:
             return
         record.span.set_attributes({
             "chater.request.kind": "vision" if record.request.images else "text",
-            "gen_ai.request.model": self.service.model_for(record.request),
+            "gen_ai.request.model": self.model_label(self.service.model_for(record.request)),
         })
         queue = self._queues.get(key)
         if queue is None:
@@ -621,9 +624,9 @@ class KafkaWorker:
     def _account(self, record: _Record, payload: dict[str, Any]) -> None:
         request = record.request
         images = bool(request and request.images)
-        model = payload.get("model") or (
+        model = self.model_label(payload.get("model") or (
             "none" if request is None else self.service.model_for(request)
-        )
+        ))
         now = time.time()
         usage = payload.get("usage") or {}
         figures = {

@@ -160,3 +160,11 @@ def test_an_image_cut_short_is_refused_and_the_whole_one_accepted(kind):
     assert request(whole).images[0].data == whole
     with pytest.raises(InvalidRequest, match="image 1 is damaged or truncated"):
         request(whole[: len(whole) * 2 // 3])
+
+
+@pytest.mark.parametrize("address", ["ada", "ada@example", "ada lovelace@example.com", "@example.com",
+                                     "I am ada@example.com, hi"])
+def test_user_email_must_look_like_an_address_and_is_never_quoted(address):
+    with pytest.raises(InvalidRequest) as refused:
+        parse_request(b"k", json.dumps({"user_email": address, "message": "hi"}).encode(), 10_000)
+    assert refused.value.message == "'user_email' must be an e-mail address"

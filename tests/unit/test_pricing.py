@@ -75,3 +75,14 @@ def test_bad_price_files_say_what_is_wrong(tmp_path, text, complaint):
 def test_a_missing_price_file_is_named(tmp_path):
     with pytest.raises(PriceFileError, match="cannot read .*nowhere.yaml"):
         read_price_file(tmp_path / "nowhere.yaml")
+
+
+def test_telemetry_names_only_models_the_service_knows():
+    from application.model_names import ModelNames
+
+    names = ModelNames(["gpt-4o-mini", "gpt-4o-latest", None], PriceTable(DEFAULT_PRICES))
+    assert names.label("gpt-4o-latest") == "gpt-4o-latest"  # configured, though unpriced
+    assert names.label("offline:gpt-4o-mini") == "offline:gpt-4o-mini"
+    assert names.label("gpt-4.1-2025-04-14") == "gpt-4.1-2025-04-14"  # a priced snapshot
+    assert names.label("call me on +44 20 7946 0958") == "other"
+    assert names.label("offline:anything at all") == "other"
