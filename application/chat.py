@@ -8,7 +8,7 @@ import functools
 import logging
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
@@ -28,6 +28,7 @@ from application.budget_ledger import BudgetLedger
 from application.contract import ChatRequest, error_payload
 from application.group_commit import GroupCommitter
 from application.personal_data import PersonalDataMapper
+from application.pii import PiiMasker, PiiSession
 from application.ports import (
     ChatMessage,
     Clock,
@@ -56,6 +57,10 @@ log = logging.getLogger(__name__)
 REPLY_PRIMING_TOKENS = 3
 CONTEXT_PREFIX = "Earlier in this conversation:\n"
 BUDGET_EXHAUSTED = "The service's daily token budget is used up; please try again tomorrow."
+PII_REJECTED = (
+    "The request contains personal data ({kinds}); this service does not send personal "
+    "data to the model. Please remove it and ask again."
+)
 TOO_LATE = "The model could not answer before the request's deadline."
 STORE_RETRY_MAX_DELAY = 5.0
 RECORDING_GRACE = 10.0  # seconds a closing service waits for paid replies to be recorded
@@ -79,6 +84,9 @@ class ChatPolicy:
     budget_lease_expiry: float = 60.0
     conversation_cache_size: int = 10_000
     retention_days: int = 30  # older turns have expired: never context
+    # Personal data in what is sent to the model: "off", "mask" (placeholders the
+    # reply's are put back from) or "block" (refused with pii_rejected).
+    pii_mode: str = "mask"
     prices: PriceTable = field(default_factory=lambda: PriceTable(DEFAULT_PRICES))
 
 
@@ -166,9 +174,11 @@ class ChatService:
         clock: Clock,
         policy: ChatPolicy,
         tracer: trace.Tracer | None = None,
+        pii: PiiMasker | None = None,
     ) -> None:
         self.records = records
         self.tracer = tracer or trace.get_tracer(__name__)
+        self.pii = pii if policy.pii_mode != "off" else None
         self.model = model
         self.counter = counter
         self.rate_limiter = rate_limiter
@@ -216,6 +226,18 @@ class ChatService:
                 log.info("request %s already answered; replaying", request.request_id)
                 return outcome, conversation
             call, history_turns, estimate = self.build_call(request, conversation)
+            if self.pii is not None and self.policy.pii_mode == "block":
+                kinds = self.pii.found_in(
+                    request.message, request.system_prompt or "", request.context or ""
+                )
+                if kinds:  # refused before anything of it is stored or sent
+                    message = PII_REJECTED.format(kinds=", ".join(sorted(k.lower() for k in kinds)))
+                    return await self._conclude(
+                        cid, conversation, request.request_id,
+                        lambda c: self._record_failure(
+                            c, request.request_id, "pii_rejected", message, started
+                        ),
+                    )
             if not conversation.is_pending(request.request_id):
                 conversation.receive_message(
                     request_id=request.request_id,
@@ -250,12 +272,15 @@ class ChatService:
 
         async def call_model() -> ModelReply:
             nonlocal started_call
+            masked, session = self._masked(call)
             await self.rate_limiter.acquire()
             started_call = True
             waiting_at_circuit.set(False)
-            reply = await self.model.complete(call)
+            reply = await self.model.complete(masked)
             if reply.rate_limits is not None:
                 self.rate_limiter.observe(reply.rate_limits)
+            if session is not None:  # the user sees their own data again
+                reply = replace(reply, text=session.unmask(reply.text))
             return reply
 
         deadline = self._time_left(request)
@@ -294,6 +319,19 @@ class ChatService:
         self._recording.add(recording)
         recording.add_done_callback(self._recording.discard)
         return await asyncio.shield(recording)
+
+    def _masked(self, call: ModelCall) -> tuple[ModelCall, PiiSession | None]:
+        """The call with personal data replaced by placeholders (one mapping for all
+        its texts), and the session that puts them back; as it is when not masking."""
+        if self.pii is None:
+            return call, None
+        session = self.pii.session()
+        texts = session.mask_all([message.text for message in call.messages])
+        if not session.found:
+            return call, None
+        trace.get_current_span().set_attribute("chater.pii_masked", sum(session.found.values()))
+        messages = [replace(m, text=text) for m, text in zip(call.messages, texts)]
+        return replace(call, messages=messages), session
 
     def _time_left(self, request: ChatRequest) -> float | None:
         """Seconds until the request's deadline (None: no deadline)."""

@@ -8,6 +8,7 @@ from adapters.event_store import event_store_env
 from adapters.offline_model import OfflineModel
 from adapters.otel_metrics import OtelMetrics
 from adapters.otel_tracing import OtelTracing
+from adapters.pii_detector import LibraryPiiDetector
 from adapters.price_file import PriceFileError, price_table
 from adapters.openai_model import OpenAIModel
 from adapters.rate_limiter import SlidingWindowRateLimiter
@@ -18,6 +19,7 @@ from application.chat import ChatPolicy, ChatRecords, ChatService
 from application.circuit_breaker import CircuitBreaker
 from application.measured_model import MeasuredModel
 from application.model_names import ModelNames
+from application.pii import PiiMasker
 from application.model_retries import RetryingModel
 from application.privacy import Privacy
 from entrypoints.health import worker_checks
@@ -104,8 +106,10 @@ class Container(containers.DeclarativeContainer):
         budget_chunk_tokens=settings.provided.BUDGET_CHUNK_TOKENS,
         budget_lease_expiry=settings.provided.BUDGET_LEASE_EXPIRY,
         retention_days=settings.provided.RETENTION_DAYS,
+        pii_mode=settings.provided.PII_MODE,
         prices=prices,
     )
+    pii_masker = providers.Singleton(PiiMasker, detector=providers.Singleton(LibraryPiiDetector))
     chat_service = providers.Singleton(
         ChatService,
         records=records,
@@ -115,6 +119,7 @@ class Container(containers.DeclarativeContainer):
         clock=clock,
         policy=policy,
         tracer=tracer,
+        pii=pii_masker,
     )
     privacy = providers.Singleton(Privacy, records=records, clock=clock)
     worker = providers.Singleton(

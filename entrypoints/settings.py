@@ -74,6 +74,9 @@ class Settings(BaseSettings):
         None, description="a JSON or YAML file of prices per million tokens, by model"
     )
     HEALTH_PORT: int = Field(8080, ge=0, le=65535, description="0 turns the health server off")
+    PII_MODE: Literal["off", "mask", "block"] = Field(
+        "mask", description="personal data before the model: masked, refused, or sent as is"
+    )
     ERASE_TOPIC: str = Field("gpt-erase", description="erasure requests: {\"user_email\": ...}")
     RETENTION_DAYS: int = Field(30, gt=0, description="days conversation content is kept")
     RETENTION_INTERVAL: float = Field(

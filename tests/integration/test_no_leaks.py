@@ -52,6 +52,14 @@ def test_no_key_secret_or_personal_data_leaves_by_a_side_door(
         worker.stop()
     dead_letters = read_records(broker, topics["DLQ_TOPIC"], 3)
 
+    # PII_MODE=mask (the default): the provider never saw the personal data, and the
+    # user's answer (the fake model echoes what it saw) has it back.
+    seen_by_provider = json.dumps(fake_openai.requests())
+    for needle in (EMAIL, *PII[1:]):  # (free text such as a diagnosis is not detected)
+        assert needle not in seen_by_provider, f"{needle!r} reached the model provider"
+    assert "[EMAIL_1]" in seen_by_provider and "[CARD_1]" in seen_by_provider
+    assert responses["leak-ok"]["response"].startswith(f"echo: {text} | seen:")
+
     errors = {key: body for key, body in responses.items() if "error" in body}
     assert set(errors) == {"leak-provider-error", "leak-500", "leak-not-json", "leak-bad-types",
                            "leak-bad-email"}

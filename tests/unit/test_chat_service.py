@@ -312,3 +312,40 @@ async def test_each_recorded_reply_carries_its_cost_and_unknown_models_are_unpri
         if type(e).__name__ == "ReplyRecorded"
     ]
     assert [(e.cached_tokens, e.cost) for e in replies] == [(400, priced["cost_usd"]), (0, None)]
+
+
+def _with_pii(mode: str):
+    from adapters.pii_detector import LibraryPiiDetector
+    from application.pii import PiiMasker
+
+    service, model = make_service(pii_mode=mode)
+    service.pii = PiiMasker(LibraryPiiDetector())
+    return service, model
+
+
+ADDRESSED = "write to grace@example.com or call +44 20 7946 0958"
+
+
+async def test_personal_data_is_masked_for_the_model_and_put_back_for_the_user():
+    service, model = _with_pii("mask")
+    model.script.append(ModelReply("I will write to [EMAIL_1] and call [PHONE_1].", "gpt-4o-mini", 10, 5))
+    answer = await service.handle(ask("r1", ADDRESSED, system_prompt="reply to grace@example.com"))
+    sent = " ".join(m.text for m in model.calls[-1].messages)
+    assert "grace@example.com" not in sent and "7946" not in sent
+    assert sent.count("[EMAIL_1]") == 2 and "[PHONE_1]" in sent  # one mapping for the call
+    assert answer["response"] == "I will write to grace@example.com and call +44 20 7946 0958."
+    # The history keeps what the user wrote; the next call masks it again.
+    await service.handle(ask("r2", "and again?"))
+    history = " ".join(m.text for m in model.calls[-1].messages)
+    assert "grace@example.com" not in history and "[EMAIL_1]" in history
+
+
+async def test_personal_data_is_refused_in_block_mode_before_the_model_or_the_store():
+    service, model = _with_pii("block")
+    refused = await service.handle(ask("r1", ADDRESSED))
+    assert refused["error"]["type"] == "pii_rejected"
+    assert "email" in refused["error"]["message"] and "grace" not in refused["error"]["message"]
+    assert model.calls == []
+    events = list(service.records.events.get(conversation_id("ada@example.com")))
+    assert [type(e).__name__ for e in events] == ["Started", "RequestFailed"]  # nothing of it kept
+    assert (await service.handle(ask("r2", "no personal data here")))["response"]
