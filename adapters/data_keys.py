@@ -17,8 +17,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -37,6 +36,9 @@ _SCHEMA = (
     "key_id TEXT PRIMARY KEY, owner TEXT NOT NULL, day TEXT NOT NULL, wrapped TEXT, "
     "master_id TEXT, issued_at TEXT NOT NULL, shredded_at TEXT, shred_reason TEXT)",
     "CREATE INDEX IF NOT EXISTS data_keys_owner_day ON data_keys (owner, day)",
+    # One live key per owner and day: replicas that race to issue it agree on one.
+    "CREATE UNIQUE INDEX IF NOT EXISTS data_keys_live ON data_keys (owner, day) "
+    "WHERE wrapped IS NOT NULL",
     "CREATE INDEX IF NOT EXISTS data_keys_day ON data_keys (day)",
     "CREATE TABLE IF NOT EXISTS data_key_owners ("
     "conversation_id TEXT PRIMARY KEY, owner TEXT NOT NULL)",
@@ -128,16 +130,6 @@ class SqlDataKeys:
                 _remember(self._owners, conversation_id, owner)
         return owner
 
-    def register(self, conversation_id: str, owner: str) -> None:
-        if self._owners.get(conversation_id) == owner:
-            return
-        self.sql.run(
-            "INSERT INTO data_key_owners (conversation_id, owner) VALUES ({p}, {p}) "
-            "ON CONFLICT (conversation_id) DO NOTHING",
-            (conversation_id, owner),
-        )
-        _remember(self._owners, conversation_id, owner)
-
     def conversations_of(self, owner: str) -> list[str]:
         rows = self.sql.run(
             "SELECT conversation_id FROM data_key_owners WHERE owner = {p} "
@@ -161,26 +153,46 @@ class SqlDataKeys:
         )
         return self._unwrap(STORE_KEY_ID, rows[0][0], rows[0][1])
 
-    def key_for_writing(self, owner: str, day: str) -> tuple[str, bytes]:
+    def key_for_writing(
+        self, owner: str, day: str, conversation_id: str | None = None
+    ) -> tuple[str, bytes]:
+        """Also registers `conversation_id` as the owner's, in the same transaction:
+        a new conversation costs one round trip to the database."""
         now = time.monotonic()
         cached = self._writing.get((owner, day))
+        if conversation_id is not None and self._owners.get(conversation_id) != owner:
+            cached = None  # the registration must be written
         if cached is not None and now - cached[2] < KEY_CACHE_SECONDS:
             return cached[0], cached[1]
-        rows = self.sql.run(
-            "SELECT key_id, wrapped, master_id FROM data_keys "
-            "WHERE owner = {p} AND day = {p} AND wrapped IS NOT NULL "
-            "ORDER BY issued_at, key_id LIMIT 1", (owner, day),
-        )
-        if rows:
-            key_id, wrapped, master_id = rows[0]
-            key = self._unwrap(key_id, wrapped, master_id)
-        else:  # several replicas may each issue one: any live key of the day will do
-            key_id, key = str(uuid.uuid4()), AESGCM.generate_key(bit_length=256)
-            self.sql.run(
-                "INSERT INTO data_keys (key_id, owner, day, wrapped, master_id, issued_at) "
-                "VALUES ({p}, {p}, {p}, {p}, {p}, {p})",
-                (key_id, owner, day, self.master.wrap(key_id, key), self.master.id, _now()),
+        if cached is not None:  # still live? (another replica may have destroyed it)
+            rows = self.sql.run(
+                "SELECT wrapped IS NOT NULL FROM data_keys WHERE key_id = {p}", (cached[0],)
             )
+            if rows and rows[0][0]:
+                with self._lock:
+                    _remember(self._writing, (owner, day), (cached[0], cached[1], now))
+                return cached[0], cached[1]
+        # Issue a key unless the day has a live one already, then read the live one.
+        key_id, key = str(uuid.uuid4()), AESGCM.generate_key(bit_length=256)
+        statements: list[Statement] = []
+        if conversation_id is not None:
+            statements.append((
+                "INSERT INTO data_key_owners (conversation_id, owner) VALUES ({p}, {p}) "
+                "ON CONFLICT (conversation_id) DO NOTHING", (conversation_id, owner),
+            ))
+        statements += [
+            ("INSERT INTO data_keys (key_id, owner, day, wrapped, master_id, issued_at) "
+             "VALUES ({p}, {p}, {p}, {p}, {p}, {p}) "
+             "ON CONFLICT (owner, day) WHERE wrapped IS NOT NULL DO NOTHING",
+             (key_id, owner, day, self.master.wrap(key_id, key), self.master.id, _now())),
+            ("SELECT key_id, wrapped, master_id FROM data_keys "
+             "WHERE owner = {p} AND day = {p} AND wrapped IS NOT NULL", (owner, day)),
+        ]
+        live_id, wrapped, master_id = self.sql.run_all(statements)[0]
+        if live_id != key_id:  # another was issued first
+            key_id, key = live_id, self._unwrap(live_id, wrapped, master_id)
+        if conversation_id is not None:
+            _remember(self._owners, conversation_id, owner)
         with self._lock:
             _remember(self._writing, (owner, day), (key_id, key, now))
             _remember(self._reading, key_id, (key, now))
@@ -286,6 +298,9 @@ def _now() -> str:
 # SQL runners ------------------------------------------------------------------------
 
 
+Statement = tuple[str, Sequence[Any]]
+
+
 class _Sql:
     placeholder = "?"
 
@@ -293,6 +308,10 @@ class _Sql:
         self, statement: str, params: Sequence[Any] = (), secure: bool = False
     ) -> list[tuple[Any, ...]]:
         """Run one statement in a transaction of its own; rows as tuples."""
+        return self.run_all([(statement, params)], secure)
+
+    def run_all(self, statements: Sequence[Statement], secure: bool = False) -> list[tuple[Any, ...]]:
+        """Run statements in one transaction; the rows of the last."""
         raise NotImplementedError
 
     def vacuum(self, table: str) -> None:
@@ -307,17 +326,17 @@ class _DatastoreSql(_Sql):
         self.placeholder = placeholder
         self.postgres = postgres
 
-    def run(
-        self, statement: str, params: Sequence[Any] = (), secure: bool = False
-    ) -> list[tuple[Any, ...]]:
+    def run_all(self, statements: Sequence[Statement], secure: bool = False) -> list[tuple[Any, ...]]:
+        rows: Any = []
         with self.datastore.transaction(commit=True) as cursor:
             if secure and not self.postgres:
                 cursor.execute("PRAGMA secure_delete = ON")
-            cursor.execute(statement.format(p=self.placeholder), tuple(params))
-            try:
-                rows = cursor.fetchall()
-            except Exception:  # a statement without results  # noqa: BLE001
-                return []
+            for statement, params in statements:
+                cursor.execute(statement.format(p=self.placeholder), tuple(params))
+                try:
+                    rows = cursor.fetchall()
+                except Exception:  # a statement without results  # noqa: BLE001
+                    rows = []
         return [tuple(row.values()) if isinstance(row, dict) else tuple(row) for row in rows or []]
 
     def vacuum(self, table: str) -> None:
@@ -338,13 +357,9 @@ class _MemorySql(_Sql):
         self.connection = sqlite3.connect(":memory:", check_same_thread=False)
         self.lock = threading.Lock()
 
-    def run(
-        self, statement: str, params: Sequence[Any] = (), secure: bool = False
-    ) -> list[tuple[Any, ...]]:
-        with self.lock, self._transaction() as connection:
-            return list(connection.execute(statement.format(p="?"), tuple(params)).fetchall())
-
-    @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        with self.connection:
-            yield self.connection
+    def run_all(self, statements: Sequence[Statement], secure: bool = False) -> list[tuple[Any, ...]]:
+        rows: list[tuple[Any, ...]] = []
+        with self.lock, self.connection:
+            for statement, params in statements:
+                rows = list(self.connection.execute(statement.format(p="?"), tuple(params)).fetchall())
+        return rows

@@ -61,11 +61,16 @@ class PersonalDataMapper(Mapper[Any]):
         holder = state  # a snapshot holds the aggregate's fields in its own "state"
         if "state" in state:
             holder = state["state"] = dict(state["state"])
-        owner = self._owner(str(state["originator_id"]), holder)
-        if owner is None:  # a conversation from before data keys: as it was
-            return super().to_stored_event(domain_event)
+        cid = str(state["originator_id"])
         day = state["timestamp"].strftime("%Y-%m-%d")
-        key_id, key = self.keys.key_for_writing(owner, day)
+        if "user_email" in holder:  # its first event, or a snapshot: whose it is
+            owner = data_owner(holder["user_email"])
+            key_id, key = self.keys.key_for_writing(owner, day, conversation_id=cid)
+        else:
+            owner = self.keys.owner_of(cid)
+            if owner is None:  # a conversation from before data keys: as it was
+                return super().to_stored_event(domain_event)
+            key_id, key = self.keys.key_for_writing(owner, day)
         personal = {name: holder.pop(name) for name in fields if name in holder}
         if holder is not state:  # a snapshot: its nested texts too
             for name, text in _NESTED_TEXTS:
@@ -76,14 +81,6 @@ class PersonalDataMapper(Mapper[Any]):
         clone = object.__new__(type(domain_event))
         object.__setattr__(clone, "__dict__", state)
         return super().to_stored_event(clone)
-
-    def _owner(self, conversation_id: str, holder: dict[str, Any]) -> str | None:
-        assert self.keys is not None
-        owner = self.keys.owner_of(conversation_id)
-        if owner is None and "user_email" in holder:  # its first event, or a snapshot
-            owner = data_owner(holder["user_email"])
-            self.keys.register(conversation_id, owner)
-        return owner
 
     @staticmethod
     def _personal_fields(domain_event: Any) -> tuple[str, ...]:

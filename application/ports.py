@@ -146,10 +146,6 @@ class DataKeys(Protocol):
         """The owner (see domain.conversation.data_owner) of a conversation, if known."""
         ...
 
-    def register(self, conversation_id: str, owner: str) -> None:
-        """Remember whose a conversation is (idempotent)."""
-        ...
-
     def conversations_of(self, owner: str) -> list[str]:
         ...
 
@@ -157,9 +153,12 @@ class DataKeys(Protocol):
         """The key of the store's outer encryption (`initial` when there is none yet)."""
         ...
 
-    def key_for_writing(self, owner: str, day: str) -> tuple[str, bytes]:
+    def key_for_writing(
+        self, owner: str, day: str, conversation_id: str | None = None
+    ) -> tuple[str, bytes]:
         """(key id, 32-byte key) of the owner's live key for the UTC day, issued when
-        there is none (a destroyed key is never used again)."""
+        there is none (a destroyed key is never used again); `conversation_id`, when
+        given, is remembered as the owner's."""
         ...
 
     def key_for_reading(self, key_id: str) -> bytes | str:
