@@ -3,7 +3,8 @@
 It starts the embedded Kafka-compatible broker, a worker on a throwaway SQLite
 store, sends a question, a follow-up that needs the first answer, and an image,
 prints the answers and the audit replay, then what an operator sees (`/readyz`,
-`/metrics`, the usage report), then stops everything it started.
+`/metrics`, the usage report), erases the user and replays the audit again, then
+stops everything it started.
 """
 
 from __future__ import annotations
@@ -112,6 +113,12 @@ async def _demo() -> int:
                 container.records(), event_store_env(settings.DATABASE_URL, secret_key),
                 secret_key, Window(), by="model",
             ))
+            print(f"\nRight to erasure (chater-gpt erase {DEMO_USER} --requested-by demo):")
+            erasure = await asyncio.to_thread(container.privacy().erase, DEMO_USER, "demo")
+            print(f"erased {DEMO_USER}: {len(erasure.conversation_ids)} conversation(s), "
+                  f"{erasure.keys_destroyed} data key(s) destroyed")
+            print(f"\nAudit replay after the erasure (chater-gpt audit {DEMO_USER}):")
+            print(audit_report(container.records(), DEMO_USER, as_of=None))
         finally:
             stop.set()
             await worker_task

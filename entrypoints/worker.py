@@ -167,7 +167,7 @@ class KafkaWorker:
         })
         self._producer = Producer(producer_config(settings.BOOTSTRAP_SERVER))
         consumer.subscribe(
-            [settings.REQUEST_TOPIC, *([settings.ERASE_TOPIC] if self.privacy else [])],
+            [settings.REQUEST_TOPIC],
             on_assign=self._on_assign,
             on_revoke=self._on_revoke,
             on_lost=self._on_lost,
@@ -176,6 +176,7 @@ class KafkaWorker:
             "worker consuming %s as group %s", settings.REQUEST_TOPIC, settings.CONSUMER_GROUP
         )
         deliveries = asyncio.create_task(self._serve_deliveries())
+        erasures = asyncio.create_task(self._serve_erasures()) if self.privacy else None
         try:
             last_commit = time.monotonic()
             loop = asyncio.get_running_loop()
@@ -190,8 +191,9 @@ class KafkaWorker:
                     last_commit = time.monotonic()
         finally:
             deliveries.cancel()  # the final flush serves the last delivery callbacks
-            if self._retention is not None:
-                await asyncio.wait({self._retention})
+            for task in (erasures, self._retention):
+                if task is not None:
+                    await asyncio.wait({task})
             await self._shut_down(consumer)
         if self._fatal is not None:
             raise WorkerFailed("the worker stopped after an unexpected error") from self._fatal
@@ -247,33 +249,66 @@ class KafkaWorker:
             log.warning("retention run failed (%s); trying again in %.0fs",
                         type(error).__name__, self.settings.RETENTION_INTERVAL)
 
-    async def _erase(self, record: _Record) -> None:
-        """An erasure request from ERASE_TOPIC: the user's conversations get a
-        UserErased event and their data keys are destroyed. Waits out a store outage."""
-        assert self.privacy is not None
+    async def _serve_erasures(self) -> None:
+        """Erasure requests from ERASE_TOPIC, in a consumer group of their own (so
+        that their partition never takes a replica's share of the requests), one
+        at a time, committed once done; an erasure done twice changes nothing."""
+        settings = self.settings
+        consumer = Consumer(consumer_config(
+            settings.BOOTSTRAP_SERVER, f"{settings.CONSUMER_GROUP}-erase"
+        ))
+        consumer.subscribe([settings.ERASE_TOPIC])
+        polling = ThreadPoolExecutor(1, thread_name_prefix="kafka-erase")
+        loop = asyncio.get_running_loop()
         try:
-            request = json.loads(record.message.value() or b"")
-            email, requested_by = request["user_email"], request.get("requested_by") or "user"
-            if not isinstance(email, str) or "@" not in email or not isinstance(requested_by, str):
-                raise ValueError("user_email must be an e-mail address")
-        except (ValueError, KeyError, TypeError) as error:
-            self._dead_letter(record, f"not an erasure request: {type(error).__name__}")
-            return
-        delay = 0.5
-        while True:
+            while not self._stop.is_set():
+                message = await loop.run_in_executor(polling, consumer.poll, POLL_TIMEOUT * 5)
+                if message is None or not self._usable(message):
+                    continue
+                if await self._erase(message):
+                    try:
+                        consumer.commit(message=message, asynchronous=False)
+                    except KafkaException as error:  # fetched again: done again, harmlessly
+                        log.warning("erasure offset not committed: %s", error)
+        finally:
+            await loop.run_in_executor(polling, consumer.close)
+            polling.shutdown()
+
+    async def _erase(self, message: Message) -> bool:
+        """One erasure request: the user's conversations get a UserErased event and
+        their data keys are destroyed. Waits out a store outage; False if stopped."""
+        assert self.privacy is not None
+        with self.tracer.start_as_current_span(
+            f"process {message.topic()}", context=self._trace_context(message),
+            kind=SpanKind.CONSUMER,
+        ) as span:
             try:
-                erasure = await asyncio.to_thread(self.privacy.erase, email, requested_by)
-                break
-            except PersistenceError as error:
-                log.warning("event store unavailable (%s); retrying the erasure", error)
-            if self._stop.is_set():
-                self._drop(record)  # fetched again by whoever runs next
-                return
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, STORE_RETRY_MAX_DELAY)
-        self.service.forget(erasure.conversation_ids)
-        record.span.set_attribute("chater.erased_conversations", len(erasure.conversation_ids))
-        self._finish(record)
+                request = json.loads(message.value() or b"")
+                email, requested_by = request["user_email"], request.get("requested_by") or "user"
+                if not isinstance(email, str) or not isinstance(requested_by, str):
+                    raise TypeError("user_email and requested_by must be strings")
+            except (ValueError, KeyError, TypeError, AttributeError) as error:
+                reason = f"not an erasure request: {type(error).__name__}"
+                span.set_status(Status(StatusCode.ERROR, "invalid_request"))
+                log.warning("unreadable erasure request at offset %d", message.offset())
+                self.stats.dead_lettered += 1
+                self._produce(self.settings.DLQ_TOPIC, message.key(), self._sealed(message),
+                              _dead_letter_headers(message, reason), _log_delivery_failure)
+                return True
+            delay = 0.5
+            while True:
+                try:
+                    erasure = await asyncio.to_thread(self.privacy.erase, email, requested_by)
+                    break
+                except PersistenceError as error:
+                    log.warning("event store unavailable (%s); retrying the erasure", error)
+                if self._stop.is_set():
+                    return False  # fetched again by whoever runs next
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, STORE_RETRY_MAX_DELAY)
+            self.service.forget(erasure.conversation_ids)
+            span.set_attribute("chater.erased_conversations", len(erasure.conversation_ids))
+            return True
 
     # Health ---------------------------------------------------------------------
 
@@ -406,11 +441,6 @@ class KafkaWorker:
         self.stats.consumed += 1
         self.stats.in_flight += 1
         self.stats.peak_in_flight = max(self.stats.peak_in_flight, self.stats.in_flight)
-        if message.topic() == self.settings.ERASE_TOPIC:
-            task = asyncio.create_task(self._erase(record))
-            self._runners.add(task)
-            task.add_done_callback(self._runners.discard)
-            return
         try:
             request = parse_request(message.key(), message.value(), self.settings.MAX_REQUEST_BYTES)
             record.request = replace(request, deadline=self._deadline(message))
@@ -434,14 +464,18 @@ class KafkaWorker:
             runner.add_done_callback(self._runners.discard)
         queue.append(record)
 
-    def _start_span(self, message: Message) -> Span:
-        """The request's span, a child of the producer's when its headers carry a
-        W3C `traceparent`. No key or content in it unless LOG_CONTENT."""
-        carrier = {
+    @staticmethod
+    def _trace_context(message: Message) -> otel_context.Context:
+        """The producer's trace context, when the record's headers carry one (W3C)."""
+        return propagate.extract({
             name.lower(): value.decode("latin-1")
             for name, value in message.headers() or []
             if isinstance(value, bytes)
-        }
+        })
+
+    def _start_span(self, message: Message) -> Span:
+        """The request's span, a child of the producer's when its headers carry a
+        W3C `traceparent`. No key or content in it unless LOG_CONTENT."""
         attributes: dict[str, Any] = {
             "messaging.system": "kafka",
             "messaging.operation.type": "process",
@@ -454,7 +488,7 @@ class KafkaWorker:
             attributes["messaging.kafka.message.key"] = message.key().decode("utf-8", "replace")
         return self.tracer.start_span(
             f"process {message.topic()}",
-            context=propagate.extract(carrier),
+            context=self._trace_context(message),
             kind=SpanKind.CONSUMER,
             attributes=attributes,
         )
@@ -597,16 +631,6 @@ class KafkaWorker:
         record.deliveries -= 1
         if record.deliveries == 0:
             self._finish(record)
-
-    def _dead_letter(self, record: _Record, reason: str) -> None:
-        """A record that is no request (an unreadable erasure): to the DLQ only."""
-        message = record.message
-        self.stats.dead_lettered += 1
-        log.warning("unreadable record %s[%d]@%d: %s",
-                    message.topic(), message.partition(), message.offset(), reason)
-        record.span.set_status(Status(StatusCode.ERROR, "invalid_request"))
-        self._send(record, self.settings.DLQ_TOPIC, message.key(), self._sealed(message),
-                   _dead_letter_headers(message, reason))
 
     def _sealed(self, message: Message) -> bytes | None:
         """The record's original bytes, encrypted: they may hold anything a user wrote."""
@@ -783,3 +807,8 @@ def _dead_letter_headers(message: Message, reason: str) -> list[tuple[str, bytes
         ("source_partition", str(message.partition()).encode()),
         ("source_offset", str(message.offset()).encode()),
     ]
+
+
+def _log_delivery_failure(error: KafkaError | None, _message: Message) -> None:
+    if error is not None:
+        log.error("dead letter of an erasure request not delivered: %s", error)

@@ -32,4 +32,8 @@ def test_the_demo_answers_audits_and_shows_what_operators_see(tmp_path):
     assert report[4].split()[:4] == ["offline:gpt-4o-mini", "2", "2", "0"]
     total = report[6].split()
     assert total[:4] == ["total", "3", "3", "0"] and total[7] == "0.00000000"
+    after = out.split("Audit replay after the erasure", 1)[1]
+    assert "erased ada@example.com: 1 conversation(s), 1 data key(s) destroyed" in out
+    assert "UserErased" in after and '"[erased]"' in after and "Jupiter" not in after
+    assert "Which planet" not in after and "17+" in after  # the accounting stays
     assert "Demo finished; broker, worker and store stopped." in out
