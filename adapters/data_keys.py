@@ -127,8 +127,17 @@ class SqlDataKeys:
             )
             if rows:
                 owner = rows[0][0]
-                _remember(self._owners, conversation_id, owner)
+                with self._lock:
+                    _remember(self._owners, conversation_id, owner)
         return owner
+
+    def register(self, conversation_id: str, owner: str) -> None:
+        """Whose a conversation is (one from before data keys, say); idempotent."""
+        self.sql.run(
+            "INSERT INTO data_key_owners (conversation_id, owner) VALUES ({p}, {p}) "
+            "ON CONFLICT (conversation_id) DO NOTHING", (conversation_id, owner),
+        )
+        self._owners.pop(conversation_id, None)  # read back what was kept
 
     def conversations_of(self, owner: str) -> list[str]:
         rows = self.sql.run(
@@ -188,12 +197,15 @@ class SqlDataKeys:
             ("SELECT key_id, wrapped, master_id FROM data_keys "
              "WHERE owner = {p} AND day = {p} AND wrapped IS NOT NULL", (owner, day)),
         ]
-        live_id, wrapped, master_id = self.sql.run_all(statements)[0]
+        rows = self.sql.run_all(statements)
+        if not rows:  # destroyed between the two statements: issue again
+            return self.key_for_writing(owner, day, conversation_id)
+        live_id, wrapped, master_id = rows[0]
         if live_id != key_id:  # another was issued first
             key_id, key = live_id, self._unwrap(live_id, wrapped, master_id)
-        if conversation_id is not None:
-            _remember(self._owners, conversation_id, owner)
         with self._lock:
+            if conversation_id is not None:
+                _remember(self._owners, conversation_id, owner)
             _remember(self._writing, (owner, day), (key_id, key, now))
             _remember(self._reading, key_id, (key, now))
         return key_id, key
@@ -341,13 +353,18 @@ class _DatastoreSql(_Sql):
 
     def vacuum(self, table: str) -> None:
         if not self.postgres:
-            return  # secure_delete already overwrote the freed bytes
+            # secure_delete overwrote the freed bytes in the file; the WAL still
+            # holds the old pages until it is checkpointed and truncated.
+            with self.datastore.transaction(commit=False) as cursor:
+                cursor.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            return
         with self.datastore.get_connection() as connection:
+            was = connection.autocommit  # the pool's connections are autocommit: keep it
             connection.autocommit = True  # VACUUM cannot run inside a transaction
             try:
                 connection.execute(f"VACUUM {table}")
             finally:
-                connection.autocommit = False
+                connection.autocommit = was
 
 
 class _MemorySql(_Sql):

@@ -42,10 +42,13 @@ from application.ports import (
     waiting_at_circuit,
 )
 from domain.conversation import (
+    ERASED,
     MESSAGE_OVERHEAD_TOKENS,
+    SHREDDED,
     Conversation,
     Turn,
     conversation_id,
+    data_owner,
     turn_tokens,
 )
 from domain.pricing import DEFAULT_PRICES, PriceTable
@@ -63,7 +66,8 @@ PII_REJECTED = (
 )
 TOO_LATE = "The model could not answer before the request's deadline."
 STORE_RETRY_MAX_DELAY = 5.0
-RECORDING_GRACE = 10.0  # seconds a closing service waits for paid replies to be recorded
+RECORDING_GRACE = 10.0
+PII_INLINE_CHARS = 4000  # longer texts are searched for personal data in a thread  # seconds a closing service waits for paid replies to be recorded
 
 
 @dataclass(frozen=True)
@@ -146,9 +150,14 @@ class ChatRecords(Application):
 
     def conversation(self, conversation_id: UUID) -> Conversation | None:
         try:
-            return self.repository.get(conversation_id)
+            conversation: Conversation = self.repository.get(conversation_id)
         except AggregateNotFoundError:
             return None
+        if self.data_keys is not None and conversation.user_email not in SHREDDED:
+            # A conversation from before data keys: its new events become shreddable.
+            if self.data_keys.owner_of(str(conversation_id)) is None:
+                self.data_keys.register(str(conversation_id), data_owner(conversation.user_email))
+        return conversation
 
     def budget(self, scope: str, day: str) -> TokenBudget:
         try:
@@ -227,8 +236,9 @@ class ChatService:
                 return outcome, conversation
             call, history_turns, estimate = self.build_call(request, conversation)
             if self.pii is not None and self.policy.pii_mode == "block":
-                kinds = self.pii.found_in(
-                    request.message, request.system_prompt or "", request.context or ""
+                kinds = await self._off_loop_if_long(
+                    self.pii.found_in,
+                    request.message, request.system_prompt or "", request.context or "",
                 )
                 if kinds:  # refused before anything of it is stored or sent
                     message = PII_REJECTED.format(kinds=", ".join(sorted(k.lower() for k in kinds)))
@@ -272,7 +282,7 @@ class ChatService:
 
         async def call_model() -> ModelReply:
             nonlocal started_call
-            masked, session = self._masked(call)
+            masked, session = await self._off_loop_if_long(self._masked, call)
             await self.rate_limiter.acquire()
             started_call = True
             waiting_at_circuit.set(False)
@@ -318,7 +328,22 @@ class ChatService:
         ))
         self._recording.add(recording)
         recording.add_done_callback(self._recording.discard)
-        return await asyncio.shield(recording)
+        outcome, conversation = await asyncio.shield(recording)
+        if outcome.get("response") == ERASED and reply.text != ERASED:
+            # The user was erased while the model answered: the store keeps the
+            # accounting only, and the caller still gets the answer.
+            outcome = {**outcome, "response": reply.text}
+        return outcome, conversation
+
+    async def _off_loop_if_long(self, work: Callable[..., Any], *args: Any) -> Any:
+        """Run PII detection in a thread when the texts are long: a pasted table of
+        numbers takes seconds, and the event loop (and the health server) must not."""
+        texts = [a for a in args if isinstance(a, str)] or [
+            m.text for a in args if isinstance(a, ModelCall) for m in a.messages
+        ]
+        if sum(map(len, texts)) > PII_INLINE_CHARS:
+            return await asyncio.to_thread(work, *args)
+        return work(*args)
 
     def _masked(self, call: ModelCall) -> tuple[ModelCall, PiiSession | None]:
         """The call with personal data replaced by placeholders (one mapping for all
@@ -428,9 +453,10 @@ class ChatService:
     ) -> None:
         if not conversation.is_pending(request_id):
             return  # concluded by another worker meanwhile
+        erased = conversation.pending_message(request_id) == ERASED
         conversation.record_reply(
             request_id=request_id,
-            reply=reply.text,
+            reply=ERASED if erased else reply.text,
             model=reply.model,
             prompt_tokens=reply.prompt_tokens,
             completion_tokens=reply.completion_tokens,

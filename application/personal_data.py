@@ -7,6 +7,8 @@ while the rest of the event (times, models, tokens, cost) stays readable.
 from __future__ import annotations
 
 import base64
+import logging
+import threading
 from typing import Any
 
 from eventsourcing.cryptography import AESCipher
@@ -14,7 +16,9 @@ from eventsourcing.persistence import Mapper, StoredEvent
 from eventsourcing.utils import Environment
 
 from application.ports import DataKeys
-from domain.conversation import ERASED, EXPIRED, PERSONAL_FIELDS, data_owner
+from domain.conversation import ERASED, EXPIRED, PERSONAL_FIELDS, SHREDDED, data_owner
+
+log = logging.getLogger(__name__)
 
 CONVERSATION_TOPIC = "domain.conversation:Conversation"
 CIPHER_CACHE_SIZE = 10_000  # owners' days whose keys are kept ready
@@ -35,6 +39,7 @@ class PersonalDataMapper(Mapper[Any]):
         self.keys: DataKeys | None = None
         self._store: AESCipher | None = None
         self._ciphers: dict[str, AESCipher] = {}
+        self._lock = threading.Lock()  # the group commit, loads and catch-ups share it
 
     def attach(self, keys: DataKeys, store_key: bytes) -> None:
         self.keys = keys
@@ -63,13 +68,16 @@ class PersonalDataMapper(Mapper[Any]):
             holder = state["state"] = dict(state["state"])
         cid = str(state["originator_id"])
         day = state["timestamp"].strftime("%Y-%m-%d")
-        if "user_email" in holder:  # its first event, or a snapshot: whose it is
+        owner = self.keys.owner_of(cid)
+        if owner is None and holder.get("user_email") not in (None, *SHREDDED):
+            # Its first event (or the first snapshot of a conversation from before
+            # data keys): whose it is, registered with the day's key.
             owner = data_owner(holder["user_email"])
             key_id, key = self.keys.key_for_writing(owner, day, conversation_id=cid)
+        elif owner is None:  # nobody's known: only the store's encryption
+            log.warning("conversation %s has no data key owner: not shreddable", cid)
+            return super().to_stored_event(domain_event)
         else:
-            owner = self.keys.owner_of(cid)
-            if owner is None:  # a conversation from before data keys: as it was
-                return super().to_stored_event(domain_event)
             key_id, key = self.keys.key_for_writing(owner, day)
         personal = {name: holder.pop(name) for name in fields if name in holder}
         if holder is not state:  # a snapshot: its nested texts too
@@ -132,14 +140,17 @@ class PersonalDataMapper(Mapper[Any]):
     def _cipher(self, key_id: str, key: bytes) -> AESCipher:
         cipher = self._ciphers.get(key_id)
         if cipher is None:
-            if len(self._ciphers) >= CIPHER_CACHE_SIZE:
-                self._ciphers.pop(next(iter(self._ciphers)))  # the oldest
-            cipher = self._ciphers[key_id] = _aes(key)
+            cipher = _aes(key)
+            with self._lock:
+                if len(self._ciphers) >= CIPHER_CACHE_SIZE:
+                    self._ciphers.pop(next(iter(self._ciphers)))  # the oldest
+                self._ciphers[key_id] = cipher
         return cipher
 
     def forget(self) -> None:
         """Drop the ciphers of unwrapped keys (after keys were destroyed)."""
-        self._ciphers.clear()
+        with self._lock:
+            self._ciphers.clear()
 
 
 def _aes(key: bytes) -> AESCipher:

@@ -146,6 +146,10 @@ class DataKeys(Protocol):
         """The owner (see domain.conversation.data_owner) of a conversation, if known."""
         ...
 
+    def register(self, conversation_id: str, owner: str) -> None:
+        """Remember whose a conversation is (idempotent)."""
+        ...
+
     def conversations_of(self, owner: str) -> list[str]:
         ...
 

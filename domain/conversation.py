@@ -182,8 +182,12 @@ class Conversation(Aggregate):
     @event("ContentExpired")
     def expire(self, before_day: str, expired_at: str) -> None:
         """The retention policy destroyed the data keys of the days before
-        `before_day`: those turns are no context any more."""
+        `before_day`: those turns are no context any more, and their replies are
+        no longer kept for redelivered requests either."""
         self.turns = [turn for turn in self.turns if turn.answered_at[:10] >= before_day]
+        for outcome in self.outcomes.values():
+            if "response" in outcome and str(outcome.get("timestamp", ""))[:10] < before_day:
+                outcome["response"] = EXPIRED
 
     # Queries ------------------------------------------------------------------
 
@@ -193,6 +197,10 @@ class Conversation(Aggregate):
 
     def is_pending(self, request_id: str) -> bool:
         return request_id in self.pending
+
+    def pending_message(self, request_id: str) -> str:
+        """What a pending request asked (ERASED if its user was erased meanwhile)."""
+        return str(self.pending[request_id]["message"])
 
     def recent_turns(
         self,

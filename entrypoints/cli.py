@@ -197,7 +197,10 @@ def run_dead_letters(limit: int) -> int:
     settings = load_settings(MODEL_PROVIDER="offline")
     _configure_logging("WARNING")
     assert settings.SECRET_KEY is not None  # validated
-    seal = DeadLetterSeal(settings.SECRET_KEY.get_secret_value())
+    previous = settings.SECRET_KEY_PREVIOUS
+    seal = DeadLetterSeal(
+        settings.SECRET_KEY.get_secret_value(), previous.get_secret_value() if previous else None
+    )
     consumer = Consumer({
         "bootstrap.servers": settings.BOOTSTRAP_SERVER, "group.id": f"dlq-{uuid.uuid4()}",
         "enable.auto.commit": False, "enable.partition.eof": True,

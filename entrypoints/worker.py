@@ -295,13 +295,25 @@ class KafkaWorker:
                 self._produce(self.settings.DLQ_TOPIC, message.key(), self._sealed(message),
                               _dead_letter_headers(message, reason), _log_delivery_failure)
                 return True
-            delay = 0.5
+            delay, attempt = 0.5, 0
             while True:
+                attempt += 1
                 try:
                     erasure = await asyncio.to_thread(self.privacy.erase, email, requested_by)
                     break
                 except PersistenceError as error:
                     log.warning("event store unavailable (%s); retrying the erasure", error)
+                except Exception as error:  # a bug, say: tried again, then set aside
+                    log.exception("erasure failed (attempt %d)", attempt)
+                    if attempt >= UNEXPECTED_ERROR_ATTEMPTS:
+                        span.set_status(Status(StatusCode.ERROR, type(error).__name__))
+                        self.stats.dead_lettered += 1
+                        self._produce(
+                            self.settings.DLQ_TOPIC, message.key(), self._sealed(message),
+                            _dead_letter_headers(message, f"erasure failed: {type(error).__name__}"),
+                            _log_delivery_failure,
+                        )
+                        return True
                 if self._stop.is_set():
                     return False  # fetched again by whoever runs next
                 await asyncio.sleep(delay)

@@ -85,6 +85,10 @@ def test_erasure_through_kafka_with_a_request_in_flight(
                 assert getattr(event, field) == ERASED, (type(event).__name__, field)
     assert all(r.prompt_tokens > 0 and r.model == "gpt-4o-mini" for r in replies)  # accounting
     assert events[erased_at].requested_by == "dpo ticket 17"
+    # The request in flight: answered to the user, but kept as accounting only.
+    [late] = [e for e in events[erased_at:] if type(e).__name__ == "ReplyRecorded"]
+    assert late.request_id == "p-2" and late.reply == ERASED and late.prompt_tokens > 0
+    assert json.loads(answers["p-2"])["response"].startswith("echo: slow: still there?")
 
     # The same address starts afresh: the model sees no earlier turn.
     produce(broker, topics["REQUEST_TOPIC"], [("p-3", json.dumps({"user_email": EMAIL, "message": "hello again"}).encode())])

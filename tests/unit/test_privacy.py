@@ -162,3 +162,88 @@ def test_a_key_wrapped_by_an_unknown_master_is_a_clear_error():
     other = SqlDataKeys(keys.sql, [MasterKey.from_secret("two")])
     with pytest.raises(KeyUnavailable, match="SECRET_KEY_PREVIOUS"):
         other.key_for_reading(key_id)
+
+
+def test_a_destroyed_key_leaves_no_copy_in_the_database_files(store):
+    records, _, path = store
+    say(records, "ada@example.com", "r1")
+    connection = sqlite3.connect(path)
+    try:
+        [(wrapped,)] = connection.execute(
+            "SELECT wrapped FROM data_keys WHERE owner != '*store*'").fetchall()
+    finally:
+        connection.close()
+    assert wrapped.encode() in raw_bytes_without_checkpoint(path)
+    Privacy(records, FixedClock()).erase("ada@example.com", requested_by="dpo")
+    assert wrapped.encode() not in raw_bytes_without_checkpoint(path)  # file and WAL
+
+
+def raw_bytes_without_checkpoint(path) -> bytes:
+    return b"".join(p.read_bytes() for p in path.parent.iterdir() if p.name.startswith(path.name))
+
+
+def test_after_an_erasure_the_next_snapshot_stays_the_users_and_is_erased_again(store):
+    records, _, _ = store
+    say(records, "ada@example.com", "r0")
+    privacy = Privacy(records, FixedClock())
+    privacy.erase("ada@example.com", requested_by="dpo")
+    for n in range(1, 26):  # past a snapshot (every 50 events) after the erasure
+        say(records, "ada@example.com", f"r{n}", message=f"later secret {n}", reply=f"later reply {n}")
+    cid = conversation_id("ada@example.com")
+    assert len(list(records.snapshots.get(cid))) >= 1
+    say(records, "ada@example.com", "last", message="third secret", reply="third reply")
+    privacy.erase("ada@example.com", requested_by="dpo")
+    texts = [getattr(e, f, None) for e in records.events.get(cid) for f in ("message", "reply")]
+    assert not any(t and "secret" in t or t and "reply " in t for t in texts)
+    assert records.conversation(cid).turns == []
+
+
+def test_a_conversation_from_before_data_keys_becomes_erasable(tmp_path):
+    from adapters.event_store import persistence_env
+
+    url = f"sqlite:///{tmp_path}/legacy.sqlite"
+    legacy_env = {
+        **persistence_env(url),
+        "CIPHER_TOPIC": "eventsourcing.cryptography:AESCipher",
+        "CIPHER_KEY": __import__("adapters.event_store").event_store.cipher_key(SECRET),
+        "COMPRESSOR_TOPIC": "adapters.event_store:FastZlibCompressor",
+    }
+    old = ChatRecords(env=legacy_env)  # as the previous version stored events
+    say(old, "ada@example.com", "r1", message="old secret", reply="old reply")
+    old.close()
+    records = ChatRecords(env=event_store_env(url, SECRET))
+    try:
+        say(records, "ada@example.com", "r2", message="new secret", reply="new reply")
+        erasure = Privacy(records, FixedClock()).erase("ada@example.com", requested_by="dpo")
+        assert len(erasure.conversation_ids) == 1
+        events = list(records.events.get(conversation_id("ada@example.com")))
+        # What the old version wrote cannot be shredded; what came after can.
+        assert [e.message for e in events if type(e).__name__ == "UserMessageReceived"] == [
+            "old secret", ERASED]
+    finally:
+        records.close()
+
+
+def test_a_reply_arriving_after_the_erasure_keeps_only_its_accounting(store):
+    records, _, _ = store
+    conversation = Conversation("ada@example.com")
+    conversation.receive_message(
+        request_id="r1", message="in flight", image_digests=[], model="gpt-4o-mini",
+        max_tokens=10, temperature=0.7, system_prompt=None, caller_context=None, history_turns=0,
+    )
+    records.save(conversation)
+    Privacy(records, FixedClock()).erase("ada@example.com", requested_by="dpo")
+    stored = records.conversation(conversation.id)
+    assert stored.is_pending("r1") and stored.pending_message("r1") == ERASED
+
+
+def test_dead_letters_sealed_before_a_rotation_still_open_with_the_previous_secret():
+    from cryptography.exceptions import InvalidTag
+
+    from adapters.dead_letters import DeadLetterSeal
+
+    sealed = DeadLetterSeal("old").seal(b"grace@example.com wrote this")
+    assert b"grace" not in sealed
+    assert DeadLetterSeal("new", previous="old").open(sealed) == b"grace@example.com wrote this"
+    with pytest.raises(InvalidTag):
+        DeadLetterSeal("new").open(sealed)
