@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import logging
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from eventsourcing.cryptography import AESCipher
@@ -23,7 +24,9 @@ log = logging.getLogger(__name__)
 CONVERSATION_TOPIC = "domain.conversation:Conversation"
 CIPHER_CACHE_SIZE = 10_000  # owners' days whose keys are kept ready
 # What a destroyed field reads as, when not the text marker.
-_SHREDDED_VALUES: dict[str, Any] = {"thread": None, "image_digests": [], "turns": []}
+_SHREDDED_VALUES: dict[str, Callable[[], Any]] = {
+    "thread": lambda: None, "image_digests": list, "turns": list,  # fresh each time
+}
 # A snapshot's nested texts: (field, key in each of its entries).
 _NESTED_TEXTS = (("pending", "message"), ("outcomes", "response"))
 
@@ -68,6 +71,10 @@ class PersonalDataMapper(Mapper[Any]):
             holder = state["state"] = dict(state["state"])
         cid = str(state["originator_id"])
         day = state["timestamp"].strftime("%Y-%m-%d")
+        if holder is not state:
+            # A snapshot is sealed with the key of the oldest day it holds content
+            # of, so that it is destroyed no later than that content expires.
+            day = min([day, *_content_days(holder)])
         owner = self.keys.owner_of(cid)
         if owner is None and holder.get("user_email") not in (None, *SHREDDED):
             # Its first event (or the first snapshot of a conversation from before
@@ -129,7 +136,7 @@ class PersonalDataMapper(Mapper[Any]):
         else:
             marker = EXPIRED if found == "expired" else ERASED
             for field in PERSONAL_FIELDS["Snapshot" if snapshot else type(domain_event).__name__]:
-                holder[field] = _SHREDDED_VALUES.get(field, marker)
+                holder[field] = _SHREDDED_VALUES.get(field, lambda: marker)()
             if snapshot:
                 for name, text in _NESTED_TEXTS:
                     for entry in holder.get(name, {}).values():
@@ -151,6 +158,19 @@ class PersonalDataMapper(Mapper[Any]):
         """Drop the ciphers of unwrapped keys (after keys were destroyed)."""
         with self._lock:
             self._ciphers.clear()
+
+
+def _content_days(state: dict[str, Any]) -> list[str]:
+    """The UTC days of the answers a snapshot's state holds."""
+    days = [
+        turn.answered_at[:10] for turn in state.get("turns", [])
+        if turn.answered_at and turn.readable
+    ]
+    days += [
+        str(outcome["timestamp"])[:10] for outcome in state.get("outcomes", {}).values()
+        if outcome.get("response") not in (None, *SHREDDED) and outcome.get("timestamp")
+    ]
+    return days
 
 
 def _aes(key: bytes) -> AESCipher:

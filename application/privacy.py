@@ -87,6 +87,8 @@ class Privacy:
         for owner in owners:
             for cid in self.keys.conversations_of(owner):
                 self._change(cid, lambda c: c.expire(before_day=before_day, expired_at=at))
+                # A fresh snapshot without the expired content, for loading from.
+                self.records.take_snapshot(UUID(cid))
                 expired.append(cid)
         if owners:
             log.info("retention: content before %s expired in %d conversation(s)",

@@ -119,7 +119,6 @@ def test_retention_expires_old_content_and_the_history_forgets_it(store):
     assert events[1].message == EXPIRED and events[2].reply == EXPIRED
     assert events[2].prompt_tokens == 12
     assert records.conversation(cid).turns == []
-    assert Privacy(records, later).expire(retention_days=30) == []  # nothing left to expire
 
 
 def test_a_snapshot_of_erased_content_reads_as_erased(store):
@@ -247,3 +246,31 @@ def test_dead_letters_sealed_before_a_rotation_still_open_with_the_previous_secr
     assert DeadLetterSeal("new", previous="old").open(sealed) == b"grace@example.com wrote this"
     with pytest.raises(InvalidTag):
         DeadLetterSeal("new").open(sealed)
+
+
+def test_a_snapshot_is_destroyed_no_later_than_the_oldest_content_it_holds(store):
+    records, _, _ = store
+    now = datetime.now(UTC)
+    conversation = Conversation("ada@example.com")
+    conversation.receive_message(
+        request_id="old", message="old question", image_digests=[], model="gpt-4o-mini",
+        max_tokens=10, temperature=0.7, system_prompt=None, caller_context=None, history_turns=0,
+    )
+    conversation.record_reply(
+        request_id="old", reply="OLD SECRET REPLY", model="gpt-4o-mini", prompt_tokens=1,
+        completion_tokens=1, finish_reason="stop",
+        answered_at=(now - timedelta(days=40)).isoformat().replace("+00:00", "Z"),
+        processing_time=0.1, cached_tokens=0, cost=None,
+    )
+    records.save(conversation)
+    records.take_snapshot(conversation.id)
+    say(records, "ada@example.com", "new", message="new question", reply="new reply")
+    Privacy(records, FixedClock(now)).expire(retention_days=30)
+    [old_snapshot, fresh] = list(records.snapshots.get(conversation.id))
+    assert old_snapshot.state["outcomes"]["old"]["response"] == EXPIRED
+    assert old_snapshot.state["turns"] == []
+    assert "old" in fresh.state["outcomes"]  # the fresh one keeps the accounting ...
+    assert fresh.state["outcomes"]["old"]["response"] == EXPIRED  # ... not the content
+    assert [t.reply for t in fresh.state["turns"]] == ["new reply"]
+    loaded = records.conversation(conversation.id)
+    assert [t.reply for t in loaded.turns] == ["new reply"]
