@@ -95,6 +95,13 @@ _RECORD_ANSWER = (
 _RECORD_FAILURE = (
     "UPDATE {requests} SET outcome = {p} WHERE conversation_id = {p} AND request_id = {p}"
 )
+# An erased user's rows keep their accounting, not whose they were.
+_FORGET_USER_OF_REQUESTS = (
+    "UPDATE {requests} SET user_hash = 'erased' WHERE conversation_id = {p}"
+)
+_FORGET_USER_OF_CONVERSATION = (
+    "UPDATE {conversations} SET user_hash = 'erased' WHERE conversation_id = {p}"
+)
 _GROUPS: dict[str, str] = {
     "user": "user_hash",
     "model": "model",
@@ -140,6 +147,8 @@ def _change_params(changes: UsageChanges) -> list[tuple[str, list[tuple[Any, ...
         (_RECORD_FAILURE, [
             (f.error_type, f.conversation_id, f.request_id) for f in changes.failed
         ]),
+        (_FORGET_USER_OF_REQUESTS, [(cid,) for cid in changes.erased]),
+        (_FORGET_USER_OF_CONVERSATION, [(cid,) for cid in changes.erased]),
     ]
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import hmac
 import threading
 from abc import abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any, Literal
@@ -144,6 +144,8 @@ class UsageChanges:
     received: list[RequestReceived] = field(default_factory=list)
     answered: list[RequestAnswered] = field(default_factory=list)
     failed: list[RequestFailure] = field(default_factory=list)
+    # Conversations whose user was erased: their rows keep no user any more.
+    erased: list[str] = field(default_factory=list)
 
 
 # What the report reads -----------------------------------------------------------
@@ -214,12 +216,17 @@ class UsageProjection(Projection[UsageView]):
             Conversation.UserMessageReceived,
             Conversation.ReplyRecorded,
             Conversation.RequestFailed,
+            Conversation.UserErased,
         )
     )
 
-    def __init__(self, view: UsageView, secret_key: str) -> None:
+    def __init__(
+        self, view: UsageView, secret_key: str,
+        model_label: Callable[[str], str] = lambda model: model,
+    ) -> None:
         super().__init__(view)
         self._secret_key = secret_key
+        self._model = model_label  # a name the service does not know is kept as "other"
 
     def process_event(self, domain_event: Any, tracking: Tracking) -> None:
         """Apply one event and its position in one transaction (the library's way)."""
@@ -248,7 +255,7 @@ class UsageProjection(Projection[UsageView]):
             conversation_id=str(domain_event.originator_id),
             request_id=domain_event.request_id,
             received_at=sortable_time(domain_event.timestamp),
-            model=domain_event.model,
+            model=self._model(domain_event.model),
             kind="vision" if domain_event.image_digests else "text",
         ))
 
@@ -257,12 +264,16 @@ class UsageProjection(Projection[UsageView]):
         changes.answered.append(RequestAnswered(
             conversation_id=str(domain_event.originator_id),
             request_id=domain_event.request_id,
-            model=domain_event.model,
+            model=self._model(domain_event.model),
             prompt_tokens=domain_event.prompt_tokens,
             cached_tokens=domain_event.cached_tokens,
             completion_tokens=domain_event.completion_tokens,
             cost=domain_event.cost,
         ))
+
+    @collect.register(Conversation.UserErased)
+    def _erased(self, domain_event: Any, changes: UsageChanges) -> None:
+        changes.erased.append(str(domain_event.originator_id))
 
     @collect.register(Conversation.RequestFailed)
     def _failed(self, domain_event: Any, changes: UsageChanges) -> None:

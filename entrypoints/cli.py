@@ -10,6 +10,7 @@ import logging
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from typing import TYPE_CHECKING, cast
 
 from adapters.data_keys import KeyUnavailable
@@ -49,7 +50,11 @@ class UsageCatchUp:
     seconds in a thread of its own, and a last one at stop. A failure (the store
     is down) is logged and tried again later; it never stops the worker."""
 
-    def __init__(self, records: ChatRecords, env: dict[str, str], secret_key: str) -> None:
+    def __init__(
+        self, records: ChatRecords, env: dict[str, str], secret_key: str,
+        model_label: Callable[[str], str],
+    ) -> None:
+        self.model_label = model_label
         self.records = records
         self.env = env
         self.secret_key = secret_key
@@ -75,7 +80,9 @@ class UsageCatchUp:
                 last = self.stopping.is_set()
                 try:
                     if projection is None:
-                        projection = UsageProjection(open_usage_view(self.env), self.secret_key)
+                        projection = UsageProjection(
+                            open_usage_view(self.env), self.secret_key, self.model_label
+                        )
                     # A stopping worker's last catch-up is not cut short between batches.
                     catch_up(self.records, projection, stop=None if last else self.stopping)
                 except UsageViewUnavailable as error:
@@ -105,7 +112,8 @@ def run_worker() -> int:
     assert settings.SECRET_KEY is not None  # validated
     secret_key = settings.SECRET_KEY.get_secret_value()
     usage = UsageCatchUp(
-        container.records(), event_store_env(settings.DATABASE_URL, secret_key), secret_key
+        container.records(), event_store_env(settings.DATABASE_URL, secret_key), secret_key,
+        container.model_names().label,
     )
 
     async def main() -> None:
@@ -257,7 +265,7 @@ def run_usage(since: str | None, until: str | None, by: str | None, fmt: str,
     try:
         print(current_usage(
             records, event_store_env(settings.DATABASE_URL, secret_key), secret_key, window,
-            cast(Grouping | None, by), cast(Format, fmt), user,
+            cast(Grouping | None, by), cast(Format, fmt), user, container.model_names().label,
         ))
     except UsageViewUnavailable as error:
         print(f"chater-gpt usage: {error}", file=sys.stderr)

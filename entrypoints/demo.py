@@ -111,7 +111,7 @@ async def _demo() -> int:
             print("\nUsage report (chater-gpt usage --by model):")
             print(current_usage(
                 container.records(), event_store_env(settings.DATABASE_URL, secret_key),
-                secret_key, Window(), by="model",
+                secret_key, Window(), by="model", model_label=container.model_names().label,
             ))
             print(f"\nRight to erasure (chater-gpt erase {DEMO_USER} --requested-by demo):")
             erasure = await asyncio.to_thread(container.privacy().erase, DEMO_USER, "demo")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
 from adapters.usage_view import open_usage_view
@@ -48,12 +48,13 @@ def current_usage(
     by: Grouping | None = None,
     fmt: Format = "table",
     user: str | None = None,
+    model_label: Callable[[str], str] = lambda model: model,
 ) -> str:
     """The report, after catching the view up with the store: current even when no
     worker kept it. Raises UsageViewUnavailable or the store's PersistenceError."""
     view = open_usage_view(env)
     try:
-        catch_up(records, UsageProjection(view, secret_key))
+        catch_up(records, UsageProjection(view, secret_key, model_label))
         lines = usage_report(view, window, by, user_hash(secret_key, user) if user else None)
     finally:
         view.close()

@@ -316,3 +316,31 @@ def test_windows_that_make_no_sense_are_refused():
         parse_window("2026-03-02", "2026-03-01")
     window = parse_window("2026-03-01", "2026-03-01")
     assert (window.since, window.until) == (at(1), at(2))
+
+
+def test_an_erased_users_rows_keep_their_accounting_but_not_whose_they_were(tmp_path):
+    from adapters.event_store import event_store_env
+    from adapters.usage_view import open_usage_view
+    from application.chat import ChatRecords
+    from application.privacy import Privacy
+    from application.usage import UsageProjection, Window, catch_up, usage_report, user_hash
+    from tests.unit.fakes import FixedClock
+    from tests.unit.test_privacy import say
+
+    env = event_store_env(f"sqlite:///{tmp_path}/u.sqlite", "usage-secret")
+    records = ChatRecords(env=env)
+    view = open_usage_view(env)
+    projection = UsageProjection(view, "usage-secret", lambda m: m if m == "gpt-4o-mini" else "other")
+    try:
+        say(records, "ada@example.com", "r1")
+        catch_up(records, projection)
+        ada = user_hash("usage-secret", "ada@example.com")
+        assert usage_report(view, Window(), user=ada)[-1].requests == 1
+        Privacy(records, FixedClock()).erase("ada@example.com", requested_by="dpo")
+        catch_up(records, projection)
+        assert usage_report(view, Window(), user=ada)[-1].requests == 0  # no longer linked
+        [total] = usage_report(view, Window())
+        assert (total.requests, total.prompt_tokens) == (1, 12)  # the accounting stays
+    finally:
+        view.close()
+        records.close()
