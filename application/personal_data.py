@@ -75,7 +75,10 @@ class PersonalDataMapper(Mapper[Any]):
             # A snapshot is sealed with the key of the oldest day it holds content
             # of, so that it is destroyed no later than that content expires.
             day = min([day, *_content_days(holder)])
-        owner = self.keys.owner_of(cid)
+        # A conversation's first event names its owner; any other asks the registry
+        # (a snapshot's address may read "[erased]").
+        started = type(domain_event).__name__ == "Started"
+        owner = None if started else self.keys.owner_of(cid)
         if owner is None and holder.get("user_email") not in (None, *SHREDDED):
             # Its first event (or the first snapshot of a conversation from before
             # data keys): whose it is, registered with the day's key.
