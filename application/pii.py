@@ -46,11 +46,19 @@ ENTITY_TYPES: tuple[str, ...] = (EMAIL, PHONE, CARD, IBAN, NATIONAL_ID, IP)
 _PRECEDENCE = {EMAIL: 0, IBAN: 1, CARD: 2, NATIONAL_ID: 3, IP: 4, PHONE: 5}
 
 # A placeholder as the session writes it, and the variants a model may write back:
-# another case, markdown-escaped brackets, spaces inside the brackets.
+# another case, spaces inside the brackets, markdown-escaped brackets (both of
+# them: a user's own backslash before a placeholder must survive the round trip).
+_TYPES = "|".join(sorted(ENTITY_TYPES, key=len, reverse=True))
 PLACEHOLDER_RE = re.compile(
-    r"\\?\[\s*(" + "|".join(sorted(ENTITY_TYPES, key=len, reverse=True)) + r")_(\d{1,6})\s*\\?\]",
+    rf"\\\[\s*({_TYPES})_(\d{{1,6}})\s*\\\]|\[\s*({_TYPES})_(\d{{1,6}})\s*\]",
     re.IGNORECASE | re.ASCII,
 )
+
+
+def _placeholder_key(match: re.Match[str]) -> tuple[str, int]:
+    """(entity type, number) of a placeholder match, whichever form it has."""
+    kind, number = (match.group(1), match.group(2)) if match.group(1) else match.group(3, 4)
+    return kind.upper(), int(number)
 
 
 @dataclass(frozen=True)
@@ -119,7 +127,7 @@ class PiiSession:
         self._reserve(literals)
         replacements: list[tuple[int, int, str]] = []
         for match in literals:
-            literal_key = (match.group(1).upper(), "literal", match.group(0))
+            literal_key = (_placeholder_key(match)[0], "literal", match.group(0))
             if literal_key in self._by_key or self._issued(match):
                 # Its number already stands for a value of this session: masked like one.
                 placeholder = self._placeholder_for(literal_key)
@@ -160,18 +168,19 @@ class PiiSession:
             return text
 
         def restore(match: re.Match[str]) -> str:
-            original = self._originals.get((match.group(1).upper(), int(match.group(2))))
+            original = self._originals.get(_placeholder_key(match))
             return match.group(0) if original is None else original
 
         return PLACEHOLDER_RE.sub(restore, text)
 
     def _issued(self, match: re.Match[str]) -> bool:
-        return (match.group(1).upper(), int(match.group(2))) in self._originals
+        return _placeholder_key(match) in self._originals
 
     def _reserve(self, literals: Iterable[re.Match[str]]) -> None:
         for match in literals:
             if not self._issued(match):
-                self._reserved[match.group(1).upper()].add(int(match.group(2)))
+                kind, number = _placeholder_key(match)
+                self._reserved[kind].add(number)
 
     def _placeholder_for(self, key: tuple[str, str, str]) -> str:
         placeholder = self._by_key.get(key)

@@ -15,7 +15,7 @@ from itertools import pairwise
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from adapters.pii_detector import LibraryPiiDetector
@@ -271,6 +271,8 @@ _FRAGMENTS = st.sampled_from([
 @settings(max_examples=300, deadline=None)
 @given(st.lists(st.one_of(_FRAGMENTS, st.text(max_size=12)), max_size=12),
        st.lists(st.one_of(_FRAGMENTS, st.text(max_size=12)), max_size=8))
+@example(first=[], second=["\\", "ada@example.com"])  # a user's backslash before a value
+@example(first=["\\", "ada@example.com", "\\"], second=[])
 def test_any_texts_come_back_unchanged(first, second):
     texts = ["".join(first), "".join(second)]
     session = PiiMasker(DETECTOR).session()
