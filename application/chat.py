@@ -66,8 +66,8 @@ PII_REJECTED = (
 )
 TOO_LATE = "The model could not answer before the request's deadline."
 STORE_RETRY_MAX_DELAY = 5.0
-RECORDING_GRACE = 10.0
-PII_INLINE_CHARS = 4000  # longer texts are searched for personal data in a thread  # seconds a closing service waits for paid replies to be recorded
+RECORDING_GRACE = 10.0  # seconds a closing service waits for paid replies to be recorded
+PII_INLINE_CHARS = 4000  # longer texts are searched for personal data in a thread
 
 
 @dataclass(frozen=True)
