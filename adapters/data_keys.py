@@ -40,6 +40,7 @@ _SCHEMA = (
     "CREATE UNIQUE INDEX IF NOT EXISTS data_keys_live ON data_keys (owner, day) "
     "WHERE wrapped IS NOT NULL",
     "CREATE INDEX IF NOT EXISTS data_keys_day ON data_keys (day)",
+    "CREATE INDEX IF NOT EXISTS data_keys_shredded ON data_keys (shredded_at)",
     "CREATE TABLE IF NOT EXISTS data_key_owners ("
     "conversation_id TEXT PRIMARY KEY, owner TEXT NOT NULL)",
     "CREATE INDEX IF NOT EXISTS data_key_owners_owner ON data_key_owners (owner)",
@@ -246,6 +247,15 @@ class SqlDataKeys:
             self._writing = {k: v for k, v in self._writing.items() if k[0] != owner}
             self._reading.clear()
         return count
+
+    def erased_since(self, since: str) -> list[str]:
+        """Owners whose keys were destroyed by an erasure at or after `since` (ISO UTC),
+        by this process or another: their conversations kept in memory must go."""
+        rows = self.sql.run(
+            "SELECT DISTINCT owner FROM data_keys "
+            "WHERE shred_reason = 'erased' AND shredded_at >= {p}", (since,),
+        )
+        return [row[0] for row in rows]
 
     def shred_before(self, day: str) -> list[str]:
         rows = self.sql.run(

@@ -68,6 +68,8 @@ TOO_LATE = "The model could not answer before the request's deadline."
 STORE_RETRY_MAX_DELAY = 5.0
 RECORDING_GRACE = 10.0  # seconds a closing service waits for paid replies to be recorded
 PII_INLINE_CHARS = 4000  # longer texts are searched for personal data in a thread
+ERASURE_CHECK_INTERVAL = 2.0  # seconds between looks for other replicas' erasures
+ERASURE_CHECK_OVERLAP = timedelta(seconds=30)
 
 
 @dataclass(frozen=True)
@@ -197,6 +199,9 @@ class ChatService:
         # Conversations saved by this worker, by id (insertion order = recency).
         self._cache: dict[UUID, Conversation] = {}
         self._recording: set[asyncio.Future[tuple[dict[str, Any], Conversation]]] = set()
+        # Erasures are looked for from a little before start (clocks of replicas differ).
+        self._erasures_since = iso_timestamp_of(clock.now() - ERASURE_CHECK_OVERLAP)
+        self._erasures_checked = float("-inf")
         self.ledger = BudgetLedger(
             load_budget=records.budget,
             save=records.save,
@@ -365,8 +370,28 @@ class ChatService:
         return max(request.deadline - self.clock.now().timestamp(), 0.0)
 
     async def housekeeping(self) -> None:
-        """Called now and then by the driver: budget leases held too long or spent."""
+        """Called now and then by the driver: budget leases held too long or spent,
+        and conversations kept in memory whose user another replica erased."""
         await self.ledger.housekeeping()
+        keys = self.records.data_keys
+        if keys is None or time.monotonic() - self._erasures_checked < ERASURE_CHECK_INTERVAL:
+            return
+        self._erasures_checked = time.monotonic()
+        # Windows overlap: an erasure committed while we looked, or stamped by a
+        # replica whose clock is a little behind, is seen the next time.
+        since = self._erasures_since
+        self._erasures_since = iso_timestamp_of(self.clock.now() - ERASURE_CHECK_OVERLAP)
+        try:
+            owners = await asyncio.to_thread(keys.erased_since, since)
+            erased = [cid for owner in owners for cid in keys.conversations_of(owner)]
+        except PersistenceError:
+            self._erasures_since = since  # the store is down: look again next time
+            return
+        if erased:
+            self.forget(erased)
+            forget_ciphers = getattr(self.records.mapper, "forget", None)
+            if forget_ciphers is not None:
+                forget_ciphers()
 
     async def close(self) -> None:
         """Record the replies still being written, settle this worker's budget

@@ -173,6 +173,10 @@ class DataKeys(Protocol):
         """Destroy every key of the owner (erasure); how many were live."""
         ...
 
+    def erased_since(self, since: str) -> list[str]:
+        """Owners erased at or after `since` (ISO UTC), by any process."""
+        ...
+
     def shred_before(self, day: str) -> list[str]:
         """Destroy every key of a day before `day` (retention); the owners concerned."""
         ...

@@ -274,3 +274,29 @@ def test_a_snapshot_is_destroyed_no_later_than_the_oldest_content_it_holds(store
     assert [t.reply for t in fresh.state["turns"]] == ["new reply"]
     loaded = records.conversation(conversation.id)
     assert [t.reply for t in loaded.turns] == ["new reply"]
+
+
+async def test_a_replica_drops_conversations_it_keeps_in_memory_when_another_erases_them(tmp_path):
+    from application.chat import ChatPolicy, ChatService
+    from tests.unit.fakes import CountingLimiter, FakeModel, WordCounter
+
+    url = f"sqlite:///{tmp_path}/shared.sqlite"
+    replica = ChatService(
+        records=ChatRecords(env=event_store_env(url, SECRET)), model=FakeModel(),
+        counter=WordCounter(), rate_limiter=CountingLimiter(),
+        clock=FixedClock(datetime.now(UTC)), policy=ChatPolicy(),
+    )
+    other = ChatRecords(env=event_store_env(url, SECRET))
+    try:
+        from application.contract import ChatRequest
+
+        await replica.handle(ChatRequest("r1", "ada@example.com", "my secret"))
+        cid = conversation_id("ada@example.com")
+        assert cid in replica._cache  # kept for the next turn, in clear
+        Privacy(other, FixedClock()).erase("ada@example.com", requested_by="dpo")
+        await replica.housekeeping()
+        assert cid not in replica._cache
+    finally:
+        await replica.close()
+        replica.records.close()
+        other.close()
