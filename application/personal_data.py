@@ -40,28 +40,18 @@ class PersonalDataMapper(Mapper[Any]):
     def __init__(self, base: Mapper[Any]) -> None:
         super().__init__(base.transcoder, base.compressor, base.cipher)
         self.keys: DataKeys | None = None
-        self._store: AESCipher | None = None
         self._ciphers: dict[str, AESCipher] = {}
         self._lock = threading.Lock()  # the group commit, loads and catch-ups share it
 
     def attach(self, keys: DataKeys, store_key: bytes) -> None:
+        """The store key is the Mapper's own cipher: every event is compressed, then
+        encrypted with it, and decrypted before it is decompressed."""
         self.keys = keys
-        self._store = _aes(store_key)
+        self.cipher = _aes(store_key)
 
     # Writing ------------------------------------------------------------------------
 
     def to_stored_event(self, domain_event: Any) -> StoredEvent:
-        stored = self._to_stored_event(domain_event)
-        if self._store is None:
-            return stored
-        return StoredEvent(
-            originator_id=stored.originator_id,
-            originator_version=stored.originator_version,
-            topic=stored.topic,
-            state=self._store.encrypt(stored.state),
-        )
-
-    def _to_stored_event(self, domain_event: Any) -> StoredEvent:
         fields = self._personal_fields(domain_event)
         if not fields or self.keys is None:
             return super().to_stored_event(domain_event)
@@ -113,13 +103,6 @@ class PersonalDataMapper(Mapper[Any]):
     # Reading ------------------------------------------------------------------------
 
     def to_domain_event(self, stored_event: StoredEvent) -> Any:
-        if self._store is not None:
-            stored_event = StoredEvent(
-                originator_id=stored_event.originator_id,
-                originator_version=stored_event.originator_version,
-                topic=stored_event.topic,
-                state=self._store.decrypt(stored_event.state),
-            )
         domain_event = super().to_domain_event(stored_event)
         state = vars(domain_event)
         personal = state.pop("_personal", None)
