@@ -17,10 +17,10 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, TypeVar
 
 from confluent_kafka import (
     TIMESTAMP_NOT_AVAILABLE,
@@ -49,6 +49,7 @@ from domain.conversation import conversation_id
 from entrypoints.settings import Settings
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 # One line per request at INFO: who (hashed), which model, tokens, time, outcome.
 request_log = logging.getLogger("chater_gpt.requests")
 
@@ -99,6 +100,10 @@ class WorkerStats:
 
 class _Stopping(Exception):
     """The worker is stopping while this record waits for the store."""
+
+
+class _GaveUp(Exception):
+    """Work failed unexpectedly too often; the message names the last error's type."""
 
 
 class WorkerFailed(RuntimeError):
@@ -288,36 +293,19 @@ class KafkaWorker:
                 if not isinstance(email, str) or not isinstance(requested_by, str):
                     raise TypeError("user_email and requested_by must be strings")
             except (ValueError, KeyError, TypeError, AttributeError) as error:
-                reason = f"not an erasure request: {type(error).__name__}"
-                span.set_status(Status(StatusCode.ERROR, "invalid_request"))
                 log.warning("unreadable erasure request at offset %d", message.offset())
-                self.stats.dead_lettered += 1
-                self._produce(self.settings.DLQ_TOPIC, message.key(), self._sealed(message),
-                              _dead_letter_headers(message, reason), _log_delivery_failure)
+                self._dead_letter_erasure(message, f"not an erasure request: {type(error).__name__}")
                 return True
-            delay, attempt = 0.5, 0
-            while True:
-                attempt += 1
-                try:
-                    erasure = await asyncio.to_thread(self.privacy.erase, email, requested_by)
-                    break
-                except PersistenceError as error:
-                    log.warning("event store unavailable (%s); retrying the erasure", error)
-                except Exception as error:  # a bug, say: tried again, then set aside
-                    log.exception("erasure failed (attempt %d)", attempt)
-                    if attempt >= UNEXPECTED_ERROR_ATTEMPTS:
-                        span.set_status(Status(StatusCode.ERROR, type(error).__name__))
-                        self.stats.dead_lettered += 1
-                        self._produce(
-                            self.settings.DLQ_TOPIC, message.key(), self._sealed(message),
-                            _dead_letter_headers(message, f"erasure failed: {type(error).__name__}"),
-                            _log_delivery_failure,
-                        )
-                        return True
-                if self._stop.is_set():
-                    return False  # fetched again by whoever runs next
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, STORE_RETRY_MAX_DELAY)
+            try:
+                erasure = await self._persevere(
+                    "erasing a user",
+                    lambda: asyncio.to_thread(self.privacy.erase, email, requested_by),
+                )
+            except _Stopping:
+                return False  # fetched again by whoever runs next
+            except _GaveUp as error:  # a bug, say: set aside
+                self._dead_letter_erasure(message, f"erasure failed: {error}")
+                return True
             self.service.forget(erasure.conversation_ids)
             span.set_attribute("chater.erased_conversations", len(erasure.conversation_ids))
             return True
@@ -586,24 +574,32 @@ class KafkaWorker:
 
     async def _answer(self, request: ChatRequest) -> dict[str, Any]:
         started = time.perf_counter()
+        try:
+            return await self._persevere(
+                f"answering {request.request_id}", lambda: self.service.handle(request)
+            )
+        except _GaveUp:
+            return rejection(
+                "internal_error", "The service could not answer this request.", self.clock, started
+            )
+
+    async def _persevere(self, doing: str, work: Callable[[], Awaitable[_T]]) -> _T:
+        """Do `work`, waiting out a store outage for as long as it lasts; raises _GaveUp
+        after UNEXPECTED_ERROR_ATTEMPTS unexpected errors, _Stopping when the worker
+        stops meanwhile."""
         attempt = 0
         delay = 0.5
         while True:
             attempt += 1
             try:
-                return await self.service.handle(request)
+                return await work()
             except PersistenceError as error:
-                # The store is down: wait for it rather than lose or fail the request.
+                # The store is down: wait for it rather than lose or fail the work.
                 log.warning("event store unavailable (%s); retrying in %.1fs", error, delay)
-            except Exception:
-                log.exception("unexpected error answering %s", request.request_id)
+            except Exception as error:
+                log.exception("unexpected error %s (attempt %d)", doing, attempt)
                 if attempt >= UNEXPECTED_ERROR_ATTEMPTS:
-                    return rejection(
-                        "internal_error",
-                        "The service could not answer this request.",
-                        self.clock,
-                        started,
-                    )
+                    raise _GaveUp(type(error).__name__) from error
             if self._stop.is_set():
                 raise _Stopping
             await asyncio.sleep(delay)
@@ -643,6 +639,13 @@ class KafkaWorker:
         record.deliveries -= 1
         if record.deliveries == 0:
             self._finish(record)
+
+    def _dead_letter_erasure(self, message: Message, reason: str) -> None:
+        """An erasure request that cannot be carried out: to the DLQ, sealed."""
+        trace.get_current_span().set_status(Status(StatusCode.ERROR, reason))
+        self.stats.dead_lettered += 1
+        self._produce(self.settings.DLQ_TOPIC, message.key(), self._sealed(message),
+                      _dead_letter_headers(message, reason), _log_delivery_failure)
 
     def _sealed(self, message: Message) -> bytes | None:
         """The record's original bytes, encrypted: they may hold anything a user wrote."""
