@@ -241,10 +241,8 @@ class ChatService:
                 return outcome, conversation
             call, history_turns, estimate = self.build_call(request, conversation)
             if self.pii is not None and self.policy.pii_mode == "block":
-                kinds = await self._off_loop_if_long(
-                    self.pii.found_in,
-                    request.message, request.system_prompt or "", request.context or "",
-                )
+                texts = [request.message, request.system_prompt or "", request.context or ""]
+                kinds = await self._off_loop_if_long(texts, self.pii.found_in, *texts)
                 if kinds:  # refused before anything of it is stored or sent
                     message = PII_REJECTED.format(kinds=", ".join(sorted(k.lower() for k in kinds)))
                     return await self._conclude(
@@ -287,7 +285,9 @@ class ChatService:
 
         async def call_model() -> ModelReply:
             nonlocal started_call
-            masked, session = await self._off_loop_if_long(self._masked, call)
+            masked, session = await self._off_loop_if_long(
+                [message.text for message in call.messages], self._masked, call
+            )
             await self.rate_limiter.acquire()
             started_call = True
             waiting_at_circuit.set(False)
@@ -340,12 +340,12 @@ class ChatService:
             outcome = {**outcome, "response": reply.text}
         return outcome, conversation
 
-    async def _off_loop_if_long(self, work: Callable[..., Any], *args: Any) -> Any:
-        """Run PII detection in a thread when the texts are long: a pasted table of
-        numbers takes seconds, and the event loop (and the health server) must not."""
-        texts = [a for a in args if isinstance(a, str)] or [
-            m.text for a in args if isinstance(a, ModelCall) for m in a.messages
-        ]
+    async def _off_loop_if_long(
+        self, texts: list[str], work: Callable[..., Any], *args: Any
+    ) -> Any:
+        """Run PII detection over `texts` in a thread when they are long: a pasted
+        table of numbers takes seconds, and the event loop (and the health server)
+        must not wait for it."""
         if sum(map(len, texts)) > PII_INLINE_CHARS:
             return await asyncio.to_thread(work, *args)
         return work(*args)

@@ -10,7 +10,7 @@ import logging
 import signal
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, cast
 
 from adapters.data_keys import KeyUnavailable
@@ -18,6 +18,8 @@ from entrypoints.settings import SettingsError, load_settings
 
 if TYPE_CHECKING:
     from application.chat import ChatRecords
+    from entrypoints.container import Container
+    from entrypoints.settings import Settings
 
 
 # Libraries whose DEBUG lines carry request bodies (the OpenAI SDK logs its request
@@ -51,12 +53,10 @@ class UsageCatchUp:
     is down) is logged and tried again later; it never stops the worker."""
 
     def __init__(
-        self, records: ChatRecords, env: dict[str, str], secret_key: str,
-        model_label: Callable[[str], str],
+        self, records: ChatRecords, secret_key: str, model_label: Callable[[str], str]
     ) -> None:
         self.model_label = model_label
         self.records = records
-        self.env = env
         self.secret_key = secret_key
         self.stopping = threading.Event()
         self.thread = threading.Thread(target=self._run, name="usage-catch-up", daemon=True)
@@ -81,7 +81,7 @@ class UsageCatchUp:
                 try:
                     if projection is None:
                         projection = UsageProjection(
-                            open_usage_view(self.env), self.secret_key, self.model_label
+                            open_usage_view(self.records.env), self.secret_key, self.model_label
                         )
                     # A stopping worker's last catch-up is not cut short between batches.
                     catch_up(self.records, projection, stop=None if last else self.stopping)
@@ -99,7 +99,6 @@ class UsageCatchUp:
 
 
 def run_worker() -> int:
-    from adapters.event_store import event_store_env
     from entrypoints.container import build_container
     from entrypoints.health import health_server, observe_worker
 
@@ -111,10 +110,7 @@ def run_worker() -> int:
     worker = container.worker()
     assert settings.SECRET_KEY is not None  # validated
     secret_key = settings.SECRET_KEY.get_secret_value()
-    usage = UsageCatchUp(
-        container.records(), event_store_env(settings.DATABASE_URL, secret_key), secret_key,
-        container.model_names().label,
-    )
+    usage = UsageCatchUp(container.records(), secret_key, container.model_names().label)
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -149,25 +145,10 @@ def run_worker() -> int:
     return 0
 
 
-def run_audit(target: str, thread: str | None, as_of: int | None) -> int:
-    from entrypoints.audit import ConversationNotFound, audit_report
-    from entrypoints.container import build_container
-
-    settings = load_settings(MODEL_PROVIDER="offline")
-    _configure_logging("WARNING")
-    container = build_container(settings)
-    try:
-        print(audit_report(container.records(), target, thread, as_of))
-    except ConversationNotFound as error:
-        print(error, file=sys.stderr)
-        return 1
-    finally:
-        container.records().close()
-    return 0
-
-
-def run_privacy(command: str, email: str | None = None, requested_by: str | None = None) -> int:
-    """`erase`, `retention` and `rotate-keys`: against the store, without a worker."""
+@contextlib.contextmanager
+def _store_command() -> Iterator[tuple[Settings, Container]]:
+    """The settings and container of a command that works on the store without a
+    worker (no model needed); the store is closed at the end."""
     from entrypoints.container import build_container
 
     settings = load_settings(MODEL_PROVIDER="offline")
@@ -175,6 +156,26 @@ def run_privacy(command: str, email: str | None = None, requested_by: str | None
     container = build_container(settings)
     records = container.records()
     try:
+        yield settings, container
+    finally:
+        records.close()
+
+
+def run_audit(target: str, thread: str | None, as_of: int | None) -> int:
+    from entrypoints.audit import ConversationNotFound, audit_report
+
+    with _store_command() as (_, container):
+        try:
+            print(audit_report(container.records(), target, thread, as_of))
+        except ConversationNotFound as error:
+            print(error, file=sys.stderr)
+            return 1
+    return 0
+
+
+def run_privacy(command: str, email: str | None = None, requested_by: str | None = None) -> int:
+    """`erase`, `retention` and `rotate-keys`: against the store, without a worker."""
+    with _store_command() as (settings, container):
         privacy = container.privacy()
         if command == "erase":
             assert email is not None
@@ -189,8 +190,6 @@ def run_privacy(command: str, email: str | None = None, requested_by: str | None
             count = privacy.rotate()
             print(f"rotate-keys: {count} key(s) rewrapped with the current SECRET_KEY; "
                   "SECRET_KEY_PREVIOUS can be removed now")
-    finally:
-        records.close()
     return 0
 
 
@@ -245,10 +244,8 @@ def run_usage(since: str | None, until: str | None, by: str | None, fmt: str,
               user: str | None) -> int:
     from eventsourcing.persistence import PersistenceError
 
-    from adapters.event_store import event_store_env
     from adapters.usage_view import UsageViewUnavailable
     from application.usage import Grouping, parse_window
-    from entrypoints.container import build_container
     from entrypoints.usage_report import Format, current_usage
 
     try:
@@ -256,25 +253,19 @@ def run_usage(since: str | None, until: str | None, by: str | None, fmt: str,
     except ValueError as error:
         print(f"chater-gpt usage: {error}", file=sys.stderr)
         return 2
-    settings = load_settings(MODEL_PROVIDER="offline")
-    _configure_logging("WARNING")
-    assert settings.SECRET_KEY is not None  # validated
-    secret_key = settings.SECRET_KEY.get_secret_value()
-    container = build_container(settings)
-    records = container.records()
-    try:
-        print(current_usage(
-            records, event_store_env(settings.DATABASE_URL, secret_key), secret_key, window,
-            cast(Grouping | None, by), cast(Format, fmt), user, container.model_names().label,
-        ))
-    except UsageViewUnavailable as error:
-        print(f"chater-gpt usage: {error}", file=sys.stderr)
-        return 2
-    except PersistenceError as error:
-        print(f"chater-gpt usage: the event store is unavailable: {error}", file=sys.stderr)
-        return 1
-    finally:
-        records.close()
+    with _store_command() as (settings, container):
+        assert settings.SECRET_KEY is not None  # validated
+        try:
+            print(current_usage(
+                container.records(), settings.SECRET_KEY.get_secret_value(), window,
+                cast(Grouping | None, by), cast(Format, fmt), user, container.model_names().label,
+            ))
+        except UsageViewUnavailable as error:
+            print(f"chater-gpt usage: {error}", file=sys.stderr)
+            return 2
+        except PersistenceError as error:
+            print(f"chater-gpt usage: the event store is unavailable: {error}", file=sys.stderr)
+            return 1
     return 0
 
 

@@ -22,7 +22,6 @@ import urllib.request
 
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from adapters.event_store import event_store_env
 from adapters.kafka import ensure_topics, producer_config
 from adapters.tansu_broker import EmbeddedBroker
 from entrypoints.audit import audit_report
@@ -110,8 +109,8 @@ async def _demo() -> int:
             secret_key = settings.SECRET_KEY.get_secret_value()
             print("\nUsage report (chater-gpt usage --by model):")
             print(current_usage(
-                container.records(), event_store_env(settings.DATABASE_URL, secret_key),
-                secret_key, Window(), by="model", model_label=container.model_names().label,
+                container.records(), secret_key, Window(), by="model",
+                model_label=container.model_names().label,
             ))
             print(f"\nRight to erasure (chater-gpt erase {DEMO_USER} --requested-by demo):")
             erasure = await asyncio.to_thread(container.privacy().erase, DEMO_USER, "demo")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any, Literal
 
 from adapters.usage_view import open_usage_view
@@ -42,7 +42,6 @@ TOTAL = "total"
 
 def current_usage(
     records: ChatRecords,
-    env: Mapping[str, str],
     secret_key: str,
     window: Window,
     by: Grouping | None = None,
@@ -52,7 +51,7 @@ def current_usage(
 ) -> str:
     """The report, after catching the view up with the store: current even when no
     worker kept it. Raises UsageViewUnavailable or the store's PersistenceError."""
-    view = open_usage_view(env)
+    view = open_usage_view(records.env)  # beside the events, in the same database
     try:
         catch_up(records, UsageProjection(view, secret_key, model_label))
         lines = usage_report(view, window, by, user_hash(secret_key, user) if user else None)
