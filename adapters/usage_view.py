@@ -152,6 +152,13 @@ def _change_params(changes: UsageChanges) -> list[tuple[str, list[tuple[Any, ...
     ]
 
 
+def _apply(cursor: Any, changes: UsageChanges, placeholder: str, tables: dict[str, str]) -> None:
+    """Write a batch's changes with the cursor of the transaction that tracks it."""
+    for template, rows in _change_params(changes):
+        if rows:
+            cursor.executemany(_statement(template, placeholder, **tables), rows)
+
+
 def _summary_query(
     placeholder: str, requests: str, window: Window, by: Grouping | None, user: str | None
 ) -> tuple[str, list[str]]:
@@ -211,9 +218,7 @@ class SQLiteUsageView(SQLiteTrackingRecorder, UsageView):
 
     def record(self, changes: UsageChanges, tracking: Tracking) -> None:
         with self.datastore.transaction(commit=True) as cursor:
-            for template, rows in _change_params(changes):
-                if rows:
-                    cursor.executemany(_statement(template, "?", **self._tables), rows)
+            _apply(cursor, changes, "?", self._tables)
             self._insert_tracking(cursor, tracking)
 
     def summarise(
@@ -253,9 +258,7 @@ class PostgresUsageView(PostgresTrackingRecorder, UsageView):
             cursor.execute(
                 f"LOCK TABLE {self._tables['requests']} IN SHARE ROW EXCLUSIVE MODE"
             )
-            for template, rows in _change_params(changes):
-                if rows:
-                    cursor.executemany(_statement(template, "%s", **self._tables), rows)
+            _apply(cursor, changes, "%s", self._tables)
             self._insert_tracking(cursor, tracking)
 
     def summarise(
