@@ -388,5 +388,7 @@ class _MemorySql(_Sql):
         rows: list[tuple[Any, ...]] = []
         with self.lock, self.connection:
             for statement, params in statements:
-                rows = list(self.connection.execute(statement.format(p="?"), tuple(params)).fetchall())
+                rows = list(self.connection.execute(
+                    statement.format(p=self.placeholder), tuple(params)
+                ).fetchall())
         return rows

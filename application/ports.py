@@ -181,6 +181,10 @@ class DataKeys(Protocol):
         """Destroy every key of a day before `day` (retention); the owners concerned."""
         ...
 
+    def wrapped_by(self) -> dict[str, int]:
+        """Live keys per id of the master key that wraps them."""
+        ...
+
     def rewrap(self) -> int:
         """Wrap every live key with the current master key; how many were rewrapped."""
         ...

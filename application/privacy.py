@@ -98,9 +98,9 @@ class Privacy:
     def rotate(self) -> int:
         """Rewrap every data key with the master key of SECRET_KEY (those wrapped
         with SECRET_KEY_PREVIOUS included) and record the rotation."""
-        before = self.keys.wrapped_by()  # type: ignore[attr-defined]
+        before = self.keys.wrapped_by()
         count = self.keys.rewrap()
-        after = self.keys.wrapped_by()  # type: ignore[attr-defined]
+        after = self.keys.wrapped_by()
         try:
             ledger: KeyLedger = self.records.repository.get(KEY_LEDGER_ID)
         except AggregateNotFoundError:
