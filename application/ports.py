@@ -188,3 +188,58 @@ class DataKeys(Protocol):
     def rewrap(self) -> int:
         """Wrap every live key with the current master key; how many were rewrapped."""
         ...
+
+
+class ResponseCache(Protocol):
+    """Replies kept for a while by what was asked, so that the same call is not paid
+    for twice. Entries are grouped by `scope` (a user's data owner id, or "global")
+    so that a user's can be forgotten at once. An outage of the cache is a miss,
+    never an error: every method swallows its own failures."""
+
+    async def get(self, scope: str, digest: str) -> ModelReply | None:
+        """The reply kept for the call hashed to `digest` (hex), or None."""
+        ...
+
+    async def put(self, scope: str, digest: str, reply: ModelReply, ttl: float) -> None:
+        """Keep a reply for `ttl` seconds."""
+        ...
+
+    async def forget(self, scope: str) -> int:
+        """Drop every entry of a scope (the user was erased); how many were dropped."""
+        ...
+
+    async def close(self) -> None:
+        ...
+
+
+@dataclass(frozen=True)
+class BatchState:
+    """What the provider says of a submitted batch."""
+
+    batch_id: str
+    # The provider's status: validating, in_progress, finalizing, completed, failed,
+    # expired, cancelling or cancelled.
+    status: str
+    # Once the batch has ended: the outcome of every entry by its custom id (an
+    # entry the provider gave no outcome for gets an upstream_error ModelError).
+    results: dict[str, ModelReply | ModelError] | None = None
+
+    @property
+    def ended(self) -> bool:
+        return self.results is not None
+
+
+class BatchModel(Protocol):
+    """The provider's Batch API: calls answered within a day at a lower price."""
+
+    async def submit(self, entries: list[tuple[str, ModelCall]]) -> str:
+        """Send calls (by custom id, unique within the batch) as one batch; its id.
+        Raises ModelError when the batch could not be created."""
+        ...
+
+    async def poll(self, batch_id: str) -> BatchState:
+        """The batch's state now; raises ModelError when the provider cannot be asked."""
+        ...
+
+    async def close(self) -> None:
+        ...
