@@ -32,6 +32,16 @@ def to_openai_message(message: ChatMessage) -> dict[str, Any]:
     return {"role": message.role, "content": parts}
 
 
+def chat_body(call: ModelCall) -> dict[str, Any]:
+    """The Chat Completions request body for a call (live, or a line of a batch)."""
+    return {
+        "model": call.model,
+        "messages": [to_openai_message(m) for m in call.messages],
+        "max_tokens": call.max_tokens,
+        "temperature": call.temperature,
+    }
+
+
 class ApiKeySource(Protocol):
     """Where the API key comes from (adapters.secret_file: a variable, or a file re-read on change)."""
 
@@ -82,12 +92,7 @@ class OpenAIModel:
         )
 
     async def complete(self, call: ModelCall) -> ModelReply:
-        body = {
-            "model": call.model,
-            "messages": [to_openai_message(m) for m in call.messages],
-            "max_tokens": call.max_tokens,
-            "temperature": call.temperature,
-        }
+        body = chat_body(call)
         try:
             response = await self._post(body)
             completion = json.loads(response.content)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import functools
+import hashlib
+import json
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -24,11 +26,15 @@ from eventsourcing.persistence import (
 from eventsourcing.utils import resolve_topic
 from opentelemetry import trace
 
+from application.batching import BatchCollector
 from application.budget_ledger import BudgetLedger
 from application.contract import ChatRequest, error_payload
 from application.group_commit import GroupCommitter
+from application.images import Image, image_tokens
+from application.model_slots import ModelSlots
 from application.personal_data import PersonalDataMapper
 from application.pii import PiiMasker, PiiSession
+from application.single_flight import SingleFlight
 from application.ports import (
     ChatMessage,
     Clock,
@@ -38,6 +44,7 @@ from application.ports import (
     ModelError,
     ModelReply,
     RateLimiter,
+    ResponseCache,
     TokenCounter,
     waiting_at_circuit,
 )
@@ -59,6 +66,15 @@ log = logging.getLogger(__name__)
 # Tokens the chat format adds once per call to prime the reply.
 REPLY_PRIMING_TOKENS = 3
 CONTEXT_PREFIX = "Earlier in this conversation:\n"
+SUMMARY_PREFIX = "Summary of the earlier conversation:\n"
+SUMMARY_INSTRUCTIONS = (
+    "You keep the memory of a conversation between a user and an assistant. Summarise "
+    "the exchanges below (and the summary so far, if given) into one concise note for "
+    "the assistant's own later use: keep facts, names, numbers, decisions, the user's "
+    "preferences and open questions; drop pleasantries. Write in the conversation's "
+    "language, in plain prose, without a preamble."
+)
+SUMMARY_WINDOW_SHARE = 8  # a summary may take up to this share of the token window
 BUDGET_EXHAUSTED = "The service's daily token budget is used up; please try again tomorrow."
 PII_REJECTED = (
     "The request contains personal data ({kinds}); this service does not send personal "
@@ -83,9 +99,6 @@ class ChatPolicy:
     daily_token_limit: int = 1_000_000
     context_max_tokens: int = 8000
     context_max_turns: int = 10
-    # Worst case of one high-detail image for the gpt-4o family (8 tiles of 170
-    # tokens + 85), reserved per image before the call and settled with the truth.
-    image_token_estimate: int = 1445
     budget_chunk_tokens: int = 100_000
     budget_lease_expiry: float = 60.0
     conversation_cache_size: int = 10_000
@@ -94,6 +107,21 @@ class ChatPolicy:
     # reply's are put back from) or "block" (refused with pii_rejected).
     pii_mode: str = "mask"
     prices: PriceTable = field(default_factory=lambda: PriceTable(DEFAULT_PRICES))
+    # The response cache (when there is one) and single-flight: which calls may
+    # share a reply (temperature 0 only, unless any), and whose ("user", "global").
+    cache_ttl: float = 3600.0
+    cache_any_temperature: bool = False
+    cache_scope: str = "user"
+    # History that no longer fits the window: "truncate" drops the oldest turns,
+    # "summarize" has `summary_model` summarise them into one note.
+    context_strategy: str = "summarize"
+    summary_model: str = "gpt-4o-mini"
+    # Requests below this priority (or asking for it) go through the Batch API.
+    batch_priority: int | None = None
+
+    def shareable(self, call: ModelCall) -> bool:
+        """Whether identical calls may get one reply: only a deterministic one."""
+        return call.temperature == 0 or self.cache_any_temperature
 
 
 class TurnAsDict(Transcoding):
@@ -186,8 +214,15 @@ class ChatService:
         policy: ChatPolicy,
         tracer: trace.Tracer | None = None,
         pii: PiiMasker | None = None,
+        cache: ResponseCache | None = None,
+        slots: ModelSlots | None = None,
+        batches: BatchCollector | None = None,
     ) -> None:
         self.records = records
+        self.cache = cache
+        self.slots = slots or ModelSlots(rate_limiter)
+        self.batches = batches
+        self.flights: SingleFlight[ModelReply] = SingleFlight()
         self.tracer = tracer or trace.get_tracer(__name__)
         self.pii = pii if policy.pii_mode != "off" else None
         self.model = model
@@ -233,46 +268,49 @@ class ChatService:
     async def _answer(
         self, request: ChatRequest, cid: UUID, reservation: str, started: float
     ) -> tuple[dict[str, Any], Conversation]:
+        rid = request.request_id
         while True:
             conversation = await self._load(cid, request)
-            outcome = conversation.outcome(request.request_id)
+            outcome = conversation.outcome(rid)
             if outcome is not None:
-                log.info("request %s already answered; replaying", request.request_id)
+                log.info("request %s already answered; replaying", rid)
                 return outcome, conversation
+            if self.policy.context_strategy == "summarize" and not conversation.is_pending(rid):
+                await self._compact_if_needed(request, conversation, reservation)
             call, history_turns, estimate = self.build_call(request, conversation)
+
+            def receive(c: Conversation) -> None:
+                if not c.is_pending(rid) and c.outcome(rid) is None:
+                    self._receive(c, request, call, history_turns)
+
             if self.pii is not None and self.policy.pii_mode == "block":
                 texts = [request.message, request.system_prompt or "", request.context or ""]
                 kinds = await self._off_loop_if_long(texts, self.pii.found_in, *texts)
                 if kinds:  # refused before anything of it is stored or sent
                     message = PII_REJECTED.format(kinds=", ".join(sorted(k.lower() for k in kinds)))
                     return await self._conclude(
-                        cid, conversation, request.request_id,
-                        lambda c: self._record_failure(
-                            c, request.request_id, "pii_rejected", message, started
-                        ),
+                        cid, conversation, rid,
+                        lambda c: self._record_failure(c, rid, "pii_rejected", message, started),
                     )
-            if not conversation.is_pending(request.request_id):
-                conversation.receive_message(
-                    request_id=request.request_id,
-                    message=request.message,
-                    image_digests=[image.digest for image in request.images],
-                    model=call.model,
-                    max_tokens=call.max_tokens,
-                    temperature=call.temperature,
-                    system_prompt=request.system_prompt,
-                    caller_context=request.context,
-                    history_turns=history_turns,
-                )
+            share = self._share_key(request, call)
+            if share is not None and not conversation.is_pending(rid):
+                shared = await self._shared_reply(share)
+                if shared is not None:  # no model call: no budget, no cost
+                    reply, source = shared
+                    return await self._conclude(cid, conversation, rid, lambda c: (
+                        receive(c), self._record_reply(c, rid, reply, started, source)
+                    ))
+            receive(conversation)
             try:
                 # While the model is down, holds of requests waiting for it fill the
                 # budget; wait for them as long as this request may wait at all.
                 await self.ledger.reserve(reservation, estimate, max_wait=self._time_left(request))
             except BudgetExceeded as error:
-                log.warning("request %s refused: %s", request.request_id, error)
+                log.warning("request %s refused: %s", rid, error)
                 return await self._conclude(
-                    cid, conversation, request.request_id,
+                    cid, conversation, rid,
                     lambda c: self._record_failure(
-                        c, request.request_id, "budget_exceeded", BUDGET_EXHAUSTED, started
+                        c, rid, "budget_exceeded", BUDGET_EXHAUSTED, started
                     ),
                 )
             try:
@@ -281,19 +319,62 @@ class ChatService:
             except RecordConflictError:
                 self.ledger.release(reservation)  # another worker wrote: decide again
 
+        batched = self.batched(request)
+        flight_key = f"{share[0]}/{share[1]}" if share is not None and not batched else None
+        flight = None
+        while flight_key is not None and flight is None:
+            flight = self.flights.lead(flight_key)
+            if flight is None:
+                # The same call is on its way to the model for another request: wait
+                # for its reply; if that call fails, lead (or follow) the next one.
+                shared_reply = await self.flights.follow(flight_key)
+                if shared_reply is not None:
+                    self.ledger.release(reservation)
+                    return await self._conclude(cid, conversation, rid, lambda c: (
+                        self._record_reply(c, rid, shared_reply, started, "shared")
+                    ))
+        landed: ModelReply | None = None
+        try:
+            outcome, conversation, landed = await self._call(
+                request, cid, conversation, call, reservation, estimate, started, batched
+            )
+        finally:
+            if flight is not None and flight_key is not None:
+                self.flights.land(flight_key, flight, landed)
+        if landed is not None and share is not None and self.cache is not None:
+            await self.cache.put(*share, landed, self.policy.cache_ttl)
+        return outcome, conversation
+
+    async def _call(
+        self,
+        request: ChatRequest,
+        cid: UUID,
+        conversation: Conversation,
+        call: ModelCall,
+        reservation: str,
+        estimate: int,
+        started: float,
+        batched: bool,
+    ) -> tuple[dict[str, Any], Conversation, ModelReply | None]:
+        """Ask the model (live or in a batch) and record how it ended; the reply, if any."""
+        rid = request.request_id
         started_call = False
 
         async def call_model() -> ModelReply:
-            nonlocal started_call
+            nonlocal started_call, conversation
             masked, session = await self._off_loop_if_long(
                 [message.text for message in call.messages], self._masked, call
             )
-            await self.rate_limiter.acquire()
-            started_call = True
-            waiting_at_circuit.set(False)
-            reply = await self.model.complete(masked)
-            if reply.rate_limits is not None:
-                self.rate_limiter.observe(reply.rate_limits)
+            if batched:
+                started_call = True  # a submitted batch is billed
+                conversation, reply = await self._by_batch(cid, conversation, rid, reservation, masked)
+            else:
+                async with self.slots.slot(request.priority):
+                    started_call = True
+                    waiting_at_circuit.set(False)
+                    reply = await self.model.complete(masked)
+                if reply.rate_limits is not None:
+                    self.rate_limiter.observe(reply.rate_limits)
             if session is not None:  # the user sees their own data again
                 reply = replace(reply, text=session.unmask(reply.text))
             return reply
@@ -313,23 +394,25 @@ class ChatService:
             self.ledger.release(reservation)
             if isinstance(error, TimeoutError) and budget_of_time.expired():
                 error_type, message = "upstream_error", TOO_LATE
-                log.warning("request %s passed its deadline", request.request_id)
+                log.warning("request %s passed its deadline", rid)
             elif isinstance(error, ModelError):
                 error_type, message = error.error_type, error.message
-                log.warning("model call failed for %s: %s", request.request_id, error_type)
+                log.warning("model call failed for %s: %s", rid, error_type)
             else:
                 error_type, message = "upstream_error", "The model call failed unexpectedly."
-                log.exception("model call failed unexpectedly for %s", request.request_id)
-            return await self._conclude(
-                cid, conversation, request.request_id,
-                lambda c: self._record_failure(c, request.request_id, error_type, message, started),
+                log.exception("model call failed unexpectedly for %s", rid)
+            outcome, conversation = await self._conclude(
+                cid, conversation, rid,
+                lambda c: self._record_failure(c, rid, error_type, message, started),
             )
+            return outcome, conversation, None
         self.ledger.settle(reservation, reply.prompt_tokens + reply.completion_tokens)
         # A paid reply is recorded even if the caller gives up now (its partition
         # was taken away, say): whoever answers the request next finds it answered.
+        source = "batch" if batched else "model"
         recording = asyncio.ensure_future(self._conclude(
-            cid, conversation, request.request_id,
-            lambda c: self._record_reply(c, request.request_id, reply, started),
+            cid, conversation, rid,
+            lambda c: self._record_reply(c, rid, reply, started, source),
         ))
         self._recording.add(recording)
         recording.add_done_callback(self._recording.discard)
@@ -338,7 +421,59 @@ class ChatService:
             # The user was erased while the model answered: the store keeps the
             # accounting only, and the caller still gets the answer.
             outcome = {**outcome, "response": reply.text}
-        return outcome, conversation
+        return outcome, conversation, reply
+
+    # Sharing replies: the cache and single-flight ----------------------------------
+
+    def _share_key(self, request: ChatRequest, call: ModelCall) -> tuple[str, str] | None:
+        """(scope, digest) of a call whose reply may be shared; None if it may not."""
+        if not self.policy.shareable(call):
+            return None
+        scope = "global" if self.policy.cache_scope == "global" else data_owner(request.user_email)
+        return scope, call_digest(call)
+
+    async def _shared_reply(self, share: tuple[str, str]) -> tuple[ModelReply, str] | None:
+        """A reply to the same call: being answered right now, or cached; and which."""
+        reply = await self.flights.follow(f"{share[0]}/{share[1]}")
+        if reply is not None:
+            return reply, "shared"
+        if self.cache is not None:
+            reply = await self.cache.get(*share)
+            if reply is not None:
+                return reply, "cache"
+        return None
+
+    async def forget_cached(self, user_email: str) -> int:
+        """Drop the user's cached replies (the user was erased)."""
+        if self.cache is None:
+            return 0
+        return await self.cache.forget(data_owner(user_email))
+
+    # The Batch API ------------------------------------------------------------------
+
+    def batched(self, request: ChatRequest) -> bool:
+        """Whether a request is answered through the Batch API."""
+        if self.batches is None:
+            return False
+        threshold = self.policy.batch_priority
+        return request.batch or (threshold is not None and request.priority < threshold)
+
+    async def _by_batch(
+        self, cid: UUID, conversation: Conversation, rid: str, custom_id: str, call: ModelCall
+    ) -> tuple[Conversation, ModelReply]:
+        """Send the call in the next batch (unless it already was: a redelivery) and
+        wait for the batch to end; the conversation as saved, and the reply."""
+        assert self.batches is not None
+        batch_id = conversation.pending_batch(rid)
+        if batch_id is None:
+            batch_id = await self.batches.submit(custom_id, call)
+            while conversation.is_pending(rid) and conversation.pending_batch(rid) is None:
+                conversation.submit_to_batch(rid, batch_id, iso_timestamp(self.clock))
+                try:
+                    await self._save(conversation)
+                except RecordConflictError:
+                    conversation = await self._reload(cid)
+        return conversation, await self.batches.result(batch_id, custom_id)
 
     async def _off_loop_if_long(
         self, texts: list[str], work: Callable[..., Any], *args: Any
@@ -400,6 +535,10 @@ class ChatService:
             await asyncio.wait(set(self._recording), timeout=RECORDING_GRACE)
         await self.ledger.close()
         await self.model.close()
+        if self.cache is not None:
+            await self.cache.close()
+        if self.batches is not None:
+            await self.batches.close()
 
     # Steps ----------------------------------------------------------------------
 
@@ -473,25 +612,52 @@ class ChatService:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, STORE_RETRY_MAX_DELAY)
 
-    def _record_reply(
-        self, conversation: Conversation, request_id: str, reply: ModelReply, started: float
+    def _receive(
+        self, conversation: Conversation, request: ChatRequest, call: ModelCall, history_turns: int
     ) -> None:
+        conversation.receive_message(
+            request_id=request.request_id,
+            message=request.message,
+            image_digests=[image.digest for image in request.images],
+            model=call.model,
+            max_tokens=call.max_tokens,
+            temperature=call.temperature,
+            system_prompt=request.system_prompt,
+            caller_context=request.context,
+            history_turns=history_turns,
+        )
+
+    def _record_reply(
+        self,
+        conversation: Conversation,
+        request_id: str,
+        reply: ModelReply,
+        started: float,
+        source: str = "model",
+    ) -> None:
+        """Record a reply; one this request did not pay for (`source` "cache" or
+        "shared") is recorded as using no tokens and costing nothing."""
         if not conversation.is_pending(request_id):
             return  # concluded by another worker meanwhile
         erased = conversation.pending_message(request_id) == ERASED
+        paid = source in ("model", "batch")
+        prompt, cached, completion = (
+            (reply.prompt_tokens, reply.cached_tokens, reply.completion_tokens) if paid else (0, 0, 0)
+        )
         conversation.record_reply(
             request_id=request_id,
             reply=ERASED if erased else reply.text,
             model=reply.model,
-            prompt_tokens=reply.prompt_tokens,
-            completion_tokens=reply.completion_tokens,
+            prompt_tokens=prompt,
+            completion_tokens=completion,
             finish_reason=reply.finish_reason,
             answered_at=iso_timestamp(self.clock),
             processing_time=round(time.perf_counter() - started, 3),
-            cached_tokens=reply.cached_tokens,
+            cached_tokens=cached,
             cost=self.policy.prices.cost(
-                reply.model, reply.prompt_tokens, reply.cached_tokens, reply.completion_tokens
-            ),
+                reply.model, prompt, cached, completion, batch=source == "batch"
+            ) if paid else 0.0,
+            source=source,
         )
 
     def _record_failure(
@@ -517,26 +683,24 @@ class ChatService:
     ) -> tuple[ModelCall, int, int]:
         """The model call, how many stored turns it carries, and the most it can spend.
 
-        The system prompt and the new message are always sent; the stored history,
-        then the caller's context string, fill what is left of the token window.
+        The system prompt, the summary of compacted turns and the new message are
+        always sent; the stored history, then the caller's context string, fill
+        what is left of the token window.
         """
         policy = self.policy
         # Selecting the history and estimating the call count the same texts:
         # each is encoded once per request.
         count = functools.cache(self.counter.count)
         model = self.model_for(request)
-        room = policy.context_max_tokens - (
-            count(request.message)
-            + MESSAGE_OVERHEAD_TOKENS
-            + len(request.images) * policy.image_token_estimate
-        )
         messages: list[ChatMessage] = []
         if request.system_prompt:
             messages.append(ChatMessage("system", request.system_prompt))
-            room -= count(request.system_prompt) + MESSAGE_OVERHEAD_TOKENS
-        not_before = iso_timestamp_of(self.clock.now() - timedelta(days=policy.retention_days))
+        summary = conversation.context_summary()
+        if summary is not None:
+            messages.append(ChatMessage("system", SUMMARY_PREFIX + summary))
+        room = self._history_room(request, conversation, count)
         history = conversation.recent_turns(
-            policy.context_max_turns, max(room, 0), count, not_before=not_before
+            policy.context_max_turns, max(room, 0), count, not_before=self._not_before()
         )
         room -= sum(turn_tokens(turn, count) for turn in history)
         if request.context:
@@ -558,6 +722,92 @@ class ChatService:
         )
         return call, len(history), self.estimate_tokens(call, count)
 
+    def _history_room(
+        self, request: ChatRequest, conversation: Conversation, count: Callable[[str], int]
+    ) -> int:
+        """Tokens of the window left for stored turns once the new message, its
+        images, the system prompt and the summary are counted."""
+        model = self.model_for(request)
+        room = self.policy.context_max_tokens - (
+            count(request.message)
+            + MESSAGE_OVERHEAD_TOKENS
+            + sum(self._image_tokens(image, model) for image in request.images)
+        )
+        if request.system_prompt:
+            room -= count(request.system_prompt) + MESSAGE_OVERHEAD_TOKENS
+        summary = conversation.context_summary()
+        if summary is not None:
+            room -= count(SUMMARY_PREFIX + summary) + MESSAGE_OVERHEAD_TOKENS
+        return room
+
+    def _not_before(self) -> str:
+        """Turns answered before this have expired (retention): never context."""
+        return iso_timestamp_of(self.clock.now() - timedelta(days=self.policy.retention_days))
+
+    @staticmethod
+    def _image_tokens(image: Image, model: str) -> int:
+        """What an image costs the model, by OpenAI's published tile rule."""
+        return image_tokens(image.width, image.height, model)
+
+    # Context compression ------------------------------------------------------------
+
+    async def _compact_if_needed(
+        self, request: ChatRequest, conversation: Conversation, reservation: str
+    ) -> None:
+        """When stored turns no longer fit the window, have the cheapest model
+        summarise the older ones (with any earlier summary) into one note, recorded
+        as ContextCompacted. Half the window is kept for recent turns, so that the
+        next requests fit without a new summary. If the summary cannot be had
+        (the model fails, the budget is spent), the oldest turns are just dropped."""
+        policy = self.policy
+        count = functools.cache(self.counter.count)
+        not_before = self._not_before()
+        turns = conversation.unsummarised_turns(not_before)
+        room = max(self._history_room(request, conversation, count), 0)
+        if len(conversation.recent_turns(policy.context_max_turns, room, count, not_before)) == len(turns):
+            return
+        keep = conversation.recent_turns(policy.context_max_turns // 2, room // 2, count, not_before)
+        older = turns[: len(turns) - len(keep)]
+        if not older:
+            return
+        previous = conversation.context_summary()
+        call = summary_call(policy.summary_model, previous, older, count, policy.context_max_tokens)
+        estimate = self.estimate_tokens(call, count)
+        hold = f"{reservation}/summary"
+        with self.tracer.start_as_current_span("compact context", attributes={
+            "chater.turns_summarised": len(older), "gen_ai.request.model": call.model,
+        }):
+            try:
+                await self.ledger.reserve(hold, estimate, max_wait=0)
+                masked, session = await self._off_loop_if_long(
+                    [message.text for message in call.messages], self._masked, call
+                )
+                async with self.slots.slot(request.priority):
+                    reply = await self.model.complete(masked)
+            except (BudgetExceeded, ModelError) as error:
+                self.ledger.release(hold)
+                log.warning("context not summarised (%s): the oldest turns are dropped",
+                            type(error).__name__)
+                return
+            except BaseException:
+                self.ledger.release(hold)
+                raise
+        self.ledger.settle(hold, reply.prompt_tokens + reply.completion_tokens)
+        text = session.unmask(reply.text) if session is not None else reply.text
+        conversation.compact(
+            summary=text,
+            through_request_id=older[-1].request_id,
+            content_from=conversation.summary_from if previous else older[0].answered_at,
+            turns_covered=len(older),
+            model=reply.model,
+            prompt_tokens=reply.prompt_tokens,
+            completion_tokens=reply.completion_tokens,
+            cost=policy.prices.cost(
+                reply.model, reply.prompt_tokens, reply.cached_tokens, reply.completion_tokens
+            ),
+            compacted_at=iso_timestamp(self.clock),
+        )
+
     def model_for(self, request: ChatRequest) -> str:
         """The model a request asks for, or the default for its kind (text, vision)."""
         if request.model:
@@ -570,10 +820,43 @@ class ChatService:
         prompt = REPLY_PRIMING_TOKENS + sum(
             count(message.text)
             + MESSAGE_OVERHEAD_TOKENS
-            + len(message.images) * self.policy.image_token_estimate
+            + sum(self._image_tokens(image, call.model) for image in message.images)
             for message in call.messages
         )
         return prompt + call.max_tokens
+
+
+def call_digest(call: ModelCall) -> str:
+    """What identifies a call's reply: model, parameters and every message (role,
+    text, images by digest), hashed."""
+    canonical = json.dumps([
+        call.model, call.max_tokens, call.temperature,
+        [[m.role, m.text, [image.digest for image in m.images]] for m in call.messages],
+    ], ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def summary_call(
+    model: str,
+    previous: str | None,
+    turns: list[Turn],
+    count: Callable[[str], int],
+    window: int,
+) -> ModelCall:
+    """The call that summarises `turns` (after an earlier summary, if any)."""
+    parts = [f"Summary so far:\n{previous}"] if previous else []
+    for turn in turns:
+        images = f" [{turn.image_count} image(s)]" if turn.image_count else ""
+        parts.append(f"User:{images} {turn.user_message}\nAssistant: {turn.reply}")
+    return ModelCall(
+        model=model,
+        messages=[
+            ChatMessage("system", SUMMARY_INSTRUCTIONS),
+            ChatMessage("user", "\n\n".join(parts)),
+        ],
+        max_tokens=max(window // SUMMARY_WINDOW_SHARE, 64),
+        temperature=0.0,
+    )
 
 
 def iso_timestamp(clock: Clock) -> str:

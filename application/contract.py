@@ -36,6 +36,8 @@ class ChatRequest:
     images: tuple[Image, ...] = ()
     conversation_id: str | None = None
     priority: int = 0
+    # Answer through the provider's Batch API: later (within a day), at half the price.
+    batch: bool = False
     # When the answer stops being worth waiting for (epoch seconds), if known.
     deadline: float | None = None
 
@@ -156,6 +158,10 @@ def _build(request_id: str, body: dict[str, Any]) -> ChatRequest:
     if not isinstance(priority, int) or isinstance(priority, bool):
         raise fail("'priority' must be an integer")
 
+    batch = body.get("batch", False)
+    if not isinstance(batch, bool):
+        raise fail("'batch' must be true or false")
+
     return ChatRequest(
         request_id=request_id,
         user_email=user_email.strip(),
@@ -168,6 +174,7 @@ def _build(request_id: str, body: dict[str, Any]) -> ChatRequest:
         images=images,
         conversation_id=_optional_text(body, "conversation_id", fail, non_empty=True),
         priority=priority,
+        batch=batch,
     )
 
 

@@ -6,9 +6,11 @@ import base64
 import binascii
 import hashlib
 import io
+import math
 import re
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from fractions import Fraction
 
 from PIL import Image as Picture
 
@@ -33,6 +35,10 @@ class InvalidImage(ValueError):
 class Image:
     mime_type: str
     data: bytes
+    # Pixel size as Pillow read it (0 = unknown, e.g. built by hand). Derived from
+    # `data`, so left out of equality: two images with the same bytes are equal.
+    width: int = field(default=0, compare=False)
+    height: int = field(default=0, compare=False)
 
     @property
     def digest(self) -> str:
@@ -75,8 +81,8 @@ def decode_image(encoded: object, position: int) -> Image:
         raise InvalidImage(
             f"image {position} is not a supported type (PNG, JPEG, GIF or WEBP)"
         )
-    check_readable(data, position)
-    return Image(mime_type, data)
+    width, height = check_readable(data, position)
+    return Image(mime_type, data, width, height)
 
 
 def _ends_whole(data: bytes) -> bool:
@@ -93,10 +99,11 @@ def _ends_whole(data: bytes) -> bool:
 MAX_PIXELS = 50_000_000
 
 
-def check_readable(data: bytes, position: int) -> None:
+def check_readable(data: bytes, position: int) -> tuple[int, int]:
     """Refuse an image whose header or structure is damaged (Pillow reads it
     without decoding every pixel), or whose size could be a decompression bomb:
-    the provider would refuse it after we had paid for the round trip."""
+    the provider would refuse it after we had paid for the round trip.
+    Returns its (width, height) in pixels."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Picture.DecompressionBombWarning)
@@ -113,3 +120,120 @@ def check_readable(data: bytes, position: int) -> None:
         raise InvalidImage(
             f"image {position} is {width} x {height} pixels; the limit is {MAX_PIXELS:,}"
         )
+    return width, height
+
+
+# --- What an image costs in prompt tokens -------------------------------------
+#
+# OpenAI's published rule ("Calculating costs" in its images and vision guide).
+#
+# Tile models, detail "high" (and "auto", counted as high: the worst case, and
+# what we budget): scale to fit within 2048 x 2048 keeping the aspect ratio, then
+# so that the shortest side is 768 px (both only ever downwards), then count the
+# 512-px tiles that cover the result: base + per_tile x tiles. Detail "low" costs
+# the base only. The scaled sizes are kept as exact fractions rather than rounded
+# to whole pixels (the guide does not say how it rounds): a side that lands a
+# fraction above a tile edge counts the extra tile, so the count never falls short.
+#
+# Patch models: count the 32-px patches that cover the image; above 1536 the image
+# is first scaled down so that no more than 1536 patches cover it (the guide's
+# shrink factor, computed here in integers), and the count is capped at 1536; the
+# tokens are the patches times a per-model multiplier (rounded up). The guide gives
+# these models no "detail" setting, so it changes nothing for them.
+
+_TILE_BOX = 2048
+_SHORT_SIDE = 768
+_TILE = 512
+_PATCH = 32
+_MAX_PATCHES = 1536
+
+# The most tiles any image can need at high detail. After the first step both
+# sides are at most 2048 px (4 tiles); after the second the shorter side is at
+# most 768 px (2 tiles), so no image needs more than 4 x 2 = 8, and a 2048 x 768
+# image (or any wider than 8:3, e.g. 4000 x 1000 -> 2048 x 512) needs exactly that.
+MAX_TILES = (_TILE_BOX // _TILE) * math.ceil(_SHORT_SIDE / _TILE)
+
+
+@dataclass(frozen=True)
+class TileCost:
+    base: int
+    per_tile: int
+
+
+@dataclass(frozen=True)
+class PatchCost:
+    multiplier: Fraction
+
+
+_GPT_4O = TileCost(85, 170)
+
+# Model families by name prefix; dated snapshots ("gpt-4o-mini-2024-07-18") match
+# their family. Looked up longest prefix first, so "gpt-4o-mini" is never taken
+# for "gpt-4o", nor "gpt-4.1-mini" for "gpt-4.1".
+_VISION_COSTS: dict[str, TileCost | PatchCost] = {
+    "gpt-4o-mini": TileCost(2833, 5667),
+    "gpt-4o": _GPT_4O,
+    "chatgpt-4o-latest": _GPT_4O,
+    "gpt-4o-latest": _GPT_4O,
+    "gpt-4.1-mini": PatchCost(Fraction("1.62")),
+    "gpt-4.1-nano": PatchCost(Fraction("2.46")),
+    "gpt-4.1": _GPT_4O,
+    "gpt-4.5": _GPT_4O,
+    "o1": TileCost(75, 150),
+    "o3": TileCost(75, 150),
+    "o4-mini": PatchCost(Fraction("1.72")),
+    "gpt-5-mini": PatchCost(Fraction("1.62")),
+    "gpt-5-nano": PatchCost(Fraction("2.46")),
+    "gpt-5": TileCost(70, 140),
+}
+_PREFIXES = sorted(_VISION_COSTS, key=len, reverse=True)
+_UNKNOWN_MODEL = _GPT_4O
+
+
+def vision_cost(model: str) -> TileCost | PatchCost:
+    """How the model prices images; a model we do not know is priced as gpt-4o."""
+    name = model.strip().lower()
+    for prefix in _PREFIXES:
+        if name.startswith(prefix):
+            return _VISION_COSTS[prefix]
+    return _UNKNOWN_MODEL
+
+
+def image_tokens(width: int, height: int, model: str, detail: str = "auto") -> int:
+    """Prompt tokens one image costs the model, by OpenAI's published rule.
+
+    A size of 0 (unknown) counts as the worst case for the model at high detail:
+    MAX_TILES tiles for a tile model, 1536 patches for a patch model."""
+    cost = vision_cost(model)
+    known = width > 0 and height > 0
+    if isinstance(cost, PatchCost):
+        patches = _patches(width, height) if known else _MAX_PATCHES
+        return math.ceil(patches * cost.multiplier)
+    if detail == "low":
+        return cost.base
+    tiles = _tiles(width, height) if known else MAX_TILES
+    return cost.base + cost.per_tile * tiles
+
+
+def _tiles(width: int, height: int) -> int:
+    w, h = Fraction(width), Fraction(height)
+    if max(w, h) > _TILE_BOX:
+        scale = _TILE_BOX / max(w, h)
+        w, h = w * scale, h * scale
+    if min(w, h) > _SHORT_SIDE:
+        scale = _SHORT_SIDE / min(w, h)
+        w, h = w * scale, h * scale
+    return math.ceil(w / _TILE) * math.ceil(h / _TILE)
+
+
+def _patches(width: int, height: int) -> int:
+    patches = math.ceil(width / _PATCH) * math.ceil(height / _PATCH)
+    if patches > _MAX_PATCHES:
+        # The guide's shrink factor r = sqrt(32^2 * 1536 / (w * h)), narrowed so
+        # that one side fills a whole number of patches: w * r / 32 is
+        # sqrt(1536 * w / h), whose floor is isqrt(1536 * w // h).
+        across = max(math.isqrt(_MAX_PATCHES * width // height), 1)
+        down = max(math.isqrt(_MAX_PATCHES * height // width), 1)
+        scale = min(Fraction(_PATCH * across, width), Fraction(_PATCH * down, height))
+        patches = math.ceil(width * scale / _PATCH) * math.ceil(height * scale / _PATCH)
+    return min(patches, _MAX_PATCHES)

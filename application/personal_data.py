@@ -26,6 +26,7 @@ CIPHER_CACHE_SIZE = 10_000  # owners' days whose keys are kept ready
 # What a destroyed field reads as, when not the text marker.
 _SHREDDED_VALUES: dict[str, Callable[[], Any]] = {
     "thread": lambda: None, "image_digests": list, "turns": list,  # fresh each time
+    "summary": lambda: None,
 }
 # A snapshot's nested texts: (field, key in each of its entries).
 _NESTED_TEXTS = (("pending", "message"), ("outcomes", "response"))
@@ -61,6 +62,10 @@ class PersonalDataMapper(Mapper[Any]):
             holder = state["state"] = dict(state["state"])
         cid = str(state["originator_id"])
         day = state["timestamp"].strftime("%Y-%m-%d")
+        if state.get("content_from"):
+            # A summary is sealed with the key of the day of the oldest turn it
+            # summarises: it is destroyed when that turn expires.
+            day = min(day, state["content_from"][:10])
         if holder is not state:
             # A snapshot is sealed with the key of the oldest day it holds content
             # of, so that it is destroyed no later than that content expires.
@@ -156,6 +161,8 @@ def _content_days(state: dict[str, Any]) -> list[str]:
         str(outcome["timestamp"])[:10] for outcome in state.get("outcomes", {}).values()
         if outcome.get("response") not in (None, *SHREDDED) and outcome.get("timestamp")
     ]
+    if state.get("summary") not in (None, *SHREDDED) and state.get("summary_from"):
+        days.append(str(state["summary_from"])[:10])
     return days
 
 

@@ -27,10 +27,15 @@ PERSONAL_FIELDS: dict[str, tuple[str, ...]] = {
     "Started": ("user_email", "thread"),
     "UserMessageReceived": ("message", "image_digests", "system_prompt", "caller_context"),
     "ReplyRecorded": ("reply",),
+    "ContextCompacted": ("summary",),
     # A snapshot's texts inside `pending` and `outcomes` are personal too (see
     # application.personal_data); which requests are pending or concluded is not.
-    "Snapshot": ("user_email", "thread", "turns"),
+    "Snapshot": ("user_email", "thread", "turns", "summary"),
 }
+
+# Where a recorded reply came from: the model itself, the provider's Batch API, the
+# response cache, or another request's identical call in flight at the same moment.
+REPLY_SOURCES = ("model", "batch", "cache", "shared")
 
 
 def normalise_email(user_email: str) -> str:
@@ -61,6 +66,11 @@ class Conversation(Aggregate):
     redelivered request is answered from the record instead of the model.
     """
 
+    # Defaults for state restored from snapshots taken before compaction existed.
+    summary: str | None = None
+    summarised_through: str | None = None
+    summary_from: str = ""
+
     @staticmethod
     def create_id(user_email: str, thread: str | None = None) -> UUID:
         return conversation_id(user_email, thread)
@@ -72,6 +82,11 @@ class Conversation(Aggregate):
         self.turns: list[Turn] = []
         self.pending: dict[str, dict[str, Any]] = {}
         self.outcomes: dict[str, dict[str, Any]] = {}
+        # The oldest turns, once compacted: a summary of them (and of any summary
+        # before it), the last request it covers and when its oldest content was said.
+        self.summary: str | None = None
+        self.summarised_through: str | None = None
+        self.summary_from: str = ""
 
     # Commands: each body is both the decision and the state change of its event.
 
@@ -93,9 +108,10 @@ class Conversation(Aggregate):
         self.pending[request_id] = {"message": message, "image_count": len(image_digests)}
 
     class ReplyRecorded(Aggregate.Event):
-        """Version 2 added what a reply cost: cached prompt tokens and dollars."""
+        """Version 2 added what a reply cost: cached prompt tokens and dollars;
+        version 3 where it came from (REPLY_SOURCES)."""
 
-        class_version = 2
+        class_version = 3
 
         request_id: str
         reply: str
@@ -107,12 +123,17 @@ class Conversation(Aggregate):
         processing_time: float
         cached_tokens: int
         cost: float | None
+        source: str
 
         @staticmethod
         def upcast_v1_v2(state: dict[str, Any]) -> None:
             # Replies recorded before prices were kept: their cost was never known.
             state["cached_tokens"] = 0
             state["cost"] = None
+
+        @staticmethod
+        def upcast_v2_v3(state: dict[str, Any]) -> None:
+            state["source"] = "model"  # the only source there was
 
     @event(ReplyRecorded)
     def record_reply(
@@ -127,9 +148,11 @@ class Conversation(Aggregate):
         processing_time: float,
         cached_tokens: int,
         cost: float | None,
+        source: str = "model",
     ) -> None:
         """Record the model's answer to a pending request and what it cost
-        (`cost` in US dollars, None when the model has no price)."""
+        (`cost` in US dollars, None when the model has no price; nothing for a
+        reply from the cache or shared with an identical request)."""
         self.check_pending(request_id)
         asked = self.pending.pop(request_id)
         self.turns.append(
@@ -148,6 +171,37 @@ class Conversation(Aggregate):
             "timestamp": answered_at,
             "processing_time": processing_time,
         }
+        if source in ("cache", "shared"):
+            self.outcomes[request_id]["cached"] = True
+        elif source == "batch":
+            self.outcomes[request_id]["batch"] = True
+
+    @event("BatchSubmitted")
+    def submit_to_batch(self, request_id: str, batch_id: str, submitted_at: str) -> None:
+        """A pending request was sent in one of the provider's batches: whoever
+        answers it next waits for that batch instead of paying again."""
+        self.check_pending(request_id)
+        self.pending[request_id]["batch_id"] = batch_id
+
+    @event("ContextCompacted")
+    def compact(
+        self,
+        summary: str,
+        through_request_id: str,
+        content_from: str,
+        turns_covered: int,
+        model: str,
+        prompt_tokens: int,
+        completion_tokens: int,
+        cost: float | None,
+        compacted_at: str,
+    ) -> None:
+        """The oldest turns (up to and including `through_request_id`, the first
+        answered at `content_from`), with any earlier summary, were summarised by
+        `model` into one note, which stands in for them as context from now on."""
+        self.summary = summary
+        self.summarised_through = through_request_id
+        self.summary_from = content_from
 
     @event("RequestFailed")
     def record_failure(
@@ -173,6 +227,7 @@ class Conversation(Aggregate):
         next): the history is forgotten, so later requests start afresh. Requests
         in flight stay pending, so that their replies can still be recorded."""
         self.turns = []
+        self.summary = None
         for outcome in self.outcomes.values():
             if "response" in outcome:
                 outcome["response"] = ERASED
@@ -185,6 +240,8 @@ class Conversation(Aggregate):
         `before_day`: those turns are no context any more, and their replies are
         no longer kept for redelivered requests either."""
         self.turns = [turn for turn in self.turns if turn.answered_at[:10] >= before_day]
+        if self.summary_from[:10] < before_day:
+            self.summary = None
         for outcome in self.outcomes.values():
             if "response" in outcome and str(outcome.get("timestamp", ""))[:10] < before_day:
                 outcome["response"] = EXPIRED
@@ -202,6 +259,30 @@ class Conversation(Aggregate):
         """What a pending request asked (ERASED if its user was erased meanwhile)."""
         return str(self.pending[request_id]["message"])
 
+    def pending_batch(self, request_id: str) -> str | None:
+        """The provider's batch a pending request was sent in, if any."""
+        return self.pending[request_id].get("batch_id")
+
+    def context_summary(self) -> str | None:
+        """The summary of the compacted turns, when there is a readable one."""
+        return self.summary if self.summary not in (None, *SHREDDED) else None
+
+    def unsummarised_turns(self, not_before: str = "") -> list[Turn]:
+        """The readable turns after the summary's, oldest first, answered at or
+        after `not_before` (ISO UTC; older content has expired)."""
+        turns = self.turns
+        if self.summarised_through is not None:
+            through = next(
+                (i for i, turn in enumerate(turns) if turn.request_id == self.summarised_through),
+                None,
+            )
+            if through is not None:
+                turns = turns[through + 1:]
+        return [
+            turn for turn in turns
+            if turn.readable and (not not_before or turn.answered_at >= not_before)
+        ]
+
     def recent_turns(
         self,
         max_turns: int,
@@ -209,18 +290,16 @@ class Conversation(Aggregate):
         count_tokens: Callable[[str], int],
         not_before: str = "",
     ) -> list[Turn]:
-        """The latest readable turns, oldest first, that fit both bounds and were
-        answered at or after `not_before` (ISO UTC; older content has expired).
+        """The latest readable turns after the summary's, oldest first, that fit
+        both bounds and were answered at or after `not_before` (ISO UTC; older
+        content has expired).
 
         Newer turns matter more, so selection walks back from the latest and stops
         at the first turn that no longer fits.
         """
         selected: list[Turn] = []
         room = max_tokens
-        turns = [
-            turn for turn in self.turns
-            if turn.readable and (not not_before or turn.answered_at >= not_before)
-        ]
+        turns = self.unsummarised_turns(not_before)
         for turn in reversed(turns[-max_turns:] if max_turns > 0 else []):
             cost = turn_tokens(turn, count_tokens)
             if cost > room:

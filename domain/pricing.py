@@ -11,6 +11,8 @@ from fnmatch import fnmatchcase
 # the table names the snapshot itself.
 _SNAPSHOT = re.compile(r"-\d{4}-\d{2}-\d{2}$")
 PER_TOKENS = 1_000_000
+# OpenAI's Batch API bills every token of a batched call at half the standard price.
+BATCH_DISCOUNT = 0.5
 
 
 @dataclass(frozen=True)
@@ -92,13 +94,20 @@ class PriceTable:
         return None
 
     def cost(
-        self, model: str, prompt_tokens: int, cached_tokens: int, completion_tokens: int
+        self, model: str, prompt_tokens: int, cached_tokens: int, completion_tokens: int,
+        batch: bool = False,
     ) -> float | None:
-        """Dollars, or None when the model is not priced."""
+        """Dollars, or None when the model is not priced; `batch`: at the Batch API's price."""
         price = self.price_of(model)
         if price is None:
             return None
-        return price.cost(prompt_tokens, cached_tokens, completion_tokens)
+        cost = price.cost(prompt_tokens, cached_tokens, completion_tokens)
+        return cost * BATCH_DISCOUNT if batch else cost
+
+    def cheapest(self, models: list[str]) -> str | None:
+        """The priced model among `models` whose prompt and completion cost least together."""
+        priced = [(p.prompt + p.completion, m) for m in models if (p := self.price_of(m))]
+        return min(priced)[1] if priced else None
 
     def overridden(self, prices: Mapping[str, Price]) -> PriceTable:
         return PriceTable({**self.prices, **prices})

@@ -10,17 +10,21 @@ from adapters.otel_metrics import OtelMetrics
 from adapters.otel_tracing import OtelTracing
 from adapters.pii_detector import LibraryPiiDetector
 from adapters.price_file import PriceFileError, price_table
+from domain.pricing import PriceTable
 from adapters.openai_model import OpenAIModel
 from adapters.rate_limiter import SlidingWindowRateLimiter
+from adapters.redis_cache import RedisResponseCache
 from adapters.secret_file import api_key_source
 from adapters.system_clock import SystemClock
 from adapters.tiktoken_counter import TiktokenCounter
+from application.batching import BatchCollector
 from application.chat import ChatPolicy, ChatRecords, ChatService
 from application.circuit_breaker import CircuitBreaker
 from application.measured_model import MeasuredModel
 from application.model_names import ModelNames
 from application.pii import PiiMasker
 from application.model_retries import RetryingModel
+from application.model_slots import ModelSlots
 from application.privacy import Privacy
 from entrypoints.health import worker_checks
 from entrypoints.settings import Settings, SettingsError
@@ -29,6 +33,33 @@ from entrypoints.worker import KafkaWorker
 
 def _secret(value: object) -> str | None:
     return value.get_secret_value() if value is not None else None  # type: ignore[attr-defined]
+
+
+def _response_cache(settings: Settings) -> RedisResponseCache | None:
+    """The Redis response cache when REDIS_URL is set; no cache otherwise."""
+    if not settings.REDIS_URL:
+        return None
+    return RedisResponseCache(settings.REDIS_URL, secret_key=_secret(settings.SECRET_KEY) or "")
+
+
+def _summary_model(settings: Settings, prices: PriceTable) -> str:
+    """The cheapest configured model summarises compacted context."""
+    configured = [m for m in (settings.MODEL, settings.VISION_MODEL, settings.FALLBACK_MODEL) if m]
+    return prices.cheapest(configured) or settings.MODEL
+
+
+def _batches(settings: Settings, api_key: object) -> BatchCollector | None:
+    """The Batch API, for the OpenAI provider (the offline model answers at once)."""
+    if settings.MODEL_PROVIDER != "openai":
+        return None
+    from adapters.openai_batch import OpenAIBatch
+
+    return BatchCollector(
+        OpenAIBatch(api_key, base_url=settings.OPENAI_BASE_URL, timeout=settings.TIMEOUT),
+        window=settings.BATCH_WINDOW,
+        max_requests=settings.BATCH_MAX_REQUESTS,
+        poll_interval=settings.BATCH_POLL_INTERVAL,
+    )
 
 
 class Container(containers.DeclarativeContainer):
@@ -61,15 +92,16 @@ class Container(containers.DeclarativeContainer):
             previous_secret_key=providers.Callable(_secret, settings.provided.SECRET_KEY_PREVIOUS),
         ),
     )
+    api_key = providers.Singleton(
+        api_key_source,
+        key=providers.Callable(_secret, settings.provided.OPENAI_API_KEY),
+        path=settings.provided.OPENAI_API_KEY_FILE,
+    )
     model_client = providers.Selector(
         settings.provided.MODEL_PROVIDER,
         openai=providers.Singleton(
             OpenAIModel,
-            api_key=providers.Callable(
-                api_key_source,
-                key=providers.Callable(_secret, settings.provided.OPENAI_API_KEY),
-                path=settings.provided.OPENAI_API_KEY_FILE,
-            ),
+            api_key=api_key,
             base_url=settings.provided.OPENAI_BASE_URL,
             timeout=settings.provided.TIMEOUT,
             max_retries=0,  # the SDK's own retry loop would hide and double ours
@@ -108,7 +140,21 @@ class Container(containers.DeclarativeContainer):
         retention_days=settings.provided.RETENTION_DAYS,
         pii_mode=settings.provided.PII_MODE,
         prices=prices,
+        cache_ttl=settings.provided.CACHE_TTL,
+        cache_any_temperature=settings.provided.CACHE_ANY_TEMPERATURE,
+        cache_scope=settings.provided.CACHE_SCOPE,
+        context_strategy=settings.provided.CONTEXT_STRATEGY,
+        summary_model=providers.Callable(_summary_model, settings=settings, prices=prices),
+        batch_priority=settings.provided.BATCH_PRIORITY,
     )
+    response_cache = providers.Singleton(_response_cache, settings=settings)
+    model_slots = providers.Singleton(
+        ModelSlots,
+        rate_limiter=rate_limiter,
+        concurrency=settings.provided.MODEL_CONCURRENCY,
+        aging_seconds=settings.provided.PRIORITY_AGING,
+    )
+    batches = providers.Singleton(_batches, settings=settings, api_key=api_key)
     pii_masker = providers.Singleton(PiiMasker, detector=providers.Singleton(LibraryPiiDetector))
     chat_service = providers.Singleton(
         ChatService,
@@ -120,6 +166,9 @@ class Container(containers.DeclarativeContainer):
         policy=policy,
         tracer=tracer,
         pii=pii_masker,
+        cache=response_cache,
+        slots=model_slots,
+        batches=batches,
     )
     privacy = providers.Singleton(Privacy, records=records, clock=clock)
     worker = providers.Singleton(

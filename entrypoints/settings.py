@@ -82,8 +82,38 @@ class Settings(BaseSettings):
     RETENTION_INTERVAL: float = Field(
         3600, gt=0, description="seconds between the worker's retention runs"
     )
+    REDIS_URL: str | None = Field(None, description="the response cache; no cache when unset")
+    CACHE_TTL: float = Field(3600, gt=0, description="seconds a cached reply is reused")
+    CACHE_ANY_TEMPERATURE: bool = Field(
+        False, description="cache (and share) replies of any temperature, not only of 0"
+    )
+    CACHE_SCOPE: Literal["user", "global"] = Field(
+        "user", description="whose identical requests share a cached reply"
+    )
+    CONTEXT_STRATEGY: Literal["truncate", "summarize"] = Field(
+        "summarize", description="history that no longer fits: dropped, or summarised"
+    )
+    MODEL_CONCURRENCY: int = Field(
+        0, ge=0, description="model calls at once per worker; 0: no limit but the rate"
+    )
+    PRIORITY_AGING: float = Field(
+        30, gt=0, description="seconds of waiting that count as one step of priority"
+    )
+    BATCH_PRIORITY: int | None = Field(
+        None, description="requests with a priority below it go through the Batch API"
+    )
+    BATCH_WINDOW: float = Field(
+        10, gt=0, description="seconds batch requests are collected before one batch is sent"
+    )
+    BATCH_MAX_REQUESTS: int = Field(1000, gt=0, le=50_000, description="requests per batch")
+    BATCH_POLL_INTERVAL: float = Field(30, gt=0, description="seconds between batch polls")
+    BATCH_DEADLINE: float = Field(
+        26 * 3600, gt=0, description="seconds from a batch request's timestamp to give up"
+    )
 
-    @field_validator("OPENAI_API_KEY_FILE", "SECRET_KEY_PREVIOUS", mode="before")
+    @field_validator(
+        "OPENAI_API_KEY_FILE", "SECRET_KEY_PREVIOUS", "REDIS_URL", "BATCH_PRIORITY", mode="before"
+    )
     @classmethod
     def blank_is_unset(cls, value: object) -> object:
         # A manifest that sets the variable to "" means "not set".

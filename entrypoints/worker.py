@@ -307,6 +307,7 @@ class KafkaWorker:
                 self._dead_letter_erasure(message, f"erasure failed: {error}")
                 return True
             self.service.forget(erasure.conversation_ids)
+            await self.service.forget_cached(email)  # a cache outage: they expire by CACHE_TTL
             span.set_attribute("chater.erased_conversations", len(erasure.conversation_ids))
             return True
 
@@ -443,7 +444,7 @@ class KafkaWorker:
         self.stats.peak_in_flight = max(self.stats.peak_in_flight, self.stats.in_flight)
         try:
             request = parse_request(message.key(), message.value(), self.settings.MAX_REQUEST_BYTES)
-            record.request = replace(request, deadline=self._deadline(message))
+            record.request = replace(request, deadline=self._deadline(message, request))
             key = str(conversation_id(record.request.user_email, record.request.conversation_id))
         except InvalidRequest as error:
             self._reject(record, error)
@@ -499,11 +500,14 @@ class KafkaWorker:
         kind, millis = message.timestamp()
         return millis / 1000 if kind != TIMESTAMP_NOT_AVAILABLE and millis > 0 else now
 
-    def _deadline(self, message: Message) -> float:
-        """REQUEST_DEADLINE after the record was produced (or fetched, if it has no time)."""
+    def _deadline(self, message: Message, request: ChatRequest) -> float:
+        """REQUEST_DEADLINE (BATCH_DEADLINE for a request answered by the Batch API)
+        after the record was produced (or fetched, if it has no time)."""
         now = time.time()
+        settings = self.settings
+        wait = settings.BATCH_DEADLINE if self.service.batched(request) else settings.REQUEST_DEADLINE
         # A producer clock running ahead must not push the deadline out.
-        return min(self._produced_at(message, now), now) + self.settings.REQUEST_DEADLINE
+        return min(self._produced_at(message, now), now) + wait
 
     async def _run_conversation(self, key: str, queue: deque[_Record]) -> None:
         """Answer one conversation's records one after another, in fetch order."""

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Prepares this checkout: a virtualenv in .venv with the project installed.
 #   scripts/setup.sh          the service and its command line
-#   scripts/setup.sh --test   also the test tools and a PostgreSQL server
+#   scripts/setup.sh --test   also the test tools, a PostgreSQL and a Redis server
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -37,5 +37,13 @@ if $want_tests && ! compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null && 
         apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
     else
         sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
+    fi
+fi
+if $want_tests && ! command -v redis-server >/dev/null; then
+    echo "Installing Redis (the integration tests start a private server) ..."
+    if [[ $(id -u) -eq 0 ]]; then
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
+    else
+        sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
     fi
 fi

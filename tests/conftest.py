@@ -9,16 +9,18 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+import redis
 
 from adapters.tansu_broker import EmbeddedBroker
 from tests.support.broker_outage import ProxiedBroker
 from tests.support.fake_openai import FakeOpenAIServer
 from tests.support.postgres import PostgresServer
+from tests.support.redis_server import RedisServer
 
 
 def pytest_configure(config: pytest.Config) -> None:
     """Register the ``integration`` marker (harmless if pyproject declares it too)."""
-    config.addinivalue_line("markers", "integration: test uses real local services (Kafka broker, PostgreSQL, fake OpenAI)")
+    config.addinivalue_line("markers", "integration: test uses real local services (Kafka broker, PostgreSQL, Redis, fake OpenAI)")
 
 
 def _running(server):
@@ -46,6 +48,25 @@ def flaky_broker() -> Iterator[ProxiedBroker]:
 def postgres() -> Iterator[PostgresServer]:
     """A throwaway PostgreSQL server; create a database per test with ``create_database``."""
     yield from _running(PostgresServer())
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """A throwaway Redis server; tests get an emptied one through ``redis_url``."""
+    yield from _running(RedisServer())
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> Iterator[str]:
+    """The URL of the session's Redis server, emptied (FLUSHALL) for this test; a server
+    the test hung or stopped for an outage is brought back afterwards."""
+    with redis.Redis.from_url(redis_server.url, socket_timeout=5) as client:
+        client.flushall()
+    try:
+        yield redis_server.url
+    finally:
+        redis_server.unhang()
+        redis_server.restart()  # a no-op when it is running
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,4 @@
-"""Local fake of the OpenAI Chat Completions API, for tests.
+"""Local fake of the OpenAI Chat Completions and Batch APIs, for tests.
 
 Run it standalone::
 
@@ -62,14 +62,56 @@ returns a key in full.
 
 The global latency delays every other answer (steps, chaos faults, completions).
 
+Batch API (what ``client.files`` and ``client.batches`` of the SDK use), in
+OpenAI's wire format; every endpoint refuses a key not accepted (401, as above):
+
+* ``POST /v1/files`` (multipart ``purpose``, ``file``) stores a file and answers
+  its file object (``file-...``, status ``processed``); ``GET /v1/files/{id}``,
+  ``GET /v1/files/{id}/content`` (the raw bytes) and ``DELETE /v1/files/{id}``
+* ``POST /v1/batches`` ``{"input_file_id", "endpoint": "/v1/chat/completions",
+  "completion_window": "24h", "metadata"?}`` answers the batch (``batch_...``,
+  status ``validating``); ``GET /v1/batches/{id}``, ``GET /v1/batches``
+  (newest first, ``limit`` and ``after``), ``POST /v1/batches/{id}/cancel``
+  (``cancelling``, then ``cancelled``; 409 once the batch has ended)
+
+A batch's status moves with time (a task per batch, and every GET): over its
+*delay* (0.5 s unless set), ``validating`` for the first 10 %, ``in_progress``
+until 90 %, ``finalizing``, then ``completed``.  Each input line must be
+``{"custom_id", "method": "POST", "url": "/v1/chat/completions", "body"}`` with
+custom ids unique; any line that is not (or an empty file) makes the batch
+``failed`` at the end of validation, with ``errors`` ``{"object": "list",
+"data": [{"code", "message", "param", "line"}]}`` (codes ``invalid_json_line``,
+``duplicate_custom_id``, ``missing_required_parameter``, ``invalid_method``,
+``invalid_url``, ``empty_file``).  On entering ``finalizing`` every line is
+answered as ``/v1/chat/completions`` would answer its body, steps included
+(``reply``, ``cached_tokens``, ``match``...; a ``status`` step gives that line
+that HTTP error, ``malformed`` or ``disconnect`` a 500; chaos, outage and
+latency do not apply).  The output file holds the answered lines
+``{"id": "batch_req_...", "custom_id", "response": {"status_code": 200,
+"request_id", "body": <chat.completion>}, "error": null}``, the error file the
+others (``status_code`` 4xx/5xx, ``body`` ``{"error": {...}}``); a file exists
+only when it has lines.  ``request_counts`` follows.
+
+``POST /_control/batches`` ``{"delay": s, "outcome": "completed" | "expired" |
+"failed", "answered": n}`` (any of them) sets how the batches created from then
+on behave: ``expired`` answers the first ``answered`` lines (0 by default) and
+ends ``expired`` at the delay, the other lines in the error file as
+``{"response": null, "error": {"code": "batch_expired", ...}}`` (a cancelled
+batch's as ``batch_cancelled``); ``failed`` fails validation with
+``token_limit_exceeded``.  ``GET /_control/batches`` lists the batches created,
+oldest first, with their custom ids and request bodies.
+
 Every completion request is logged as a *call* when its outcome is decided::
 
     {"text": <last user text>, "kind": ..., "received_at": <epoch s>,
      "answered_at": <epoch s, when the response was written> | null}
 
+and so is every line a batch answers, with kind ``batch`` and also
+``"batch_id"``, ``"custom_id"`` and ``"status"`` (the line's HTTP status).
+
 with ``kind`` one of ``ok`` (a normal completion the client received; scripted
 replies included), ``429``, ``500``, ``503``, ``timeout``, ``disconnect``,
-``malformed`` (chaos), ``outage``, ``scripted`` (a step answering an error,
+``malformed`` (chaos), ``outage``, ``batch`` (see above), ``scripted`` (a step answering an error,
 malformed body or disconnect), ``invalid`` (400: the body had no
 ``messages``) or ``unauthorized`` (401: a key not accepted).  A normal
 completion that cannot be written because the client has gone becomes
@@ -80,9 +122,10 @@ no longer there to receive.
 Control endpoints (JSON): ``POST /_control/script`` (list of steps, appended),
 ``GET /_control/requests`` (request bodies), ``GET /_control/timings``,
 ``GET /_control/calls`` (the call log), ``GET /_control/faults`` (``{kind:
-count}`` over the calls, ``ok`` excluded), ``POST /_control/chaos``,
-``POST /_control/outage``, ``POST /_control/api_keys``, ``POST /_control/reset``
-(script, logs, chaos, outage, accepted keys and latency back to the start),
+count}`` over the calls, ``ok`` and ``batch`` excluded), ``POST /_control/chaos``,
+``POST /_control/outage``, ``POST /_control/api_keys``, ``POST`` and ``GET
+/_control/batches``, ``POST /_control/reset`` (script, logs, files, batches,
+chaos, outage, accepted keys, latency and batch settings back to the start),
 ``POST /_control/latency``
 ``{"seconds": x}``, ``GET /_control/health``.
 
@@ -106,6 +149,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -265,10 +309,136 @@ def _retry_after_headers(seconds: float) -> dict[str, str]:
             "retry-after-ms": str(round(seconds * 1000))}
 
 
-class FakeOpenAIState:
-    """Mutable state of one fake server: script, logs, latency, chaos and outage."""
+BATCH_OUTCOMES = ("completed", "expired", "failed")
+"""How the next batches end (``POST /_control/batches``)."""
 
-    def __init__(self, latency: float = 0.0) -> None:
+_BATCH_ENDPOINT = "/v1/chat/completions"
+_BATCH_WINDOW_SECONDS = 24 * 3600
+_BATCH_ENDED = frozenset({"completed", "failed", "expired", "cancelled"})
+_FILE_PURPOSES = frozenset({"assistants", "batch", "fine-tune", "vision", "user_data", "evals"})
+# Line-level outcomes of requests a batch never ran, as OpenAI writes them in the error file.
+_UNANSWERED = {
+    "expired": ("batch_expired", "This request could not be executed before the completion window expired."),
+    "cancelled": ("batch_cancelled", "This request was cancelled before it could be executed."),
+}
+
+
+def _new_id(prefix: str) -> str:
+    """An id in OpenAI's style: a prefix and 24 random hex digits."""
+    return f"{prefix}{uuid.uuid4().hex[:24]}"
+
+
+def _invalid_request(message: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:
+    """An OpenAI-shaped ``invalid_request_error`` payload."""
+    return {"error": {"message": message, "type": "invalid_request_error", "param": param, "code": code}}
+
+
+def _line_error(code: str, message: str, line: int | None, param: str | None = None) -> dict[str, Any]:
+    """One entry of a failed batch's ``errors.data``."""
+    return {"code": code, "message": message, "param": param, "line": line}
+
+
+def _read_batch_input(content: bytes, endpoint: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Validate a batch input file as OpenAI does: its requests ``{"custom_id", "body"}``
+    in file order, and the validation errors (any error fails the whole batch)."""
+    try:
+        text = content.decode("utf-8")
+    except UnicodeDecodeError:
+        return [], [_line_error("invalid_file_format", "The batch input file is not valid UTF-8 text.", None)]
+    requests: list[dict[str, Any]] = []
+    errors: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    for number, raw in enumerate(text.splitlines(), 1):
+        if not raw.strip():
+            continue
+        try:
+            item = json.loads(raw)
+        except ValueError:
+            errors.append(_line_error("invalid_json_line", "This line is not parseable as valid JSON.", number))
+            continue
+        if not isinstance(item, dict):
+            errors.append(_line_error("invalid_json_line", "This line is not a JSON object.", number))
+            continue
+        custom_id = item.get("custom_id")
+        if not isinstance(custom_id, str) or not custom_id:
+            errors.append(_line_error("missing_required_parameter",
+                                      "Missing required parameter: 'custom_id'.", number, "custom_id"))
+        elif custom_id in seen:
+            errors.append(_line_error(
+                "duplicate_custom_id",
+                "The custom_id for this request is a duplicate of another request. The custom_id "
+                "parameter must be unique for each request in a batch.", number, "custom_id"))
+        if item.get("method") != "POST":
+            errors.append(_line_error("invalid_method", "Only the POST method is supported for batch requests.",
+                                      number, "method"))
+        if item.get("url") != endpoint:
+            errors.append(_line_error("invalid_url",
+                                      "The URL provided for this request does not match the batch endpoint.",
+                                      number, "url"))
+        if not isinstance(item.get("body"), dict):
+            errors.append(_line_error("missing_required_parameter",
+                                      "Missing required parameter: 'body'.", number, "body"))
+        if isinstance(custom_id, str) and custom_id:
+            seen.add(custom_id)
+            requests.append({"custom_id": custom_id, "body": item.get("body")})
+    if not requests and not errors:
+        errors.append(_line_error("empty_file", "The batch input file is empty.", None))
+    return requests, errors
+
+
+class _FakeBatch:
+    """One batch: its OpenAI object, its requests and how (and when) it will end."""
+
+    def __init__(self, obj: dict[str, Any], requests: list[dict[str, Any]],
+                 errors: list[dict[str, Any]], settings: dict[str, Any]) -> None:
+        self.obj = obj
+        self.requests = requests
+        self.errors = errors
+        self.delay = float(settings["delay"])
+        self.outcome = str(settings["outcome"])
+        self.answered = int(settings["answered"])
+        self.created = time.time()
+        self.started = time.monotonic()
+        self.cancel_started: float | None = None
+        # custom_id -> output or error line, for the requests run so far
+        self.answers: dict[str, dict[str, Any]] = {}
+
+    def epoch(self, moment: float) -> int:
+        """Unix seconds of a time.monotonic() moment of this batch's life."""
+        return int(self.created + (moment - self.started))
+
+    def next_change(self) -> float | None:
+        """The time.monotonic() moment the status moves on next; None once ended.
+
+        validating lasts the first 10 % of the delay, in_progress until 90 % (until
+        the end for an expiring batch), finalizing the rest; cancelling 10 %."""
+        status = self.obj["status"]
+        if status in _BATCH_ENDED:
+            return None
+        if status == "cancelling":
+            assert self.cancel_started is not None
+            return self.cancel_started + 0.1 * self.delay
+        if status == "validating":
+            return self.started + 0.1 * self.delay
+        if status == "in_progress" and self.outcome == "completed":
+            return self.started + 0.9 * self.delay
+        return self.started + self.delay
+
+    def describe(self) -> dict[str, Any]:
+        """What ``GET /_control/batches`` says of the batch."""
+        return {
+            "id": self.obj["id"], "status": self.obj["status"], "outcome": self.outcome,
+            "delay": self.delay, "input_file_id": self.obj["input_file_id"],
+            "custom_ids": [r["custom_id"] for r in self.requests],
+            "bodies": [r["body"] for r in self.requests],
+            "request_counts": self.obj["request_counts"], "errors": self.obj["errors"],
+        }
+
+
+class FakeOpenAIState:
+    """Mutable state of one fake server: script, logs, latency, chaos, outage, files and batches."""
+
+    def __init__(self, latency: float = 0.0, batch_delay: float = 0.5) -> None:
         """Start with an empty script, no requests and the given latency."""
         self.initial_latency = latency
         self.latency = latency
@@ -284,9 +454,18 @@ class FakeOpenAIState:
         self.outage_status = 503
         self.api_keys: frozenset[str] | None = None  # None: any key is accepted
         self.ids = itertools.count(1)
+        # Files by id: (file object, content).
+        self.files: dict[str, tuple[dict[str, Any], bytes]] = {}
+        self.batches: dict[str, _FakeBatch] = {}
+        self.initial_batch_settings: dict[str, Any] = {
+            "delay": batch_delay, "outcome": "completed", "answered": 0}
+        self.batch_settings = dict(self.initial_batch_settings)
+        # The tasks that move batches on in time (GETs move them on as well).
+        self.batch_tasks: set[asyncio.Task[None]] = set()
 
     def reset(self) -> None:
-        """Forget steps and logs, end chaos and outage; latency back to its start value."""
+        """Forget steps, logs, files and batches, end chaos and outage; latency and
+        batch settings back to their start values."""
         self.steps.clear()
         self.requests.clear()
         self.timings.clear()
@@ -295,6 +474,12 @@ class FakeOpenAIState:
         self.outage_until = 0.0
         self.api_keys = None
         self.latency = self.initial_latency
+        for task in self.batch_tasks:
+            task.cancel()
+        self.batch_tasks.clear()
+        self.batches.clear()
+        self.files.clear()
+        self.batch_settings = dict(self.initial_batch_settings)
 
     def accepts(self, authorization: str | None) -> bool:
         """Whether a request with this Authorization header may be answered."""
@@ -314,8 +499,8 @@ class FakeOpenAIState:
         return entry
 
     def faults(self) -> dict[str, int]:
-        """{kind: count} over the calls, ``ok`` excluded."""
-        return dict(Counter(call["kind"] for call in self.calls if call["kind"] != "ok"))
+        """{kind: count} over the calls, ``ok`` and ``batch`` excluded."""
+        return dict(Counter(call["kind"] for call in self.calls if call["kind"] not in ("ok", "batch")))
 
     def pick_step(self, last_user_text: str) -> dict[str, Any] | None:
         """Pop the step for a request whose last user message is ``last_user_text``.
@@ -331,6 +516,156 @@ class FakeOpenAIState:
             if "match" not in step:
                 return self.steps.pop(i)
         return None
+
+    def completion_payload(self, body: dict[str, Any], messages: list[dict[str, Any]],
+                           step: dict[str, Any]) -> dict[str, Any]:
+        """A ``chat.completion`` for a request body (the step's reply, or the echo)."""
+        reply = step["reply"] if "reply" in step else default_reply(messages)
+        prompt = prompt_tokens(messages)
+        completion_tokens = len(str(reply).split())
+        return {
+            "id": f"chatcmpl-fake-{next(self.ids)}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": body.get("model", "fake-model"),
+            "choices": [{
+                "index": 0,
+                "message": {"role": "assistant", "content": reply, "refusal": None},
+                "logprobs": None,
+                "finish_reason": step.get("finish_reason", "stop"),
+            }],
+            "usage": {
+                "prompt_tokens": prompt,
+                "completion_tokens": completion_tokens,
+                "total_tokens": prompt + completion_tokens,
+                "prompt_tokens_details": {"cached_tokens": step.get("cached_tokens", 0)},
+            },
+            "system_fingerprint": "fake",
+        }
+
+    # -- files and batches ---------------------------------------------------
+
+    def add_file(self, filename: str, purpose: str, content: bytes) -> dict[str, Any]:
+        """Store a file; its OpenAI file object."""
+        obj = {"id": _new_id("file-"), "object": "file", "bytes": len(content),
+               "created_at": int(time.time()), "filename": filename, "purpose": purpose,
+               "status": "processed", "status_details": None, "expires_at": None}
+        self.files[obj["id"]] = (obj, content)
+        return obj
+
+    def create_batch(self, input_file_id: str, content: bytes, completion_window: str,
+                     metadata: dict[str, str] | None) -> _FakeBatch:
+        """A new batch (status ``validating``) over an input file, ending as set for new batches."""
+        requests, errors = _read_batch_input(content, _BATCH_ENDPOINT)
+        now = int(time.time())
+        obj: dict[str, Any] = {
+            "id": _new_id("batch_"), "object": "batch", "endpoint": _BATCH_ENDPOINT,
+            "model": None, "errors": None,
+            "input_file_id": input_file_id, "completion_window": completion_window,
+            "status": "validating", "output_file_id": None, "error_file_id": None,
+            "created_at": now, "in_progress_at": None, "expires_at": now + _BATCH_WINDOW_SECONDS,
+            "finalizing_at": None, "completed_at": None, "failed_at": None, "expired_at": None,
+            "cancelling_at": None, "cancelled_at": None,
+            "request_counts": {"total": 0, "completed": 0, "failed": 0},
+            "metadata": metadata,
+        }
+        models = {r["body"].get("model") for r in requests if isinstance(r["body"], dict)}
+        if len(models) == 1:
+            obj["model"] = models.pop()
+        batch = _FakeBatch(obj, requests, errors, self.batch_settings)
+        self.batches[obj["id"]] = batch
+        return batch
+
+    def advance_batch(self, batch: _FakeBatch) -> None:
+        """Apply every change of status due by now, in order (idempotent)."""
+        now = time.monotonic()
+        while (moment := batch.next_change()) is not None and now >= moment:
+            self._batch_step(batch, moment)
+
+    def cancel_batch(self, batch: _FakeBatch) -> None:
+        """Start cancelling a batch that has not ended: ``cancelling``, then ``cancelled``."""
+        self.advance_batch(batch)
+        batch.cancel_started = time.monotonic()
+        batch.obj.update(status="cancelling", cancelling_at=batch.epoch(batch.cancel_started))
+
+    def _batch_step(self, batch: _FakeBatch, moment: float) -> None:
+        """One change of status, due at ``moment``."""
+        obj, at = batch.obj, batch.epoch(moment)
+        status = obj["status"]
+        if status == "cancelling":
+            self._end_batch(batch, "cancelled", at)
+        elif status == "validating":
+            errors = batch.errors or ([_line_error(
+                "token_limit_exceeded",
+                f"Enqueued token limit reached for {obj['model'] or 'the model'} in organization "
+                "org-fake. Limit: 90,000 enqueued tokens. Please try again once some in_progress "
+                "batches have been completed.", None)] if batch.outcome == "failed" else [])
+            if errors:
+                obj.update(status="failed", failed_at=at, errors={"object": "list", "data": errors})
+            else:
+                obj.update(status="in_progress", in_progress_at=at,
+                           request_counts={"total": len(batch.requests), "completed": 0, "failed": 0})
+        elif status == "in_progress" and batch.outcome == "expired":
+            self._run_batch_requests(batch, batch.requests[:batch.answered])
+            self._end_batch(batch, "expired", at)
+        elif status == "in_progress":
+            self._run_batch_requests(batch, batch.requests)
+            obj.update(status="finalizing", finalizing_at=at)
+        elif status == "finalizing":
+            self._end_batch(batch, "completed", at)
+
+    def _run_batch_requests(self, batch: _FakeBatch, requests: list[dict[str, Any]]) -> None:
+        """Answer requests of a batch as /v1/chat/completions would, logging each as a call."""
+        for request in requests:
+            custom_id, body = request["custom_id"], request["body"]
+            received_at = time.time()
+            raw_messages = body.get("messages")
+            messages = [m for m in raw_messages if isinstance(m, dict)] if isinstance(raw_messages, list) else []
+            text = _text(_last_user_message(messages))
+            if not isinstance(raw_messages, list):
+                status, payload = 400, _invalid_request(
+                    "body must be a JSON object with 'messages'", "messages")
+            else:
+                step = self.pick_step(text) or {}
+                if "status" in step:
+                    status = int(step["status"])
+                    payload = step.get("body", _error_body(status))
+                elif step.get("malformed") or step.get("disconnect"):
+                    status, payload = 500, _error_body(500)  # what a broken answer becomes in a batch
+                else:
+                    status, payload = 200, self.completion_payload(body, messages, step)
+            batch.answers[custom_id] = {
+                "id": _new_id("batch_req_"), "custom_id": custom_id,
+                "response": {"status_code": status, "request_id": _new_id("req_"), "body": payload},
+                "error": None,
+            }
+            self.calls.append({"text": text, "kind": "batch", "received_at": received_at,
+                               "answered_at": time.time(), "batch_id": batch.obj["id"],
+                               "custom_id": custom_id, "status": status})
+            counts = batch.obj["request_counts"]
+            counts["completed" if status == 200 else "failed"] += 1
+
+    def _end_batch(self, batch: _FakeBatch, status: str, at: int) -> None:
+        """End a batch: its output and error files, counts, status and timestamp."""
+        output: list[dict[str, Any]] = []
+        failures: list[dict[str, Any]] = []
+        for request in batch.requests:
+            line = batch.answers.get(request["custom_id"])
+            if line is None:
+                code, message = _UNANSWERED.get(status, _UNANSWERED["expired"])
+                line = {"id": _new_id("batch_req_"), "custom_id": request["custom_id"],
+                        "response": None, "error": {"code": code, "message": message}}
+                batch.answers[request["custom_id"]] = line
+            ok = line["response"] is not None and line["response"]["status_code"] == 200
+            (output if ok else failures).append(line)
+        batch_id = batch.obj["id"]
+        for lines, key, suffix in ((output, "output_file_id", "output"), (failures, "error_file_id", "error")):
+            if lines:
+                content = "".join(json.dumps(line) + "\n" for line in lines).encode()
+                batch.obj[key] = self.add_file(f"{batch_id}_{suffix}.jsonl", "batch_output", content)["id"]
+        batch.obj["request_counts"] = {"total": len(batch.requests), "completed": len(output),
+                                       "failed": len(failures)}
+        batch.obj.update({"status": status, f"{status}_at": at})
 
 
 def build_app(state: FakeOpenAIState) -> "web.Application":
@@ -365,28 +700,7 @@ def build_app(state: FakeOpenAIState) -> "web.Application":
     def completion(body: dict[str, Any], messages: list[dict[str, Any]], step: dict[str, Any],
                    received_at: float) -> web.Response:
         """A normal answer in OpenAI's format (the step's reply, or the echo)."""
-        reply = step["reply"] if "reply" in step else default_reply(messages)
-        prompt = prompt_tokens(messages)
-        completion_tokens = len(str(reply).split())
-        payload = {
-            "id": f"chatcmpl-fake-{next(state.ids)}",
-            "object": "chat.completion",
-            "created": int(time.time()),
-            "model": body.get("model", "fake-model"),
-            "choices": [{
-                "index": 0,
-                "message": {"role": "assistant", "content": reply, "refusal": None},
-                "logprobs": None,
-                "finish_reason": step.get("finish_reason", "stop"),
-            }],
-            "usage": {
-                "prompt_tokens": prompt,
-                "completion_tokens": completion_tokens,
-                "total_tokens": prompt + completion_tokens,
-                "prompt_tokens_details": {"cached_tokens": step.get("cached_tokens", 0)},
-            },
-            "system_fingerprint": "fake",
-        }
+        payload = state.completion_payload(body, messages, step)
         state.timings.append((_text(_last_user_message(messages)), received_at, time.time()))
         return web.json_response(payload, headers={
             "x-ratelimit-remaining-requests": "9999",
@@ -471,6 +785,178 @@ def build_app(state: FakeOpenAIState) -> "web.Application":
             return await send(request, malformed(), call)
         return await send(request, completion(body, messages, {}, received_at), call)
 
+    # -- files and batches ----------------------------------------------------
+
+    def refused(request: web.Request) -> web.Response | None:
+        """OpenAI's 401 for a key not accepted; None when the request may be served."""
+        authorization = request.headers.get("Authorization")
+        if state.accepts(authorization):
+            return None
+        return web.json_response(_unauthorized_body(authorization), status=401)
+
+    def bad_request(message: str, param: str | None = None, code: str | None = None) -> web.Response:
+        return web.json_response(_invalid_request(message, param, code), status=400)
+
+    def not_found(what: str, ident: str) -> web.Response:
+        return web.json_response(_invalid_request(f"No such {what}: '{ident}'.", "id"), status=404)
+
+    async def upload_file(request: web.Request) -> web.Response:
+        if (refusal := refused(request)) is not None:
+            return refusal
+        try:
+            form = await request.post()
+        except ValueError:
+            return bad_request("The body must be multipart/form-data.")
+        upload, purpose = form.get("file"), form.get("purpose")
+        if not isinstance(upload, web.FileField):
+            return bad_request("Missing required parameter: 'file'.", "file", "missing_required_parameter")
+        if purpose not in _FILE_PURPOSES:
+            return bad_request(f"Invalid value for 'purpose': {purpose!r}.", "purpose", "invalid_value")
+        content = upload.file.read()
+        return web.json_response(state.add_file(upload.filename or "upload", str(purpose), content))
+
+    async def get_file(request: web.Request) -> web.Response:
+        if (refusal := refused(request)) is not None:
+            return refusal
+        file_id = request.match_info["file_id"]
+        if file_id not in state.files:
+            return not_found("File object", file_id)
+        return web.json_response(state.files[file_id][0])
+
+    async def delete_file(request: web.Request) -> web.Response:
+        if (refusal := refused(request)) is not None:
+            return refusal
+        file_id = request.match_info["file_id"]
+        if state.files.pop(file_id, None) is None:
+            return not_found("File object", file_id)
+        return web.json_response({"id": file_id, "object": "file", "deleted": True})
+
+    async def get_file_content(request: web.Request) -> web.Response:
+        if (refusal := refused(request)) is not None:
+            return refusal
+        file_id = request.match_info["file_id"]
+        if file_id not in state.files:
+            return not_found("File object", file_id)
+        return web.Response(body=state.files[file_id][1], content_type="application/octet-stream")
+
+    async def drive(batch: _FakeBatch) -> None:
+        """Move a batch on at each of its moments, so it ends (and its calls are logged)
+        even when nobody asks."""
+        while (moment := batch.next_change()) is not None:
+            await asyncio.sleep(max(moment - time.monotonic(), 0.0))
+            if state.batches.get(batch.obj["id"]) is not batch:
+                return  # reset meanwhile
+            state.advance_batch(batch)
+
+    async def create_batch(request: web.Request) -> web.Response:
+        if (refusal := refused(request)) is not None:
+            return refusal
+        try:
+            payload = await request.json()
+        except ValueError:
+            payload = None
+        if not isinstance(payload, dict):
+            return bad_request("The body must be a JSON object.")
+        input_file_id = payload.get("input_file_id")
+        metadata = payload.get("metadata")
+        if not isinstance(input_file_id, str) or not input_file_id:
+            return bad_request("Missing required parameter: 'input_file_id'.", "input_file_id",
+                               "missing_required_parameter")
+        if payload.get("endpoint") != _BATCH_ENDPOINT:
+            return bad_request(f"Invalid value for 'endpoint': the fake runs only {_BATCH_ENDPOINT} "
+                               "batches.", "endpoint", "invalid_value")
+        if payload.get("completion_window") != "24h":
+            return bad_request("Invalid value for 'completion_window': only '24h' is supported.",
+                               "completion_window", "invalid_value")
+        if metadata is not None and not (
+            isinstance(metadata, dict) and len(metadata) <= 16
+            and all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items())
+        ):
+            return bad_request("Invalid 'metadata': at most 16 string keys and values.", "metadata",
+                               "invalid_value")
+        stored = state.files.get(input_file_id)
+        if stored is None:
+            return bad_request(f"Invalid 'input_file_id': '{input_file_id}'. File not found.",
+                               "input_file_id", "invalid_value")
+        if stored[0]["purpose"] != "batch":
+            return bad_request("The input file must be uploaded with purpose 'batch'.",
+                               "input_file_id", "invalid_value")
+        batch = state.create_batch(input_file_id, stored[1], "24h", metadata)
+        task = asyncio.get_running_loop().create_task(drive(batch))
+        state.batch_tasks.add(task)
+        task.add_done_callback(state.batch_tasks.discard)
+        return web.json_response(batch.obj)
+
+    def known_batch(request: web.Request) -> _FakeBatch | None:
+        batch = state.batches.get(request.match_info["batch_id"])
+        if batch is not None:
+            state.advance_batch(batch)
+        return batch
+
+    async def get_batch(request: web.Request) -> web.Response:
+        if (refusal := refused(request)) is not None:
+            return refusal
+        if (batch := known_batch(request)) is None:
+            return not_found("batch", request.match_info["batch_id"])
+        return web.json_response(batch.obj)
+
+    async def cancel_batch(request: web.Request) -> web.Response:
+        if (refusal := refused(request)) is not None:
+            return refusal
+        if (batch := known_batch(request)) is None:
+            return not_found("batch", request.match_info["batch_id"])
+        status = batch.obj["status"]
+        if status in _BATCH_ENDED or status == "cancelling":
+            return web.json_response(_invalid_request(
+                f"Cannot cancel a batch with status '{status}'.", None, "invalid_state"), status=409)
+        state.cancel_batch(batch)
+        return web.json_response(batch.obj)
+
+    async def list_batches(request: web.Request) -> web.Response:
+        if (refusal := refused(request)) is not None:
+            return refusal
+        try:
+            limit = min(max(int(request.query.get("limit", 20)), 1), 100)
+        except ValueError:
+            return bad_request("Invalid value for 'limit'.", "limit", "invalid_value")
+        newest_first = list(reversed(state.batches.values()))
+        after = request.query.get("after")
+        if after:
+            ids = [b.obj["id"] for b in newest_first]
+            newest_first = newest_first[ids.index(after) + 1:] if after in ids else []
+        page = newest_first[:limit]
+        for batch in page:
+            state.advance_batch(batch)
+        data = [batch.obj for batch in page]
+        return web.json_response({
+            "object": "list", "data": data,
+            "first_id": data[0]["id"] if data else None, "last_id": data[-1]["id"] if data else None,
+            "has_more": len(newest_first) > limit,
+        })
+
+    async def control_batch_settings(request: web.Request) -> web.Response:
+        try:
+            payload = await request.json()
+            settings = dict(state.batch_settings)
+            if "delay" in payload:
+                settings["delay"] = float(payload["delay"])
+            if "outcome" in payload:
+                settings["outcome"] = str(payload["outcome"])
+            if "answered" in payload:
+                settings["answered"] = int(payload["answered"])
+        except (ValueError, TypeError, AttributeError) as exc:
+            return web.json_response({"error": f"bad batch settings: {exc}"}, status=400)
+        if settings["outcome"] not in BATCH_OUTCOMES or settings["delay"] < 0 or settings["answered"] < 0:
+            return web.json_response({"error": f"expected outcome in {list(BATCH_OUTCOMES)}, "
+                                               "delay >= 0 and answered >= 0"}, status=400)
+        state.batch_settings = settings
+        return web.json_response(settings)
+
+    async def control_batches(request: web.Request) -> web.Response:
+        for batch in state.batches.values():
+            state.advance_batch(batch)
+        return web.json_response([batch.describe() for batch in state.batches.values()])
+
     async def control_script(request: web.Request) -> web.Response:
         steps = await request.json()
         if isinstance(steps, dict):
@@ -539,6 +1025,16 @@ def build_app(state: FakeOpenAIState) -> "web.Application":
     app = web.Application(client_max_size=64 * 1024 * 1024)
     app.add_routes([
         web.post("/v1/chat/completions", chat_completions),
+        web.post("/v1/files", upload_file),
+        web.get("/v1/files/{file_id}", get_file),
+        web.delete("/v1/files/{file_id}", delete_file),
+        web.get("/v1/files/{file_id}/content", get_file_content),
+        web.post("/v1/batches", create_batch),
+        web.get("/v1/batches", list_batches),
+        web.get("/v1/batches/{batch_id}", get_batch),
+        web.post("/v1/batches/{batch_id}/cancel", cancel_batch),
+        web.post("/_control/batches", control_batch_settings),
+        web.get("/_control/batches", control_batches),
         web.post("/_control/script", control_script),
         web.get("/_control/requests", control_requests),
         web.get("/_control/timings", control_timings),
@@ -554,12 +1050,13 @@ def build_app(state: FakeOpenAIState) -> "web.Application":
     return app
 
 
-async def serve(port: int, latency: float = 0.0, host: str = _HOST) -> None:
+async def serve(port: int, latency: float = 0.0, host: str = _HOST, batch_delay: float = 0.5) -> None:
     """Serve until SIGTERM/SIGINT; prints the ready line once listening."""
     from aiohttp import web
 
     # Short shutdown_timeout: in-flight (sleeping) requests need no graceful drain in a fake.
-    runner = web.AppRunner(build_app(FakeOpenAIState(latency)), access_log=None, shutdown_timeout=0.5)
+    runner = web.AppRunner(build_app(FakeOpenAIState(latency, batch_delay)), access_log=None,
+                           shutdown_timeout=0.5)
     await runner.setup()
     # A large backlog so bursts of thousands of new connections are not refused.
     site = web.TCPSite(runner, host, port, backlog=4096)
@@ -582,8 +1079,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=0, help="TCP port (0: any free port)")
     parser.add_argument("--host", default=_HOST)
     parser.add_argument("--latency", type=float, default=0.0, help="seconds added to every completion")
+    parser.add_argument("--batch-delay", type=float, default=0.5,
+                        help="seconds from a batch's creation to its end (default for new batches)")
     args = parser.parse_args(argv)
-    asyncio.run(serve(args.port, args.latency, args.host))
+    asyncio.run(serve(args.port, args.latency, args.host, args.batch_delay))
 
 
 # ---------------------------------------------------------------------------
@@ -597,12 +1096,13 @@ class FakeOpenAIServer:
     ``base_url`` is what to pass to ``AsyncOpenAI(base_url=...)``.
     """
 
-    def __init__(self, port: int | None = None, *, latency: float = 0.0,
+    def __init__(self, port: int | None = None, *, latency: float = 0.0, batch_delay: float = 0.5,
                  startup_timeout: float = 15.0) -> None:
         """Configure the server; ``port=None`` lets the server pick a free one."""
         self._requested_port = port or 0
         self._port: int | None = None
         self._latency = latency
+        self._batch_delay = batch_delay
         self._startup_timeout = startup_timeout
         self._proc: subprocess.Popen[bytes] | None = None
         self._tmpdir: Path | None = None
@@ -627,7 +1127,8 @@ class FakeOpenAIServer:
         log_path = self._tmpdir / "server.log"
         # Run this very file as a script: works whatever the cwd and whether or not `tests` is a package.
         cmd = [sys.executable, str(Path(__file__).resolve()),
-               "--port", str(self._requested_port), "--latency", str(self._latency)]
+               "--port", str(self._requested_port), "--latency", str(self._latency),
+               "--batch-delay", str(self._batch_delay)]
         try:
             with open(log_path, "wb") as log:
                 self._proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log,
@@ -690,11 +1191,13 @@ class FakeOpenAIServer:
         return [tuple(t) for t in self._call("GET", "/_control/timings")]
 
     def calls(self) -> list[dict[str, Any]]:
-        """The call log: one ``{"text", "kind", "received_at", "answered_at"}`` per completion request."""
+        """The call log: one ``{"text", "kind", "received_at", "answered_at"}`` per completion
+        request, and per line a batch answered (kind ``batch``, with ``batch_id``, ``custom_id``
+        and ``status``)."""
         return self._call("GET", "/_control/calls")
 
     def faults(self) -> dict[str, int]:
-        """How many calls got each kind of answer other than ``ok``."""
+        """How many calls got each kind of answer other than ``ok`` (and ``batch``)."""
         return self._call("GET", "/_control/faults")
 
     def chaos(self, rates: dict[str, float] | None, seed: int = 0,
@@ -718,8 +1221,29 @@ class FakeOpenAIServer:
         """Answer only requests bearing one of ``keys`` (others get OpenAI's 401); None: any key."""
         self._call("POST", "/_control/api_keys", {"keys": None if keys is None else list(keys)})
 
+    def batch_settings(self, delay: float | None = None, outcome: str | None = None,
+                       answered: int | None = None) -> dict[str, Any]:
+        """How the batches created from now on behave (only the given settings change):
+        ``delay`` seconds from creation to their end, ``outcome`` one of ``"completed"``,
+        ``"expired"`` or ``"failed"``, and for an expiring batch how many of its first
+        requests are ``answered`` before it expires.  Returns the settings now in force."""
+        payload: dict[str, Any] = {}
+        if delay is not None:
+            payload["delay"] = delay
+        if outcome is not None:
+            payload["outcome"] = outcome
+        if answered is not None:
+            payload["answered"] = answered
+        return self._call("POST", "/_control/batches", payload)
+
+    def batches(self) -> list[dict[str, Any]]:
+        """The batches created, oldest first: ``{"id", "status", "outcome", "delay",
+        "input_file_id", "custom_ids", "bodies", "request_counts", "errors"}``."""
+        return self._call("GET", "/_control/batches")
+
     def reset(self) -> None:
-        """Clear the script and all logs, end chaos and outage, accept any key; restore the start latency."""
+        """Clear the script, all logs, files and batches, end chaos and outage, accept any key;
+        restore the start latency and batch settings."""
         self._call("POST", "/_control/reset", {})
 
     def set_latency(self, seconds: float) -> None:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 
 from application.chat import ChatPolicy, ChatRecords, ChatService
-from application.ports import ModelCall, ModelError, ModelReply
+from application.ports import BatchState, ModelCall, ModelError, ModelReply
 
 
 class WordCounter:
@@ -22,12 +23,15 @@ class WordCounter:
 class FakeModel:
     """Answers with a scripted reply or error; remembers every call."""
 
-    def __init__(self) -> None:
+    def __init__(self, delay: float = 0.0) -> None:
         self.calls: list[ModelCall] = []
         self.script: list[ModelReply | ModelError] = []
+        self.delay = delay
 
     async def complete(self, call: ModelCall) -> ModelReply:
         self.calls.append(call)
+        if self.delay:
+            await asyncio.sleep(self.delay)
         if self.script:
             step = self.script.pop(0)
             if isinstance(step, ModelError):
@@ -36,7 +40,6 @@ class FakeModel:
         text = f"answer to {call.messages[-1].text}"
         prompt = sum(len(m.text.split()) for m in call.messages)
         return ModelReply(text, call.model, prompt, len(text.split()))
-
 
     async def close(self) -> None:
         pass
@@ -64,8 +67,67 @@ class CountingLimiter:
         self.observed = status
 
 
-def make_service(**policy: object) -> tuple[ChatService, FakeModel]:
-    model = FakeModel()
+class MemoryCache:
+    """ResponseCache in a dict (TTL not kept); `down` makes it miss like an outage."""
+
+    def __init__(self) -> None:
+        self.entries: dict[tuple[str, str], ModelReply] = {}
+        self.down = False
+
+    async def get(self, scope: str, digest: str) -> ModelReply | None:
+        return None if self.down else self.entries.get((scope, digest))
+
+    async def put(self, scope: str, digest: str, reply: ModelReply, ttl: float) -> None:
+        if not self.down:
+            self.entries[(scope, digest)] = reply
+
+    async def forget(self, scope: str) -> int:
+        gone = [key for key in self.entries if key[0] == scope]
+        for key in gone:
+            del self.entries[key]
+        return len(gone)
+
+    async def close(self) -> None:
+        pass
+
+
+class FakeBatchModel:
+    """BatchModel answering each batch (with FakeModel) when `finish` is called."""
+
+    def __init__(self, model: FakeModel) -> None:
+        self.model = model
+        self.batches: dict[str, list[tuple[str, ModelCall]]] = {}
+        self.finished: dict[str, dict[str, ModelReply | ModelError]] = {}
+        self.polls = 0
+
+    async def submit(self, entries: list[tuple[str, ModelCall]]) -> str:
+        batch_id = f"batch_{len(self.batches) + 1}"
+        self.batches[batch_id] = list(entries)
+        return batch_id
+
+    async def finish(self, batch_id: str) -> None:
+        results: dict[str, ModelReply | ModelError] = {}
+        for custom_id, call in self.batches[batch_id]:
+            try:
+                results[custom_id] = await self.model.complete(call)
+            except ModelError as error:
+                results[custom_id] = error
+        self.finished[batch_id] = results
+
+    async def poll(self, batch_id: str) -> BatchState:
+        self.polls += 1
+        results = self.finished.get(batch_id)
+        return BatchState(batch_id, "completed" if results else "in_progress", results)
+
+    async def close(self) -> None:
+        pass
+
+
+def make_service(
+    model: FakeModel | None = None, service_parts: dict[str, object] | None = None,
+    **policy: object,
+) -> tuple[ChatService, FakeModel]:
+    model = model or FakeModel()
     service = ChatService(
         records=ChatRecords(env={"PERSISTENCE_MODULE": "eventsourcing.popo"}),
         model=model,
@@ -73,5 +135,6 @@ def make_service(**policy: object) -> tuple[ChatService, FakeModel]:
         rate_limiter=CountingLimiter(),
         clock=FixedClock(),
         policy=ChatPolicy(**policy),  # type: ignore[arg-type]
+        **(service_parts or {}),  # type: ignore[arg-type]
     )
     return service, model

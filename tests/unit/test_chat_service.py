@@ -59,13 +59,13 @@ async def test_follow_ups_carry_the_history_and_the_callers_context():
 
 
 async def test_history_is_bounded_by_turns_and_tokens_but_keeps_system_prompt_and_message():
-    service, model = make_service(context_max_turns=2)
+    service, model = make_service(context_max_turns=2, context_strategy="truncate")
     for n in range(4):
         await service.handle(ask(f"r{n}", f"question {n}"))
     users = [m.text for m in model.calls[-1].messages if m.role == "user"]
     assert users == ["question 1", "question 2", "question 3"]
 
-    tight, tight_model = make_service(context_max_tokens=30)
+    tight, tight_model = make_service(context_max_tokens=30, context_strategy="truncate")
     await tight.handle(ask("r1", "one two three"))
     long_message = "word " * 40
     await tight.handle(ask("r2", long_message, system_prompt="stay on topic"))
@@ -186,7 +186,7 @@ async def test_an_unexpected_model_failure_is_an_upstream_error_and_frees_the_bu
 
 
 async def test_long_conversations_and_busy_budgets_load_from_snapshots():
-    service, model = make_service()
+    service, model = make_service(context_strategy="truncate")  # no summaries' tokens
     answers = [await service.handle(ask(f"r{n}", f"question {n}")) for n in range(60)]
     cid = conversation_id("ada@example.com")
     assert list(service.records.snapshots.get(cid)), "no snapshot of the conversation"
