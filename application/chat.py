@@ -72,9 +72,9 @@ SUMMARY_INSTRUCTIONS = (
     "the exchanges below (and the summary so far, if given) into one concise note for "
     "the assistant's own later use: keep facts, names, numbers, decisions, the user's "
     "preferences and open questions; drop pleasantries. Write in the conversation's "
-    "language, in plain prose, without a preamble."
+    "language, in plain prose, without a preamble, in at most {words} words."
 )
-SUMMARY_WINDOW_SHARE = 8  # a summary may take up to this share of the token window
+SUMMARY_WINDOW_SHARE = 20  # a summary may take up to this share of the token window
 BUDGET_EXHAUSTED = "The service's daily token budget is used up; please try again tomorrow."
 PII_REJECTED = (
     "The request contains personal data ({kinds}); this service does not send personal "
@@ -771,7 +771,7 @@ class ChatService:
         if not older:
             return
         previous = conversation.context_summary()
-        call = summary_call(policy.summary_model, previous, older, count, policy.context_max_tokens)
+        call = summary_call(policy.summary_model, previous, older, policy.context_max_tokens)
         estimate = self.estimate_tokens(call, count)
         hold = f"{reservation}/summary"
         with self.tracer.start_as_current_span("compact context", attributes={
@@ -840,7 +840,6 @@ def summary_call(
     model: str,
     previous: str | None,
     turns: list[Turn],
-    count: Callable[[str], int],
     window: int,
 ) -> ModelCall:
     """The call that summarises `turns` (after an earlier summary, if any)."""
@@ -848,13 +847,14 @@ def summary_call(
     for turn in turns:
         images = f" [{turn.image_count} image(s)]" if turn.image_count else ""
         parts.append(f"User:{images} {turn.user_message}\nAssistant: {turn.reply}")
+    max_tokens = max(window // SUMMARY_WINDOW_SHARE, 64)
     return ModelCall(
         model=model,
         messages=[
-            ChatMessage("system", SUMMARY_INSTRUCTIONS),
+            ChatMessage("system", SUMMARY_INSTRUCTIONS.format(words=max_tokens * 3 // 4)),
             ChatMessage("user", "\n\n".join(parts)),
         ],
-        max_tokens=max(window // SUMMARY_WINDOW_SHARE, 64),
+        max_tokens=max_tokens,
         temperature=0.0,
     )
 

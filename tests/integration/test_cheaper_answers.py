@@ -83,7 +83,8 @@ def test_long_conversations_are_summarised_by_the_cheapest_model(broker, fake_op
         events = [type(e).__name__ for e in worker.container.records().events.get(
             conversation_id("ada@example.com"))]
     requests = fake_openai.requests()
-    summaries = [r for r in requests if r["messages"][0]["content"] == SUMMARY_INSTRUCTIONS]
+    summaries = [r for r in requests if r["messages"][0]["content"].startswith(
+        SUMMARY_INSTRUCTIONS.split("{")[0])]
     assert summaries and all(r["model"] == "gpt-4.1-nano" for r in summaries)
     assert events.count("ContextCompacted") == len(summaries)
     last = requests[-1]

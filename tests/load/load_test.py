@@ -20,6 +20,7 @@ import argparse
 import asyncio
 import json
 import os
+import random
 import signal
 import statistics
 import subprocess
@@ -119,7 +120,10 @@ def requests_for(args: argparse.Namespace, run: str) -> list[tuple[str, bytes]]:
 # The service ---------------------------------------------------------------------
 
 
-def run_service(args, broker, model, store: str, postgres: PostgresServer | None, workdir: Path) -> dict:
+def run_service(args, broker, model, store: str, postgres: PostgresServer | None, workdir: Path,
+                extra_env: dict[str, str] | None = None, bodies=None, concurrent: int | None = None,
+                name: str | None = None) -> dict:
+    """One worker process under load; `bodies(run)` gives the requests (default: requests_for)."""
     run = f"{store}-{uuid.uuid4().hex[:6]}"
     topics = {"REQUEST_TOPIC": f"gpt-send-{run}", "RESPONSE_TOPIC": f"gpt-response-{run}",
               "DLQ_TOPIC": f"gpt-send-{run}.dlq"}
@@ -141,7 +145,7 @@ def run_service(args, broker, model, store: str, postgres: PostgresServer | None
            "DAILY_TOKEN_LIMIT": str(10**12), "MAX_IN_FLIGHT": str(args.max_in_flight),
            "LOG_LEVEL": "WARNING", "PYTHONPATH": str(ROOT),
            # Served as in production (its checks run every second), on a port of its own.
-           "HEALTH_PORT": str(free_loopback_port())}
+           "HEALTH_PORT": str(free_loopback_port()), **(extra_env or {})}
     log = open(workdir / f"{run}.log", "wb")
     command = [sys.executable, "-m", "entrypoints.cli", "worker"]
     if args.profile:  # py-spy's collapsed stacks of the worker, for finding what limits it
@@ -161,9 +165,11 @@ def run_service(args, broker, model, store: str, postgres: PostgresServer | None
         model.set_latency(args.latency)
         elapsed, latency, answers = drive(
             broker.bootstrap_server, topics["REQUEST_TOPIC"], topics["RESPONSE_TOPIC"],
-            requests_for(args, run), args.concurrent, args.rate, args.timeout)
+            (bodies or (lambda run: requests_for(args, run)))(run), concurrent or args.concurrent,
+            args.rate, args.timeout)
         peak_rss_kib = read_peak_rss(worker.pid)
         timings = model.timings()
+        sent = model.requests()
     finally:
         worker.send_signal(signal.SIGINT if args.profile else signal.SIGTERM)
         try:
@@ -173,9 +179,113 @@ def run_service(args, broker, model, store: str, postgres: PostgresServer | None
     model_time = {text.split(" ", 1)[0]: answered - received for text, received, answered in timings}
     overhead = [latency[key] - model_time[key] for key in latency if key in model_time]
     errors = sum("error" in body for body in answers.values())
-    return {"name": f"service ({store})", "elapsed": elapsed, "done": len(latency),
+    return {"name": name or f"service ({store})", "elapsed": elapsed, "done": len(latency),
             "latency": list(latency.values()), "overhead": overhead, "errors": errors,
-            "model_calls": len(timings), "peak_rss_mib": peak_rss_kib / 1024}
+            "model_calls": len(timings), "peak_rss_mib": peak_rss_kib / 1024,
+            "answers": answers, "sent": sent}
+
+
+# Cheaper answers: the response cache, and context compaction ----------------------
+
+
+def repeating_requests(count: int, repeat: float, seed: int = 7):
+    """`count` questions, each a new conversation; a share `repeat` of them asks again
+    a question asked before (at temperature 0, so the answer may be shared)."""
+    def bodies(run: str, temperature: float = 0.0) -> list[tuple[str, bytes]]:
+        rng = random.Random(seed)
+        asked: list[str] = []
+        out = []
+        for i in range(count):
+            if asked and rng.random() < repeat:
+                question = rng.choice(asked)
+            else:
+                question = f"question {len(asked)}: what is {len(asked)} squared, and why?"
+                asked.append(question)
+            body = {"user_email": f"user{i % 500}@load.example", "conversation_id": f"{run}-{i}",
+                    "message": question, "max_tokens": 100, "temperature": temperature}
+            out.append((f"{run}-{i}", json.dumps(body).encode()))
+        return out
+    return bodies
+
+
+def run_cache_scenario(args, broker, model, redis_url: str, workdir: Path) -> None:
+    """Hit rate, model calls per request and cost per 1,000 requests, with and without
+    the cache, on a workload where --repeat of the requests ask again."""
+    bodies = repeating_requests(args.requests, args.repeat)
+    questions = [json.loads(value)["message"] for _, value in bodies("count")]
+    repeats = 1 - len(set(questions)) / len(questions)
+    runs = [
+        ("no sharing (temperature 0.7)", {}, lambda run: bodies(run, 0.7)),
+        ("single-flight only (no REDIS_URL)", {}, bodies),
+        ("Redis cache + single-flight", {"REDIS_URL": redis_url, "CACHE_SCOPE": "global"}, bodies),
+    ]
+    print(f"\ncache: {args.requests} requests, {repeats:.1%} of them repeat an earlier "
+          f"question (new conversations, CACHE_SCOPE=global), {args.concurrent} outstanding, "
+          f"model latency {args.latency}s, store sqlite")
+    print(f"  {'run':36} {'hit rate':>9} {'calls/request':>14} {'cost per 1,000':>15} {'req/s':>8}")
+    for name, env, make in runs:
+        result = run_service(args, broker, model, "sqlite", None, workdir, env, make, name=name)
+        answers = result["answers"].values()
+        hits = sum(1 for a in answers if a.get("cached"))
+        cost = sum(a.get("cost_usd") or 0.0 for a in answers)
+        done = max(result["done"], 1)
+        print(f"  {name:36} {hits / done:9.1%} {result['model_calls'] / done:14.3f} "
+              f"${cost / done * 1000:14.5f} {result['done'] / result['elapsed']:8.1f}"
+              + (f"  ({result['errors']} errors)" if result["errors"] else ""))
+
+
+FILLER = ("the quarterly figures for the northern region came in below plan because two large "
+          "customers delayed their orders and the warehouse move took longer than expected")
+
+
+def conversation_requests(conversations: int, turns: int):
+    """`turns` turns in each of `conversations` conversations, about 40 words each."""
+    def bodies(run: str) -> list[tuple[str, bytes]]:
+        out = []
+        for turn in range(turns):
+            for c in range(conversations):
+                key = f"{run}-{c}-{turn}"
+                body = {"user_email": f"user{c}@load.example", "conversation_id": run,
+                        "message": f"turn {turn}: {FILLER}; what should we do next?",
+                        "max_tokens": 300}
+                out.append((key, json.dumps(body).encode()))
+        return out
+    return bodies
+
+
+def run_context_scenario(args, broker, model, workdir: Path) -> None:
+    """Prompt tokens per request on long conversations: truncate vs summarize (and,
+    for scale, the whole history sent every time)."""
+    from application.chat import SUMMARY_INSTRUCTIONS
+    from tests.support.fake_openai import prompt_tokens
+
+    summary_start = SUMMARY_INSTRUCTIONS.split("{")[0]
+    turns, conversations = args.turns, args.context_conversations
+    runs = [
+        ("truncate", {"CONTEXT_STRATEGY": "truncate"}),
+        ("summarize", {"CONTEXT_STRATEGY": "summarize"}),
+        ("whole history (no window)", {"CONTEXT_STRATEGY": "truncate", "CONTEXT_MAX_TURNS": "1000",
+                                       "CONTEXT_MAX_TOKENS": "1000000"}),
+    ]
+    print(f"\ncontext: {conversations} conversations of {turns} turns (~45-word messages, "
+          f"echoed replies), CONTEXT_MAX_TOKENS 8000 and CONTEXT_MAX_TURNS 10 unless said; "
+          f"tokens as the model server counts them")
+    print(f"  {'strategy':28} {'prompt tok/request':>19} {'of which summaries':>19} "
+          f"{'calls/request':>14} {'turns in last call':>19}")
+    for name, env in runs:
+        result = run_service(args, broker, model, "sqlite", None, workdir, env,
+                             conversation_requests(conversations, turns), concurrent=conversations,
+                             name=name)
+        sent = [body for body in result["sent"] if isinstance(body, dict)]
+        summaries = [b for b in sent if str(b["messages"][0].get("content", "")).startswith(summary_start)]
+        total = sum(prompt_tokens(b["messages"]) for b in sent)
+        summary_tokens = sum(prompt_tokens(b["messages"]) for b in summaries)
+        done = max(result["done"], 1)
+        last = [b for b in sent if b not in summaries][-1]
+        carried = sum(1 for m in last["messages"] if m["role"] == "assistant")
+        print(f"  {name:28} {total / done:19.1f} {summary_tokens / done:19.1f} "
+              f"{len(sent) / done:14.3f} {carried:19d}"
+              + (f"  ({result['errors']} errors)" if result["errors"] else ""))
 
 
 def read_peak_rss(pid: int) -> float:
@@ -360,9 +470,20 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=600)
     parser.add_argument("--skip-baselines", action="store_true")
     parser.add_argument("--profile", metavar="PREFIX", help="profile the worker with py-spy")
+    parser.add_argument("--scenario", default="throughput",
+                        help="throughput, cache (hit rate and cost with and without the cache), "
+                             "context (truncate vs summarize), or several: cache,context")
+    parser.add_argument("--repeat", type=float, default=0.3,
+                        help="cache: the share of requests that repeat an earlier one")
+    parser.add_argument("--turns", type=int, default=40, help="context: turns per conversation")
+    parser.add_argument("--context-conversations", type=int, default=25,
+                        help="context: conversations run side by side")
     args = parser.parse_args()
     args.conversations = args.conversations or args.requests
     stores = [s.strip() for s in args.store.split(",") if s.strip()]
+    scenarios = {s.strip() for s in args.scenario.split(",") if s.strip()}
+    if scenarios - {"throughput"}:
+        return run_scenarios(args, scenarios)
 
     print(f"load: {args.requests} requests over {args.conversations} conversations, "
           f"{args.concurrent} outstanding{f', {args.rate:.0f}/s' if args.rate else ''}, "
@@ -390,6 +511,22 @@ def main() -> None:
             print(f"  {result['name']:18} relay {throughput / relay:6.1%}   bare SDK {throughput / bare:6.1%}"
                   f"   stock SDK {throughput / stock:6.1%}   slower baseline {throughput / min(relay, bare):6.1%}"
                   f"   model server ceiling {throughput / ceiling:6.1%}")
+
+
+def run_scenarios(args, scenarios: set[str]) -> None:
+    from tests.support.redis_server import RedisServer
+
+    with tempfile.TemporaryDirectory(prefix="chater-load-") as tmp, EmbeddedBroker() as broker, \
+            FakeOpenAIServer(latency=args.latency) as model:
+        if "cache" in scenarios:
+            redis = RedisServer()
+            redis.start()
+            try:
+                run_cache_scenario(args, broker, model, redis.url, Path(tmp))
+            finally:
+                redis.stop()
+        if "context" in scenarios:
+            run_context_scenario(args, broker, model, Path(tmp))
 
 
 if __name__ == "__main__":

@@ -520,7 +520,14 @@ class FakeOpenAIState:
     def completion_payload(self, body: dict[str, Any], messages: list[dict[str, Any]],
                            step: dict[str, Any]) -> dict[str, Any]:
         """A ``chat.completion`` for a request body (the step's reply, or the echo)."""
-        reply = step["reply"] if "reply" in step else default_reply(messages)
+        finish_reason = step.get("finish_reason", "stop")
+        if "reply" in step:
+            reply = step["reply"]
+        else:  # as a model does, the echo stops at max_tokens
+            reply = default_reply(messages)
+            limit = body.get("max_completion_tokens") or body.get("max_tokens")
+            if isinstance(limit, int) and len(reply.split()) > limit > 0:
+                reply, finish_reason = " ".join(reply.split()[:limit]), "length"
         prompt = prompt_tokens(messages)
         completion_tokens = len(str(reply).split())
         return {
@@ -532,7 +539,7 @@ class FakeOpenAIState:
                 "index": 0,
                 "message": {"role": "assistant", "content": reply, "refusal": None},
                 "logprobs": None,
-                "finish_reason": step.get("finish_reason", "stop"),
+                "finish_reason": finish_reason,
             }],
             "usage": {
                 "prompt_tokens": prompt,
