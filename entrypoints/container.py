@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from dependency_injector import containers, providers
 
 from adapters.event_store import event_store_env
@@ -11,7 +13,8 @@ from adapters.otel_tracing import OtelTracing
 from adapters.pii_detector import LibraryPiiDetector
 from adapters.price_file import PriceFileError, price_table
 from domain.pricing import PriceTable
-from adapters.openai_model import OpenAIModel
+from adapters.openai_batch import OpenAIBatch
+from adapters.openai_model import ApiKeySource, OpenAIModel
 from adapters.rate_limiter import SlidingWindowRateLimiter
 from adapters.redis_cache import RedisResponseCache
 from adapters.secret_file import api_key_source
@@ -48,14 +51,12 @@ def _summary_model(settings: Settings, prices: PriceTable) -> str:
     return prices.cheapest(configured) or settings.MODEL
 
 
-def _batches(settings: Settings, api_key: object) -> BatchCollector | None:
+def _batches(settings: Settings, api_key: Callable[[], ApiKeySource]) -> BatchCollector | None:
     """The Batch API, for the OpenAI provider (the offline model answers at once)."""
     if settings.MODEL_PROVIDER != "openai":
         return None
-    from adapters.openai_batch import OpenAIBatch
-
     return BatchCollector(
-        OpenAIBatch(api_key, base_url=settings.OPENAI_BASE_URL, timeout=settings.TIMEOUT),
+        OpenAIBatch(api_key(), base_url=settings.OPENAI_BASE_URL, timeout=settings.TIMEOUT),
         window=settings.BATCH_WINDOW,
         max_requests=settings.BATCH_MAX_REQUESTS,
         poll_interval=settings.BATCH_POLL_INTERVAL,
@@ -154,7 +155,7 @@ class Container(containers.DeclarativeContainer):
         concurrency=settings.provided.MODEL_CONCURRENCY,
         aging_seconds=settings.provided.PRIORITY_AGING,
     )
-    batches = providers.Singleton(_batches, settings=settings, api_key=api_key)
+    batches = providers.Singleton(_batches, settings=settings, api_key=api_key.provider)
     pii_masker = providers.Singleton(PiiMasker, detector=providers.Singleton(LibraryPiiDetector))
     chat_service = providers.Singleton(
         ChatService,
