@@ -67,6 +67,11 @@ class OtelMetrics:
             "chater_gpt_unpriced_calls",
             description="Answered model calls whose model has no price: not in the cost",
         )
+        self._replies = meter.create_counter(
+            "chater_gpt_replies",
+            description="Answers by where they came from: model (a call of their own), "
+            "cached (the response cache, or an identical call in flight) or batch (Batch API)",
+        )
         self._latency = meter.create_histogram(
             "chater_gpt_request_duration", unit="s",
             description="From a request's record being produced to its response",
@@ -82,6 +87,9 @@ class OtelMetrics:
         self._latency.record(max(seconds, 0.0), labels)
         if outcome != "answered":
             self._errors.add(1, {"type": outcome})
+
+    def reply_served(self, *, source: str) -> None:
+        self._replies.add(1, {"source": source})
 
     def model_called(self, *, model: str, outcome: str, seconds: float) -> None:
         self._model_latency.record(seconds, {"model": self.model_label(model), "outcome": outcome})

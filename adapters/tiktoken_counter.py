@@ -1,8 +1,8 @@
-"""Token counting with tiktoken's o200k_base encoding, loaded offline.
+"""Token counting with tiktoken's encodings (o200k_base, cl100k_base), loaded offline.
 
 tiktoken downloads its encoding files on first use. The bpe-openai package ships
-the very same o200k_base file, so the encoding is built from that copy; tiktoken's
-own expected hash is still checked, so a wrong file cannot slip in.
+the very same files, so the encodings are built from those copies; tiktoken's own
+expected hash is still checked, so a wrong file cannot slip in.
 """
 
 from __future__ import annotations
@@ -18,44 +18,67 @@ import tiktoken
 from tiktoken_ext import openai_public
 
 
-def _bundled_file() -> Path:
+def _bundled_file(name: str) -> Path:
     # Located without importing bpe_openai, whose import loads all of its own
     # encodings: seconds of start-up and tens of MiB for nothing.
     spec = importlib.util.find_spec("bpe_openai")
     if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError("the bpe-openai package (which ships o200k_base) is not installed")
-    return Path(next(iter(spec.submodule_search_locations))) / "data" / "o200k_base.tiktoken.gz"
+        raise RuntimeError("the bpe-openai package (which ships the encodings) is not installed")
+    return Path(next(iter(spec.submodule_search_locations))) / "data" / f"{name}.tiktoken.gz"
 
 
-def _bundled_ranks(_url: str, expected_hash: str | None = None) -> dict[bytes, int]:
-    data = gzip.decompress(_bundled_file().read_bytes())
+def _bundled_ranks(name: str, expected_hash: str | None = None) -> dict[bytes, int]:
+    data = gzip.decompress(_bundled_file(name).read_bytes())
     if expected_hash and hashlib.sha256(data).hexdigest() != expected_hash:
-        raise RuntimeError("the bundled o200k_base encoding does not match tiktoken's hash")
+        raise RuntimeError(f"the bundled {name} encoding does not match tiktoken's hash")
     return {
         base64.b64decode(token): int(rank)
         for token, rank in (line.split() for line in data.splitlines() if line)
     }
 
 
-@lru_cache(maxsize=1)
-def o200k_base() -> tiktoken.Encoding:
-    """The o200k_base encoding (gpt-4o family), without touching the network."""
+@lru_cache(maxsize=None)
+def bundled_encoding(name: str) -> tiktoken.Encoding:
+    """o200k_base (gpt-4o, gpt-4.1, gpt-5, o-series) or cl100k_base (gpt-4, gpt-3.5),
+    from bpe-openai's copy, without touching the network."""
+    if name not in ("o200k_base", "cl100k_base"):
+        raise ValueError(f"no bundled copy of the {name} encoding")
     original = openai_public.load_tiktoken_bpe
     # tiktoken_ext builds the encoding's parameters around a loader that
     # downloads; swap in the bundled file just for this call.
-    openai_public.load_tiktoken_bpe = _bundled_ranks
+    openai_public.load_tiktoken_bpe = lambda url, expected_hash=None: _bundled_ranks(
+        name, expected_hash
+    )
     try:
-        parameters = openai_public.o200k_base()
+        parameters = getattr(openai_public, name)()
     finally:
         openai_public.load_tiktoken_bpe = original
     return tiktoken.Encoding(**parameters)
 
 
-class TiktokenCounter:
-    """TokenCounter port: counts as the gpt-4o family of models does."""
+def encoding_name(model: str) -> str:
+    """The encoding a model counts with; o200k_base for names tiktoken does not know
+    (newer models use it)."""
+    try:
+        name = tiktoken.encoding_name_for_model(model)
+    except KeyError:
+        return "o200k_base"
+    return name if name in ("o200k_base", "cl100k_base") else "o200k_base"
 
-    def __init__(self) -> None:
-        self.encoding = o200k_base()
+
+class TiktokenCounter:
+    """TokenCounter port: counts as the given model does (o200k_base by default)."""
+
+    def __init__(self, encoding: str = "o200k_base") -> None:
+        self.encoding = bundled_encoding(encoding)
+        self._by_encoding: dict[str, TiktokenCounter] = {encoding: self}
+
+    def for_model(self, model: str) -> TiktokenCounter:
+        name = encoding_name(model)
+        counter = self._by_encoding.get(name)
+        if counter is None:
+            counter = self._by_encoding[name] = TiktokenCounter(name)
+        return counter
 
     def count(self, text: str) -> int:
         return len(self.encoding.encode_ordinary(text))

@@ -109,16 +109,18 @@ _GROUPS: dict[str, str] = {
 }
 _SUMMARY = (
     "SELECT {group} AS grp, "
-    "COUNT(*) AS requests, "
-    "COALESCE(SUM(CASE WHEN outcome = 'answered' THEN 1 ELSE 0 END), 0) AS answered, "
+    # Summaries of compacted context (kind "summary") are spending, not requests.
+    "COALESCE(SUM(CASE WHEN kind <> 'summary' THEN 1 ELSE 0 END), 0) AS requests, "
+    "COALESCE(SUM(CASE WHEN outcome = 'answered' AND kind <> 'summary' THEN 1 ELSE 0 END), 0) "
+    "AS answered, "
     "COALESCE(SUM(CASE WHEN outcome NOT IN ('answered', 'pending') THEN 1 ELSE 0 END), 0) "
     "AS failed, "
     "COALESCE(SUM(prompt_tokens), 0) AS prompt_tokens, "
     "COALESCE(SUM(cached_tokens), 0) AS cached_tokens, "
     "COALESCE(SUM(completion_tokens), 0) AS completion_tokens, "
     "SUM(cost) AS cost, "
-    "COALESCE(SUM(CASE WHEN outcome = 'answered' AND cost IS NULL THEN 1 ELSE 0 END), 0) "
-    "AS unpriced, "
+    "COALESCE(SUM(CASE WHEN outcome = 'answered' AND cost IS NULL AND kind <> 'summary' "
+    "THEN 1 ELSE 0 END), 0) AS unpriced, "
     "COALESCE(SUM(CASE WHEN kind = 'vision' THEN 1 ELSE 0 END), 0) AS vision, "
     "COUNT(DISTINCT conversation_id) AS conversations, "
     "COUNT(DISTINCT user_hash) AS users "

@@ -690,8 +690,9 @@ class ChatService:
         policy = self.policy
         # Selecting the history and estimating the call count the same texts:
         # each is encoded once per request.
-        count = functools.cache(self.counter.count)
         model = self.model_for(request)
+        counter = self.counter.for_model(model)
+        count = functools.cache(counter.count)
         messages: list[ChatMessage] = []
         if request.system_prompt:
             messages.append(ChatMessage("system", request.system_prompt))
@@ -706,7 +707,7 @@ class ChatService:
         if request.context:
             room -= count(CONTEXT_PREFIX) + MESSAGE_OVERHEAD_TOKENS
             if room > 0:
-                context = self.counter.tail(request.context, room)
+                context = counter.tail(request.context, room)
                 messages.append(ChatMessage("system", CONTEXT_PREFIX + context))
         for turn in history:
             messages.append(ChatMessage("user", turn.user_message))
@@ -760,7 +761,7 @@ class ChatService:
         next requests fit without a new summary. If the summary cannot be had
         (the model fails, the budget is spent), the oldest turns are just dropped."""
         policy = self.policy
-        count = functools.cache(self.counter.count)
+        count = functools.cache(self.counter.for_model(self.model_for(request)).count)
         not_before = self._not_before()
         turns = conversation.unsummarised_turns(not_before)
         room = max(self._history_room(request, conversation, count), 0)
@@ -816,7 +817,7 @@ class ChatService:
 
     def estimate_tokens(self, call: ModelCall, count: Callable[[str], int] | None = None) -> int:
         """The most a call can spend: its prompt as the model counts it, plus max_tokens."""
-        count = count or self.counter.count
+        count = count or self.counter.for_model(call.model).count
         prompt = REPLY_PRIMING_TOKENS + sum(
             count(message.text)
             + MESSAGE_OVERHEAD_TOKENS

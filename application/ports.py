@@ -84,6 +84,10 @@ class TokenCounter(Protocol):
         """The end of the text that fits in max_tokens."""
         ...
 
+    def for_model(self, model: str) -> TokenCounter:
+        """A counter that counts as `model` does (its tokenizer)."""
+        ...
+
 
 class RateLimiter(Protocol):
     async def acquire(self) -> None:
@@ -124,6 +128,11 @@ waiting_at_circuit: ContextVar[bool] = ContextVar("waiting_at_circuit", default=
 class Metrics(Protocol):
     def request_finished(self, *, outcome: str, model: str, kind: str, seconds: float) -> None:
         """One response produced: `outcome` is "answered" or the error type."""
+        ...
+
+    def reply_served(self, *, source: str) -> None:
+        """One answer: "model" (its own call), "cached" (the cache or an identical
+        call in flight) or "batch" (the Batch API)."""
         ...
 
     def model_called(self, *, model: str, outcome: str, seconds: float) -> None:

@@ -217,6 +217,7 @@ class UsageProjection(Projection[UsageView]):
             Conversation.ReplyRecorded,
             Conversation.RequestFailed,
             Conversation.UserErased,
+            Conversation.ContextCompacted,
         )
     )
 
@@ -269,6 +270,23 @@ class UsageProjection(Projection[UsageView]):
             cached_tokens=domain_event.cached_tokens,
             completion_tokens=domain_event.completion_tokens,
             cost=domain_event.cost,
+        ))
+
+    @collect.register(Conversation.ContextCompacted)
+    def _compacted(self, domain_event: Any, changes: UsageChanges) -> None:
+        # A summary is spending of its own: a row of kind "summary", which counts
+        # in tokens and cost but not as a request.
+        request_id = f"summary:{domain_event.through_request_id}"
+        cid = str(domain_event.originator_id)
+        model = self._model(domain_event.model)
+        changes.received.append(RequestReceived(
+            conversation_id=cid, request_id=request_id,
+            received_at=sortable_time(domain_event.timestamp), model=model, kind="summary",
+        ))
+        changes.answered.append(RequestAnswered(
+            conversation_id=cid, request_id=request_id, model=model,
+            prompt_tokens=domain_event.prompt_tokens, cached_tokens=0,
+            completion_tokens=domain_event.completion_tokens, cost=domain_event.cost,
         ))
 
     @collect.register(Conversation.UserErased)

@@ -55,7 +55,16 @@ def describe(event: Any) -> tuple[str, str, str, str]:
         tokens = f"{event.prompt_tokens}+{event.completion_tokens}"
         if event.cached_tokens:
             tokens += f" ({event.cached_tokens} cached)"
-        detail = f"request {event.request_id}: {_short(event.reply)}"
+        source = {"cache": " (from the cache)", "shared": " (shared with an identical request)",
+                  "batch": " (Batch API)"}.get(event.source, "")
+        detail = f"request {event.request_id}{source}: {_short(event.reply)}"
+        return event.model, tokens, usd(event.cost), detail
+    if name == "BatchSubmitted":
+        return "", "", "", f"request {event.request_id}: sent in batch {event.batch_id}"
+    if name == "ContextCompacted":
+        tokens = f"{event.prompt_tokens}+{event.completion_tokens}"
+        detail = (f"{event.turns_covered} turn(s) up to request {event.through_request_id} "
+                  f"summarised: {_short(event.summary)}")
         return event.model, tokens, usd(event.cost), detail
     if name == "RequestFailed":
         return "", "", "", f"request {event.request_id}: {event.error_type}: {event.error_message}"

@@ -678,8 +678,11 @@ class KafkaWorker:
             "kind": "vision" if images else "text",
             "seconds": now - self._produced_at(record.message, now),
         }
+        source = "cached" if payload.get("cached") else "batch" if payload.get("batch") else "model"
         if self.metrics is not None:
             self.metrics.request_finished(**figures)
+            if "usage" in payload:
+                self.metrics.reply_served(source=source)
         span = record.span
         span.set_attributes({
             "chater.outcome": figures["outcome"],
@@ -704,6 +707,7 @@ class KafkaWorker:
                 "trace_id": trace.format_trace_id(span.get_span_context().trace_id),
             }
             if "usage" in payload:  # answered: priced, or plainly marked as not
+                line["source"] = source
                 line["cost_usd"] = payload.get("cost_usd")
                 if line["cost_usd"] is None:
                     line["unpriced"] = True

@@ -47,6 +47,8 @@ def test_metrics_count_what_was_sent_and_what_the_model_used(broker, topics, fak
     assert total(samples, "chater_gpt_requests_total", outcome="answered") == 49
     assert total(samples, "chater_gpt_requests_total", kind="vision", model="gpt-4o-latest") == 1
     assert total(samples, "chater_gpt_errors_total", type="invalid_request") == 1
+    assert total(samples, "chater_gpt_replies_total", source="model") == 49
+    assert total(samples, "chater_gpt_replies_total", source="cached") == 0
     used = [a["usage"] for a in answers.values() if "usage" in a]
     assert total(samples, "chater_gpt_tokens_total", type="prompt") == sum(u["prompt_tokens"] for u in used)
     assert total(samples, "chater_gpt_tokens_total", type="completion") == sum(

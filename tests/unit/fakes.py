@@ -19,6 +19,9 @@ class WordCounter:
         words = text.split()
         return " ".join(words[-max_tokens:]) if max_tokens > 0 else ""
 
+    def for_model(self, model: str) -> WordCounter:
+        return self
+
 
 class FakeModel:
     """Answers with a scripted reply or error; remembers every call."""

@@ -344,3 +344,24 @@ def test_an_erased_users_rows_keep_their_accounting_but_not_whose_they_were(tmp_
     finally:
         view.close()
         records.close()
+
+
+def test_summaries_of_compacted_context_count_as_spending_not_as_requests(store):
+    costs = traffic(store.records)
+    bea = Conversation("bea@example.com")
+    asked(bea, "b1", at(2, 9))
+    costs.append(answered(bea, "b1", "gpt-4o-mini", 10, 10))
+    summary_cost = PRICES.cost("gpt-4.1-nano", 400, 0, 60)
+    bea.compact(summary="a private summary", through_request_id="b1", content_from="2026-03-02",
+                turns_covered=1, model="gpt-4.1-nano", prompt_tokens=400, completion_tokens=60,
+                cost=summary_cost, compacted_at="2026-03-02T10:00:00Z")
+    store.records.save(bea)
+    projection = store.projection()
+    catch_up(store.records, projection)
+
+    *groups, total = usage_report(projection.view, Window(), by="model")
+    assert total.requests == 7 and total.answered == 5 and total.unpriced == 1
+    assert total.prompt_tokens == 1100 + 10 + 400 and total.completion_tokens == 110 + 10 + 60
+    assert total.cost == pytest.approx(sum(c for c in costs if c) + summary_cost)
+    [nano] = [g for g in groups if g.group == "gpt-4.1-nano"]
+    assert nano.requests == 0 and nano.prompt_tokens == 400
