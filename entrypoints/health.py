@@ -142,6 +142,8 @@ def observe_worker(metrics: Any, worker: Any, circuit_breaker: Any, ledger: Any)
     lags, what is left of the day's budget, and each model's circuit."""
     metrics.watch("chater_gpt_in_flight", "Records held by the worker now",
                   lambda: [(worker.stats.in_flight, {})])
+    metrics.watch("chater_gpt_batch_waiting", "Records held waiting for a Batch API batch",
+                  lambda: [(worker.stats.batch_waiting, {})])
     metrics.watch("chater_gpt_consumer_lag", "Records not yet fetched, per partition",
                   lambda: [(lag, {"partition": p}) for p, lag in worker.queue_depth()["consumer_lag"].items()])
     metrics.watch("chater_gpt_budget_remaining_tokens",

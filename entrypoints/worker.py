@@ -75,6 +75,8 @@ class _Record:
     request: ChatRequest | None = None
     deliveries: int = 0
     answering: asyncio.Task[dict[str, Any]] | None = None
+    # Waiting for a Batch API batch (hours, maybe): counted apart from MAX_IN_FLIGHT.
+    batched: bool = False
     # From consume to the last delivery of what it produced (W3C trace context).
     span: Span = INVALID_SPAN
 
@@ -94,6 +96,7 @@ class WorkerStats:
     dropped: int = 0
     in_flight: int = 0
     peak_in_flight: int = 0
+    batch_waiting: int = 0
     pauses: int = 0
     committed: dict[tuple[str, int], int] = field(default_factory=dict)
 
@@ -333,6 +336,7 @@ class KafkaWorker:
         return {
             "in_flight": self.stats.in_flight,
             "max_in_flight": self.settings.MAX_IN_FLIGHT,
+            "batch_waiting": self.stats.batch_waiting,
             "paused": self._paused,
             "consumer_lag": dict(self._lag),
         }
@@ -384,14 +388,19 @@ class KafkaWorker:
 
     def _apply_backpressure(self, consumer: Consumer) -> None:
         in_flight, limit = self.stats.in_flight, self.settings.MAX_IN_FLIGHT
-        if in_flight >= limit:
+        batched, batch_limit = self.stats.batch_waiting, self.settings.BATCH_MAX_WAITING
+        if in_flight >= limit or batched >= batch_limit:
             if not self._paused:
                 self.stats.pauses += 1
                 log.debug("%d records in flight: pausing fetches", in_flight)
             # Again each time: partitions assigned meanwhile must pause too.
             consumer.pause(consumer.assignment())
             self._paused = True
-        elif self._paused and in_flight <= limit * RESUME_FRACTION:
+        elif (
+            self._paused
+            and in_flight <= limit * RESUME_FRACTION
+            and batched <= batch_limit * RESUME_FRACTION
+        ):
             consumer.resume(consumer.assignment())
             self._paused = False
 
@@ -453,6 +462,12 @@ class KafkaWorker:
             log.exception("unreadable record at %s[%d]@%d", *record.partition, message.offset())
             self._reject(record, InvalidRequest("the record could not be read", request_id_of(message.key())))
             return
+        if self.service.batched(record.request):
+            # It waits for its batch, maybe for hours: it must not take a slot of
+            # MAX_IN_FLIGHT from the requests answered now.
+            record.batched = True
+            self.stats.in_flight -= 1
+            self.stats.batch_waiting += 1
         record.span.set_attributes({
             "chater.request.kind": "vision" if record.request.images else "text",
             "gen_ai.request.model": self.model_label(self.service.model_for(record.request)),
@@ -784,15 +799,21 @@ class KafkaWorker:
             except BufferError:
                 self._producer.poll(0.05)  # the local queue is full: let deliveries drain
 
+    def _release(self, record: _Record) -> None:
+        if record.batched:
+            self.stats.batch_waiting -= 1
+        else:
+            self.stats.in_flight -= 1
+
     def _finish(self, record: _Record) -> None:
-        self.stats.in_flight -= 1
+        self._release(record)
         self._offsets.finish(record.partition, record.message.offset(), record.epoch)
         record.span.end()
 
     def _drop(self, record: _Record) -> None:
         """Work of a partition taken away by a rebalance: its new owner answers it."""
         self.stats.dropped += 1
-        self.stats.in_flight -= 1
+        self._release(record)
         record.span.set_attribute("chater.dropped", True)
         record.span.end()
 

@@ -112,8 +112,9 @@ def test_higher_priority_waiting_for_a_model_slot_goes_first(broker, fake_openai
 
 def test_batch_requests_go_through_the_batch_api_at_half_price(broker, fake_openai, tmp_path):
     fake_openai.batch_settings(delay=0.5)
+    # MAX_IN_FLIGHT 2: records waiting for a batch must not hold up the others.
     with worker_for(broker, fake_openai, tmp_path, BATCH_WINDOW=0.3, BATCH_POLL_INTERVAL=0.1,
-                    BATCH_PRIORITY=0) as worker:
+                    BATCH_PRIORITY=0, MAX_IN_FLIGHT=2) as worker:
         worker.send("b1", ask("ada@example.com", "no hurry 1", batch=True))
         worker.send("b2", ask("bob@example.com", "no hurry 2", priority=-1))
         worker.send("b3", ask("cy@example.com", "no hurry 3", batch=True))
@@ -123,6 +124,11 @@ def test_batch_requests_go_through_the_batch_api_at_half_price(broker, fake_open
         answers = dict((key.decode(), body) for key, body in responses)
         events = [type(e).__name__ for e in worker.container.records().events.get(
             conversation_id("ada@example.com"))]
+        stats = worker.worker.stats
+        deadline = time.monotonic() + 5  # the last delivery reports come in
+        while (stats.batch_waiting, stats.in_flight) != (0, 0) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert (stats.batch_waiting, stats.in_flight) == (0, 0)
     assert order[0] == "now"
     batches = fake_openai.batches()
     assert len(batches) == 1 and sorted(c.split("/")[1] for c in batches[0]["custom_ids"]) == [
