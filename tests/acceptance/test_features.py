@@ -13,7 +13,7 @@ from domain.pricing import DEFAULT_PRICES
 from entrypoints.cli import main as chater_gpt
 from tests.support.worker import RunningWorker
 
-scenarios("chat.feature", "budget.feature")
+scenarios("chat.feature", "budget.feature", "cheaper.feature")
 
 pytestmark = pytest.mark.integration
 
@@ -69,6 +69,51 @@ def chat_worker(broker, worker_settings):
 )
 def chat_worker_with_budget(broker, worker_settings, limit, max_tokens):
     yield from _start(broker, worker_settings, DAILY_TOKEN_LIMIT=limit, MAX_TOKENS=max_tokens)
+
+
+@given("the chat worker is running with a response cache shared by all users",
+       target_fixture="chat")
+def chat_worker_with_cache(broker, worker_settings, redis_url):
+    yield from _start(broker, worker_settings, REDIS_URL=redis_url, CACHE_SCOPE="global")
+
+
+@given("the chat worker is running with the Batch API", target_fixture="chat")
+def chat_worker_with_batches(broker, worker_settings, fake_openai):
+    fake_openai.batch_settings(delay=0.5)
+    yield from _start(broker, worker_settings, BATCH_WINDOW=0.2, BATCH_POLL_INTERVAL=0.1)
+
+
+@when(parsers.parse('{user} asks "{message}" at temperature 0 as request "{key}" after the first answer'))
+def ask_deterministic_after_answer(chat: Conversation, user: str, message: str, key: str):
+    chat.responses()
+    chat.send(key, {"user_email": user, "message": message, "temperature": 0})
+
+
+@when(parsers.parse('{user} asks "{message}" at temperature 0 as request "{key}"'))
+def ask_deterministic(chat: Conversation, user: str, message: str, key: str):
+    chat.send(key, {"user_email": user, "message": message, "temperature": 0})
+
+
+@when(parsers.parse('{user} asks "{message}" in a batch as request "{key}"'))
+def ask_in_batch(chat: Conversation, user: str, message: str, key: str):
+    chat.send(key, {"user_email": user, "message": message, "batch": True})
+
+
+@then(parsers.parse('request "{key}" is answered from the cache with the answer to "{first}", at no cost'))
+def answered_from_cache(chat: Conversation, key: str, first: str):
+    body, original = chat.response(key), chat.response(first)
+    assert body["cached"] is True and "cached" not in original
+    assert body["response"] == original["response"]
+    assert body["cost_usd"] == 0.0 and body["usage"]["total_tokens"] == 0
+
+
+@then(parsers.parse("the answer to \"{key}\" came from a batch and costs half its tokens at {model}'s price"))
+def batch_price(chat: Conversation, key: str, model: str):
+    body = chat.response(key)
+    assert body["batch"] is True
+    price, usage = DEFAULT_PRICES[model], body["usage"]
+    full = usage["prompt_tokens"] * price.prompt + usage["completion_tokens"] * price.completion
+    assert body["cost_usd"] == pytest.approx(full / 2e6)
 
 
 @when(parsers.parse('{user} asks "{message}" as request "{key}"'))
