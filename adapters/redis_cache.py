@@ -62,10 +62,12 @@ class RedisResponseCache:
         self._retry_after = retry_after
         # A bounded pool that callers queue for (briefly): the default one fails calls
         # beyond its size, which a burst of requests must not turn into an "outage".
+        # The wait for a free connection is longer than a call's timeouts: a burst
+        # queueing behind a busy pool is not an outage.
         pool = aioredis.BlockingConnectionPool.from_url(
             url,
             max_connections=_POOL_SIZE,
-            timeout=socket_timeout,
+            timeout=max(4 * socket_timeout, 1.0),
             socket_connect_timeout=socket_timeout,
             socket_timeout=socket_timeout,
             retry=Retry(NoBackoff(), 0),  # the breaker decides when to try again

@@ -32,7 +32,8 @@ def total(samples, name: str, **labels: str) -> float:
 
 def test_metrics_count_what_was_sent_and_what_the_model_used(broker, topics, fake_openai, worker):
     records = [
-        (f"m-{n}", json.dumps({"user_email": f"m{n % 4}@example.com", "message": f"m-{n}: hello there"}).encode())
+        # 8 turns per user: within CONTEXT_MAX_TURNS, so no summary calls add tokens.
+        (f"m-{n}", json.dumps({"user_email": f"m{n % 6}@example.com", "message": f"m-{n}: hello there"}).encode())
         for n in range(48)
     ]
     records.append(("m-vision", json.dumps({
