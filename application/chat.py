@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
-from uuid import UUID
+from uuid import UUID, uuid4
 
 from eventsourcing.application import AggregateNotFoundError, Application
 from eventsourcing.persistence import (
@@ -40,6 +40,7 @@ from application.ports import (
     Clock,
     DataKeys,
     LanguageModel,
+    Metrics,
     ModelCall,
     ModelError,
     ModelReply,
@@ -86,6 +87,7 @@ RECORDING_GRACE = 10.0  # seconds a closing service waits for paid replies to be
 PII_INLINE_CHARS = 4000  # longer texts are searched for personal data in a thread
 ERASURE_CHECK_INTERVAL = 2.0  # seconds between looks for other replicas' erasures
 ERASURE_CHECK_OVERLAP = timedelta(seconds=30)
+CACHE_SWEEP_AGAIN = 20.0  # seconds: a reply in flight at an erasure has been recorded by then
 
 
 @dataclass(frozen=True)
@@ -217,12 +219,15 @@ class ChatService:
         cache: ResponseCache | None = None,
         slots: ModelSlots | None = None,
         batches: BatchCollector | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.records = records
+        self.metrics = metrics  # what batches use (live calls are measured by the model)
         self.cache = cache
         self.slots = slots or ModelSlots(rate_limiter)
         self.batches = batches
         self.flights: SingleFlight[ModelReply] = SingleFlight()
+        self._cache_sweeps: dict[str, tuple[float, bool]] = {}  # erased owner: first seen, twice
         self.tracer = tracer or trace.get_tracer(__name__)
         self.pii = pii if policy.pii_mode != "off" else None
         self.model = model
@@ -275,14 +280,6 @@ class ChatService:
             if outcome is not None:
                 log.info("request %s already answered; replaying", rid)
                 return outcome, conversation
-            if self.policy.context_strategy == "summarize" and not conversation.is_pending(rid):
-                await self._compact_if_needed(request, conversation, reservation)
-            call, history_turns, estimate = self.build_call(request, conversation)
-
-            def receive(c: Conversation) -> None:
-                if not c.is_pending(rid) and c.outcome(rid) is None:
-                    self._receive(c, request, call, history_turns)
-
             if self.pii is not None and self.policy.pii_mode == "block":
                 texts = [request.message, request.system_prompt or "", request.context or ""]
                 kinds = await self._off_loop_if_long(texts, self.pii.found_in, *texts)
@@ -292,14 +289,23 @@ class ChatService:
                         cid, conversation, rid,
                         lambda c: self._record_failure(c, rid, "pii_rejected", message, started),
                     )
+            if self.policy.context_strategy == "summarize" and not conversation.is_pending(rid):
+                await self._compact_if_needed(request, conversation, reservation)
+            call, history_turns, estimate = self.build_call(request, conversation)
+
+            def receive(c: Conversation) -> None:
+                if not c.is_pending(rid) and c.outcome(rid) is None:
+                    self._receive(c, request, call, history_turns)
+
             share = self._share_key(request, call)
             if share is not None and not conversation.is_pending(rid):
                 shared = await self._shared_reply(share)
                 if shared is not None:  # no model call: no budget, no cost
                     reply, source = shared
-                    return await self._conclude(cid, conversation, rid, lambda c: (
+                    outcome, conversation = await self._conclude(cid, conversation, rid, lambda c: (
                         receive(c), self._record_reply(c, rid, reply, started, source)
                     ))
+                    return answered(outcome, reply), conversation
             receive(conversation)
             try:
                 # While the model is down, holds of requests waiting for it fill the
@@ -330,20 +336,26 @@ class ChatService:
                 shared_reply = await self.flights.follow(flight_key)
                 if shared_reply is not None:
                     self.ledger.release(reservation)
-                    return await self._conclude(cid, conversation, rid, lambda c: (
+                    outcome, conversation = await self._conclude(cid, conversation, rid, lambda c: (
                         self._record_reply(c, rid, shared_reply, started, "shared")
                     ))
+                    return answered(outcome, shared_reply), conversation
         landed: ModelReply | None = None
         try:
             outcome, conversation, landed = await self._call(
                 request, cid, conversation, call, reservation, estimate, started, batched
             )
+            if (
+                landed is not None and share is not None and self.cache is not None
+                and outcome.get("response") != ERASED  # the user was erased meanwhile
+            ):
+                # Before the flight lands: an identical request arriving meanwhile
+                # finds the reply in the cache or in flight, never neither.
+                await self.cache.put(*share, landed, self.policy.cache_ttl)
         finally:
             if flight is not None and flight_key is not None:
                 self.flights.land(flight_key, flight, landed)
-        if landed is not None and share is not None and self.cache is not None:
-            await self.cache.put(*share, landed, self.policy.cache_ttl)
-        return outcome, conversation
+        return answered(outcome, landed) if landed is not None else outcome, conversation
 
     async def _call(
         self,
@@ -366,8 +378,9 @@ class ChatService:
                 [message.text for message in call.messages], self._masked, call
             )
             if batched:
-                started_call = True  # a submitted batch is billed
-                conversation, reply = await self._by_batch(cid, conversation, rid, reservation, masked)
+                # Cut short, a batched call is not counted here: its batch goes on, and
+                # whoever answers the request next holds and settles its tokens.
+                conversation, reply = await self._by_batch(cid, conversation, rid, masked)
             else:
                 async with self.slots.slot(request.priority):
                     started_call = True
@@ -407,6 +420,13 @@ class ChatService:
             )
             return outcome, conversation, None
         self.ledger.settle(reservation, reply.prompt_tokens + reply.completion_tokens)
+        if batched and self.metrics is not None:
+            self.metrics.model_used(
+                model=reply.model, prompt_tokens=reply.prompt_tokens,
+                cached_tokens=reply.cached_tokens, completion_tokens=reply.completion_tokens,
+                cost=self.policy.prices.cost(reply.model, reply.prompt_tokens, reply.cached_tokens,
+                                             reply.completion_tokens, batch=True),
+            )
         # A paid reply is recorded even if the caller gives up now (its partition
         # was taken away, say): whoever answers the request next finds it answered.
         source = "batch" if batched else "model"
@@ -417,10 +437,6 @@ class ChatService:
         self._recording.add(recording)
         recording.add_done_callback(self._recording.discard)
         outcome, conversation = await asyncio.shield(recording)
-        if outcome.get("response") == ERASED and reply.text != ERASED:
-            # The user was erased while the model answered: the store keeps the
-            # accounting only, and the caller still gets the answer.
-            outcome = {**outcome, "response": reply.text}
         return outcome, conversation, reply
 
     # Sharing replies: the cache and single-flight ----------------------------------
@@ -459,21 +475,46 @@ class ChatService:
         return request.batch or (threshold is not None and request.priority < threshold)
 
     async def _by_batch(
-        self, cid: UUID, conversation: Conversation, rid: str, custom_id: str, call: ModelCall
+        self, cid: UUID, conversation: Conversation, rid: str, call: ModelCall
     ) -> tuple[Conversation, ModelReply]:
         """Send the call in the next batch (unless it already was: a redelivery) and
         wait for the batch to end; the conversation as saved, and the reply."""
         assert self.batches is not None
-        batch_id = conversation.pending_batch(rid)
-        if batch_id is None:
-            batch_id = await self.batches.submit(custom_id, call)
-            while conversation.is_pending(rid) and conversation.pending_batch(rid) is None:
-                conversation.submit_to_batch(rid, batch_id, iso_timestamp(self.clock))
-                try:
-                    await self._save(conversation)
-                except RecordConflictError:
-                    conversation = await self._reload(cid)
-        return conversation, await self.batches.result(batch_id, custom_id)
+        sent = conversation.pending_batch(rid)
+        if sent is None:
+            # A random id names the call in the batch: the provider learns nothing
+            # about whose it is.
+            custom_id = uuid4().hex
+            submitting = asyncio.ensure_future(
+                self._submit_to_batch(cid, conversation, rid, custom_id, call)
+            )
+            self._recording.add(submitting)
+            submitting.add_done_callback(self._recording.discard)
+            try:
+                conversation, batch_id = await asyncio.shield(submitting)
+            except asyncio.CancelledError:
+                # Not sent yet: taken out, nothing is paid. Sent: it is billed, and the
+                # task records BatchSubmitted, so whoever answers next waits for it.
+                if self.batches.withdraw(call.model, custom_id):
+                    submitting.cancel()
+                raise
+            sent = (batch_id, custom_id)
+        return conversation, await self.batches.result(*sent)
+
+    async def _submit_to_batch(
+        self, cid: UUID, conversation: Conversation, rid: str, custom_id: str, call: ModelCall
+    ) -> tuple[Conversation, str]:
+        """Send the call in its model's next batch and record BatchSubmitted (the batch
+        is billed: a conflict or a store outage is waited out, never a failure)."""
+        assert self.batches is not None
+        batch_id = await self.batches.submit(custom_id, call)
+        while conversation.is_pending(rid) and conversation.pending_batch(rid) is None:
+            conversation.submit_to_batch(rid, batch_id, custom_id, iso_timestamp(self.clock))
+            try:
+                await self._save(conversation)
+            except (RecordConflictError, PersistenceError):
+                conversation = await self._reload(cid)
+        return conversation, batch_id
 
     async def _off_loop_if_long(
         self, texts: list[str], work: Callable[..., Any], *args: Any
@@ -527,6 +568,24 @@ class ChatService:
             forget_ciphers = getattr(self.records.mapper, "forget", None)
             if forget_ciphers is not None:
                 forget_ciphers()
+        if self.cache is not None:
+            await self._sweep_cache(owners)
+
+    async def _sweep_cache(self, erased_owners: list[str]) -> None:
+        """Drop erased users' cached replies: when an erasure is first seen, and once
+        more CACHE_SWEEP_AGAIN seconds later, for a reply that was in flight at the
+        erasure (in any replica) and cached after it."""
+        assert self.cache is not None
+        now = time.monotonic()
+        for owner in erased_owners:
+            first_seen, swept_twice = self._cache_sweeps.get(owner, (now, False))
+            if owner not in self._cache_sweeps or (
+                not swept_twice and now - first_seen >= CACHE_SWEEP_AGAIN
+            ):
+                await self.cache.forget(owner)
+                self._cache_sweeps[owner] = (first_seen, owner in self._cache_sweeps)
+        for owner in set(self._cache_sweeps) - set(erased_owners):
+            del self._cache_sweeps[owner]  # out of the window
 
     async def close(self) -> None:
         """Record the replies still being written, settle this worker's budget
@@ -696,7 +755,7 @@ class ChatService:
         messages: list[ChatMessage] = []
         if request.system_prompt:
             messages.append(ChatMessage("system", request.system_prompt))
-        summary = conversation.context_summary()
+        summary = conversation.context_summary(self._not_before())
         if summary is not None:
             messages.append(ChatMessage("system", SUMMARY_PREFIX + summary))
         room = self._history_room(request, conversation, count)
@@ -736,7 +795,7 @@ class ChatService:
         )
         if request.system_prompt:
             room -= count(request.system_prompt) + MESSAGE_OVERHEAD_TOKENS
-        summary = conversation.context_summary()
+        summary = conversation.context_summary(self._not_before())
         if summary is not None:
             room -= count(SUMMARY_PREFIX + summary) + MESSAGE_OVERHEAD_TOKENS
         return room
@@ -771,27 +830,31 @@ class ChatService:
         older = turns[: len(turns) - len(keep)]
         if not older:
             return
-        previous = conversation.context_summary()
+        previous = conversation.context_summary(not_before)
         call = summary_call(policy.summary_model, previous, older, policy.context_max_tokens)
-        estimate = self.estimate_tokens(call, count)
+        estimate = self.estimate_tokens(call)
         hold = f"{reservation}/summary"
+        started_call = False
         with self.tracer.start_as_current_span("compact context", attributes={
             "chater.turns_summarised": len(older), "gen_ai.request.model": call.model,
         }):
             try:
-                await self.ledger.reserve(hold, estimate, max_wait=0)
-                masked, session = await self._off_loop_if_long(
-                    [message.text for message in call.messages], self._masked, call
-                )
-                async with self.slots.slot(request.priority):
-                    reply = await self.model.complete(masked)
-            except (BudgetExceeded, ModelError) as error:
-                self.ledger.release(hold)
+                # Within the request's own deadline: a summary is not worth missing it.
+                async with asyncio.timeout(self._time_left(request)):
+                    await self.ledger.reserve(hold, estimate, max_wait=0)
+                    masked, session = await self._off_loop_if_long(
+                        [message.text for message in call.messages], self._masked, call
+                    )
+                    async with self.slots.slot(request.priority):
+                        started_call = True
+                        reply = await self.model.complete(masked)
+            except (BudgetExceeded, ModelError, TimeoutError) as error:
+                self._give_back(hold, estimate, started_call and isinstance(error, TimeoutError))
                 log.warning("context not summarised (%s): the oldest turns are dropped",
                             type(error).__name__)
                 return
             except BaseException:
-                self.ledger.release(hold)
+                self._give_back(hold, estimate, started_call)
                 raise
         self.ledger.settle(hold, reply.prompt_tokens + reply.completion_tokens)
         text = session.unmask(reply.text) if session is not None else reply.text
@@ -809,6 +872,14 @@ class ChatService:
             compacted_at=iso_timestamp(self.clock),
         )
 
+    def _give_back(self, hold: str, estimate: int, billed: bool) -> None:
+        """End a hold whose call did not answer: a call cut short may still be billed
+        by the provider, and counts as its estimate; any other is released."""
+        if billed:
+            self.ledger.settle(hold, estimate)
+        else:
+            self.ledger.release(hold)
+
     def model_for(self, request: ChatRequest) -> str:
         """The model a request asks for, or the default for its kind (text, vision)."""
         if request.model:
@@ -825,6 +896,14 @@ class ChatService:
             for message in call.messages
         )
         return prompt + call.max_tokens
+
+
+def answered(outcome: dict[str, Any], reply: ModelReply) -> dict[str, Any]:
+    """The outcome for the caller: when the user was erased while the reply was on its
+    way, the store keeps only its accounting, and the caller still gets the answer."""
+    if outcome.get("response") == ERASED and reply.text != ERASED:
+        return {**outcome, "response": reply.text}
+    return outcome
 
 
 def call_digest(call: ModelCall) -> str:

@@ -187,12 +187,15 @@ _VISION_COSTS: dict[str, TileCost | PatchCost] = {
     "gpt-5": TileCost(70, 140),
 }
 _PREFIXES = sorted(_VISION_COSTS, key=len, reverse=True)
-_UNKNOWN_MODEL = _GPT_4O
+# A model we do not know is counted by the costliest rule (gpt-4o-mini's): the
+# budget holds the worst case before the call and settles with the truth after.
+_UNKNOWN_MODEL = _VISION_COSTS["gpt-4o-mini"]
 
 
 def vision_cost(model: str) -> TileCost | PatchCost:
-    """How the model prices images; a model we do not know is priced as gpt-4o."""
-    name = model.strip().lower()
+    """How the model prices images. A fine-tuned model ("ft:gpt-4o-mini-…:org::id")
+    or one named with a provider ("azure/gpt-4o") is priced as its base model."""
+    name = model.strip().lower().rsplit("/", 1)[-1].removeprefix("ft:")
     for prefix in _PREFIXES:
         if name.startswith(prefix):
             return _VISION_COSTS[prefix]

@@ -26,7 +26,6 @@ CIPHER_CACHE_SIZE = 10_000  # owners' days whose keys are kept ready
 # What a destroyed field reads as, when not the text marker.
 _SHREDDED_VALUES: dict[str, Callable[[], Any]] = {
     "thread": lambda: None, "image_digests": list, "turns": list,  # fresh each time
-    "summary": lambda: None,
 }
 # A snapshot's nested texts: (field, key in each of its entries).
 _NESTED_TEXTS = (("pending", "message"), ("outcomes", "response"))

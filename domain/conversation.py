@@ -177,11 +177,13 @@ class Conversation(Aggregate):
             self.outcomes[request_id]["batch"] = True
 
     @event("BatchSubmitted")
-    def submit_to_batch(self, request_id: str, batch_id: str, submitted_at: str) -> None:
-        """A pending request was sent in one of the provider's batches: whoever
-        answers it next waits for that batch instead of paying again."""
+    def submit_to_batch(
+        self, request_id: str, batch_id: str, custom_id: str, submitted_at: str
+    ) -> None:
+        """A pending request was sent in one of the provider's batches, as `custom_id`:
+        whoever answers it next waits for that batch instead of paying again."""
         self.check_pending(request_id)
-        self.pending[request_id]["batch_id"] = batch_id
+        self.pending[request_id]["batch"] = [batch_id, custom_id]
 
     @event("ContextCompacted")
     def compact(
@@ -241,7 +243,9 @@ class Conversation(Aggregate):
         no longer kept for redelivered requests either."""
         self.turns = [turn for turn in self.turns if turn.answered_at[:10] >= before_day]
         if self.summary_from[:10] < before_day:
+            # Its turns still within retention are context again, unsummarised.
             self.summary = None
+            self.summarised_through = None
         for outcome in self.outcomes.values():
             if "response" in outcome and str(outcome.get("timestamp", ""))[:10] < before_day:
                 outcome["response"] = EXPIRED
@@ -259,19 +263,27 @@ class Conversation(Aggregate):
         """What a pending request asked (ERASED if its user was erased meanwhile)."""
         return str(self.pending[request_id]["message"])
 
-    def pending_batch(self, request_id: str) -> str | None:
-        """The provider's batch a pending request was sent in, if any."""
-        return self.pending[request_id].get("batch_id")
+    def pending_batch(self, request_id: str) -> tuple[str, str] | None:
+        """(batch id, custom id) of the provider's batch a pending request was sent
+        in, if it was."""
+        sent = self.pending[request_id].get("batch")
+        return (sent[0], sent[1]) if sent else None
 
-    def context_summary(self) -> str | None:
-        """The summary of the compacted turns, when there is a readable one."""
-        return self.summary if self.summary not in (None, *SHREDDED) else None
+    def context_summary(self, not_before: str = "") -> str | None:
+        """The summary of the compacted turns, when there is a readable one whose
+        oldest content was said at or after `not_before` (ISO UTC; older has expired)."""
+        if self.summary in (None, *SHREDDED):
+            return None
+        if not_before and self.summary_from < not_before:
+            return None
+        return self.summary
 
     def unsummarised_turns(self, not_before: str = "") -> list[Turn]:
         """The readable turns after the summary's, oldest first, answered at or
         after `not_before` (ISO UTC; older content has expired)."""
         turns = self.turns
-        if self.summarised_through is not None:
+        # Without a usable summary, the turns it covered are context again.
+        if self.summarised_through is not None and self.context_summary(not_before):
             through = next(
                 (i for i, turn in enumerate(turns) if turn.request_id == self.summarised_through),
                 None,

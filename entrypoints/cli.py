@@ -11,9 +11,10 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from adapters.data_keys import KeyUnavailable
+from domain.conversation import data_owner
 from entrypoints.settings import SettingsError, load_settings
 
 if TYPE_CHECKING:
@@ -173,6 +174,13 @@ def run_audit(target: str, thread: str | None, as_of: int | None) -> int:
     return 0
 
 
+async def _forget_cached(cache: Any, email: str) -> int:
+    try:
+        return int(await cache.forget(data_owner(email)))
+    finally:
+        await cache.close()
+
+
 def run_privacy(command: str, email: str | None = None, requested_by: str | None = None) -> int:
     """`erase`, `retention` and `rotate-keys`: against the store, without a worker."""
     with _store_command() as (settings, container):
@@ -182,6 +190,10 @@ def run_privacy(command: str, email: str | None = None, requested_by: str | None
             erasure = privacy.erase(email, requested_by or "operator")
             print(f"erased {email}: {len(erasure.conversation_ids)} conversation(s), "
                   f"{erasure.keys_destroyed} data key(s) destroyed")
+            cache = container.response_cache()
+            if cache is not None:  # the workers sweep it too, within seconds
+                dropped = asyncio.run(_forget_cached(cache, email))
+                print(f"  {dropped} cached repl{'y' if dropped == 1 else 'ies'} dropped")
         elif command == "retention":
             expired = privacy.expire(settings.RETENTION_DAYS)
             print(f"retention ({settings.RETENTION_DAYS} days): content expired in "

@@ -170,6 +170,7 @@ class Container(containers.DeclarativeContainer):
         cache=response_cache,
         slots=model_slots,
         batches=batches,
+        metrics=metrics,
     )
     privacy = providers.Singleton(Privacy, records=records, clock=clock)
     worker = providers.Singleton(

@@ -122,6 +122,13 @@ class Settings(BaseSettings):
         # A manifest that sets the variable to "" means "not set".
         return None if isinstance(value, str) and not value.strip() else value
 
+    @field_validator("REDIS_URL")
+    @classmethod
+    def redis_url_scheme(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must be a redis://, rediss:// or unix:// URL")
+        return value
+
     @model_validator(mode="after")
     def check_credentials(self) -> Settings:
         if self.MODEL_PROVIDER == "openai":

@@ -95,7 +95,7 @@ def test_the_worst_case_is_eight_tiles_and_unknown_size_costs_it():
         ("gpt-4.1", TileCost(85, 170)),
         ("gpt-4.1-2025-04-14", TileCost(85, 170)),
         ("gpt-4.5-preview", TileCost(85, 170)),
-        ("something-new", TileCost(85, 170)),
+        ("something-new", TileCost(2833, 5667)),  # unknown: the costliest rule
         ("gpt-4o-mini", TileCost(2833, 5667)),
         ("gpt-4o-mini-2024-07-18", TileCost(2833, 5667)),
         ("GPT-4o-mini", TileCost(2833, 5667)),
@@ -170,3 +170,12 @@ def test_size_is_derived_and_left_out_of_equality():
     image = decode_image(encoded(3, 2), 1)
     assert image == Image(image.mime_type, image.data)
     assert Image("image/png", b"x").width == Image("image/png", b"x").height == 0
+
+
+def test_fine_tuned_provider_named_and_unknown_models_are_never_undercounted():
+    mini = image_tokens(1024, 1024, "gpt-4o-mini")
+    assert image_tokens(1024, 1024, "ft:gpt-4o-mini-2024-07-18:acme::abc123") == mini
+    assert image_tokens(1024, 1024, "azure/gpt-4o-mini") == mini
+    assert image_tokens(1024, 1024, "openai/gpt-4o") == 765
+    # A model nobody knows is held at the costliest rule, not the cheapest.
+    assert image_tokens(1024, 1024, "some-new-vision-model") == mini

@@ -300,3 +300,49 @@ async def test_a_replica_drops_conversations_it_keeps_in_memory_when_another_era
         await replica.close()
         replica.records.close()
         other.close()
+
+
+def compact(conversation: Conversation, summary: str, through: str, content_from: str) -> None:
+    conversation.compact(
+        summary=summary, through_request_id=through, content_from=content_from, turns_covered=1,
+        model="gpt-4.1-nano", prompt_tokens=40, completion_tokens=8, cost=0.0000072,
+        compacted_at=_now(),
+    )
+
+
+def test_a_summary_is_personal_data_encrypted_and_erased_with_its_user(store):
+    records, _, path = store
+    conversation = say(records, "ada@example.com", "r1")
+    compact(conversation, "SUMMARY: ada has hypertension", "r1", _now())
+    records.save(conversation)
+    records.take_snapshot(conversation.id)
+    assert b"SUMMARY" not in raw_bytes(path)
+    assert records.conversation(conversation.id).context_summary() == "SUMMARY: ada has hypertension"
+
+    Privacy(records, FixedClock()).erase("ada@example.com", requested_by="dpo")
+    compacted = [e for e in records.events.get(conversation.id) if type(e).__name__ == "ContextCompacted"]
+    assert compacted[0].summary == ERASED and compacted[0].prompt_tokens == 40
+    [snapshot] = list(records.snapshots.get(conversation.id))
+    assert snapshot.state["summary"] == ERASED
+    assert records.conversation(conversation.id).context_summary() is None
+
+
+def test_a_summary_expires_with_the_oldest_turn_it_covers_and_the_rest_is_context_again(store):
+    records, _, _ = store
+    now = datetime.now(UTC)
+    old = (now - timedelta(days=40)).isoformat().replace("+00:00", "Z")
+    conversation = say(records, "ada@example.com", "r1")
+    say(records, "ada@example.com", "r2", message="recent question", reply="recent reply")
+    conversation = records.conversation(conversation.id)
+    # Written today, but it covers content from 40 days ago: sealed with that day's key.
+    compact(conversation, "SUMMARY of old and recent", "r2", old)
+    records.save(conversation)
+    assert records.conversation(conversation.id).unsummarised_turns() == []
+
+    Privacy(records, FixedClock(now)).expire(retention_days=30)
+    compacted = [e for e in records.events.get(conversation.id) if type(e).__name__ == "ContextCompacted"]
+    assert compacted[0].summary == EXPIRED
+    loaded = records.conversation(conversation.id)
+    assert loaded.context_summary() is None
+    # Turns it covered that are still within retention are context again.
+    assert [t.reply for t in loaded.unsummarised_turns()] == [REPLY, "recent reply"]

@@ -187,3 +187,24 @@ def test_a_validation_error_never_shows_the_inputs(monkeypatch):
     with pytest.raises(ValidationError) as caught:
         Settings()  # not through load_settings: pydantic's own message
     assert "hunter2" not in str(caught.value)
+
+
+def test_cache_and_batch_settings_are_checked_and_blank_means_unset(monkeypatch):
+    monkeypatch.setenv("MODEL_PROVIDER", "offline")
+    monkeypatch.setenv("SECRET_KEY", "s3cret")
+    monkeypatch.setenv("REDIS_URL", "")
+    monkeypatch.setenv("BATCH_PRIORITY", " ")
+    settings = load_settings()
+    assert settings.REDIS_URL is None and settings.BATCH_PRIORITY is None
+    assert (settings.CACHE_SCOPE, settings.CONTEXT_STRATEGY, settings.CACHE_ANY_TEMPERATURE) == (
+        "user", "summarize", False
+    )
+    monkeypatch.setenv("REDIS_URL", "cache-host:6379")
+    monkeypatch.setenv("CACHE_SCOPE", "everyone")
+    monkeypatch.setenv("CONTEXT_STRATEGY", "forget")
+    with pytest.raises(SettingsError) as caught:
+        load_settings()
+    message = str(caught.value)
+    assert "REDIS_URL: must be a redis://" in message
+    assert "CACHE_SCOPE:" in message and "CONTEXT_STRATEGY:" in message
+    assert "cache-host" not in message  # inputs are never echoed
