@@ -131,9 +131,12 @@ def test_batch_requests_go_through_the_batch_api_at_half_price(broker, fake_open
         assert (stats.batch_waiting, stats.in_flight) == (0, 0)
     assert order[0] == "now"
     batches = fake_openai.batches()
-    assert len(batches) == 1 and sorted(c.split("/")[1] for c in batches[0]["custom_ids"]) == [
-        "b1", "b2", "b3"
+    assert len(batches) == 1 and len(set(batches[0]["custom_ids"])) == 3
+    assert sorted(body["messages"][-1]["content"] for body in batches[0]["bodies"]) == [
+        "no hurry 1", "no hurry 2", "no hurry 3"
     ]
+    # The provider learns nothing of whose each call is.
+    assert not any("@" in custom_id or "b1" in custom_id for custom_id in batches[0]["custom_ids"])
     assert [c["kind"] for c in fake_openai.calls()].count("batch") == 3
     assert len(live_calls(fake_openai)) == 1
     for key in ("b1", "b2", "b3"):

@@ -225,6 +225,13 @@ async def test_duplicate_custom_ids_fail_the_batch(batches, fake_openai):
     assert fake_openai.batches()[0]["errors"]["data"][0]["code"] == "duplicate_custom_id"
 
 
+async def test_a_batch_of_two_models_is_refused_as_the_provider_refuses_it(batches, fake_openai):
+    batch_id = await batches.submit([("a", call("first")), ("b", call("second", model="gpt-4.1"))])
+    state = await ended(batches, batch_id)
+    assert state.status == "failed" and set(state.results) == {"a", "b"}
+    assert fake_openai.batches()[0]["errors"]["data"][0]["code"] == "model_mismatch"
+
+
 async def test_a_batch_the_provider_fails_for_its_token_limit_is_rate_limited(batches, fake_openai):
     fake_openai.batch_settings(outcome="failed", delay=0.2)
     batch_id = await batches.submit([("k", call("later"))])

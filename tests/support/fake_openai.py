@@ -82,7 +82,7 @@ custom ids unique; any line that is not (or an empty file) makes the batch
 ``failed`` at the end of validation, with ``errors`` ``{"object": "list",
 "data": [{"code", "message", "param", "line"}]}`` (codes ``invalid_json_line``,
 ``duplicate_custom_id``, ``missing_required_parameter``, ``invalid_method``,
-``invalid_url``, ``empty_file``).  On entering ``finalizing`` every line is
+``invalid_url``, ``model_mismatch`` (one model per batch), ``empty_file``).  On entering ``finalizing`` every line is
 answered as ``/v1/chat/completions`` would answer its body, steps included
 (``reply``, ``cached_tokens``, ``match``...; a ``status`` step gives that line
 that HTTP error, ``malformed`` or ``disconnect`` a 500; chaos, outage and
@@ -378,6 +378,11 @@ def _read_batch_input(content: bytes, endpoint: str) -> tuple[list[dict[str, Any
         if not isinstance(item.get("body"), dict):
             errors.append(_line_error("missing_required_parameter",
                                       "Missing required parameter: 'body'.", number, "body"))
+        elif requests and isinstance(requests[0]["body"], dict) and \
+                item["body"].get("model") != requests[0]["body"].get("model"):
+            errors.append(_line_error("model_mismatch",
+                                      "All requests in a batch must use the same model.",
+                                      number, "body.model"))
         if isinstance(custom_id, str) and custom_id:
             seen.add(custom_id)
             requests.append({"custom_id": custom_id, "body": item.get("body")})

@@ -260,3 +260,35 @@ async def test_priority_below_the_batch_threshold_goes_by_batch_and_failures_are
     assert answer["error"]["type"] == "invalid_request"
     await service.close()
     assert used_tokens(service) == 0
+
+
+async def test_one_batch_per_model_and_a_call_withdrawn_before_sending_costs_nothing():
+    model = FakeModel()
+    batches = FakeBatchModel(model)
+    service, _ = make_service(model, service_parts={
+        "batches": BatchCollector(batches, window=0.2, poll_interval=0.01)
+    })
+    gone = asyncio.ensure_future(service.handle(ask("g1", "never mind", batch=True,
+                                                     user_email="gone@example.com")))
+    await asyncio.sleep(0.05)
+    gone.cancel()  # still collecting: taken out of the batch
+    await asyncio.gather(gone, return_exceptions=True)
+    answers = [
+        asyncio.ensure_future(service.handle(ask("m1", "mini", batch=True))),
+        asyncio.ensure_future(service.handle(ask("m2", "big", batch=True, model="gpt-4.1",
+                                                 user_email="bob@example.com"))),
+    ]
+    while len(batches.batches) < 2:
+        await asyncio.sleep(0.01)
+    assert sorted(
+        [call.model for _, call in entries] for entries in batches.batches.values()
+    ) == [["gpt-4.1"], ["gpt-4o-mini"]]
+    for batch_id in list(batches.batches):
+        await batches.finish(batch_id)
+    done = await asyncio.gather(*answers)
+    assert {a["response"] for a in done} == {"answer to mini", "answer to big"}
+    custom_ids = [cid for entries in batches.batches.values() for cid, _ in entries]
+    assert all(len(cid) == 32 and "@" not in cid for cid in custom_ids)  # nothing of the user
+    await service.close()
+    # The withdrawn request's hold was given back: only the two answers are spent.
+    assert used_tokens(service) == sum(a["usage"]["total_tokens"] for a in done)
