@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -42,7 +43,10 @@ def test_metrics_count_what_was_sent_and_what_the_model_used(broker, topics, fak
     records.append(("m-bad", b"{not json"))
     produce(broker, topics["REQUEST_TOPIC"], records)
     answers = dict(read(broker, topics["RESPONSE_TOPIC"], len(records)))
-    samples = scrape(worker)
+    # A response can be read a moment before the worker hears it was delivered.
+    deadline = time.monotonic() + 5
+    while total(samples := scrape(worker), "chater_gpt_in_flight") and time.monotonic() < deadline:
+        time.sleep(0.05)
 
     assert total(samples, "chater_gpt_requests_total") == 50
     assert total(samples, "chater_gpt_requests_total", outcome="answered") == 49
