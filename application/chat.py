@@ -87,6 +87,7 @@ RECORDING_GRACE = 10.0  # seconds a closing service waits for paid replies to be
 PII_INLINE_CHARS = 4000  # longer texts are searched for personal data in a thread
 ERASURE_CHECK_INTERVAL = 2.0  # seconds between looks for other replicas' erasures
 ERASURE_CHECK_OVERLAP = timedelta(seconds=30)
+SUMMARIES_KEPT = 1000  # summaries made whose save has not succeeded yet
 CACHE_SWEEP_AGAIN = 20.0  # seconds: a reply in flight at an erasure has been recorded by then
 
 
@@ -228,6 +229,7 @@ class ChatService:
         self.batches = batches
         self.flights: SingleFlight[ModelReply] = SingleFlight()
         self._cache_sweeps: dict[str, tuple[float, bool]] = {}  # erased owner: first seen, twice
+        self._summaries: dict[str, dict[str, Any]] = {}  # by summary call digest
         self.tracer = tracer or trace.get_tracer(__name__)
         self.pii = pii if policy.pii_mode != "off" else None
         self.model = model
@@ -289,8 +291,9 @@ class ChatService:
                         cid, conversation, rid,
                         lambda c: self._record_failure(c, rid, "pii_rejected", message, started),
                     )
+            summarised = None
             if self.policy.context_strategy == "summarize" and not conversation.is_pending(rid):
-                await self._compact_if_needed(request, conversation, reservation)
+                summarised = await self._compact_if_needed(request, conversation, reservation)
             call, history_turns, estimate = self.build_call(request, conversation)
 
             def receive(c: Conversation) -> None:
@@ -321,6 +324,8 @@ class ChatService:
                 )
             try:
                 await self._save(conversation)
+                if summarised is not None:
+                    self._summaries.pop(summarised, None)  # saved: no retry needs it
                 break
             except RecordConflictError:
                 self.ledger.release(reservation)  # another worker wrote: decide again
@@ -813,25 +818,33 @@ class ChatService:
 
     async def _compact_if_needed(
         self, request: ChatRequest, conversation: Conversation, reservation: str
-    ) -> None:
+    ) -> str | None:
         """When stored turns no longer fit the window, have the cheapest model
         summarise the older ones (with any earlier summary) into one note, recorded
         as ContextCompacted. Half the window is kept for recent turns, so that the
         next requests fit without a new summary. If the summary cannot be had
-        (the model fails, the budget is spent), the oldest turns are just dropped."""
+        (the model fails, the budget is spent), the oldest turns are just dropped.
+        Returns the summary call's digest when it compacted."""
         policy = self.policy
         count = functools.cache(self.counter.for_model(self.model_for(request)).count)
         not_before = self._not_before()
         turns = conversation.unsummarised_turns(not_before)
         room = max(self._history_room(request, conversation, count), 0)
         if len(conversation.recent_turns(policy.context_max_turns, room, count, not_before)) == len(turns):
-            return
+            return None
         keep = conversation.recent_turns(policy.context_max_turns // 2, room // 2, count, not_before)
         older = turns[: len(turns) - len(keep)]
         if not older:
-            return
+            return None
         previous = conversation.context_summary(not_before)
         call = summary_call(policy.summary_model, previous, older, policy.context_max_tokens)
+        # A summary made for this very call whose save then conflicted is reused,
+        # not paid for again (its cost is recorded with it, once).
+        digest = call_digest(call)
+        made = self._summaries.get(digest)
+        if made is not None:
+            conversation.compact(**made, compacted_at=iso_timestamp(self.clock))
+            return digest
         estimate = self.estimate_tokens(call)
         hold = f"{reservation}/summary"
         started_call = False
@@ -852,25 +865,29 @@ class ChatService:
                 self._give_back(hold, estimate, started_call and isinstance(error, TimeoutError))
                 log.warning("context not summarised (%s): the oldest turns are dropped",
                             type(error).__name__)
-                return
+                return None
             except BaseException:
                 self._give_back(hold, estimate, started_call)
                 raise
         self.ledger.settle(hold, reply.prompt_tokens + reply.completion_tokens)
-        text = session.unmask(reply.text) if session is not None else reply.text
-        conversation.compact(
-            summary=text,
-            through_request_id=older[-1].request_id,
-            content_from=conversation.summary_from if previous else older[0].answered_at,
-            turns_covered=len(older),
-            model=reply.model,
-            prompt_tokens=reply.prompt_tokens,
-            completion_tokens=reply.completion_tokens,
-            cost=policy.prices.cost(
+        made = {
+            "summary": session.unmask(reply.text) if session is not None else reply.text,
+            "through_request_id": older[-1].request_id,
+            "content_from": conversation.summary_from if previous else older[0].answered_at,
+            "turns_covered": len(older),
+            "model": reply.model,
+            "prompt_tokens": reply.prompt_tokens,
+            "completion_tokens": reply.completion_tokens,
+            "cost": policy.prices.cost(
                 reply.model, reply.prompt_tokens, reply.cached_tokens, reply.completion_tokens
             ),
-            compacted_at=iso_timestamp(self.clock),
-        )
+        }
+        conversation.compact(**made, compacted_at=iso_timestamp(self.clock))
+        # Kept until the save that carries it succeeds (see _answer).
+        self._summaries[digest] = made
+        while len(self._summaries) > SUMMARIES_KEPT:
+            self._summaries.pop(next(iter(self._summaries)))
+        return digest
 
     def _give_back(self, hold: str, estimate: int, billed: bool) -> None:
         """End a hold whose call did not answer: a call cut short may still be billed

@@ -292,3 +292,28 @@ async def test_one_batch_per_model_and_a_call_withdrawn_before_sending_costs_not
     await service.close()
     # The withdrawn request's hold was given back: only the two answers are spent.
     assert used_tokens(service) == sum(a["usage"]["total_tokens"] for a in done)
+
+
+async def test_a_summary_whose_save_conflicted_is_reused_not_paid_again():
+    from eventsourcing.persistence import RecordConflictError
+
+    service, model = make_service(context_max_turns=2, summary_model="cheap-model")
+    for n in range(3):
+        await service.handle(ask(f"r{n}", f"question {n}"))
+    save = service.writer.save
+    conflicts = []
+
+    async def conflicting_once(conversation):
+        if not conflicts and any(type(e).__name__ == "ContextCompacted"
+                                 for e in conversation.pending_events):
+            conflicts.append(conversation.id)
+            conversation.collect_events()  # what another writer's win leaves unsaved
+            service._cache.pop(conversation.id, None)
+            raise RecordConflictError("another worker wrote first")
+        return await save(conversation)
+
+    service.writer.save = conflicting_once
+    answer = await service.handle(ask("r3", "question 3"))
+    assert conflicts and answer["response"] == "answer to question 3"
+    assert [c.model for c in model.calls].count("cheap-model") == 1
+    assert event_names(service).count("ContextCompacted") == 1
