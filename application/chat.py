@@ -302,7 +302,7 @@ class ChatService:
 
             share = self._share_key(request, call)
             if share is not None and not conversation.is_pending(rid):
-                shared = await self._shared_reply(share)
+                shared = await self._shared_reply(share, self._time_left(request))
                 if shared is not None:  # no model call: no budget, no cost
                     reply, source = shared
                     outcome, conversation = await self._conclude(cid, conversation, rid, lambda c: (
@@ -338,7 +338,9 @@ class ChatService:
             if flight is None:
                 # The same call is on its way to the model for another request: wait
                 # for its reply; if that call fails, lead (or follow) the next one.
-                shared_reply = await self.flights.follow(flight_key)
+                shared_reply = await self.flights.follow(flight_key, self._time_left(request))
+                if shared_reply is None and self._time_left(request) == 0:
+                    break  # past its own deadline: the call below says so at once
                 if shared_reply is not None:
                     self.ledger.release(reservation)
                     outcome, conversation = await self._conclude(cid, conversation, rid, lambda c: (
@@ -398,6 +400,14 @@ class ChatService:
             return reply
 
         deadline = self._time_left(request)
+        if deadline == 0:  # already past it (while following another's call, say)
+            self.ledger.release(reservation)
+            log.warning("request %s passed its deadline", rid)
+            outcome, conversation = await self._conclude(
+                cid, conversation, rid,
+                lambda c: self._record_failure(c, rid, "upstream_error", TOO_LATE, started),
+            )
+            return outcome, conversation, None
         try:
             try:
                 async with asyncio.timeout(deadline) as budget_of_time:
@@ -453,9 +463,12 @@ class ChatService:
         scope = "global" if self.policy.cache_scope == "global" else data_owner(request.user_email)
         return scope, call_digest(call)
 
-    async def _shared_reply(self, share: tuple[str, str]) -> tuple[ModelReply, str] | None:
-        """A reply to the same call: being answered right now, or cached; and which."""
-        reply = await self.flights.follow(f"{share[0]}/{share[1]}")
+    async def _shared_reply(
+        self, share: tuple[str, str], wait: float | None
+    ) -> tuple[ModelReply, str] | None:
+        """A reply to the same call: being answered right now (waiting for it at most
+        `wait` seconds), or cached; and which."""
+        reply = await self.flights.follow(f"{share[0]}/{share[1]}", wait)
         if reply is not None:
             return reply, "shared"
         if self.cache is not None:

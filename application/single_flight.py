@@ -26,14 +26,14 @@ class SingleFlight(Generic[T]):
         flight = self._flights[key] = asyncio.get_running_loop().create_future()
         return flight
 
-    async def follow(self, key: str) -> T | None:
-        """The result of the flight leading `key`, or None when there is none or
-        it failed."""
+    async def follow(self, key: str, timeout: float | None = None) -> T | None:
+        """The result of the flight leading `key`, or None when there is none, it
+        failed, or it did not land within `timeout` seconds."""
         flight = self._flights.get(key)
         if flight is None:
             return None
-        await asyncio.wait({flight})
-        if flight.cancelled() or flight.exception() is not None:
+        await asyncio.wait({flight}, timeout=timeout)
+        if not flight.done() or flight.cancelled() or flight.exception() is not None:
             return None
         return flight.result()
 

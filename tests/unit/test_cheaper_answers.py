@@ -317,3 +317,22 @@ async def test_a_summary_whose_save_conflicted_is_reused_not_paid_again():
     assert conflicts and answer["response"] == "answer to question 3"
     assert [c.model for c in model.calls].count("cheap-model") == 1
     assert event_names(service).count("ContextCompacted") == 1
+
+
+async def test_a_follower_does_not_wait_past_its_own_deadline():
+    from adapters.system_clock import SystemClock
+
+    model = FakeModel(delay=0.5)
+    service, _ = make_service(model)
+    service.clock = SystemClock()  # deadlines pass in real time here
+    now = service.clock.now().timestamp()
+    leader = asyncio.ensure_future(service.handle(
+        ask("slow", "same question", temperature=0.0, conversation_id="a")))
+    await asyncio.sleep(0.05)
+    follower = await asyncio.wait_for(service.handle(ask(
+        "hurried", "same question", temperature=0.0, conversation_id="b", deadline=now + 0.1
+    )), timeout=0.4)
+    assert follower["error"]["type"] == "upstream_error"
+    assert "deadline" in follower["error"]["message"]
+    assert (await leader)["response"] == "answer to same question"
+    assert len(model.calls) == 1
