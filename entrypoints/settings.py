@@ -99,9 +99,6 @@ class Settings(BaseSettings):
     PRIORITY_AGING: float = Field(
         30, gt=0, description="seconds of waiting that count as one step of priority"
     )
-    BATCH_TOPIC: str = Field(
-        "gpt-send.batch", description="where batch requests wait for their batch"
-    )
     BATCH_PRIORITY: int | None = Field(
         None, description="requests with a priority below it go through the Batch API"
     )

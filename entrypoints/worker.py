@@ -167,11 +167,6 @@ class KafkaWorker:
             )
             if self.privacy is not None:
                 await asyncio.to_thread(ensure_topics, settings.BOOTSTRAP_SERVER, [settings.ERASE_TOPIC])
-            if self._batching:
-                await asyncio.to_thread(
-                    ensure_topics, settings.BOOTSTRAP_SERVER, [settings.BATCH_TOPIC],
-                    settings.TOPIC_PARTITIONS,
-                )
         consumer = Consumer({
             **consumer_config(settings.BOOTSTRAP_SERVER, settings.CONSUMER_GROUP),
             "on_commit": self._on_commit,
@@ -180,7 +175,7 @@ class KafkaWorker:
         })
         self._producer = Producer(producer_config(settings.BOOTSTRAP_SERVER))
         consumer.subscribe(
-            [settings.REQUEST_TOPIC, *([settings.BATCH_TOPIC] if self._batching else [])],
+            [settings.REQUEST_TOPIC],
             on_assign=self._on_assign,
             on_revoke=self._on_revoke,
             on_lost=self._on_lost,
@@ -467,9 +462,6 @@ class KafkaWorker:
             log.exception("unreadable record at %s[%d]@%d", *record.partition, message.offset())
             self._reject(record, InvalidRequest("the record could not be read", request_id_of(message.key())))
             return
-        if self.service.batched(record.request) and message.topic() != self.settings.BATCH_TOPIC:
-            self._to_batch_topic(record)
-            return
         if self.service.batched(record.request):
             # It waits for its batch, maybe for hours: it must not take a slot of
             # MAX_IN_FLIGHT from the requests answered now.
@@ -487,25 +479,6 @@ class KafkaWorker:
             self._runners.add(runner)
             runner.add_done_callback(self._runners.discard)
         queue.append(record)
-
-    @property
-    def _batching(self) -> bool:
-        return self.service.batches is not None
-
-    def _to_batch_topic(self, record: _Record) -> None:
-        """Move a batch request to BATCH_TOPIC (as it came, with its time), where
-        it waits for its batch: the request topic's committed offset never waits
-        for a batch, and neither do the live requests after it."""
-        message = record.message
-        headers = [
-            (name, value) for name, value in message.headers() or []
-            if name.lower() not in ("traceparent", "tracestate")  # the send span's instead
-        ]
-        kind, millis = message.timestamp()
-        produced = millis if kind != TIMESTAMP_NOT_AVAILABLE and millis > 0 else None
-        record.span.set_attribute("chater.moved_to", self.settings.BATCH_TOPIC)
-        self._send(record, self.settings.BATCH_TOPIC, message.key(), message.value(), headers,
-                   timestamp=produced)
 
     @staticmethod
     def _trace_context(message: Message) -> otel_context.Context:
@@ -769,7 +742,6 @@ class KafkaWorker:
         key: bytes | None,
         value: bytes | None,
         headers: list[tuple[str, bytes]] | None = None,
-        timestamp: int | None = None,
     ) -> None:
         """Produce; the record is finished once everything it produced is delivered.
 
@@ -799,7 +771,7 @@ class KafkaWorker:
                     return
                 attempts += 1
                 log.warning("delivery to %s failed (%s); sending again", topic, error)
-                self._produce(topic, key, value, headers, delivered, timestamp)
+                self._produce(topic, key, value, headers, delivered)
                 return
             span.end()
             record.deliveries -= 1
@@ -808,7 +780,7 @@ class KafkaWorker:
 
         record.deliveries += 1
         try:
-            self._produce(topic, key, value, headers, delivered, timestamp)
+            self._produce(topic, key, value, headers, delivered)
         except KafkaException as error:
             if topic != self.settings.DLQ_TOPIC:
                 span.end()
@@ -818,11 +790,10 @@ class KafkaWorker:
             omitted = [*headers, ("value_omitted", str(error).encode())]
             self._produce(topic, key, None, omitted, delivered)
 
-    def _produce(self, topic, key, value, headers, on_delivery, timestamp=None) -> None:  # type: ignore[no-untyped-def]
+    def _produce(self, topic, key, value, headers, on_delivery) -> None:  # type: ignore[no-untyped-def]
         while True:
             try:
-                self._producer.produce(topic, value, key, headers=headers, on_delivery=on_delivery,
-                                       timestamp=timestamp or 0)
+                self._producer.produce(topic, value, key, headers=headers, on_delivery=on_delivery)
                 self._producer.poll(0)
                 return
             except BufferError:

@@ -126,7 +126,6 @@ def run_service(args, broker, model, store: str, postgres: PostgresServer | None
     """One worker process under load; `bodies(run)` gives the requests (default: requests_for)."""
     run = f"{store}-{uuid.uuid4().hex[:6]}"
     topics = {"REQUEST_TOPIC": f"gpt-send-{run}", "RESPONSE_TOPIC": f"gpt-response-{run}",
-              "BATCH_TOPIC": f"gpt-send-{run}.batch",
               "DLQ_TOPIC": f"gpt-send-{run}.dlq"}
     ensure_topics(broker.bootstrap_server, topics.values())
     if store == "postgres":

@@ -19,10 +19,9 @@ def private_topics(bootstrap_server: str, request_partitions: int = 1) -> dict[s
         "RESPONSE_TOPIC": f"gpt-response-{suffix}",
         "DLQ_TOPIC": f"gpt-send-{suffix}.dlq",
         "ERASE_TOPIC": f"gpt-erase-{suffix}",
-        "BATCH_TOPIC": f"gpt-send-{suffix}.batch",
         "CONSUMER_GROUP": f"chater-gpt-{suffix}",
     }
-    ensure_topics(bootstrap_server, [names["REQUEST_TOPIC"], names["BATCH_TOPIC"]], request_partitions)
+    ensure_topics(bootstrap_server, [names["REQUEST_TOPIC"]], request_partitions)
     ensure_topics(bootstrap_server, [names["RESPONSE_TOPIC"], names["DLQ_TOPIC"], names["ERASE_TOPIC"]])
     return names
 

@@ -42,7 +42,6 @@ class RunningWorker:
             RESPONSE_TOPIC=f"gpt-response-{suffix}",
             DLQ_TOPIC=f"gpt-send-{suffix}.dlq",
             ERASE_TOPIC=f"gpt-erase-{suffix}",
-            BATCH_TOPIC=f"gpt-send-{suffix}.batch",
             CONSUMER_GROUP=f"chater-gpt-{suffix}",
             SECRET_KEY="test-secret",
             REQUESTS_PER_MINUTE=0,
