@@ -228,7 +228,8 @@ class ChatService:
         self.slots = slots or ModelSlots(rate_limiter)
         self.batches = batches
         self.flights: SingleFlight[ModelReply] = SingleFlight()
-        self._cache_sweeps: dict[str, tuple[float, bool]] = {}  # erased owner: first seen, twice
+        # Erased owners in the look-back window: when first swept, None once swept again.
+        self._cache_sweeps: dict[str, float | None] = {}
         self._summaries: dict[str, dict[str, Any]] = {}  # by summary call digest
         self.tracer = tracer or trace.get_tracer(__name__)
         self.pii = pii if policy.pii_mode != "off" else None
@@ -287,14 +288,16 @@ class ChatService:
                 kinds = await self._off_loop_if_long(texts, self.pii.found_in, *texts)
                 if kinds:  # refused before anything of it is stored or sent
                     message = PII_REJECTED.format(kinds=", ".join(sorted(k.lower() for k in kinds)))
-                    return await self._conclude(
-                        cid, conversation, rid,
-                        lambda c: self._record_failure(c, rid, "pii_rejected", message, started),
-                    )
+                    return await self._fail(cid, conversation, rid, "pii_rejected", message, started)
+            # Deciding on a summary and building the call count the same texts:
+            # each is encoded once per request.
+            count = functools.cache(self.counter.for_model(self.model_for(request)).count)
             summarised = None
             if self.policy.context_strategy == "summarize" and not conversation.is_pending(rid):
-                summarised = await self._compact_if_needed(request, conversation, reservation)
-            call, history_turns, estimate = self.build_call(request, conversation)
+                summarised = await self._compact_if_needed(
+                    request, conversation, reservation, count
+                )
+            call, history_turns, estimate = self.build_call(request, conversation, count)
 
             def receive(c: Conversation) -> None:
                 if not c.is_pending(rid) and c.outcome(rid) is None:
@@ -316,11 +319,8 @@ class ChatService:
                 await self.ledger.reserve(reservation, estimate, max_wait=self._time_left(request))
             except BudgetExceeded as error:
                 log.warning("request %s refused: %s", rid, error)
-                return await self._conclude(
-                    cid, conversation, rid,
-                    lambda c: self._record_failure(
-                        c, rid, "budget_exceeded", BUDGET_EXHAUSTED, started
-                    ),
+                return await self._fail(
+                    cid, conversation, rid, "budget_exceeded", BUDGET_EXHAUSTED, started
                 )
             try:
                 await self._save(conversation)
@@ -403,9 +403,8 @@ class ChatService:
         if deadline == 0:  # already past it (while following another's call, say)
             self.ledger.release(reservation)
             log.warning("request %s passed its deadline", rid)
-            outcome, conversation = await self._conclude(
-                cid, conversation, rid,
-                lambda c: self._record_failure(c, rid, "upstream_error", TOO_LATE, started),
+            outcome, conversation = await self._fail(
+                cid, conversation, rid, "upstream_error", TOO_LATE, started
             )
             return outcome, conversation, None
         try:
@@ -429,9 +428,8 @@ class ChatService:
             else:
                 error_type, message = "upstream_error", "The model call failed unexpectedly."
                 log.exception("model call failed unexpectedly for %s", rid)
-            outcome, conversation = await self._conclude(
-                cid, conversation, rid,
-                lambda c: self._record_failure(c, rid, error_type, message, started),
+            outcome, conversation = await self._fail(
+                cid, conversation, rid, error_type, message, started
             )
             return outcome, conversation, None
         self.ledger.settle(reservation, reply.prompt_tokens + reply.completion_tokens)
@@ -596,12 +594,12 @@ class ChatService:
         assert self.cache is not None
         now = time.monotonic()
         for owner in erased_owners:
-            first_seen, swept_twice = self._cache_sweeps.get(owner, (now, False))
-            if owner not in self._cache_sweeps or (
-                not swept_twice and now - first_seen >= CACHE_SWEEP_AGAIN
-            ):
+            if owner not in self._cache_sweeps:  # first seen
                 await self.cache.forget(owner)
-                self._cache_sweeps[owner] = (first_seen, owner in self._cache_sweeps)
+                self._cache_sweeps[owner] = now
+            elif (seen := self._cache_sweeps[owner]) is not None and now - seen >= CACHE_SWEEP_AGAIN:
+                await self.cache.forget(owner)
+                self._cache_sweeps[owner] = None  # swept twice: done
         for owner in set(self._cache_sweeps) - set(erased_owners):
             del self._cache_sweeps[owner]  # out of the window
 
@@ -737,6 +735,21 @@ class ChatService:
             source=source,
         )
 
+    async def _fail(
+        self,
+        cid: UUID,
+        conversation: Conversation,
+        request_id: str,
+        error_type: str,
+        message: str,
+        started: float,
+    ) -> tuple[dict[str, Any], Conversation]:
+        """Record that a request failed, and how: its outcome, and the conversation saved."""
+        return await self._conclude(
+            cid, conversation, request_id,
+            lambda c: self._record_failure(c, request_id, error_type, message, started),
+        )
+
     def _record_failure(
         self,
         conversation: Conversation,
@@ -756,7 +769,10 @@ class ChatService:
     # Context and estimates ----------------------------------------------------
 
     def build_call(
-        self, request: ChatRequest, conversation: Conversation
+        self,
+        request: ChatRequest,
+        conversation: Conversation,
+        count: Callable[[str], int] | None = None,
     ) -> tuple[ModelCall, int, int]:
         """The model call, how many stored turns it carries, and the most it can spend.
 
@@ -765,20 +781,21 @@ class ChatService:
         what is left of the token window.
         """
         policy = self.policy
-        # Selecting the history and estimating the call count the same texts:
-        # each is encoded once per request.
         model = self.model_for(request)
         counter = self.counter.for_model(model)
-        count = functools.cache(counter.count)
+        # Selecting the history and estimating the call count the same texts:
+        # each is encoded once per request.
+        count = count or functools.cache(counter.count)
+        not_before = self._not_before()
         messages: list[ChatMessage] = []
         if request.system_prompt:
             messages.append(ChatMessage("system", request.system_prompt))
-        summary = conversation.context_summary(self._not_before())
+        summary = conversation.context_summary(not_before)
         if summary is not None:
             messages.append(ChatMessage("system", SUMMARY_PREFIX + summary))
-        room = self._history_room(request, conversation, count)
+        room = self._history_room(request, summary, count)
         history = conversation.recent_turns(
-            policy.context_max_turns, max(room, 0), count, not_before=self._not_before()
+            policy.context_max_turns, max(room, 0), count, not_before=not_before
         )
         room -= sum(turn_tokens(turn, count) for turn in history)
         if request.context:
@@ -801,7 +818,7 @@ class ChatService:
         return call, len(history), self.estimate_tokens(call, count)
 
     def _history_room(
-        self, request: ChatRequest, conversation: Conversation, count: Callable[[str], int]
+        self, request: ChatRequest, summary: str | None, count: Callable[[str], int]
     ) -> int:
         """Tokens of the window left for stored turns once the new message, its
         images, the system prompt and the summary are counted."""
@@ -813,7 +830,6 @@ class ChatService:
         )
         if request.system_prompt:
             room -= count(request.system_prompt) + MESSAGE_OVERHEAD_TOKENS
-        summary = conversation.context_summary(self._not_before())
         if summary is not None:
             room -= count(SUMMARY_PREFIX + summary) + MESSAGE_OVERHEAD_TOKENS
         return room
@@ -830,7 +846,11 @@ class ChatService:
     # Context compression ------------------------------------------------------------
 
     async def _compact_if_needed(
-        self, request: ChatRequest, conversation: Conversation, reservation: str
+        self,
+        request: ChatRequest,
+        conversation: Conversation,
+        reservation: str,
+        count: Callable[[str], int],
     ) -> str | None:
         """When stored turns no longer fit the window, have the cheapest model
         summarise the older ones (with any earlier summary) into one note, recorded
@@ -839,17 +859,16 @@ class ChatService:
         (the model fails, the budget is spent), the oldest turns are just dropped.
         Returns the summary call's digest when it compacted."""
         policy = self.policy
-        count = functools.cache(self.counter.for_model(self.model_for(request)).count)
         not_before = self._not_before()
         turns = conversation.unsummarised_turns(not_before)
-        room = max(self._history_room(request, conversation, count), 0)
+        previous = conversation.context_summary(not_before)
+        room = max(self._history_room(request, previous, count), 0)
         if len(conversation.recent_turns(policy.context_max_turns, room, count, not_before)) == len(turns):
             return None
         keep = conversation.recent_turns(policy.context_max_turns // 2, room // 2, count, not_before)
         older = turns[: len(turns) - len(keep)]
         if not older:
             return None
-        previous = conversation.context_summary(not_before)
         call = summary_call(policy.summary_model, previous, older, policy.context_max_tokens)
         # A summary made for this very call whose save then conflicted is reused,
         # not paid for again (its cost is recorded with it, once).
