@@ -13,7 +13,7 @@ import httpx2
 import openai
 from openai import AsyncOpenAI
 
-from adapters.openai_model import ApiKeySource, chat_body, translate
+from adapters.openai_model import ApiKeySource, chat_body, reply_from_completion, translate
 from adapters.secret_file import StaticSecret
 from application.ports import BatchState, ModelCall, ModelError, ModelReply
 
@@ -188,7 +188,7 @@ class OpenAIBatch:
                 status = int(response["status_code"])
                 body = response.get("body")
                 if status == 200:
-                    return _reply(body, model)
+                    return reply_from_completion(body, model)
                 return self._line_error(status, body, model)
         except (ValueError, KeyError, IndexError, TypeError, AttributeError):
             log.warning("unreadable line in a batch's output from the model provider")
@@ -213,20 +213,6 @@ class OpenAIBatch:
         return translate(
             error_class("a request of the batch failed", response=response, body=data), model
         )
-
-
-def _reply(completion: Any, model: str) -> ModelReply:
-    """A chat.completion (the body of an answered line) as a reply."""
-    choice = completion["choices"][0]
-    usage = completion.get("usage") or {}
-    return ModelReply(
-        text=choice["message"].get("content") or "",
-        model=completion.get("model") or model,
-        prompt_tokens=int(usage.get("prompt_tokens", 0)),
-        completion_tokens=int(usage.get("completion_tokens", 0)),
-        cached_tokens=int((usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0),
-        finish_reason=choice.get("finish_reason") or "stop",
-    )
 
 
 def _jsonl(content: bytes) -> list[dict[str, Any]]:

@@ -7,6 +7,7 @@ import json
 import logging
 import re
 import math
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -40,6 +41,21 @@ def chat_body(call: ModelCall) -> dict[str, Any]:
         "max_tokens": call.max_tokens,
         "temperature": call.temperature,
     }
+
+
+def reply_from_completion(completion: dict[str, Any], model: str) -> ModelReply:
+    """A `chat.completion` object as a reply (`model`: the one asked, if it names none).
+    Raises KeyError, IndexError, TypeError... on a body that is not one."""
+    choice = completion["choices"][0]
+    usage = completion.get("usage") or {}
+    return ModelReply(
+        text=choice["message"].get("content") or "",
+        model=completion.get("model") or model,
+        prompt_tokens=int(usage.get("prompt_tokens", 0)),
+        completion_tokens=int(usage.get("completion_tokens", 0)),
+        cached_tokens=int((usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0),
+        finish_reason=choice.get("finish_reason") or "stop",
+    )
 
 
 class ApiKeySource(Protocol):
@@ -95,20 +111,8 @@ class OpenAIModel:
         body = chat_body(call)
         try:
             response = await self._post(body)
-            completion = json.loads(response.content)
-            choice = completion["choices"][0]
-            usage = completion.get("usage") or {}
-            return ModelReply(
-                text=choice["message"].get("content") or "",
-                model=completion.get("model") or call.model,
-                prompt_tokens=int(usage.get("prompt_tokens", 0)),
-                completion_tokens=int(usage.get("completion_tokens", 0)),
-                cached_tokens=int(
-                    (usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0
-                ),
-                finish_reason=choice.get("finish_reason") or "stop",
-                rate_limits=rate_limit_status(response.headers),
-            )
+            reply = reply_from_completion(json.loads(response.content), call.model)
+            return replace(reply, rate_limits=rate_limit_status(response.headers))
         except openai.OpenAIError as error:
             raise translate(error, call.model) from None
         except (ValueError, KeyError, IndexError, TypeError, AttributeError):
