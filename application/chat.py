@@ -28,7 +28,7 @@ from opentelemetry import trace
 
 from application.batching import BatchCollector
 from application.budget_ledger import BudgetLedger
-from application.contract import ChatRequest, error_payload
+from application.contract import ChatRequest, ChatResponse, Usage, iso_timestamp_of
 from application.group_commit import GroupCommitter
 from application.images import Image, image_tokens
 from application.model_slots import ModelSlots
@@ -254,8 +254,8 @@ class ChatService:
             lease_expiry=policy.budget_lease_expiry,
         )
 
-    async def handle(self, request: ChatRequest) -> dict[str, Any]:
-        """The response payload for a request (DESIGN §2), success or error.
+    async def handle(self, request: ChatRequest) -> ChatResponse:
+        """The response to a request (DESIGN §2), success or error.
 
         A request that already ended is answered from its recorded outcome, so a
         redelivered record never reaches the model twice.
@@ -271,7 +271,7 @@ class ChatService:
             self.ledger.release(reservation)
         # Only a conversation whose every change is saved is kept for its next turn.
         self._remember(conversation)
-        return outcome
+        return response_of(outcome)
 
     async def _answer(
         self, request: ChatRequest, cid: UUID, reservation: str, started: float
@@ -993,12 +993,25 @@ def iso_timestamp(clock: Clock) -> str:
     return iso_timestamp_of(clock.now())
 
 
-def iso_timestamp_of(at: datetime) -> str:
-    return at.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+def response_of(outcome: dict[str, Any]) -> ChatResponse:
+    """The response for a recorded outcome."""
+    if "error" in outcome:
+        return ChatResponse.failure(
+            outcome["error"]["type"], outcome["error"]["message"],
+            outcome["timestamp"], outcome["processing_time"],
+        )
+    usage = outcome["usage"]
+    return ChatResponse.answer(
+        text=outcome["response"], model=outcome["model"],
+        usage=Usage(usage["prompt_tokens"], usage["completion_tokens"]),
+        cost_usd=outcome["cost_usd"], finish_reason=outcome["finish_reason"],
+        timestamp=outcome["timestamp"], processing_time=outcome["processing_time"],
+        source="batch" if outcome.get("batch") else "cache" if outcome.get("cached") else "model",
+    )
 
 
-def rejection(error_type: str, message: str, clock: Clock, started: float) -> dict[str, Any]:
-    """The payload for a request rejected before it reached the use case."""
-    return error_payload(
+def rejection(error_type: str, message: str, clock: Clock, started: float) -> ChatResponse:
+    """The response to a request rejected before it reached the use case."""
+    return ChatResponse.failure(
         error_type, message, iso_timestamp(clock), round(time.perf_counter() - started, 3)
     )

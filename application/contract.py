@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from typing import Any
 
 from application.images import Image, InvalidImage, decode_image
@@ -202,15 +203,99 @@ def _unreadable(text: str) -> str | None:
     return None
 
 
-def error_payload(
-    error_type: str, message: str, timestamp: str, processing_time: float
-) -> dict[str, Any]:
-    return {
-        "error": {"type": error_type, "message": message},
-        "timestamp": timestamp,
-        "processing_time": processing_time,
-    }
+# Where an answer came from: the model itself, the provider's Batch API, the
+# response cache, or another request's identical call in flight at the same moment.
+SOURCES = ("model", "batch", "cache", "shared")
 
 
-def encode_response(payload: dict[str, Any]) -> bytes:
-    return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+@dataclass(frozen=True)
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass(frozen=True)
+class ChatResponse:
+    """One record on `gpt-response`: an answer or an error (DESIGN §2), built by
+    `answer` or `failure` and serialised by `to_json` / `encode` only."""
+
+    timestamp: str
+    processing_time: float
+    text: str | None = None
+    model: str | None = None
+    usage: Usage | None = None
+    cost_usd: float | None = None
+    finish_reason: str | None = None
+    source: str | None = None  # one of SOURCES for an answer
+    error_type: str | None = None
+    error_message: str | None = None
+
+    @classmethod
+    def answer(
+        cls, *, text: str, model: str, usage: Usage, cost_usd: float | None,
+        finish_reason: str, timestamp: str, processing_time: float, source: str = "model",
+    ) -> ChatResponse:
+        return cls(timestamp, processing_time, text=text, model=model, usage=usage,
+                   cost_usd=cost_usd, finish_reason=finish_reason, source=source)
+
+    @classmethod
+    def failure(
+        cls, error_type: str, message: str, timestamp: str, processing_time: float
+    ) -> ChatResponse:
+        return cls(timestamp, processing_time, error_type=error_type, error_message=message)
+
+    @property
+    def ok(self) -> bool:
+        return self.error_type is None
+
+    @property
+    def outcome(self) -> str:
+        """"answered", or the error's type."""
+        return "answered" if self.error_type is None else self.error_type
+
+    @property
+    def shared(self) -> bool:
+        """Answered without a call of its own: from the cache or an identical call."""
+        return self.source in ("cache", "shared")
+
+    def with_text(self, text: str) -> ChatResponse:
+        return replace(self, text=text)
+
+    def to_json(self) -> dict[str, Any]:
+        if self.error_type is not None:
+            return {
+                "error": {"type": self.error_type, "message": self.error_message or ""},
+                "timestamp": self.timestamp,
+                "processing_time": self.processing_time,
+            }
+        usage = self.usage or Usage()
+        payload: dict[str, Any] = {
+            "response": self.text,
+            "model": self.model,
+            "usage": {
+                "prompt_tokens": usage.prompt_tokens,
+                "completion_tokens": usage.completion_tokens,
+                "total_tokens": usage.total_tokens,
+            },
+            "cost_usd": self.cost_usd,
+            "finish_reason": self.finish_reason,
+            "timestamp": self.timestamp,
+            "processing_time": self.processing_time,
+        }
+        if self.shared:
+            payload["cached"] = True
+        elif self.source == "batch":
+            payload["batch"] = True
+        return payload
+
+    def encode(self) -> bytes:
+        return json.dumps(self.to_json(), ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def iso_timestamp_of(at: datetime) -> str:
+    """UTC time as the contract shows it, e.g. 2024-01-01T00:00:00.000Z."""
+    return at.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")

@@ -7,6 +7,7 @@ destroys or rewraps the data keys. The accounting stays readable throughout.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 from datetime import timedelta
@@ -54,12 +55,29 @@ class PrivacyError(RuntimeError):
 class Privacy:
     """Erase a user, expire old content, rotate the master key."""
 
-    def __init__(self, records: ChatRecords, clock: Clock) -> None:
+    def __init__(self, records: ChatRecords, clock: Clock, service: Any = None) -> None:
         if records.data_keys is None:
             raise PrivacyError("this event store keeps no data keys")
         self.records = records
         self.keys: DataKeys = records.data_keys
         self.clock = clock
+        self.service = service
+
+    async def erase_user(self, user_email: str, requested_by: str) -> Erasure:
+        """Erase a user everywhere this process keeps them: recorded, keys destroyed,
+        kept conversations and cached replies dropped."""
+        erasure = await asyncio.to_thread(self.erase, user_email, requested_by)
+        if self.service is not None:
+            self.service.forget(erasure.conversation_ids)
+            await self.service.forget_cached(user_email)
+        return erasure
+
+    async def expire_content(self, retention_days: int) -> list[str]:
+        """Expire content past the retention window; the conversations concerned."""
+        expired = await asyncio.to_thread(self.expire, retention_days)
+        if self.service is not None:
+            self.service.forget(expired)
+        return expired
 
     def erase(self, user_email: str, requested_by: str) -> Erasure:
         """Record the erasure on each of the user's conversations, then destroy the

@@ -172,7 +172,7 @@ class Container(containers.DeclarativeContainer):
         batches=batches,
         metrics=metrics,
     )
-    privacy = providers.Singleton(Privacy, records=records, clock=clock)
+    privacy = providers.Singleton(Privacy, records=records, clock=clock, service=chat_service)
     worker = providers.Singleton(
         KafkaWorker,
         service=chat_service,

@@ -40,8 +40,14 @@ from adapters.dead_letters import SEALED_HEADER, SEALED_WITH, DeadLetterSeal
 from adapters.kafka import consumer_config, ensure_topics, producer_config
 from adapters.kafka_offsets import OffsetTracker
 from application.chat import ChatService, rejection
-from application.contract import ChatRequest, InvalidRequest, parse_request, request_id_of
-from application.contract import encode_response
+from application.contract import (
+    ChatRequest,
+    ChatResponse,
+    InvalidRequest,
+    Usage,
+    parse_request,
+    request_id_of,
+)
 from application.ports import Clock, Metrics
 from application.privacy import Privacy
 from application.usage import user_hash
@@ -74,7 +80,7 @@ class _Record:
     epoch: int | None
     request: ChatRequest | None = None
     deliveries: int = 0
-    answering: asyncio.Task[dict[str, Any]] | None = None
+    answering: asyncio.Task[ChatResponse] | None = None
     # Waiting for a Batch API batch (hours, maybe): counted apart from MAX_IN_FLIGHT.
     batched: bool = False
     # From consume to the last delivery of what it produced (W3C trace context).
@@ -251,8 +257,7 @@ class KafkaWorker:
     async def _run_retention(self) -> None:
         assert self.privacy is not None
         try:
-            expired = await asyncio.to_thread(self.privacy.expire, self.settings.RETENTION_DAYS)
-            self.service.forget(expired)
+            await self.privacy.expire_content(self.settings.RETENTION_DAYS)
         except Exception as error:  # the store is down, say: the next run does it
             log.warning("retention run failed (%s); trying again in %.0fs",
                         type(error).__name__, self.settings.RETENTION_INTERVAL)
@@ -301,16 +306,13 @@ class KafkaWorker:
                 return True
             try:
                 erasure = await self._persevere(
-                    "erasing a user",
-                    lambda: asyncio.to_thread(self.privacy.erase, email, requested_by),
+                    "erasing a user", lambda: self.privacy.erase_user(email, requested_by)
                 )
             except _Stopping:
                 return False  # fetched again by whoever runs next
             except _GaveUp as error:  # a bug, say: set aside
                 self._dead_letter_erasure(message, f"erasure failed: {error}")
                 return True
-            self.service.forget(erasure.conversation_ids)
-            await self.service.forget_cached(email)  # a cache outage: they expire by CACHE_TTL
             span.set_attribute("chater.erased_conversations", len(erasure.conversation_ids))
             return True
 
@@ -530,9 +532,9 @@ class KafkaWorker:
             while queue:
                 record = queue[0]
                 if self._offsets.is_current(record.partition, record.epoch):
-                    payload = await self._answer_unless_abandoned(record)
-                    if payload is not None and self._offsets.is_current(record.partition, record.epoch):
-                        self._respond(record, payload)
+                    response = await self._answer_unless_abandoned(record)
+                    if response is not None and self._offsets.is_current(record.partition, record.epoch):
+                        self._respond(record, response)
                     else:
                         self._drop(record)
                 else:
@@ -552,8 +554,8 @@ class KafkaWorker:
             if self._queues.get(key) is queue:
                 del self._queues[key]
 
-    async def _answer_unless_abandoned(self, record: _Record) -> dict[str, Any] | None:
-        """The record's response payload, or None if its partition was taken away
+    async def _answer_unless_abandoned(self, record: _Record) -> ChatResponse | None:
+        """The record's response, or None if its partition was taken away
         while it waited (see `_abandon`)."""
         assert record.request is not None
         # The use case's spans (store, model) are children of the request's.
@@ -591,7 +593,7 @@ class KafkaWorker:
                 log.info("abandoning %s: its partition is no longer ours", record.request.request_id)
                 record.answering.cancel()
 
-    async def _answer(self, request: ChatRequest) -> dict[str, Any]:
+    async def _answer(self, request: ChatRequest) -> ChatResponse:
         started = time.perf_counter()
         try:
             return await self._persevere(
@@ -626,15 +628,15 @@ class KafkaWorker:
 
     # Producing ------------------------------------------------------------------
 
-    def _respond(self, record: _Record, payload: dict[str, Any]) -> None:
+    def _respond(self, record: _Record, response: ChatResponse) -> None:
         assert record.request is not None
-        if "error" in payload:
-            self.stats.errors += 1
-        else:
+        if response.ok:
             self.stats.answered += 1
-        self._measure(record, payload)
+        else:
+            self.stats.errors += 1
+        self._measure(record, response)
         key = record.message.key() or record.request.request_id.encode()
-        self._send(record, self.settings.RESPONSE_TOPIC, key, encode_response(payload))
+        self._send(record, self.settings.RESPONSE_TOPIC, key, response.encode())
 
     def _reject(self, record: _Record, error: InvalidRequest) -> None:
         message = record.message
@@ -648,10 +650,10 @@ class KafkaWorker:
         key = message.key() or (error.request_id.encode() if error.request_id else None)
         # Counted before either is sent, so that the first delivery cannot finish the record.
         record.deliveries += 1
-        self._measure(record, {"error": {"type": "invalid_request"}})
+        response = rejection("invalid_request", error.message, self.clock, time.perf_counter())
+        self._measure(record, response)
         if key is not None:
-            payload = rejection("invalid_request", error.message, self.clock, time.perf_counter())
-            self._send(record, self.settings.RESPONSE_TOPIC, key, encode_response(payload))
+            self._send(record, self.settings.RESPONSE_TOPIC, key, response.encode())
         else:
             log.warning("invalid record has no key: no error response can be matched to it")
         self._send(record, self.settings.DLQ_TOPIC, message.key(), self._sealed(message), headers)
@@ -671,43 +673,43 @@ class KafkaWorker:
         value = message.value()
         return None if value is None else self._seal.seal(value)
 
-    def _measure(self, record: _Record, payload: dict[str, Any]) -> None:
+    def _measure(self, record: _Record, response: ChatResponse) -> None:
         """One response for the metrics and the log: outcome, model, kind, time
         since produced, tokens. No message text or e-mail address unless LOG_CONTENT."""
         try:
-            self._account(record, payload)
+            self._account(record, response)
         except Exception:  # telemetry must never stop a response
             log.exception("could not record metrics for a response")
 
-    def _account(self, record: _Record, payload: dict[str, Any]) -> None:
+    def _account(self, record: _Record, response: ChatResponse) -> None:
         request = record.request
         images = bool(request and request.images)
-        model = self.model_label(payload.get("model") or (
+        model = self.model_label(response.model or (
             "none" if request is None else self.service.model_for(request)
         ))
         now = time.time()
-        usage = payload.get("usage") or {}
+        usage = response.usage or Usage()
         figures = {
-            "outcome": payload["error"]["type"] if "error" in payload else "answered",
+            "outcome": response.outcome,
             "model": model,
             "kind": "vision" if images else "text",
             "seconds": now - self._produced_at(record.message, now),
         }
-        source = "cached" if payload.get("cached") else "batch" if payload.get("batch") else "model"
+        source = "cached" if response.shared else "batch" if response.source == "batch" else "model"
         if self.metrics is not None:
             self.metrics.request_finished(**figures)
-            if "usage" in payload:
+            if response.ok:
                 self.metrics.reply_served(source=source)
         span = record.span
         span.set_attributes({
             "chater.outcome": figures["outcome"],
             "gen_ai.response.model": model,
-            "gen_ai.usage.input_tokens": int(usage.get("prompt_tokens", 0)),
-            "gen_ai.usage.output_tokens": int(usage.get("completion_tokens", 0)),
+            "gen_ai.usage.input_tokens": usage.prompt_tokens,
+            "gen_ai.usage.output_tokens": usage.completion_tokens,
         })
-        if payload.get("cost_usd") is not None:
-            span.set_attribute("chater.cost_usd", payload["cost_usd"])
-        if "error" in payload:
+        if response.cost_usd is not None:
+            span.set_attribute("chater.cost_usd", response.cost_usd)
+        if not response.ok:
             span.set_attribute("error.type", figures["outcome"])
             span.set_status(Status(StatusCode.ERROR, figures["outcome"]))
         if request_log.isEnabledFor(logging.INFO):
@@ -715,15 +717,15 @@ class KafkaWorker:
                 "key": request.request_id if request else request_id_of(record.message.key()),
                 "user": self._user_hash(request.user_email) if request else None,
                 **{name: value for name, value in figures.items() if name != "seconds"},
-                "prompt_tokens": int(usage.get("prompt_tokens", 0)),
-                "completion_tokens": int(usage.get("completion_tokens", 0)),
+                "prompt_tokens": usage.prompt_tokens,
+                "completion_tokens": usage.completion_tokens,
                 "latency_ms": round(figures["seconds"] * 1000, 1),
                 # The request's trace, for finding it in the tracing backend.
                 "trace_id": trace.format_trace_id(span.get_span_context().trace_id),
             }
-            if "usage" in payload:  # answered: priced, or plainly marked as not
+            if response.ok:  # answered: priced, or plainly marked as not
                 line["source"] = source
-                line["cost_usd"] = payload.get("cost_usd")
+                line["cost_usd"] = response.cost_usd
                 if line["cost_usd"] is None:
                     line["unpriced"] = True
             if self.settings.LOG_CONTENT and request is not None:

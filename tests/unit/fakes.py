@@ -141,3 +141,8 @@ def make_service(
         **(service_parts or {}),  # type: ignore[arg-type]
     )
     return service, model
+
+
+async def wire(service: ChatService, request: object) -> dict[str, object]:
+    """The service's response to a request as it goes on the wire (JSON)."""
+    return (await service.handle(request)).to_json()  # type: ignore[arg-type]

@@ -7,7 +7,7 @@ from application.images import Image
 from application.ports import ModelError, ModelReply
 from domain.conversation import conversation_id
 from domain.token_budget import SERVICE_SCOPE
-from tests.unit.fakes import make_service
+from tests.unit.fakes import make_service, wire
 
 PNG = Image("image/png", base64.b64decode(
     "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg=="
@@ -24,7 +24,7 @@ def budget_of(service):
 
 async def test_a_question_is_answered_and_recorded():
     service, model = make_service()
-    payload = await service.handle(ask("r1", "hello there"))
+    payload = await wire(service, ask("r1", "hello there"))
     assert payload["response"] == "answer to hello there"
     assert payload["model"] == "gpt-4o-mini"
     assert payload["usage"]["total_tokens"] == payload["usage"]["prompt_tokens"] + 4
@@ -37,8 +37,8 @@ async def test_a_question_is_answered_and_recorded():
 
 async def test_a_redelivered_request_is_answered_from_the_record_not_the_model():
     service, model = make_service()
-    first = await service.handle(ask("r1", "hello"))
-    again = await service.handle(ask("r1", "hello"))
+    first = await wire(service, ask("r1", "hello"))
+    again = await wire(service, ask("r1", "hello"))
     assert again == first
     assert len(model.calls) == 1
     assert service.rate_limiter.acquired == 1
@@ -46,8 +46,8 @@ async def test_a_redelivered_request_is_answered_from_the_record_not_the_model()
 
 async def test_follow_ups_carry_the_history_and_the_callers_context():
     service, model = make_service()
-    await service.handle(ask("r1", "my name is Ada"))
-    await service.handle(ask("r2", "what is my name?", context="we met yesterday", system_prompt="be kind"))
+    await wire(service, ask("r1", "my name is Ada"))
+    await wire(service, ask("r2", "what is my name?", context="we met yesterday", system_prompt="be kind"))
     sent = [(m.role, m.text) for m in model.calls[-1].messages]
     assert sent == [
         ("system", "be kind"),
@@ -61,33 +61,33 @@ async def test_follow_ups_carry_the_history_and_the_callers_context():
 async def test_history_is_bounded_by_turns_and_tokens_but_keeps_system_prompt_and_message():
     service, model = make_service(context_max_turns=2, context_strategy="truncate")
     for n in range(4):
-        await service.handle(ask(f"r{n}", f"question {n}"))
+        await wire(service, ask(f"r{n}", f"question {n}"))
     users = [m.text for m in model.calls[-1].messages if m.role == "user"]
     assert users == ["question 1", "question 2", "question 3"]
 
     tight, tight_model = make_service(context_max_tokens=30, context_strategy="truncate")
-    await tight.handle(ask("r1", "one two three"))
+    await wire(tight, ask("r1", "one two three"))
     long_message = "word " * 40
-    await tight.handle(ask("r2", long_message, system_prompt="stay on topic"))
+    await wire(tight, ask("r2", long_message, system_prompt="stay on topic"))
     sent = [(m.role, m.text) for m in tight_model.calls[-1].messages]
     assert sent == [("system", "stay on topic"), ("user", long_message)]
 
 
 async def test_other_threads_of_the_same_user_are_separate_conversations():
     service, model = make_service()
-    await service.handle(ask("r1", "in thread a", conversation_id="a"))
-    await service.handle(ask("r2", "in thread b", conversation_id="b"))
+    await wire(service, ask("r1", "in thread a", conversation_id="a"))
+    await wire(service, ask("r2", "in thread b", conversation_id="b"))
     assert [m.text for m in model.calls[-1].messages] == ["in thread b"]
 
 
 async def test_images_go_to_the_vision_model_unless_a_model_is_named():
     service, model = make_service()
-    await service.handle(ask("r1", "what is this?", images=(PNG,)))
+    await wire(service, ask("r1", "what is this?", images=(PNG,)))
     assert model.calls[-1].model == "gpt-4o-latest"
     assert model.calls[-1].messages[-1].images == (PNG,)
-    await service.handle(ask("r2", "and this?", images=(PNG,), model="gpt-4o"))
+    await wire(service, ask("r2", "and this?", images=(PNG,), model="gpt-4o"))
     assert model.calls[-1].model == "gpt-4o"
-    await service.handle(ask("r3", "text only", max_tokens=12, temperature=0.1))
+    await wire(service, ask("r3", "text only", max_tokens=12, temperature=0.1))
     assert (model.calls[-1].model, model.calls[-1].max_tokens, model.calls[-1].temperature) == (
         "gpt-4o-mini", 12, 0.1
     )
@@ -96,7 +96,7 @@ async def test_images_go_to_the_vision_model_unless_a_model_is_named():
 async def test_tokens_are_leased_before_the_call_and_settled_with_the_real_usage():
     service, model = make_service(daily_token_limit=10_000, max_tokens=100)
     model.script.append(ModelReply("short", "gpt-4o-mini", prompt_tokens=7, completion_tokens=3))
-    await service.handle(ask("r1", "hello"))
+    await wire(service, ask("r1", "hello"))
     # The worker's lease is reserved in the stored budget while it is open ...
     assert budget_of(service).reserved == 5000 and budget_of(service).used == 0
     await service.close()
@@ -111,24 +111,24 @@ async def test_a_request_beyond_the_daily_budget_is_refused_without_calling_the_
     # "hello" costs 1 + 4 overhead + 3 priming + 100 max_tokens = 108 tokens at most;
     # the second also carries the first turn (4 words + 8 overhead): 120.
     service, model = make_service(daily_token_limit=110, max_tokens=100)
-    await service.handle(ask("r1", "hello"))
-    refused = await service.handle(ask("r2", "hello"))
+    await wire(service, ask("r1", "hello"))
+    refused = await wire(service, ask("r2", "hello"))
     assert refused["error"] == {
         "type": "budget_exceeded",
         "message": "The service's daily token budget is used up; please try again tomorrow.",
     }
     assert len(model.calls) == 1
-    assert await service.handle(ask("r2", "hello")) == refused  # redelivered: same answer
+    assert await wire(service, ask("r2", "hello")) == refused  # redelivered: same answer
 
 
 async def test_a_failed_call_is_recorded_and_its_reservation_released():
     service, model = make_service(daily_token_limit=200, max_tokens=100)
     model.script.append(ModelError("upstream_error", "The model provider failed (HTTP 500)."))
-    failed = await service.handle(ask("r1", "hello"))
+    failed = await wire(service, ask("r1", "hello"))
     assert failed["error"] == {"type": "upstream_error", "message": "The model provider failed (HTTP 500)."}
     await service.close()
     assert budget_of(service).reserved == 0 and budget_of(service).used == 0
-    answered = await service.handle(ask("r2", "hello"))
+    answered = await wire(service, ask("r2", "hello"))
     assert "response" in answered
     conversation = service.records.conversation(conversation_id("ada@example.com"))
     assert [t.request_id for t in conversation.turns] == ["r2"]
@@ -150,9 +150,9 @@ async def test_a_request_waits_while_requests_in_flight_hold_the_budget():
         return await original(call)
 
     model.complete = slow_first
-    first = asyncio.create_task(service.handle(ask("r1", "one", user_email="a@x.com")))
+    first = asyncio.create_task(wire(service, ask("r1", "one", user_email="a@x.com")))
     await asyncio.sleep(0.05)
-    second = asyncio.create_task(service.handle(ask("r2", "two", user_email="b@x.com")))
+    second = asyncio.create_task(wire(service, ask("r2", "two", user_email="b@x.com")))
     await asyncio.sleep(0.2)
     assert not second.done()  # waiting, not refused
     release.set()
@@ -164,8 +164,8 @@ async def test_a_request_waits_while_requests_in_flight_hold_the_budget():
 
 async def test_the_same_request_id_from_two_users_is_paid_twice():
     service, model = make_service()
-    await service.handle(ask("same-key", "hello", user_email="a@x.com"))
-    await service.handle(ask("same-key", "hello", user_email="b@x.com"))
+    await wire(service, ask("same-key", "hello", user_email="a@x.com"))
+    await wire(service, ask("same-key", "hello", user_email="b@x.com"))
     assert len(model.calls) == 2
     await service.close()
     assert budget_of(service).used == 2 * (1 + 3)  # "hello" in, "answer to hello" out, twice
@@ -178,16 +178,16 @@ async def test_an_unexpected_model_failure_is_an_upstream_error_and_frees_the_bu
         raise RuntimeError("protocol error with secret details")
 
     model.complete = broken
-    failed = await service.handle(ask("r1", "hello"))
+    failed = await wire(service, ask("r1", "hello"))
     assert failed["error"] == {"type": "upstream_error", "message": "The model call failed unexpectedly."}
     await service.close()
     assert budget_of(service).reserved == 0 and budget_of(service).used == 0
-    assert await service.handle(ask("r1", "hello")) == failed
+    assert await wire(service, ask("r1", "hello")) == failed
 
 
 async def test_long_conversations_and_busy_budgets_load_from_snapshots():
     service, model = make_service(context_strategy="truncate")  # no summaries' tokens
-    answers = [await service.handle(ask(f"r{n}", f"question {n}")) for n in range(60)]
+    answers = [await wire(service, ask(f"r{n}", f"question {n}")) for n in range(60)]
     cid = conversation_id("ada@example.com")
     assert list(service.records.snapshots.get(cid)), "no snapshot of the conversation"
     conversation = service.records.conversation(cid)
@@ -212,7 +212,7 @@ async def test_a_request_cancelled_during_the_model_call_gives_its_hold_back():
         await asyncio.Event().wait()
 
     model.complete = never
-    task = asyncio.create_task(service.handle(ask("r1", "hello")))
+    task = asyncio.create_task(wire(service, ask("r1", "hello")))
     await asyncio.sleep(0.05)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -235,10 +235,10 @@ async def test_a_failed_write_of_the_reply_leaves_nothing_half_saved_behind():
 
     service.writer.save = failing_second_write
     with pytest.raises(RuntimeError):
-        await service.handle(ask("r1", "hello"))
-    again = await service.handle(ask("r1", "hello"))  # the redelivery
+        await wire(service, ask("r1", "hello"))
+    again = await wire(service, ask("r1", "hello"))  # the redelivery
     assert again["response"] == "answer to hello"
-    follow_up = await service.handle(ask("r2", "and then?"))
+    follow_up = await wire(service, ask("r2", "and then?"))
     assert "response" in follow_up and len(model.calls) == 3
 
 
@@ -252,7 +252,7 @@ async def test_a_request_past_its_deadline_gets_an_upstream_error_instead_of_wai
 
     model.complete = stuck
     deadline = service.clock.now().timestamp() + 0.1
-    late = await asyncio.wait_for(service.handle(ask("r1", "hello", deadline=deadline)), 5)
+    late = await asyncio.wait_for(wire(service, ask("r1", "hello", deadline=deadline)), 5)
     assert late["error"] == {
         "type": "upstream_error",
         "message": "The model could not answer before the request's deadline.",
@@ -271,7 +271,7 @@ async def test_a_call_cut_short_by_the_deadline_is_counted_at_its_estimate():
 
     model.complete = slow
     deadline = service.clock.now().timestamp() + 0.1
-    late = await service.handle(ask("r1", "hello", deadline=deadline))
+    late = await wire(service, ask("r1", "hello", deadline=deadline))
     assert late["error"]["type"] == "upstream_error"
     await service.close()
     assert budget_of(service).used == 1 + 4 + 3 + 100  # the provider may have billed it
@@ -286,10 +286,10 @@ async def test_a_request_cut_short_while_an_open_circuit_held_it_back_costs_noth
     service, model = make_service(daily_token_limit=100_000, max_tokens=100)
     model.script = [ModelError("upstream_error", "down", True)]
     service.model = CircuitBreaker(model, failure_threshold=1, probe_interval=60)
-    failed = await service.handle(ask("r1", "hello"))  # opens the circuit
+    failed = await wire(service, ask("r1", "hello"))  # opens the circuit
     assert failed["error"]["type"] == "upstream_error"
     deadline = service.clock.now().timestamp() + 0.1
-    late = await asyncio.wait_for(service.handle(ask("r2", "hello", deadline=deadline)), 5)
+    late = await asyncio.wait_for(wire(service, ask("r2", "hello", deadline=deadline)), 5)
     assert late["error"]["type"] == "upstream_error" and len(model.calls) == 1
     await service.close()
     assert (budget_of(service).used, budget_of(service).reserved) == (0, 0)
@@ -302,8 +302,8 @@ async def test_each_recorded_reply_carries_its_cost_and_unknown_models_are_unpri
         cached_tokens=400,
     ))
     model.script.append(ModelReply("short", "acme-llm", prompt_tokens=10, completion_tokens=1))
-    priced = await service.handle(ask("r1", "hello"))
-    unpriced = await service.handle(ask("r2", "hello again"))
+    priced = await wire(service, ask("r1", "hello"))
+    unpriced = await wire(service, ask("r2", "hello again"))
     expected = (600 * 0.15 + 400 * 0.075 + 100 * 0.60) / 1e6
     assert priced["cost_usd"] == pytest.approx(expected)
     assert unpriced["cost_usd"] is None
@@ -329,23 +329,23 @@ ADDRESSED = "write to grace@example.com or call +44 20 7946 0958"
 async def test_personal_data_is_masked_for_the_model_and_put_back_for_the_user():
     service, model = _with_pii("mask")
     model.script.append(ModelReply("I will write to [EMAIL_1] and call [PHONE_1].", "gpt-4o-mini", 10, 5))
-    answer = await service.handle(ask("r1", ADDRESSED, system_prompt="reply to grace@example.com"))
+    answer = await wire(service, ask("r1", ADDRESSED, system_prompt="reply to grace@example.com"))
     sent = " ".join(m.text for m in model.calls[-1].messages)
     assert "grace@example.com" not in sent and "7946" not in sent
     assert sent.count("[EMAIL_1]") == 2 and "[PHONE_1]" in sent  # one mapping for the call
     assert answer["response"] == "I will write to grace@example.com and call +44 20 7946 0958."
     # The history keeps what the user wrote; the next call masks it again.
-    await service.handle(ask("r2", "and again?"))
+    await wire(service, ask("r2", "and again?"))
     history = " ".join(m.text for m in model.calls[-1].messages)
     assert "grace@example.com" not in history and "[EMAIL_1]" in history
 
 
 async def test_personal_data_is_refused_in_block_mode_before_the_model_or_the_store():
     service, model = _with_pii("block")
-    refused = await service.handle(ask("r1", ADDRESSED))
+    refused = await wire(service, ask("r1", ADDRESSED))
     assert refused["error"]["type"] == "pii_rejected"
     assert "email" in refused["error"]["message"] and "grace" not in refused["error"]["message"]
     assert model.calls == []
     events = list(service.records.events.get(conversation_id("ada@example.com")))
     assert [type(e).__name__ for e in events] == ["Started", "RequestFailed"]  # nothing of it kept
-    assert (await service.handle(ask("r2", "no personal data here")))["response"]
+    assert (await wire(service, ask("r2", "no personal data here")))["response"]

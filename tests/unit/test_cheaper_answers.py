@@ -9,7 +9,7 @@ from application.ports import ModelError, ModelReply
 from domain.conversation import conversation_id, data_owner
 from domain.pricing import DEFAULT_PRICES, PriceTable
 from domain.token_budget import SERVICE_SCOPE
-from tests.unit.fakes import FakeBatchModel, FakeModel, MemoryCache, make_service
+from tests.unit.fakes import FakeBatchModel, FakeModel, MemoryCache, make_service, wire
 
 
 def ask(request_id: str, message: str, **fields) -> ChatRequest:
@@ -30,10 +30,10 @@ def event_names(service, user="ada@example.com", thread=None) -> list[str]:
 async def test_a_repeated_deterministic_request_is_answered_from_the_cache_for_free():
     cache = MemoryCache()
     service, model = make_service(service_parts={"cache": cache})
-    first = await service.handle(ask("r1", "capital of France?", temperature=0.0, conversation_id="a"))
+    first = await wire(service, ask("r1", "capital of France?", temperature=0.0, conversation_id="a"))
     await service.close()  # settles the budget lease
     spent = used_tokens(service)
-    again = await service.handle(ask("r2", "capital of France?", temperature=0.0, conversation_id="b"))
+    again = await wire(service, ask("r2", "capital of France?", temperature=0.0, conversation_id="b"))
     assert len(model.calls) == 1
     assert again["response"] == first["response"] and again["cached"] is True
     assert "cached" not in first
@@ -49,31 +49,31 @@ async def test_only_temperature_zero_is_cached_unless_any_temperature_is_allowed
     cache = MemoryCache()
     service, model = make_service(service_parts={"cache": cache})
     for n in range(2):
-        await service.handle(ask(f"r{n}", "tell me a story", temperature=0.7, conversation_id=str(n)))
+        await wire(service, ask(f"r{n}", "tell me a story", temperature=0.7, conversation_id=str(n)))
     assert len(model.calls) == 2 and not cache.entries
 
     anything, any_model = make_service(service_parts={"cache": MemoryCache()},
                                        cache_any_temperature=True)
     for n in range(2):
-        await anything.handle(ask(f"r{n}", "tell me a story", temperature=0.7, conversation_id=str(n)))
+        await wire(anything, ask(f"r{n}", "tell me a story", temperature=0.7, conversation_id=str(n)))
     assert len(any_model.calls) == 1
 
 
 async def test_the_cache_is_per_user_unless_global_and_the_history_must_be_the_same():
     cache = MemoryCache()
     service, model = make_service(service_parts={"cache": cache})
-    await service.handle(ask("r1", "2+2?", temperature=0.0))
-    await service.handle(ask("r2", "2+2?", temperature=0.0, user_email="bob@example.com"))
+    await wire(service, ask("r1", "2+2?", temperature=0.0))
+    await wire(service, ask("r2", "2+2?", temperature=0.0, user_email="bob@example.com"))
     assert len(model.calls) == 2  # another user
-    await service.handle(ask("r3", "2+2?", temperature=0.0))
+    await wire(service, ask("r3", "2+2?", temperature=0.0))
     assert len(model.calls) == 3  # the same user, but the history now differs
     assert {scope for scope, _ in cache.entries} == {
         data_owner("ada@example.com"), data_owner("bob@example.com")
     }
 
     shared, shared_model = make_service(service_parts={"cache": MemoryCache()}, cache_scope="global")
-    await shared.handle(ask("r1", "2+2?", temperature=0.0))
-    answer = await shared.handle(ask("r2", "2+2?", temperature=0.0, user_email="bob@example.com"))
+    await wire(shared, ask("r1", "2+2?", temperature=0.0))
+    answer = await wire(shared, ask("r2", "2+2?", temperature=0.0, user_email="bob@example.com"))
     assert len(shared_model.calls) == 1 and answer["cached"] is True
 
 
@@ -82,11 +82,11 @@ async def test_a_cache_outage_is_a_miss_and_erasure_forgets_the_users_entries():
     service, model = make_service(service_parts={"cache": cache})
     cache.down = True
     for n in range(2):
-        answer = await service.handle(ask(f"r{n}", "hi", temperature=0.0, conversation_id=str(n)))
+        answer = await wire(service, ask(f"r{n}", "hi", temperature=0.0, conversation_id=str(n)))
         assert "error" not in answer
     assert len(model.calls) == 2
     cache.down = False
-    await service.handle(ask("r3", "hi", temperature=0.0, conversation_id="3"))
+    await wire(service, ask("r3", "hi", temperature=0.0, conversation_id="3"))
     assert cache.entries
     assert await service.forget_cached("Ada@Example.com") == 1 and not cache.entries
 
@@ -98,7 +98,7 @@ async def test_identical_requests_in_flight_at_once_share_one_model_call():
     model = FakeModel(delay=0.05)
     service, _ = make_service(model)
     answers = await asyncio.gather(*(
-        service.handle(ask(f"r{n}", "same question", temperature=0.0, conversation_id=str(n)))
+        wire(service, ask(f"r{n}", "same question", temperature=0.0, conversation_id=str(n)))
         for n in range(5)
     ))
     assert len(model.calls) == 1
@@ -115,7 +115,7 @@ async def test_when_the_shared_call_fails_each_request_asks_on_its_own():
     model.script = [ModelError("content_filter", "no")]
     service, _ = make_service(model)
     answers = await asyncio.gather(*(
-        service.handle(ask(f"r{n}", "same question", temperature=0.0, conversation_id=str(n)))
+        wire(service, ask(f"r{n}", "same question", temperature=0.0, conversation_id=str(n)))
         for n in range(3)
     ))
     assert [a.get("error", {}).get("type") for a in answers].count("content_filter") == 1
@@ -129,7 +129,7 @@ async def test_when_the_shared_call_fails_each_request_asks_on_its_own():
 async def test_old_turns_are_summarised_once_and_the_summary_is_reused():
     service, model = make_service(context_max_turns=4, summary_model="cheap-model")
     for n in range(12):
-        await service.handle(ask(f"r{n}", f"question {n}"))
+        await wire(service, ask(f"r{n}", f"question {n}"))
     summaries = [c for c in model.calls if c.model == "cheap-model"]
     # Half the window is kept after each summary: one summary per two new turns
     # past the window, never one per request.
@@ -154,7 +154,7 @@ async def test_old_turns_are_summarised_once_and_the_summary_is_reused():
 
 async def test_summaries_are_charged_to_the_budget_and_truncate_never_summarises():
     service, model = make_service(context_max_turns=2)
-    answers = [await service.handle(ask(f"r{n}", f"question {n}")) for n in range(6)]
+    answers = [await wire(service, ask(f"r{n}", f"question {n}")) for n in range(6)]
     await service.close()
     summary_tokens = sum(
         e.prompt_tokens + e.completion_tokens
@@ -166,16 +166,16 @@ async def test_summaries_are_charged_to_the_budget_and_truncate_never_summarises
 
     plain, plain_model = make_service(context_max_turns=2, context_strategy="truncate")
     for n in range(6):
-        await plain.handle(ask(f"r{n}", f"question {n}"))
+        await wire(plain, ask(f"r{n}", f"question {n}"))
     assert len(plain_model.calls) == 6 and "ContextCompacted" not in event_names(plain)
 
 
 async def test_a_failed_summary_falls_back_to_dropping_the_oldest_turns():
     service, model = make_service(context_max_turns=2)
     for n in range(3):
-        await service.handle(ask(f"r{n}", f"question {n}"))
+        await wire(service, ask(f"r{n}", f"question {n}"))
     model.script = [ModelError("upstream_error", "down")]  # the summary call fails
-    answer = await service.handle(ask("r3", "question 3"))
+    answer = await wire(service, ask("r3", "question 3"))
     assert answer["response"] == "answer to question 3"
     assert model.calls[-2].model == "gpt-4o-mini" and "Summary" not in model.calls[-1].messages[0].text
     assert [m.text for m in model.calls[-1].messages if m.role == "user"] == [
@@ -187,7 +187,7 @@ async def test_a_failed_summary_falls_back_to_dropping_the_oldest_turns():
 async def test_an_erased_users_summary_is_gone():
     service, model = make_service(context_max_turns=2)
     for n in range(4):
-        await service.handle(ask(f"r{n}", f"question {n}"))
+        await wire(service, ask(f"r{n}", f"question {n}"))
     conversation = service.records.conversation(conversation_id("ada@example.com"))
     assert conversation.context_summary() is not None
     conversation.erase(requested_by="ada", erased_at="2026-11-25T12:00:00Z")
@@ -203,7 +203,7 @@ async def test_a_batch_request_is_answered_when_its_batch_ends_at_half_the_price
     collector = BatchCollector(batches, window=0.01, poll_interval=0.01)
     service, _ = make_service(model, service_parts={"batches": collector},
                               prices=PriceTable(DEFAULT_PRICES))
-    answering = asyncio.ensure_future(service.handle(ask("r1", "later is fine", batch=True)))
+    answering = asyncio.ensure_future(wire(service, ask("r1", "later is fine", batch=True)))
     while not batches.batches:
         await asyncio.sleep(0.01)
     await asyncio.sleep(0.05)
@@ -225,7 +225,7 @@ async def test_a_redelivered_batch_request_waits_for_its_batch_instead_of_paying
     service, _ = make_service(model, service_parts={
         "batches": BatchCollector(batches, window=0.01, poll_interval=0.01)
     })
-    first = asyncio.ensure_future(service.handle(ask("r1", "slow please", batch=True)))
+    first = asyncio.ensure_future(wire(service, ask("r1", "slow please", batch=True)))
     while "BatchSubmitted" not in event_names(service):
         await asyncio.sleep(0.01)
     first.cancel()  # the worker lost the partition, say
@@ -236,7 +236,7 @@ async def test_a_redelivered_batch_request_waits_for_its_batch_instead_of_paying
         "batches": BatchCollector(batches, window=0.01, poll_interval=0.01)
     })
     other.records = service.records
-    again = asyncio.ensure_future(other.handle(ask("r1", "slow please", batch=True)))
+    again = asyncio.ensure_future(wire(other, ask("r1", "slow please", batch=True)))
     await asyncio.sleep(0.05)
     await batches.finish("batch_1")
     answer = await again
@@ -252,7 +252,7 @@ async def test_priority_below_the_batch_threshold_goes_by_batch_and_failures_are
         "batches": BatchCollector(batches, window=0.01, poll_interval=0.01)
     }, batch_priority=0)
     assert service.batched(ask("x", "y", priority=-1)) and not service.batched(ask("x", "y"))
-    answering = asyncio.ensure_future(service.handle(ask("r1", "low", priority=-5)))
+    answering = asyncio.ensure_future(wire(service, ask("r1", "low", priority=-5)))
     while not batches.batches:
         await asyncio.sleep(0.01)
     await batches.finish("batch_1")
@@ -268,14 +268,14 @@ async def test_one_batch_per_model_and_a_call_withdrawn_before_sending_costs_not
     service, _ = make_service(model, service_parts={
         "batches": BatchCollector(batches, window=0.2, poll_interval=0.01)
     })
-    gone = asyncio.ensure_future(service.handle(ask("g1", "never mind", batch=True,
+    gone = asyncio.ensure_future(wire(service, ask("g1", "never mind", batch=True,
                                                      user_email="gone@example.com")))
     await asyncio.sleep(0.05)
     gone.cancel()  # still collecting: taken out of the batch
     await asyncio.gather(gone, return_exceptions=True)
     answers = [
-        asyncio.ensure_future(service.handle(ask("m1", "mini", batch=True))),
-        asyncio.ensure_future(service.handle(ask("m2", "big", batch=True, model="gpt-4.1",
+        asyncio.ensure_future(wire(service, ask("m1", "mini", batch=True))),
+        asyncio.ensure_future(wire(service, ask("m2", "big", batch=True, model="gpt-4.1",
                                                  user_email="bob@example.com"))),
     ]
     while len(batches.batches) < 2:
@@ -299,7 +299,7 @@ async def test_a_summary_whose_save_conflicted_is_reused_not_paid_again():
 
     service, model = make_service(context_max_turns=2, summary_model="cheap-model")
     for n in range(3):
-        await service.handle(ask(f"r{n}", f"question {n}"))
+        await wire(service, ask(f"r{n}", f"question {n}"))
     save = service.writer.save
     conflicts = []
 
@@ -313,7 +313,7 @@ async def test_a_summary_whose_save_conflicted_is_reused_not_paid_again():
         return await save(conversation)
 
     service.writer.save = conflicting_once
-    answer = await service.handle(ask("r3", "question 3"))
+    answer = await wire(service, ask("r3", "question 3"))
     assert conflicts and answer["response"] == "answer to question 3"
     assert [c.model for c in model.calls].count("cheap-model") == 1
     assert event_names(service).count("ContextCompacted") == 1
@@ -326,10 +326,10 @@ async def test_a_follower_does_not_wait_past_its_own_deadline():
     service, _ = make_service(model)
     service.clock = SystemClock()  # deadlines pass in real time here
     now = service.clock.now().timestamp()
-    leader = asyncio.ensure_future(service.handle(
+    leader = asyncio.ensure_future(wire(service, 
         ask("slow", "same question", temperature=0.0, conversation_id="a")))
     await asyncio.sleep(0.05)
-    follower = await asyncio.wait_for(service.handle(ask(
+    follower = await asyncio.wait_for(wire(service, ask(
         "hurried", "same question", temperature=0.0, conversation_id="b", deadline=now + 0.1
     )), timeout=0.4)
     assert follower["error"]["type"] == "upstream_error"

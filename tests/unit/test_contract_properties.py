@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from application.contract import ChatRequest, InvalidRequest, parse_request, request_id_of
-from tests.unit.fakes import make_service
+from tests.unit.fakes import make_service, wire
 
 PNG = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg=="
 
@@ -93,8 +93,8 @@ def test_every_readable_request_gets_exactly_one_kind_of_answer(key, body):
     if request is None:
         return
     service, model = make_service(daily_token_limit=50_000)
-    payload = asyncio.run(service.handle(request))
+    payload = asyncio.run(wire(service, request))
     assert ("response" in payload) != ("error" in payload)
     assert len(model.calls) <= 1
-    again = asyncio.run(service.handle(request))  # redelivered: same answer, no new call
+    again = asyncio.run(wire(service, request))  # redelivered: same answer, no new call
     assert again == payload and len(model.calls) <= 1

@@ -19,7 +19,7 @@ from application.ports import ModelError
 from application.usage import UsageLine, Window, user_hash
 from entrypoints.cli import main as chater_gpt
 from entrypoints.usage_report import render, usage_rows
-from tests.unit.fakes import CountingLimiter, FakeModel, FixedClock, WordCounter
+from tests.unit.fakes import CountingLimiter, FakeModel, FixedClock, WordCounter, wire
 
 SECRET = "report-secret"
 PNG = Image("image/png", base64.b64decode(
@@ -46,7 +46,7 @@ def answered(tmp_path, monkeypatch) -> list[dict]:
     ]
 
     async def run() -> list[dict]:
-        payloads = [await service.handle(request) for request in requests]
+        payloads = [await wire(service, request) for request in requests]
         await service.close()
         return payloads
 
