@@ -1,0 +1,163 @@
+"""Phone numbers, found with Google's libphonenumber (the ``phonenumbers`` package, its
+``PhoneNumberMatcher``).
+
+Numbers in international form (``+CC`` or ``00CC``) of any country are taken when valid
+for their country (``Leniency.VALID``); numbers in the national form of one of
+``DEFAULT_PHONE_REGIONS`` must also be grouped the way that country writes its numbers
+(``Leniency.STRICT_GROUPING``: "2024-118734" is a valid US number, but nobody writes
+one like that). A national number written as one bare run of digits (``612345678``) is
+only taken near a word that says it is a phone number: order and customer numbers
+look just the same.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+
+import phonenumbers
+from phonenumbers import Leniency, PhoneMetadata, PhoneNumberMatcher
+
+from adapters.pii_recognisers import has_context
+from application.pii import PHONE, Detection
+
+# National phone formats understood without a +CC: where the users write from.
+# Numbers of any other country are found in their international form.
+DEFAULT_PHONE_REGIONS: tuple[str, ...] = (
+    "US", "GB", "DE", "FR", "ES", "IT", "NL", "BE", "CH", "AT",
+    "PL", "PT", "BR", "IN", "IE", "SE", "MX", "AU",
+)
+
+_PHONE_CONTEXT = re.compile(
+    r"(?<!\w)(?:tel|tél|tlf|phone|telephone|call|calls|ring|mobile|mob|cell|cellphone|fax|"
+    r"whatsapp|signal|sms|text me|reach me|contact|hotline|"
+    r"telefon\w*|anruf\w*|ruf\w*|handy|mobil\w*|erreichbar|festnetz|"
+    r"téléphone|telephone|portable|appel\w*|joindre|"
+    r"teléfono|telefono|móvil|movil|llama\w*|celular|"
+    r"cellulare|chiama\w*|"
+    r"telefoon|bel|bellen|"
+    r"komórka|komorka|zadzwoń|zadzwon|"
+    r"telemóvel|telemovel|ligue|ligar|contato|contacto)(?!\w)",
+    re.IGNORECASE,
+)
+
+# Where a phone number could be: a digit run with the punctuation numbers are written with.
+_PHONE_WINDOW_RE = re.compile(r"[+(\d]\+?[\d \t\u00a0().\-/]{4,}\d")
+_DIGIT_RE = re.compile(r"\d")
+_SEPARATOR_RE = re.compile(r"[ \t\u00a0().\-/]")
+_NUMBER_LIST_RE = re.compile(r"\s+/\s+")
+# A window shaped like a date is not worth asking the phone matcher about.
+_DATE_RE = re.compile(
+    r"(?:19|20)\d\d([-./])(?:0?[1-9]|1[0-2])\1(?:0?[1-9]|[12]\d|3[01])"
+    r"|(?:0?[1-9]|[12]\d|3[01])([-./])(?:0?[1-9]|1[0-2])\2(?:19|20)\d\d"
+    r"|(?:0?[1-9]|1[0-2])/(?:0?[1-9]|[12]\d|3[01])/(?:19|20)\d\d"
+)
+
+
+class PhoneRecogniser:
+    """Finds phone numbers: international ones of any country, national ones of
+    ``phone_regions``."""
+
+    def __init__(self, phone_regions: Sequence[str] = DEFAULT_PHONE_REGIONS,
+                 international_leniency: Leniency = Leniency.VALID,
+                 national_leniency: Leniency = Leniency.STRICT_GROUPING,
+                 window_cache_size: int = 4096) -> None:
+        unknown = [r for r in phone_regions if r not in phonenumbers.SUPPORTED_REGIONS]
+        if unknown:
+            raise ValueError(f"unknown phone regions: {', '.join(unknown)}")
+        self._regions = tuple(_PhoneRegion.of(region) for region in phone_regions)
+        self.international_leniency = international_leniency
+        self.national_leniency = national_leniency
+        # Windows (a date, a number that comes back) repeat across texts: their
+        # matches are kept (window_cache_size 0: nothing is).
+        self._match_window = (
+            lru_cache(maxsize=window_cache_size)(self._match_window_uncached)
+            if window_cache_size else self._match_window_uncached)
+
+    def find(self, text: str, taken: Sequence[Detection]) -> Iterable[Detection]:
+        """The phone numbers in text outside ``taken``."""
+        if taken:  # what a stronger type already holds is no phone number: hidden
+            chars = list(text)
+            for detection in taken:
+                chars[detection.start:detection.end] = " " * (detection.end - detection.start)
+            text = "".join(chars)
+        for window in _PHONE_WINDOW_RE.finditer(text):
+            pieces = _pieces(window.start(), window.end(), text)
+            for index, (start, end) in enumerate(pieces):
+                digits = "".join(_DIGIT_RE.findall(text, start, end))
+                if not 6 <= len(digits) <= 17 or _DATE_RE.fullmatch(text, start, end):
+                    continue
+                # A little of either side: the matcher looks at the neighbours of a number
+                # (a letter glued to it, the ":30" that makes "2024-01-15 10" a time). Where
+                # a window was cut between two numbers, blanks: not the other number.
+                before = text[max(0, start - 4):start] if index == 0 else "    "
+                after = text[end:end + 4] if index == len(pieces) - 1 else "    "
+                yield from self._phones_in(text, start, end, digits, before, after)
+
+    def _phones_in(self, text: str, start: int, end: int, digits: str, before: str,
+                   after: str) -> Iterable[Detection]:
+        chunk = before + text[start:end] + after
+        offset = start - len(before)
+        international = text[start:end].lstrip("(").startswith("+") or digits.startswith("00")
+        for match_start, match_end, bare in self._match_window(
+                chunk, len(before), len(chunk) - len(after), digits, international):
+            if match_start < len(before) or match_end > len(chunk) - len(after):
+                continue  # took in a neighbour
+            if bare and not has_context(text, offset + match_start, _PHONE_CONTEXT):
+                continue
+            yield Detection(PHONE, offset + match_start, offset + match_end,
+                            chunk[match_start:match_end])
+
+    def _match_window_uncached(self, chunk: str, at: int, stop: int, digits: str,
+                               international: bool) -> tuple[tuple[int, int, bool], ...]:
+        """The phone numbers in chunk[at:stop]: (start, end, written as a bare digit run)."""
+        if international:  # "00": any region that dials abroad with 00 reads it
+            regions: Iterable[str | None] = (None,) if "+" in chunk[at:at + 2] else ("DE",)
+            leniency = self.international_leniency
+        else:
+            regions = (r.region for r in self._regions if r.could_be(digits))
+            leniency = self.national_leniency
+        found = []
+        for region in regions:
+            for match in PhoneNumberMatcher(chunk, region, leniency=leniency):
+                bare = not international and not _SEPARATOR_RE.search(match.raw_string)
+                found.append((match.start, match.end, bare))
+            if any(start <= at and end >= stop for start, end, _ in found):
+                break  # the whole window is one number: no other region finds more
+        return tuple(found)
+
+
+def _pieces(start: int, end: int, text: str) -> list[tuple[int, int]]:
+    """A window cut where one number ends and the next begins: at " / "."""
+    pieces, piece_start = [], start
+    for cut in _NUMBER_LIST_RE.finditer(text, start, end):
+        pieces.append((piece_start, cut.start()))
+        piece_start = cut.end()
+    pieces.append((piece_start, end))
+    return pieces
+
+
+@dataclass(frozen=True)
+class _PhoneRegion:
+    """What libphonenumber's metadata says a region's national numbers look like; a
+    cheap first look that spares the matcher the regions a digit run cannot be in."""
+
+    region: str
+    national_prefix: str
+    lengths: frozenset[int]
+    pattern: re.Pattern[str]
+
+    @classmethod
+    def of(cls, region: str) -> _PhoneRegion:
+        metadata = PhoneMetadata.metadata_for_region(region)
+        general = metadata.general_desc
+        return cls(region, metadata.national_prefix or "", frozenset(general.possible_length),
+                   re.compile(general.national_number_pattern))
+
+    def could_be(self, digits: str) -> bool:
+        candidates = [digits]
+        if self.national_prefix and digits.startswith(self.national_prefix):
+            candidates.append(digits[len(self.national_prefix):])
+        return any(len(c) in self.lengths and self.pattern.fullmatch(c) for c in candidates)

@@ -1,0 +1,328 @@
+"""What e-mail addresses, IBANs, card numbers, IP addresses and national ids look like,
+and which validator decides that a candidate is one.
+
+Each recogniser finds candidates with a pattern and yields a ``Detection`` for those
+the validator accepts (python-stdnum, ``ipaddress``); overlaps between them are left
+to ``LibraryPiiDetector``, which combines them (adapters/pii_detector.py). Phone
+numbers have a recogniser of their own (adapters/pii_phone_recogniser.py).
+
+- CARD: the Luhn checksum (``stdnum.luhn``), 13 to 19 digits, spaces or dashes allowed,
+  with the first digits of a card scheme.
+- IBAN: ``stdnum.iban`` (country, length, the country's format, ISO 7064 mod 97), in
+  capitals or not, grouped or not.
+- NATIONAL_ID: the validators of ``stdnum`` (``NATIONAL_ID_FORMATS``). Those whose own
+  shape tells them apart (letters, a fixed punctuation, a long checksum) are taken
+  anywhere; those that are a bare run of digits with a weak checksum only near their
+  name (``BSN``, ``PESEL``).
+- IP: ``ipaddress`` (IPv4 and IPv6). Loopback and unspecified addresses and netmasks
+  identify nobody and are left alone.
+- EMAIL: a pattern (local part, ``@``, a domain of dotted labels ending in a TLD).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+from stdnum import iban as stdnum_iban
+from stdnum import luhn
+from stdnum.be import nn as be_nn
+from stdnum.br import cpf as br_cpf
+from stdnum.ch import ssn as ch_ssn
+from stdnum.de import idnr as de_idnr
+from stdnum.es import dni as es_dni
+from stdnum.es import nie as es_nie
+from stdnum.fr import nir as fr_nir
+from stdnum.in_ import aadhaar as in_aadhaar
+from stdnum.it import codicefiscale as it_codicefiscale
+from stdnum.nl import bsn as nl_bsn
+from stdnum.pl import pesel as pl_pesel
+from stdnum.pt import cc as pt_cc
+from stdnum.pt import nif as pt_nif
+from stdnum.us import ssn as us_ssn
+
+from application.pii import CARD, EMAIL, IBAN, IP, NATIONAL_ID, Detection
+
+# How far before a candidate (characters) a word naming it is looked for.
+CONTEXT_WINDOW = 48
+
+# The local part takes letters, digits and . _ % + ' - : the other characters RFC 5322
+# allows (= / ! # ...) hardly occur in real addresses and would swallow "user=" of
+# "user=bob@example.org".
+_EMAIL_RE = re.compile(
+    r"(?<![\w.%+'-])"
+    r"([\w%+'-]+(?:\.[\w%+'-]+)*)"
+    r"@((?:[^\W_](?:[\w-]{0,61}[^\W_])?\.)+[^\W\d_]{2,63})"
+    r"(?![\w-]|\.[^\W_])"
+)
+
+_LOCAL_CHARS = frozenset("._%+'-")
+
+# (The look-behinds come after the first character: a pattern that starts with one
+# cannot use the regex engine's fast scan for its first character, and is 2-3x slower.)
+_IBAN_RE = re.compile(
+    r"[A-Za-z](?<![\w-][A-Za-z])[A-Za-z]\d{2}(?:[ \-]?[A-Za-z0-9]){11,32}(?!\w)", re.ASCII
+)
+_CARD_RE = re.compile(r"[2-6](?<![\w+.,/-][2-6])\d{2}(?:[ \-]?\d){10,16}(?![\w]|[.,/-]\d)",
+                      re.ASCII)
+_IPV4_RE = re.compile(r"\d(?<![\w.]\d)\d{0,2}\.\d{1,3}\.\d{1,3}\.\d{1,3}(?![\w]|\.\d)", re.ASCII)
+# A run of hex digits, colons and dots (an IPv6 address, maybe with an IPv4 tail);
+# ipaddress decides.
+_IPV6_RUN_RE = re.compile(r"[0-9A-Fa-f:](?<![\w:.][0-9A-Fa-f:])[0-9A-Fa-f:.]*+(?!\w)", re.ASCII)
+_PREFIX_LENGTH_RE = re.compile(r"/\d{1,3}(?!\d)")
+
+
+@dataclass(frozen=True)
+class NationalIdFormat:
+    """How one national id is written, which stdnum validator decides, and when."""
+
+    name: str
+    pattern: re.Pattern[str]
+    is_valid: Callable[[str], bool]
+    # None: the shape is telling enough; else a word that must come shortly before.
+    context: re.Pattern[str] | None = None
+    # True: it begins with a digit that begins a word, and is looked for where
+    # _ID_START_RE finds one (with all such formats), not by a scan of its own.
+    digit_first: bool = True
+    # Else a pattern that finds a distinctive part of it, ``finder_back`` characters
+    # after its start (scanning for its first character visits every word).
+    finder: re.Pattern[str] | None = None
+    finder_back: int = 0
+
+
+def _words(*words: str) -> re.Pattern[str]:
+    return re.compile(r"(?<!\w)(?:" + "|".join(words) + r")(?!\w)", re.IGNORECASE)
+
+
+def _ssn_valid(number: str) -> bool:
+    return us_ssn.is_valid(number.replace(" ", "-"))  # stdnum knows the dashed form only
+
+
+# The patterns test "nothing word-like before" after their first character: a pattern
+# that starts with a look-behind cannot use the regex engine's fast first-character
+# scan, and is twice as slow.
+# A digit that begins a word and is followed by seven more digits (or the A/B of a
+# Corsican NIR), each maybe after one separator: where every digit-first id begins.
+_ID_START_RE = re.compile(r"\d(?<!\w\d)(?=(?:[ .\-]?[\dABab]){7})", re.ASCII)
+# The core of a codice fiscale (birth year, month letter, day), found before the six
+# letters in front of it: scanning letter-first visits every word. (The year's digits
+# become letters only for the sixth person with the same code: not looked for.)
+_CF_CORE_RE = re.compile(r"\d\d[A-EHLMPR-Ta-ehlmpr-t][0-9LMNP-Vlmnp-v]{2}[A-Za-z]", re.ASCII)
+_NINE_DIGITS = re.compile(r"\d(?<!\w\d)\d{8}(?!\w)", re.ASCII)
+_ELEVEN_DIGITS = re.compile(r"\d(?<!\w\d)\d{10}(?!\w)", re.ASCII)
+
+NATIONAL_ID_FORMATS: tuple[NationalIdFormat, ...] = (
+    NationalIdFormat("us.ssn", re.compile(r"\d(?<![\w-]\d)\d\d([- ])\d{2}\1\d{4}(?![\w-])",
+                                          re.ASCII), _ssn_valid),
+    NationalIdFormat("us.ssn", _NINE_DIGITS, _ssn_valid,
+                     _words("ssn", "social security", "social security number")),
+    NationalIdFormat("fr.nir", re.compile(
+        r"[12](?<![\w-][12]) ?\d{2} ?\d{2} ?(?:\d{2}|2[ABab]) ?\d{3} ?\d{3} ?\d{2}(?!\w)",
+        re.ASCII), fr_nir.is_valid),
+    NationalIdFormat("es.dni", re.compile(r"\d(?<![\w-]\d)\d{7}-?[A-Z](?!\w)", re.ASCII),
+                     es_dni.is_valid),
+    NationalIdFormat("es.nie", re.compile(r"[XYZ](?<![\w-][XYZ])-?\d{7}-?[A-Z](?!\w)", re.ASCII),
+                     es_nie.is_valid, digit_first=False),
+    NationalIdFormat("it.codicefiscale", re.compile(
+        r"[A-Za-z](?<!\w[A-Za-z])[A-Za-z]{5}[0-9LMNP-Vlmnp-v]{2}[A-EHLMPR-Ta-ehlmpr-t]"
+        r"[0-9LMNP-Vlmnp-v]{2}[A-Za-z][0-9LMNP-Vlmnp-v]{3}[A-Za-z](?!\w)", re.ASCII),
+        it_codicefiscale.is_valid, digit_first=False, finder=_CF_CORE_RE, finder_back=6),
+    NationalIdFormat("ch.ssn", re.compile(r"7(?<![\w.]7)56\.?\d{4}\.?\d{4}\.?\d{2}(?![\w]|\.\d)",
+                                          re.ASCII), ch_ssn.is_valid),
+    NationalIdFormat("br.cpf", re.compile(r"\d(?<![\w.]\d)\d\d\.\d{3}\.\d{3}-\d{2}(?![\w-])",
+                                          re.ASCII), br_cpf.is_valid),
+    NationalIdFormat("be.nn", re.compile(
+        r"\d(?<![\w.]\d)\d\.\d{2}\.\d{2}-\d{3}\.\d{2}(?![\w]|\.\d)", re.ASCII), be_nn.is_valid),
+    NationalIdFormat("pt.cc", re.compile(r"\d(?<!\w\d)\d{7} ?\d ?[A-Z]{2}\d(?!\w)", re.ASCII),
+                     pt_cc.is_valid),
+    NationalIdFormat("de.idnr", re.compile(r"\d(?<!\w\d)\d ?\d{3} ?\d{3} ?\d{3}(?!\w)", re.ASCII),
+                     de_idnr.is_valid,
+                     _words(r"steuer-?id\w*", r"steuer-?identifikationsnummer", "idnr", "id-nr",
+                            r"identifikationsnummer", "tin", "tax id", r"steuerliche id\w*")),
+    NationalIdFormat("nl.bsn", re.compile(r"\d(?<!\w\d)(?:\d{8}|\d{3}\.\d{2}\.\d{3})(?!\w)",
+                                          re.ASCII), nl_bsn.is_valid,
+                     _words("bsn", "burgerservicenummer", "sofinummer", "sofi-nummer",
+                            "citizen service number")),
+    NationalIdFormat("pl.pesel", _ELEVEN_DIGITS, pl_pesel.is_valid, _words("pesel")),
+    NationalIdFormat("br.cpf", _ELEVEN_DIGITS, br_cpf.is_valid, _words("cpf")),
+    NationalIdFormat("be.nn", _ELEVEN_DIGITS, be_nn.is_valid,
+                     _words("rijksregisternummer", r"num[ée]ro national", "registre national",
+                            "national number", "insz", "niss")),
+    NationalIdFormat("in.aadhaar", re.compile(r"[2-9](?<!\w[2-9])\d{3} ?\d{4} ?\d{4}(?!\w)",
+                                              re.ASCII), in_aadhaar.is_valid,
+                     _words("aadhaar", "aadhar", "uidai", "uid", "आधार")),
+    NationalIdFormat("pt.nif", _NINE_DIGITS, pt_nif.is_valid,
+                     _words("nif", "contribuinte")),
+)
+
+
+def has_context(text: str, start: int, words: re.Pattern[str]) -> bool:
+    """Whether one of ``words`` comes shortly (``CONTEXT_WINDOW``) before ``start``."""
+    return words.search(text, max(0, start - CONTEXT_WINDOW), start) is not None
+
+
+def find_emails(text: str) -> Iterable[Detection]:
+    # Found from each "@": a regex scan for the local part from every position of a
+    # long text costs ten times more.
+    at = text.find("@")
+    while at != -1:
+        start = at
+        while start > 0 and (text[start - 1].isalnum() or text[start - 1] in _LOCAL_CHARS):
+            start -= 1
+        match = _EMAIL_RE.match(text, start) if start < at else None
+        if match:
+            yield Detection(EMAIL, match.start(), match.end(), match.group(0))
+            at = text.find("@", match.end())
+        else:
+            at = text.find("@", at + 1)
+
+
+def find_ibans(text: str) -> Iterable[Detection]:
+    for match in _IBAN_RE.finditer(text):
+        span = _longest_valid(text, match.start(), match.end(), _iban_valid)
+        if span:
+            yield Detection(IBAN, span[0], span[1], text[span[0]:span[1]])
+
+
+def find_cards(text: str) -> Iterable[Detection]:
+    for match in _CARD_RE.finditer(text):
+        span = _longest_valid(text, match.start(), match.end(), _is_card)
+        if span:
+            yield Detection(CARD, span[0], span[1], text[span[0]:span[1]])
+
+
+def find_ips(text: str) -> Iterable[Detection]:
+    for match in _IPV4_RE.finditer(text):
+        if _identifies(text, match.start(), match.end(), ipaddress.IPv4Address):
+            yield Detection(IP, match.start(), match.end(), match.group(0))
+    if ":" in text:
+        for run in _IPV6_RUN_RE.finditer(text):
+            candidate = run.group(0).rstrip(".")
+            if candidate.endswith(":") and not candidate.endswith("::"):
+                candidate = candidate[:-1]  # "2001:db8::1: is down"
+            end = run.start() + len(candidate)
+            if candidate.count(":") >= 2 and _identifies(
+                    text, run.start(), end, ipaddress.IPv6Address):
+                yield Detection(IP, run.start(), end, candidate)
+
+
+class NationalIdRecogniser:
+    """Finds the national ids of the given formats."""
+
+    def __init__(self, formats: Sequence[NationalIdFormat]) -> None:
+        # Formats written alike (eleven digits: PESEL, CPF, Belgian number) are matched
+        # once, and tried in turn.
+        by_pattern: dict[re.Pattern[str], list[NationalIdFormat]] = {}
+        for id_format in formats:
+            by_pattern.setdefault(id_format.pattern, []).append(id_format)
+        grouped = [(pattern, tuple(formats)) for pattern, formats in by_pattern.items()]
+        self._digit_first = tuple(g for g in grouped if g[1][0].digit_first)
+        self._scanned = tuple(g for g in grouped if not g[1][0].digit_first)
+
+    def find(self, text: str) -> Iterable[Detection]:
+        # Most formats begin with a digit that begins a word: one scan finds those places,
+        # where each such format is tried (thirteen scans of the whole text cost 5x more).
+        for start in _ID_START_RE.finditer(text):
+            yield from self._national_id_at(text, start.start(), self._digit_first)
+        for pattern, formats in self._scanned:
+            finder, back = formats[0].finder or pattern, formats[0].finder_back
+            for found in finder.finditer(text):
+                if found.start() >= back:
+                    yield from self._national_id_at(text, found.start() - back,
+                                                    ((pattern, formats),))
+
+    @staticmethod
+    def _national_id_at(text: str, position: int, patterns: Iterable[
+            tuple[re.Pattern[str], tuple[NationalIdFormat, ...]]]) -> Iterable[Detection]:
+        for pattern, formats in patterns:
+            match = pattern.match(text, position)
+            if match is None:
+                continue
+            value = match.group(0)
+            for id_format in formats:
+                if id_format.context is not None and not has_context(
+                        text, position, id_format.context):
+                    continue
+                if id_format.is_valid(value):
+                    yield Detection(NATIONAL_ID, position, match.end(), value)
+                    return
+
+
+def _iban_valid(candidate: str) -> bool:
+    # The country's length and format and the mod-97 check digits. Not the extra
+    # national checks (check_country): the Belgian one looks bank codes up in a list
+    # that misses real banks, and rejects, for one, the IBAN the standard shows.
+    return stdnum_iban.is_valid(candidate, check_country=False)
+
+
+def _is_card(candidate: str) -> bool:
+    digits = candidate.replace(" ", "").replace("-", "")
+    return 13 <= len(digits) <= 19 and _card_scheme_ok(digits) and luhn.is_valid(digits)
+
+
+def _card_scheme_ok(digits: str) -> bool:
+    """Whether the digits start like a card of a payment scheme, at that scheme's length."""
+    length = len(digits)
+    two, four = int(digits[:2]), int(digits[:4])
+    if digits[0] == "4":  # Visa
+        return length in (13, 16, 19)
+    if 51 <= two <= 55 or 2221 <= four <= 2720:  # Mastercard
+        return length == 16
+    if two in (34, 37):  # American Express
+        return length == 15
+    if 3528 <= four <= 3589 or two in (36, 38, 39) or 300 <= int(digits[:3]) <= 305:
+        return 14 <= length <= 19  # JCB, Diners Club
+    if digits[0] in "56":  # Maestro, Discover, UnionPay, RuPay
+        return 13 <= length <= 19
+    return False
+
+
+def _tokens(text: str, start: int, end: int) -> list[tuple[int, int]]:
+    """The separator-delimited pieces of text[start:end], as (start, end) pairs."""
+    pieces, piece_start = [], start
+    for position in range(start, end):
+        if text[position] in " -\u00a0":
+            if position > piece_start:
+                pieces.append((piece_start, position))
+            piece_start = position + 1
+    if end > piece_start:
+        pieces.append((piece_start, end))
+    return pieces
+
+
+def _longest_valid(text: str, start: int, end: int, is_valid: Callable[[str], bool],
+                   ) -> tuple[int, int] | None:
+    """The longest run of whole pieces from ``start`` that the validator accepts: a
+    greedy candidate may have taken a word or a number that follows."""
+    pieces = _tokens(text, start, end)
+    for count in range(len(pieces), 0, -1):
+        span_end = pieces[count - 1][1]
+        if is_valid(text[start:span_end]):
+            return start, span_end
+    return None
+
+
+def _identifies(text: str, start: int, end: int,
+                kind: type[ipaddress.IPv4Address | ipaddress.IPv6Address]) -> bool:
+    """Whether text[start:end] is an address that could point at someone: not loopback,
+    unspecified, a netmask, or a network written with its prefix length
+    (``2001:db8::/32``, ``10.0.0.0/8``; a host's ``10.1.2.3/24`` is an address)."""
+    candidate = text[start:end]
+    try:
+        address = kind(candidate)
+    except ValueError:
+        return False
+    if address.is_loopback or address.is_unspecified:
+        return False
+    if isinstance(address, ipaddress.IPv4Address) and candidate.startswith("255."):
+        return False  # a netmask (or the broadcast address)
+    prefix = _PREFIX_LENGTH_RE.match(text, end)
+    if prefix:
+        try:
+            network = ipaddress.ip_interface(candidate + prefix.group(0)).network
+        except ValueError:
+            return True
+        return network.network_address != address or network.num_addresses == 1
+    return True
