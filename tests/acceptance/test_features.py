@@ -20,7 +20,7 @@ pytestmark = pytest.mark.integration
 PNG = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg=="
 
 
-class Conversation:
+class ChatSession:
     """What a scenario sent, and the responses read back so far."""
 
     def __init__(self, worker: RunningWorker) -> None:
@@ -52,10 +52,10 @@ def worker_settings(fake_openai, tmp_path) -> dict[str, Any]:
     }
 
 
-def _start(broker, worker_settings: dict[str, Any], **extra: Any) -> Iterator[Conversation]:
+def _start(broker, worker_settings: dict[str, Any], **extra: Any) -> Iterator[ChatSession]:
     worker = RunningWorker(broker.bootstrap_server, **{**worker_settings, **extra})
     with worker:
-        yield Conversation(worker)
+        yield ChatSession(worker)
 
 
 @given("the chat worker is running", target_fixture="chat")
@@ -84,23 +84,23 @@ def chat_worker_with_batches(broker, worker_settings, fake_openai):
 
 
 @when(parsers.parse('{user} asks "{message}" at temperature 0 as request "{key}" after the first answer'))
-def ask_deterministic_after_answer(chat: Conversation, user: str, message: str, key: str):
+def ask_deterministic_after_answer(chat: ChatSession, user: str, message: str, key: str):
     chat.responses()
     chat.send(key, {"user_email": user, "message": message, "temperature": 0})
 
 
 @when(parsers.parse('{user} asks "{message}" at temperature 0 as request "{key}"'))
-def ask_deterministic(chat: Conversation, user: str, message: str, key: str):
+def ask_deterministic(chat: ChatSession, user: str, message: str, key: str):
     chat.send(key, {"user_email": user, "message": message, "temperature": 0})
 
 
 @when(parsers.parse('{user} asks "{message}" in a batch as request "{key}"'))
-def ask_in_batch(chat: Conversation, user: str, message: str, key: str):
+def ask_in_batch(chat: ChatSession, user: str, message: str, key: str):
     chat.send(key, {"user_email": user, "message": message, "batch": True})
 
 
 @then(parsers.parse('request "{key}" is answered from the cache with the answer to "{first}", at no cost'))
-def answered_from_cache(chat: Conversation, key: str, first: str):
+def answered_from_cache(chat: ChatSession, key: str, first: str):
     body, original = chat.response(key), chat.response(first)
     assert body["cached"] is True and "cached" not in original
     assert body["response"] == original["response"]
@@ -108,7 +108,7 @@ def answered_from_cache(chat: Conversation, key: str, first: str):
 
 
 @then(parsers.parse("the answer to \"{key}\" came from a batch and costs half its tokens at {model}'s price"))
-def batch_price(chat: Conversation, key: str, model: str):
+def batch_price(chat: ChatSession, key: str, model: str):
     body = chat.response(key)
     assert body["batch"] is True
     price, usage = DEFAULT_PRICES[model], body["usage"]
@@ -117,39 +117,39 @@ def batch_price(chat: Conversation, key: str, model: str):
 
 
 @when(parsers.parse('{user} asks "{message}" as request "{key}"'))
-def ask(chat: Conversation, user: str, message: str, key: str):
+def ask(chat: ChatSession, user: str, message: str, key: str):
     chat.send(key, {"user_email": user, "message": message})
 
 
 @when(parsers.parse('{user} asks "{message}" as request "{key}" after the first answer'))
-def ask_after_answer(chat: Conversation, user: str, message: str, key: str):
+def ask_after_answer(chat: ChatSession, user: str, message: str, key: str):
     chat.responses()
     chat.send(key, {"user_email": user, "message": message})
 
 
 @when(parsers.parse('{user} sends a PNG image asking "{message}" as request "{key}"'))
-def ask_with_image(chat: Conversation, user: str, message: str, key: str):
+def ask_with_image(chat: ChatSession, user: str, message: str, key: str):
     chat.send(key, {"user_email": user, "message": message, "images": [PNG]})
 
 
 @when(parsers.parse('a producer sends the record "{raw}" with key "{key}"'))
-def send_raw(chat: Conversation, raw: str, key: str):
+def send_raw(chat: ChatSession, raw: str, key: str):
     chat.send(key, raw.encode())
 
 
 @when(parsers.parse('the record of "{key}" is delivered again'))
-def deliver_again(chat: Conversation, key: str):
+def deliver_again(chat: ChatSession, key: str):
     chat.responses()  # the first delivery has been answered
     chat.send(key, chat.records[key])
 
 
 @then(parsers.parse('request "{key}" is answered with "{text}"'))
-def answered_with(chat: Conversation, key: str, text: str):
+def answered_with(chat: ChatSession, key: str, text: str):
     assert chat.response(key)["response"] == text
 
 
 @then(parsers.parse('the answer to "{key}" costs its tokens at {model}\'s price'))
-def costs_tokens_at_price(chat: Conversation, key: str, model: str):
+def costs_tokens_at_price(chat: ChatSession, key: str, model: str):
     body = chat.response(key)
     price = DEFAULT_PRICES[model]
     usage = body["usage"]
@@ -158,7 +158,7 @@ def costs_tokens_at_price(chat: Conversation, key: str, model: str):
 
 
 @then(parsers.parse('the answer to "{key}" names the model "{model}" and its token usage'))
-def names_model_and_usage(chat: Conversation, key: str, model: str):
+def names_model_and_usage(chat: ChatSession, key: str, model: str):
     body = chat.response(key)
     assert body["model"] == model
     usage = body["usage"]
@@ -169,7 +169,7 @@ def names_model_and_usage(chat: Conversation, key: str, model: str):
 
 
 @then(parsers.parse('the model was sent, for "{key}", the earlier question and answer before the new one'))
-def history_was_sent(chat: Conversation, key: str, fake_openai):
+def history_was_sent(chat: ChatSession, key: str, fake_openai):
     chat.responses()
     sent = fake_openai.requests()[-1]["messages"]
     first_answer = chat.response(chat.sent[0])["response"]
@@ -181,7 +181,7 @@ def history_was_sent(chat: Conversation, key: str, fake_openai):
 
 
 @then(parsers.parse('the model was asked for "{key}" with the vision model "{model}"'))
-def vision_model_used(chat: Conversation, key: str, model: str, fake_openai):
+def vision_model_used(chat: ChatSession, key: str, model: str, fake_openai):
     request = fake_openai.requests()[-1]
     assert request["model"] == model
     parts = request["messages"][-1]["content"]
@@ -190,7 +190,7 @@ def vision_model_used(chat: Conversation, key: str, model: str, fake_openai):
 
 
 @then(parsers.re(r'request "(?P<key>[^"]+)" gets an? "(?P<error_type>\w+)" error saying "(?P<text>[^"]+)"'))
-def error_response(chat: Conversation, key: str, error_type: str, text: str):
+def error_response(chat: ChatSession, key: str, error_type: str, text: str):
     body = chat.response(key)
     assert body["error"]["type"] == error_type
     assert text in body["error"]["message"]
@@ -198,7 +198,7 @@ def error_response(chat: Conversation, key: str, error_type: str, text: str):
 
 
 @then(parsers.parse('the original bytes of "{key}" are on the dead-letter topic, sealed, with the reason'))
-def dead_lettered(chat: Conversation, key: str):
+def dead_lettered(chat: ChatSession, key: str):
     [(dlq_key, value, headers)] = chat.worker.dead_letters(1)
     assert dlq_key == key.encode()
     assert value != chat.records[key]  # sealed: it may hold anything a user wrote
@@ -215,13 +215,13 @@ def model_not_called(fake_openai):
 
 
 @then("the model was called once")
-def model_called_once(chat: Conversation, fake_openai):
+def model_called_once(chat: ChatSession, fake_openai):
     chat.responses()
     assert len(fake_openai.requests()) == 1
 
 
 @then(parsers.parse('both responses to "{key}" are identical'))
-def identical_responses(chat: Conversation, key: str):
+def identical_responses(chat: ChatSession, key: str):
     bodies = [body for k, body in chat.responses() if k == key.encode()]
     assert len(bodies) == 2
     assert bodies[0] == bodies[1]
@@ -229,7 +229,7 @@ def identical_responses(chat: Conversation, key: str):
 
 
 @then(parsers.parse("the audit of {user} lists, in order, the events"))
-def audit_lists(chat: Conversation, user: str, datatable, capsys, monkeypatch):
+def audit_lists(chat: ChatSession, user: str, datatable, capsys, monkeypatch):
     chat.responses()
     lines = _audit(chat, monkeypatch, capsys, user)
     rows = [line for line in lines if line[:1].isdigit()]
@@ -240,13 +240,13 @@ def audit_lists(chat: Conversation, user: str, datatable, capsys, monkeypatch):
 
 
 @then(parsers.parse("the audit as of event {version:d} shows {turns:d} answered turn"))
-def audit_as_of(chat: Conversation, version: int, turns: int, capsys, monkeypatch):
+def audit_as_of(chat: ChatSession, version: int, turns: int, capsys, monkeypatch):
     lines = _audit(chat, monkeypatch, capsys, "ada@example.com", "--as-of", str(version))
     assert sum(line[:1].isdigit() for line in lines) == version
     assert f"  {turns} answered turn(s), 0 pending, 0 failed" in lines
 
 
-def _audit(chat: Conversation, monkeypatch, capsys, *args: str) -> list[str]:
+def _audit(chat: ChatSession, monkeypatch, capsys, *args: str) -> list[str]:
     """Run `chater-gpt audit` as an auditor would, against the worker's store."""
     settings = chat.worker.settings
     monkeypatch.setenv("DATABASE_URL", settings.DATABASE_URL)
