@@ -9,8 +9,7 @@ import json
 import logging
 import signal
 import sys
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, cast
 
 from adapters.data_keys import KeyUnavailable
@@ -18,9 +17,9 @@ from domain.conversation import data_owner
 from entrypoints.settings import SettingsError, load_settings
 
 if TYPE_CHECKING:
-    from application.chat import ChatRecords
     from entrypoints.container import Container
     from entrypoints.settings import Settings
+    from entrypoints.worker_runtime import WorkerRuntime
 
 
 # Libraries whose DEBUG lines carry request bodies (the OpenAI SDK logs its request
@@ -45,105 +44,34 @@ def _configure_logging(level: str, json_lines: bool = False, content: bool = Fal
             logging.getLogger(chatty).setLevel(max(logging.WARNING, logging.getLevelName(level)))
 
 
-USAGE_CATCH_UP_INTERVAL = 5.0  # seconds between the worker's catch-ups of the usage view
-
-
-class UsageCatchUp:
-    """Keeps the usage view current while the worker runs: a catch-up every few
-    seconds in a thread of its own, and a last one at stop. A failure (the store
-    is down) is logged and tried again later; it never stops the worker."""
-
-    def __init__(
-        self, records: ChatRecords, secret_key: str, model_label: Callable[[str], str]
-    ) -> None:
-        self.model_label = model_label
-        self.records = records
-        self.secret_key = secret_key
-        self.stopping = threading.Event()
-        self.thread = threading.Thread(target=self._run, name="usage-catch-up", daemon=True)
-        self.log = logging.getLogger("chater-gpt.usage")
-
-    def start(self) -> None:
-        self.thread.start()
-
-    def stop(self, timeout: float = 30.0) -> None:
-        """Catch up once more (what the worker recorded last) and wait for it."""
-        self.stopping.set()
-        self.thread.join(timeout)
-
-    def _run(self) -> None:
-        from adapters.usage_view import UsageViewUnavailable, open_usage_view
-        from application.usage import UsageProjection, catch_up
-
-        projection: UsageProjection | None = None
-        try:
-            while True:
-                last = self.stopping.is_set()
-                try:
-                    if projection is None:
-                        projection = UsageProjection(
-                            open_usage_view(self.records.env), self.secret_key, self.model_label
-                        )
-                    # A stopping worker's last catch-up is not cut short between batches.
-                    catch_up(self.records, projection, stop=None if last else self.stopping)
-                except UsageViewUnavailable as error:
-                    self.log.info("usage view not kept: %s", error)
-                    return
-                except Exception as error:  # the store is down, say: next time
-                    self.log.warning("usage view catch-up failed (%s); retrying", error)
-                if last:
-                    return
-                self.stopping.wait(USAGE_CATCH_UP_INTERVAL)
-        finally:
-            if projection is not None:
-                projection.view.close()
-
-
 def run_worker() -> int:
-    from entrypoints.container import build_container
-    from entrypoints.health import health_server, observe_worker
+    from entrypoints.worker import WorkerFailed
+    from entrypoints.worker_runtime import WorkerRuntime
 
     settings = load_settings()
     _configure_logging(
         settings.LOG_LEVEL, json_lines=settings.LOG_FORMAT == "json", content=settings.LOG_CONTENT
     )
-    container = build_container(settings)
-    worker = container.worker()
-    assert settings.SECRET_KEY is not None  # validated
-    secret_key = settings.SECRET_KEY.get_secret_value()
-    usage = UsageCatchUp(container.records(), secret_key, container.model_names().label)
-
-    async def main() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        async with contextlib.AsyncExitStack() as stack:
-            if settings.HEALTH_PORT:
-                metrics = container.metrics()
-                observe_worker(metrics, worker, container.circuit_breaker(),
-                               container.chat_service().ledger)
-                await stack.enter_async_context(
-                    health_server(container.health(), settings.HEALTH_PORT, metrics.prometheus_text)
-                )
-            await worker.run(stop)
-
-    from entrypoints.worker import WorkerFailed
-
-    usage.start()
+    runtime = WorkerRuntime(settings)
     try:
-        asyncio.run(main())
+        with runtime:  # the usage view's catch-up; all closed after the worker stopped
+            asyncio.run(_serve_until_signalled(runtime))
     except WorkerFailed as error:
         logging.getLogger("chater-gpt").error("%s: %r", error, error.__cause__)
         return 1
     except OSError as error:  # the health port is taken, say
         logging.getLogger("chater-gpt").error("cannot start: %s", error)
         return 1
-    finally:
-        usage.stop()  # after the worker's last writes, before the store closes
-        container.metrics().close()  # the last OTLP export, when there is one
-        container.records().close()
     return 0
+
+
+async def _serve_until_signalled(runtime: WorkerRuntime) -> None:
+    """Run the worker until SIGINT or SIGTERM."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await runtime.run(stop)
 
 
 @contextlib.contextmanager

@@ -25,11 +25,10 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from adapters.kafka import ensure_topics, producer_config
 from adapters.tansu_broker import EmbeddedBroker
 from entrypoints.audit import audit_report
-from entrypoints.container import build_container
-from entrypoints.health import health_server, observe_worker
 from application.usage import Window
 from entrypoints.settings import load_settings
 from entrypoints.usage_report import current_usage
+from entrypoints.worker_runtime import WorkerRuntime
 
 # A 1x1 PNG, small enough to read in the source.
 DEMO_IMAGE = (
@@ -72,17 +71,15 @@ async def _demo() -> int:
             broker.bootstrap_server,
             [settings.REQUEST_TOPIC, settings.RESPONSE_TOPIC, settings.DLQ_TOPIC],
         )
-        container = build_container(settings)
-        worker = container.worker()
-        metrics = container.metrics()
-        observe_worker(metrics, worker, container.circuit_breaker(), container.chat_service().ledger)
+        runtime = WorkerRuntime(settings, keep_usage_view=False)  # the report catches up itself
+        container = runtime.container
         operations = contextlib.AsyncExitStack()
         health_port = await operations.enter_async_context(
-            health_server(container.health(), 0, metrics.prometheus_text, host="127.0.0.1")
+            runtime.health_server(0, host="127.0.0.1")
         )
         print(f"Health: http://127.0.0.1:{health_port}/readyz and /metrics")
         stop = asyncio.Event()
-        worker_task = asyncio.create_task(worker.run(stop))
+        worker_task = asyncio.create_task(runtime.worker.run(stop))
         producer = Producer(producer_config(broker.bootstrap_server))
         responses = Consumer({
             "bootstrap.servers": broker.bootstrap_server,
@@ -124,8 +121,7 @@ async def _demo() -> int:
             await operations.aclose()
             responses.close()
             del producer  # librdkafka clients stop when their last reference goes
-            metrics.close()
-            container.records().close()
+            runtime.close()
     print("\nDemo finished; broker, worker and store stopped.")
     return 0
 

@@ -18,12 +18,14 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 
 from adapters.kafka import ensure_topics, producer_config
 from adapters.tansu_broker import free_loopback_port
-from entrypoints.container import Container, build_container
+from entrypoints.container import Container
 from entrypoints.settings import load_settings
+from entrypoints.worker_runtime import WorkerRuntime
 
 
 class RunningWorker:
-    """Starts the worker with the container the CLI would build, from settings.
+    """Starts the worker the CLI would assemble (WorkerRuntime), from settings,
+    without its health server and usage catch-up.
 
     Each instance gets its own topics and consumer group, so tests sharing one
     broker never see each other's records.
@@ -51,10 +53,9 @@ class RunningWorker:
             bootstrap_server,
             [self.settings.REQUEST_TOPIC, self.settings.RESPONSE_TOPIC, self.settings.DLQ_TOPIC],
         )
-        self.container = build_container(self.settings)
-        if customise:
-            customise(self.container)
-        self.worker = self.container.worker()
+        self.runtime = WorkerRuntime(self.settings, customise, keep_usage_view=False)
+        self.container = self.runtime.container
+        self.worker = self.runtime.worker
         self.producer = Producer(producer_config(bootstrap_server))
         self._readers: dict[str, Consumer] = {}
         self._seen: dict[str, list[Any]] = {}
@@ -98,7 +99,7 @@ class RunningWorker:
         self._readers.clear()
         self.producer.flush(5)
         del self.producer  # librdkafka clients stop when their last reference goes
-        self.container.records().close()
+        self.runtime.close()
         if self.error:
             raise self.error
 

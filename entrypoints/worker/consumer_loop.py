@@ -1,0 +1,291 @@
+"""The consumer loop: fetch, hand each record to the intake, pause fetching when
+full, commit what is finished; the rebalance callbacks; start and shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from confluent_kafka import Consumer, Message, TopicPartition
+from opentelemetry import trace
+
+from adapters.kafka import consumer_config, ensure_topics
+from adapters.kafka_offsets import OffsetTracker
+from application.chat import ChatService
+from application.contract import ChatResponse
+from application.ports import Clock, Metrics
+from application.privacy import Privacy
+from entrypoints.settings import Settings
+from entrypoints.worker.conversation_lanes import ConversationLanes
+from entrypoints.worker.erasure_listener import ErasureListener
+from entrypoints.worker.held_records import HeldRecord, HeldRecords, WorkerStats, usable
+from entrypoints.worker.offset_commits import OffsetCommits
+from entrypoints.worker.request_accounting import RequestAccounting
+from entrypoints.worker.request_intake import RequestIntake
+from entrypoints.worker.responder import Responder
+from entrypoints.worker.retention_runs import RetentionRuns
+
+log = logging.getLogger(__name__)
+
+COMMIT_INTERVAL = 0.2
+POLL_TIMEOUT = 0.1
+RESUME_FRACTION = 0.75
+REVOKE_GRACE_MAX = 10.0
+LAG_REPORT_INTERVAL_MS = 5000
+
+
+class WorkerFailed(RuntimeError):
+    """The worker stopped on an error it cannot recover from; a restart is needed."""
+
+
+def _unlabelled(model: str) -> str:
+    return model
+
+
+class KafkaWorker:
+    """`gpt-send` in, the chat use case, `gpt-response` out (see the package's doc)."""
+
+    def __init__(
+        self,
+        service: ChatService,
+        settings: Settings,
+        clock: Clock,
+        metrics: Metrics | None = None,
+        tracer: trace.Tracer | None = None,
+        privacy: Privacy | None = None,
+        model_label: Callable[[str], str] = _unlabelled,
+    ) -> None:
+        self.service = service
+        self.settings = settings
+        self.clock = clock
+        self.stats = WorkerStats()
+        # Set from librdkafka's callback thread once partitions are assigned.
+        self.assigned = threading.Event()
+        tracer = tracer or trace.get_tracer(__name__)
+        self._offsets = OffsetTracker()
+        self._held = HeldRecords(self.stats, self._offsets)
+        self._commits = OffsetCommits(self._offsets, self.stats)
+        self._accounting = RequestAccounting(service, settings, self.stats, tracer, metrics, model_label)
+        self._responder = Responder(settings, self._held, tracer, self._fail)
+        self._lanes = ConversationLanes(
+            service, clock, self._held, self._respond, self._stopping, self._fail
+        )
+        self._intake = RequestIntake(
+            service, settings, clock, self._held, self._accounting, self._lanes, self._responder
+        )
+        self._erasures: ErasureListener | None = None
+        self._retention: RetentionRuns | None = None
+        if privacy is not None:
+            self._erasures = ErasureListener(privacy, settings, self._responder, tracer, self._stopping)
+            self._retention = RetentionRuns(privacy, settings)
+        self._paused = False
+        self._stop = asyncio.Event()
+        # The consumer waits in a thread of its own, so that its polls never
+        # queue behind (or hold up) the store's work in the default executor.
+        self._polling = ThreadPoolExecutor(1, thread_name_prefix="kafka-poll")
+        self._fatal: BaseException | None = None
+        # Consumer lag per partition, as librdkafka's statistics last reported it.
+        self._lag: dict[str, int] = {}
+
+    # Lifecycle ------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Consume until `stop` is set, then finish what is in flight and commit."""
+        self._stop = stop
+        self._loop = asyncio.get_running_loop()
+        await self._create_topics()
+        self._responder.open()
+        consumer = self._subscribe()
+        deliveries = asyncio.create_task(self._responder.serve_deliveries())
+        erasures = asyncio.create_task(self._erasures.serve()) if self._erasures is not None else None
+        try:
+            last_commit = time.monotonic()
+            while not stop.is_set():
+                self._apply_backpressure(consumer)
+                for message, epoch in await self._loop.run_in_executor(
+                    self._polling, self._fetch, consumer
+                ):
+                    self._intake.take(message, epoch)
+                if time.monotonic() - last_commit >= COMMIT_INTERVAL:
+                    await self._between_fetches(consumer)
+                    last_commit = time.monotonic()
+        finally:
+            deliveries.cancel()  # the final flush serves the last delivery callbacks
+            if erasures is not None:
+                await asyncio.wait({erasures})
+            if self._retention is not None:
+                await self._retention.finish()
+            await self._shut_down(consumer)
+        if self._fatal is not None:
+            raise WorkerFailed("the worker stopped after an unexpected error") from self._fatal
+
+    async def _create_topics(self) -> None:
+        settings = self.settings
+        if not settings.CREATE_TOPICS:
+            return
+        await asyncio.to_thread(
+            ensure_topics,
+            settings.BOOTSTRAP_SERVER,
+            [settings.REQUEST_TOPIC, settings.RESPONSE_TOPIC, settings.DLQ_TOPIC],
+            settings.TOPIC_PARTITIONS,
+        )
+        if self._erasures is not None:
+            await asyncio.to_thread(ensure_topics, settings.BOOTSTRAP_SERVER, [settings.ERASE_TOPIC])
+
+    def _subscribe(self) -> Consumer:
+        settings = self.settings
+        consumer = Consumer({
+            **consumer_config(settings.BOOTSTRAP_SERVER, settings.CONSUMER_GROUP),
+            "on_commit": self._commits.on_commit,
+            "statistics.interval.ms": LAG_REPORT_INTERVAL_MS,
+            "stats_cb": self._on_statistics,
+        })
+        consumer.subscribe(
+            [settings.REQUEST_TOPIC],
+            on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
+            on_lost=self._on_lost,
+        )
+        log.info("worker consuming %s as group %s", settings.REQUEST_TOPIC, settings.CONSUMER_GROUP)
+        return consumer
+
+    async def _between_fetches(self, consumer: Consumer) -> None:
+        """Every COMMIT_INTERVAL: commit, the use case's housekeeping, retention."""
+        self._commits.commit(consumer, asynchronous=True)
+        await self.service.housekeeping()
+        if self._retention is not None:
+            self._retention.start_if_due()
+
+    def _respond(self, record: HeldRecord, response: ChatResponse) -> None:
+        """A lane's answer to a record whose partition is still ours."""
+        self._accounting.account_for(record, response)
+        self._responder.respond(record, response)
+
+    def _stopping(self) -> bool:
+        return self._stop.is_set()
+
+    def _fail(self, error: BaseException) -> None:
+        """Stop the worker: what is not committed is fetched again by its successor."""
+        if self._fatal is None:
+            self._fatal = error
+        self._stop.set()
+
+    async def _shut_down(self, consumer: Consumer) -> None:
+        await self._lanes.finish(self.settings.SHUTDOWN_TIMEOUT)
+        self._responder.flush(10)
+        self._commits.commit(consumer, asynchronous=False)
+        await asyncio.get_running_loop().run_in_executor(self._polling, consumer.close)
+        self._polling.shutdown()
+        self._responder.close()
+        await self.service.close()
+        log.info("worker stopped")
+
+    # Health ---------------------------------------------------------------------
+
+    def alive(self) -> bool:
+        """False once the worker stopped on an error it cannot recover from."""
+        return self._fatal is None
+
+    def probe_broker(self, timeout: float) -> int:
+        """The number of brokers that answered for the request topic within `timeout`
+        seconds; raises KafkaException when none did (or the worker is not running)."""
+        return self._responder.probe_broker(self.settings.REQUEST_TOPIC, timeout)
+
+    def queue_depth(self) -> dict[str, Any]:
+        """Records held now, the limit, whether fetching is paused, and consumer lag."""
+        return {
+            "in_flight": self.stats.in_flight,
+            "max_in_flight": self.settings.MAX_IN_FLIGHT,
+            "batch_waiting": self.stats.batch_waiting,
+            "paused": self._paused,
+            "consumer_lag": dict(self._lag),
+        }
+
+    def _on_statistics(self, report: str) -> None:
+        """librdkafka's periodic statistics: keep the lag of the partitions we own.
+
+        Lag comes from the broker's high watermark; embedded test brokers may
+        report wrong watermarks, so tests check what was fetched and answered.
+        """
+        lag = {}
+        for topic, about in json.loads(report).get("topics", {}).items():
+            for number, partition in about.get("partitions", {}).items():
+                if int(number) >= 0 and partition.get("consumer_lag", -1) >= 0:
+                    lag[f"{topic}[{number}]"] = partition["consumer_lag"]
+        self._lag = lag
+
+    # Fetching (the polling thread) ----------------------------------------------
+
+    def _fetch(self, consumer: Consumer) -> list[tuple[Message, int | None]]:
+        """Wait briefly for one record, then take what else is ready (room allowing).
+
+        Each record is tagged with its partition's assignment at once, in this
+        thread: a rebalance inside the next call must not make it look current.
+        """
+        first = consumer.poll(POLL_TIMEOUT)
+        if first is None:
+            return []
+        batch = self._tag([first])
+        room = self.settings.MAX_IN_FLIGHT - self.stats.in_flight - 1
+        if room > 0:
+            batch += self._tag(consumer.consume(min(room, self.settings.MAX_BATCH), 0))
+        return batch
+
+    def _tag(self, messages: list[Message]) -> list[tuple[Message, int | None]]:
+        return [
+            (m, self._offsets.add((m.topic(), m.partition()), m.offset()))
+            for m in messages
+            if usable(m)
+        ]
+
+    def _apply_backpressure(self, consumer: Consumer) -> None:
+        in_flight, limit = self.stats.in_flight, self.settings.MAX_IN_FLIGHT
+        batched, batch_limit = self.stats.batch_waiting, self.settings.BATCH_MAX_WAITING
+        if in_flight >= limit or batched >= batch_limit:
+            if not self._paused:
+                self.stats.pauses += 1
+                log.debug("%d records in flight: pausing fetches", in_flight)
+            # Again each time: partitions assigned meanwhile must pause too.
+            consumer.pause(consumer.assignment())
+            self._paused = True
+        elif (
+            self._paused
+            and in_flight <= limit * RESUME_FRACTION
+            and batched <= batch_limit * RESUME_FRACTION
+        ):
+            consumer.resume(consumer.assignment())
+            self._paused = False
+
+    # Rebalance callbacks (the polling thread) -----------------------------------
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        log.info("assigned %s", [f"{p.topic}[{p.partition}]" for p in partitions])
+        self._offsets.assign([(p.topic, p.partition) for p in partitions])
+        # librdkafka keeps a partition's pause through a revocation or loss and a
+        # new assignment: set it to what the worker wants now, or a partition
+        # paused before a rebalance would never be fetched again.
+        if self._paused:
+            consumer.pause(partitions)
+        else:
+            consumer.resume(partitions)
+        self.assigned.set()
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        log.info("revoked %s", [f"{p.topic}[{p.partition}]" for p in partitions])
+        # Let the records in flight finish first (bounded): their new owner would
+        # find them pending and pay the model for them a second time.
+        # (When the worker is stopping, its runners have finished or been cancelled.)
+        grace = 0.0 if self._stop.is_set() else min(self.settings.SHUTDOWN_TIMEOUT, REVOKE_GRACE_MAX)
+        self._commits.commit_revoked(consumer, [(p.topic, p.partition) for p in partitions], grace)
+        self._loop.call_soon_threadsafe(self._lanes.abandon)
+
+    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        log.warning("lost %s", [f"{p.topic}[{p.partition}]" for p in partitions])
+        self._offsets.revoke([(p.topic, p.partition) for p in partitions])
+        self._loop.call_soon_threadsafe(self._lanes.abandon)

@@ -1,0 +1,122 @@
+"""The records a worker holds, from fetch until all they produced is delivered."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+
+from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, KafkaError, Message
+from opentelemetry import context as otel_context
+from opentelemetry import propagate
+from opentelemetry.trace import INVALID_SPAN, Span
+
+from adapters.kafka_offsets import OffsetTracker
+from application.contract import ChatRequest, ChatResponse
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class HeldRecord:
+    """One fetched record on its way through the worker."""
+
+    message: Message
+    epoch: int | None
+    request: ChatRequest | None = None
+    deliveries: int = 0
+    answering: asyncio.Task[ChatResponse] | None = None
+    # Waiting for a Batch API batch (hours, maybe): counted apart from MAX_IN_FLIGHT.
+    batched: bool = False
+    # From consume to the last delivery of what it produced (W3C trace context).
+    span: Span = INVALID_SPAN
+
+    @property
+    def partition(self) -> tuple[str, int]:
+        return (self.message.topic(), self.message.partition())
+
+
+@dataclass
+class WorkerStats:
+    """Counts since start, for tests, the demo, benchmarks and health reports."""
+
+    consumed: int = 0
+    answered: int = 0
+    errors: int = 0
+    dead_lettered: int = 0
+    dropped: int = 0
+    in_flight: int = 0
+    peak_in_flight: int = 0
+    batch_waiting: int = 0
+    pauses: int = 0
+    committed: dict[tuple[str, int], int] = field(default_factory=dict)
+
+
+class HeldRecords:
+    """Counts the records held (in WorkerStats) and tells the offset tracker when
+    one is finished, so that its partition's offset can move past it."""
+
+    def __init__(self, stats: WorkerStats, offsets: OffsetTracker) -> None:
+        self.stats = stats
+        self.offsets = offsets
+
+    def hold(self, message: Message, epoch: int | None, span: Span) -> HeldRecord:
+        self.stats.consumed += 1
+        self.stats.in_flight += 1
+        self.stats.peak_in_flight = max(self.stats.peak_in_flight, self.stats.in_flight)
+        return HeldRecord(message, epoch, span=span)
+
+    def wait_for_batch(self, record: HeldRecord) -> None:
+        """The record waits for its batch, maybe for hours: it must not take a slot
+        of MAX_IN_FLIGHT from the requests answered now."""
+        record.batched = True
+        self.stats.in_flight -= 1
+        self.stats.batch_waiting += 1
+
+    def is_current(self, record: HeldRecord) -> bool:
+        """False once the record's partition was revoked or lost."""
+        return self.offsets.is_current(record.partition, record.epoch)
+
+    def finish(self, record: HeldRecord) -> None:
+        """Answered and all it produced delivered: its offset may be committed."""
+        self._release(record)
+        self.offsets.finish(record.partition, record.message.offset(), record.epoch)
+        record.span.end()
+
+    def drop(self, record: HeldRecord) -> None:
+        """Work of a partition taken away by a rebalance: its new owner answers it."""
+        self.stats.dropped += 1
+        self._release(record)
+        record.span.set_attribute("chater.dropped", True)
+        record.span.end()
+
+    def _release(self, record: HeldRecord) -> None:
+        if record.batched:
+            self.stats.batch_waiting -= 1
+        else:
+            self.stats.in_flight -= 1
+
+
+def usable(message: Message) -> bool:
+    """A record rather than an error event (end of partition, say)."""
+    error = message.error()
+    if error is None:
+        return True
+    if error.code() != KafkaError._PARTITION_EOF:
+        log.warning("consume error: %s", error)
+    return False
+
+
+def trace_context(message: Message) -> otel_context.Context:
+    """The producer's trace context, when the record's headers carry one (W3C)."""
+    return propagate.extract({
+        name.lower(): value.decode("latin-1")
+        for name, value in message.headers() or []
+        if isinstance(value, bytes)
+    })
+
+
+def produced_at(message: Message, now: float) -> float:
+    """When the record was produced (epoch seconds), or `now` if it carries no time."""
+    kind, millis = message.timestamp()
+    return millis / 1000 if kind != TIMESTAMP_NOT_AVAILABLE and millis > 0 else now

@@ -1,0 +1,54 @@
+"""Work that waits out an event store outage, for as long as it lasts."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from eventsourcing.persistence import PersistenceError
+
+log = logging.getLogger(__name__)
+_T = TypeVar("_T")
+
+# Unexpected errors (not the store being down) are retried this often before the
+# work is given up, so that one bad record cannot wedge its conversation forever.
+UNEXPECTED_ERROR_ATTEMPTS = 3
+STORE_RETRY_MAX_DELAY = 10.0
+
+
+class Stopping(Exception):
+    """The worker is stopping while this work waits for the store."""
+
+
+class GaveUp(Exception):
+    """Work failed unexpectedly too often; the message names the last error's type."""
+
+
+async def persevere(
+    doing: str,
+    stopping: Callable[[], bool],
+    work: Callable[..., Awaitable[_T]],
+    *args: Any,
+) -> _T:
+    """`await work(*args)`, waiting out a store outage for as long as it lasts; raises
+    GaveUp after UNEXPECTED_ERROR_ATTEMPTS unexpected errors, Stopping when the
+    worker stops meanwhile. `doing` names the work in the log."""
+    attempt = 0
+    delay = 0.5
+    while True:
+        attempt += 1
+        try:
+            return await work(*args)
+        except PersistenceError as error:
+            # The store is down: wait for it rather than lose or fail the work.
+            log.warning("event store unavailable (%s); retrying in %.1fs", error, delay)
+        except Exception as error:
+            log.exception("unexpected error %s (attempt %d)", doing, attempt)
+            if attempt >= UNEXPECTED_ERROR_ATTEMPTS:
+                raise GaveUp(type(error).__name__) from error
+        if stopping():
+            raise Stopping
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, STORE_RETRY_MAX_DELAY)

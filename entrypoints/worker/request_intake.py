@@ -1,0 +1,84 @@
+"""Request intake: each fetched record is held, read and queued in its
+conversation's lane, or rejected when it is not a request."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import replace
+
+from confluent_kafka import Message
+
+from application.chat import ChatService, rejection
+from application.contract import ChatRequest, InvalidRequest, parse_request, request_id_of
+from application.ports import Clock
+from domain.conversation import conversation_id
+from entrypoints.settings import Settings
+from entrypoints.worker.conversation_lanes import ConversationLanes
+from entrypoints.worker.held_records import HeldRecord, HeldRecords, produced_at
+from entrypoints.worker.request_accounting import RequestAccounting
+from entrypoints.worker.responder import Responder
+
+log = logging.getLogger(__name__)
+
+
+class RequestIntake:
+    """Takes the records the consumer loop fetched, one by one, on the event loop."""
+
+    def __init__(
+        self,
+        service: ChatService,
+        settings: Settings,
+        clock: Clock,
+        held: HeldRecords,
+        accounting: RequestAccounting,
+        lanes: ConversationLanes,
+        responder: Responder,
+    ) -> None:
+        self.service = service
+        self.settings = settings
+        self.clock = clock
+        self.held = held
+        self.accounting = accounting
+        self.lanes = lanes
+        self.responder = responder
+
+    def take(self, message: Message, epoch: int | None) -> None:
+        """Hold the record and queue it in its conversation's lane (or reject it)."""
+        record = self.held.hold(message, epoch, self.accounting.start_span(message))
+        try:
+            record.request = self._read(message)
+            conversation = str(conversation_id(record.request.user_email, record.request.conversation_id))
+        except InvalidRequest as error:
+            self._reject(record, error)
+            return
+        except Exception:  # never let one record stop the worker
+            log.exception("unreadable record at %s[%d]@%d", *record.partition, message.offset())
+            self._reject(record, InvalidRequest("the record could not be read", request_id_of(message.key())))
+            return
+        if self.service.batched(record.request):
+            self.held.wait_for_batch(record)
+        self.accounting.describe(record)
+        self.lanes.add(conversation, record)
+
+    def _read(self, message: Message) -> ChatRequest:
+        """The request, with its deadline: REQUEST_DEADLINE (BATCH_DEADLINE for one
+        answered by the Batch API) after the record was produced (or fetched, if it
+        has no time)."""
+        request = parse_request(message.key(), message.value(), self.settings.MAX_REQUEST_BYTES)
+        now = time.time()
+        settings = self.settings
+        wait = settings.BATCH_DEADLINE if self.service.batched(request) else settings.REQUEST_DEADLINE
+        # A producer clock running ahead must not push the deadline out.
+        return replace(request, deadline=min(produced_at(message, now), now) + wait)
+
+    def _reject(self, record: HeldRecord, error: InvalidRequest) -> None:
+        """Not a request: an `invalid_request` response and a dead letter."""
+        message = record.message
+        log.warning(
+            "invalid record %s[%d]@%d: %s",
+            message.topic(), message.partition(), message.offset(), error.message,
+        )
+        response = rejection("invalid_request", error.message, self.clock, time.perf_counter())
+        self.accounting.account_for(record, response)
+        self.responder.reject(record, error, response)
