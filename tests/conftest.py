@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from adapters.tansu_broker import EmbeddedBroker
+from devkit.embedded_broker import EmbeddedBroker
 from tests.support.broker_outage import ProxiedBroker
 from tests.support.fake_openai import FakeOpenAIServer
 from tests.support.postgres import PostgresServer

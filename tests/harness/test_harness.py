@@ -12,7 +12,7 @@ import pytest
 from confluent_kafka import Consumer, Producer
 
 from adapters.kafka import ensure_topics
-from adapters.tansu_broker import EmbeddedBroker
+from devkit.embedded_broker import EmbeddedBroker
 from tests.support.fake_openai import FakeOpenAIServer
 from tests.support.postgres import PostgresServer
 

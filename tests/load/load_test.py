@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 from confluent_kafka import Consumer, Producer, TopicPartition  # noqa: E402
 
 from adapters.kafka import ensure_topics  # noqa: E402
-from adapters.tansu_broker import EmbeddedBroker, free_loopback_port  # noqa: E402
+from devkit.embedded_broker import EmbeddedBroker, free_loopback_port  # noqa: E402
 from tests.support.fake_openai import FakeOpenAIServer  # noqa: E402
 from tests.support.postgres import PostgresServer  # noqa: E402
 

@@ -7,7 +7,7 @@ refused, which is what a client sees while a broker crashes and restarts.  ``res
 listens again on the same port and the clients are expected to reconnect by
 themselves.
 
-:class:`ProxiedBroker` is an :class:`~adapters.tansu_broker.EmbeddedBroker`
+:class:`ProxiedBroker` is an :class:`~devkit.embedded_broker.EmbeddedBroker`
 that advertises the proxy's port in its metadata, so clients keep going
 through the proxy after their bootstrap connection::
 
@@ -16,7 +16,7 @@ through the proxy after their bootstrap connection::
         ...
         broker.outage(2.0)  # cut, wait 2 s, restore
 
-Standard library only (plus the broker adapter).
+Standard library only (plus the dev kit's embedded broker).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ import time
 from collections.abc import Coroutine, Iterator
 from typing import Any
 
-from adapters.tansu_broker import EmbeddedBroker
+from devkit.embedded_broker import EmbeddedBroker
 
 _LOOPBACK = "127.0.0.1"
 _CHUNK = 256 * 1024

@@ -1264,7 +1264,7 @@ class FakeOpenAIServer:
 
     def stop(self) -> None:
         """Stop the server (SIGTERM, then SIGKILL after 5 s); idempotent."""
-        from adapters.tansu_broker import stop_process  # only the client half needs it
+        from devkit.embedded_broker import stop_process  # only the client half needs it
 
         proc, self._proc = self._proc, None
         if proc is not None:

@@ -22,7 +22,7 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
-from adapters.tansu_broker import free_loopback_port
+from devkit.embedded_broker import free_loopback_port
 
 _HOST = "127.0.0.1"
 _SUPERUSER = "postgres"

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Self
 
-from adapters.tansu_broker import free_loopback_port, stop_process
+from devkit.embedded_broker import free_loopback_port, stop_process
 
 _HOST = "127.0.0.1"
 

