@@ -137,26 +137,54 @@ def memory_figure() -> dict[str, Any]:
 CIRCUIT_STATES = {"closed": 0, "half-open": 1, "open": 2}
 
 
+Readings = list[tuple[float, dict[str, str]]]
+
+
 def observe_worker(metrics: Any, worker: Any, circuit_breaker: Any, ledger: Any) -> None:
     """Gauges read when metrics are collected: what the worker holds, how far it
     lags, what is left of the day's budget, and each model's circuit."""
-    metrics.watch("chater_gpt_in_flight", "Records held by the worker now",
-                  lambda: [(worker.stats.in_flight, {})])
+    gauges = WorkerGauges(metrics, worker, circuit_breaker, ledger)
+    metrics.watch("chater_gpt_in_flight", "Records held by the worker now", gauges.in_flight)
     metrics.watch("chater_gpt_batch_waiting", "Records held waiting for a Batch API batch",
-                  lambda: [(worker.stats.batch_waiting, {})])
+                  gauges.batch_waiting)
     metrics.watch("chater_gpt_consumer_lag", "Records not yet fetched, per partition",
-                  lambda: [(lag, {"partition": p}) for p, lag in worker.queue_depth()["consumer_lag"].items()])
+                  gauges.consumer_lag)
     metrics.watch("chater_gpt_budget_remaining_tokens",
                   "Tokens of the day neither spent nor held (leases included)",
-                  lambda: [(left, {}) for left in [ledger.remaining_today()] if left is not None])
-    def circuits() -> list[tuple[float, dict[str, str]]]:
+                  gauges.budget_remaining)
+    metrics.watch("chater_gpt_circuit_state", "Per model: 0 closed, 1 half-open, 2 open",
+                  gauges.circuits)
+
+
+class WorkerGauges:
+    """The readings of `observe_worker`'s gauges, each a list of (value, labels)."""
+
+    def __init__(self, metrics: Any, worker: Any, circuit_breaker: Any, ledger: Any) -> None:
+        self.metrics = metrics
+        self.worker = worker
+        self.circuit_breaker = circuit_breaker
+        self.ledger = ledger
+
+    def in_flight(self) -> Readings:
+        return [(self.worker.stats.in_flight, {})]
+
+    def batch_waiting(self) -> Readings:
+        return [(self.worker.stats.batch_waiting, {})]
+
+    def consumer_lag(self) -> Readings:
+        lags = self.worker.queue_depth()["consumer_lag"].items()
+        return [(lag, {"partition": partition}) for partition, lag in lags]
+
+    def budget_remaining(self) -> Readings:
+        left = self.ledger.remaining_today()
+        return [] if left is None else [(left, {})]
+
+    def circuits(self) -> Readings:
         worst: dict[str, int] = {}  # models shown as one label ("other") show the worst
-        for model, state in circuit_breaker.states().items():
-            label = metrics.model_label(model)
+        for model, state in self.circuit_breaker.states().items():
+            label = self.metrics.model_label(model)
             worst[label] = max(worst.get(label, 0), CIRCUIT_STATES[state])
         return [(state, {"model": label}) for label, state in worst.items()]
-
-    metrics.watch("chater_gpt_circuit_state", "Per model: 0 closed, 1 half-open, 2 open", circuits)
 
 
 def health_app(
