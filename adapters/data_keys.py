@@ -17,7 +17,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -78,7 +78,6 @@ def master_keys_env(
     """The event store settings that turn on data keys (see `open_data_keys`): the
     master keys (derived, never the secrets) and the store key a new store starts with."""
     env = {
-        "DATA_KEYS_TOPIC": "adapters.data_keys:open_data_keys",
         "DATA_KEYS_MASTER": base64.b64encode(master_key(secret_key)).decode(),
         "DATA_KEYS_STORE_KEY": store_key,
     }
@@ -114,6 +113,8 @@ class SqlDataKeys:
         self._writing: dict[tuple[str, str], tuple[str, bytes, float]] = {}
         self._reading: dict[str, tuple[bytes | str, float]] = {}
         self._lock = threading.Lock()
+        # Others who keep unwrapped keys (the mapper's ciphers), told to drop them.
+        self._holders: list[Callable[[], None]] = []
         for statement in _SCHEMA:
             sql.run(statement)
 
@@ -238,6 +239,19 @@ class SqlDataKeys:
                 "(is SECRET_KEY_PREVIOUS missing during a rotation?)"
             )
         return master.unwrap(key_id, wrapped)
+
+    def held_by(self, forget: Callable[[], None]) -> None:
+        """Call `forget` whenever unwrapped keys must be dropped (see forget_unwrapped)."""
+        self._holders.append(forget)
+
+    def forget_unwrapped(self) -> None:
+        """Drop every key unwrapped in this process: keys were destroyed, here or by
+        another process."""
+        with self._lock:
+            self._writing.clear()
+            self._reading.clear()
+        for forget in self._holders:
+            forget()
 
     # Destroying and rewrapping ------------------------------------------------------
 

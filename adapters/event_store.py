@@ -9,11 +9,19 @@ from __future__ import annotations
 import base64
 import hashlib
 import zlib
+from collections.abc import Mapping
+from typing import Any
 from urllib.parse import unquote, urlparse
+from uuid import UUID
 
+from eventsourcing.application import AggregateNotFoundError, Application
 from eventsourcing.compressor import ZlibCompressor
+from eventsourcing.persistence import JSONTranscoder, Mapper, Transcoding
 
-from adapters.data_keys import master_keys_env
+from adapters.data_keys import SqlDataKeys, master_keys_env, open_data_keys
+from adapters.personal_data import PersonalDataMapper
+from domain.conversation import Answer, Conversation, Failure, Shredded, Turn, data_owner
+from domain.token_budget import TokenBudget
 
 # Fixed on purpose: the same SECRET_KEY must give the same key on every worker.
 _KEY_SALT = b"chater-gpt/event-store/v1"
@@ -41,7 +49,7 @@ def persistence_env(database_url: str) -> dict[str, str]:
     """eventsourcing settings for `sqlite:///file`, `postgresql://…` or `memory://`."""
     url = urlparse(database_url)
     if url.scheme == "sqlite":
-        path = unquote(url.path[1:] if url.path.startswith("/") else url.path)
+        path = unquote(url.path.removeprefix("/"))
         if url.netloc:
             raise DatabaseUrlError("use sqlite:///relative.db or sqlite:////absolute.db")
         if not path:
@@ -83,3 +91,97 @@ def event_store_env(
         "COMPRESSOR_TOPIC": "adapters.event_store:FastZlibCompressor",
         **master_keys_env(secret_key, previous_secret_key, cipher_key(secret_key)),
     }
+
+
+class _AsDict(Transcoding):
+    """A frozen dataclass of the domain as the dictionary of its fields."""
+
+    def encode(self, obj: Any) -> dict[str, Any]:
+        return dict(obj.__dict__)
+
+    def decode(self, data: dict[str, Any]) -> Any:
+        return self.type(**data)
+
+
+class TurnAsDict(_AsDict):
+    type = Turn
+    name = "turn"
+
+
+class AnswerAsDict(_AsDict):
+    type = Answer
+    name = "answer"
+
+
+class FailureAsDict(_AsDict):
+    type = Failure
+    name = "failure"
+
+
+class ShreddedAsDict(_AsDict):
+    type = Shredded
+    name = "shredded"
+
+
+class ChatRecords(Application):
+    """Conversations, token budgets and the key ledger, stored as events in one
+    notification log.
+
+    With master keys in its settings (see `event_store_env`), conversations'
+    personal fields are also encrypted per owner and day, so that they can be
+    crypto-shredded.
+    """
+
+    name = "chatergpt"
+    # Loading replays from the latest snapshot, so a busy day's budget or a long
+    # conversation does not make every request slower than the one before.
+    snapshotting_intervals = {Conversation: 50, TokenBudget: 20}
+
+    def __init__(self, env: Mapping[str, str] | None = None) -> None:
+        super().__init__(env)
+        self.data_keys: SqlDataKeys | None = None
+        if isinstance(self.mapper, PersonalDataMapper):
+            self.data_keys = keys = open_data_keys(self.recorder, self.env)
+            initial = base64.b64decode(self.env["DATA_KEYS_STORE_KEY"])
+            self.mapper.attach(keys, keys.store_key(initial))
+            keys.held_by(self.mapper.forget)
+
+    def construct_mapper(self) -> Mapper[Any]:
+        base = super().construct_mapper()
+        return PersonalDataMapper(base) if self.env.get("DATA_KEYS_MASTER") else base
+
+    def register_transcodings(self, transcoder: JSONTranscoder) -> None:
+        super().register_transcodings(transcoder)
+        for transcoding in (TurnAsDict(), AnswerAsDict(), FailureAsDict(), ShreddedAsDict()):
+            transcoder.register(transcoding)
+
+    @property
+    def reads_are_local(self) -> bool:
+        """True for an embedded store, where a read takes microseconds and no network."""
+        return self.persistence_name in {"sqlite", "popo"}
+
+    @property
+    def persistence_name(self) -> str:
+        """"sqlite", "postgres" or "popo": which store holds the events."""
+        module = self.env.get("PERSISTENCE_MODULE", "") or "eventsourcing.popo"
+        return module.rsplit(".", 1)[-1]
+
+    def conversation(self, conversation_id: UUID) -> Conversation | None:
+        try:
+            conversation: Conversation = self.repository.get(conversation_id)
+        except AggregateNotFoundError:
+            return None
+        email = conversation.user_email
+        if self.data_keys is not None and isinstance(email, str):
+            # A conversation from before data keys: its new events become shreddable.
+            if self.data_keys.owner_of(str(conversation_id)) is None:
+                self.data_keys.register(str(conversation_id), data_owner(email))
+        return conversation
+
+    def budget(self, scope: str, day: str) -> TokenBudget:
+        """The day's budget of a scope as stored (a new one if none was stored)."""
+        try:
+            budget: TokenBudget = self.repository.get(TokenBudget.create_id(scope, day))
+        except AggregateNotFoundError:
+            return TokenBudget(scope, day)
+        return budget

@@ -5,8 +5,10 @@ aggregate of the day, which turns it into a lock for the whole service. Instead
 a worker reserves a lease (a chunk of tokens) in the TokenBudget, holds each
 request's worst case inside it in memory, and settles the lease with the tokens
 really used once it is spent. Leases are saved before any of their tokens are
-used, so the daily limit holds across workers; a worker that dies leaves its
-open lease reserved until the day ends: room is lost, never overspent.
+used, so the daily limit holds across workers. A live worker renews its leases
+now and then; a lease not renewed for `lease_expiry` seconds (its worker died)
+is counted as spent in full by whoever opens the next one: room is lost for a
+while, never overspent.
 """
 
 from __future__ import annotations
@@ -14,21 +16,18 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-import threading
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import partial
 from typing import TypeVar
 
-from eventsourcing.persistence import RecordConflictError
-
-from application.ports import Clock
+from application.ports import AggregateStore, Clock
 from domain.token_budget import SERVICE_SCOPE, BudgetBusy, BudgetExceeded, TokenBudget
 
 log = logging.getLogger(__name__)
-
 T = TypeVar("T")
 
 
@@ -52,8 +51,7 @@ class BudgetLedger:
 
     def __init__(
         self,
-        load_budget: Callable[[str, str], TokenBudget],
-        save: Callable[[TokenBudget], object],
+        budgets: AggregateStore[TokenBudget],
         clock: Clock,
         daily_limit: int,
         chunk_tokens: int = 100_000,
@@ -62,8 +60,7 @@ class BudgetLedger:
         max_wait: float = 60.0,
         lease_expiry: float = 60.0,
     ) -> None:
-        self.load_budget = load_budget
-        self.save = save
+        self.budgets = budgets
         self.clock = clock
         self.daily_limit = daily_limit
         self.chunk_tokens = chunk_tokens
@@ -71,13 +68,11 @@ class BudgetLedger:
         self.lease_seconds = lease_seconds
         self.max_wait = max_wait
         # Leases older than this are counted as spent in full by whoever opens
-        # the next one: a worker that died must not hold room until the day ends.
+        # the next one: a worker that died must not hold room for long.
         self.lease_expiry = lease_expiry
         self.owner = uuid.uuid4().hex[:12]
-        # The budget as this worker last saved it: read again only when another
-        # worker wrote it since (the save conflicts). One writer at a time here.
-        self._budgets: dict[str, TokenBudget] = {}
-        self._store_lock = threading.Lock()
+        # What was left of each day's budget when this worker last saved it.
+        self._remaining: dict[str, int] = {}
         self._numbers = itertools.count(1)
         self._current: _Lease | None = None
         self._leases: dict[str, _Lease] = {}  # reservation id -> its lease
@@ -93,7 +88,7 @@ class BudgetLedger:
 
         Raises BudgetExceeded when the day's spending leaves no room at all, or
         when the room stays held for max_wait (by leases of workers that stopped
-        without settling, say: those stay reserved until the day ends).
+        without settling, say: those count as spent once they expire).
         """
         wait, waited = 0.02, 0.0
         patience = self.max_wait if max_wait is None else max_wait
@@ -108,7 +103,7 @@ class BudgetLedger:
                         self._retire(lease)
                     await self.flush()
                     try:
-                        lease = await asyncio.to_thread(self._open_lease, day, tokens)
+                        lease = await self._open_lease(day, tokens)
                     except BudgetBusy:
                         lease = None
                     self._current = lease
@@ -127,8 +122,8 @@ class BudgetLedger:
 
     def remaining_today(self) -> int | None:
         """What is left of today's budget as this worker last saw it (None: not yet)."""
-        budget = self._budgets.get(self.clock.now().date().isoformat())
-        return None if budget is None else max(budget.remaining(self.daily_limit), 0)
+        remaining = self._remaining.get(self.clock.now().date().isoformat())
+        return None if remaining is None else max(remaining, 0)
 
     def settle(self, reservation_id: str, tokens: int) -> None:
         """Count the tokens a request really used in place of what it held.
@@ -168,10 +163,7 @@ class BudgetLedger:
         for day in {lease.day for lease in due}:
             of_day = [lease for lease in due if lease.day == day]
             try:
-                await asyncio.to_thread(
-                    self._change_budget, day,
-                    lambda budget, leases=of_day: [budget.renew(lease.id, now) for lease in leases],
-                )
+                await self._change_budget(day, partial(self._renew, of_day, now), patient=False)
             except Exception as error:  # the store is down: try again next time
                 log.warning("could not renew budget leases yet: %s", error)
                 return
@@ -191,7 +183,9 @@ class BudgetLedger:
             while self._spent:
                 lease = self._spent[0]
                 try:
-                    await asyncio.to_thread(self._settle_lease, lease)
+                    await self._change_budget(
+                        lease.day, partial(self._settle, lease), patient=False
+                    )
                 except Exception as error:  # the store is down: the lease stays reserved
                     log.warning("could not settle %s yet: %s", lease.id, error)
                     return
@@ -219,41 +213,43 @@ class BudgetLedger:
         if lease is not self._current and not lease.held and lease not in self._spent:
             self._spent.append(lease)
 
-    def _open_lease(self, day: str, tokens: int) -> _Lease:
-        def decide(budget: TokenBudget) -> _Lease:
-            now = self.clock.now()
-            for expired in budget.expire_reservations(now - timedelta(seconds=self.lease_expiry)):
-                log.warning("budget lease %s not settled for %.0fs: counted as spent in full",
-                            expired, self.lease_expiry)
-            room = budget.remaining(self.daily_limit)
-            # Half of what is left at most, so that other workers keep some room.
-            size = max(tokens, min(self.chunk_tokens, room // 2))
-            lease_id = f"lease:{self.owner}:{next(self._numbers)}"
-            budget.reserve(lease_id, size, self.daily_limit, at=now)
-            return _Lease(lease_id, day, size, renewed=now)
-
-        lease = self._change_budget(day, decide)
+    async def _open_lease(self, day: str, tokens: int) -> _Lease:
+        lease = await self._change_budget(day, partial(self._reserve_lease, day, tokens))
         self.leases_opened += 1
         log.debug("opened %s of %d tokens", lease.id, lease.size)
         return lease
 
-    def _settle_lease(self, lease: _Lease) -> None:
-        self._change_budget(lease.day, lambda budget: budget.settle(lease.id, lease.used))
+    def _reserve_lease(self, day: str, tokens: int, budget: TokenBudget) -> _Lease:
+        now = self.clock.now()
+        for expired in budget.expire_reservations(now - timedelta(seconds=self.lease_expiry)):
+            log.warning("budget lease %s not settled for %.0fs: counted as spent in full",
+                        expired, self.lease_expiry)
+        room = budget.remaining(self.daily_limit)
+        # Half of what is left at most, so that other workers keep some room.
+        size = max(tokens, min(self.chunk_tokens, room // 2))
+        lease_id = f"lease:{self.owner}:{next(self._numbers)}"
+        budget.reserve(lease_id, size, self.daily_limit, at=now)
+        return _Lease(lease_id, day, size, renewed=now)
 
-    def _change_budget(self, day: str, decide: Callable[[TokenBudget], T], tries: int = 20) -> T:
-        """Load (or reuse), decide, save; on a conflict decide again on fresh state."""
-        with self._store_lock:
-            for attempt in range(tries):
-                budget = self._budgets.pop(day, None) or self.load_budget(self.scope, day)
-                # A refusal leaves the cache empty: it may have been decided on a
-                # copy that other workers have changed since, so read it again.
-                result = decide(budget)
-                try:
-                    self.save(budget)
-                except RecordConflictError:
-                    if attempt == tries - 1:
-                        raise
-                    continue
-                self._budgets = {day: budget}  # only today's (or the lease's) is kept
-                return result
-            raise AssertionError("unreachable")
+    def _settle(self, lease: _Lease, budget: TokenBudget) -> None:
+        budget.settle(lease.id, lease.used)
+
+    @staticmethod
+    def _renew(leases: list[_Lease], now: datetime, budget: TokenBudget) -> None:
+        for lease in leases:
+            budget.renew(lease.id, now)
+
+    async def _change_budget(self, day: str, decide: Callable[[TokenBudget], T],
+                             patient: bool = True) -> T:
+        """Change the day's budget (on its stored state after a conflict); one that
+        is not `patient` fails at once while the store is down."""
+        result = await self.budgets.change(
+            TokenBudget.create_id(self.scope, day), partial(self._decide, day, decide),
+            create=partial(TokenBudget, self.scope, day), wait_out_outages=patient,
+        )
+        return result
+
+    def _decide(self, day: str, decide: Callable[[TokenBudget], T], budget: TokenBudget) -> T:
+        result = decide(budget)
+        self._remaining = {day: budget.remaining(self.daily_limit)}  # only the latest day's
+        return result

@@ -17,13 +17,7 @@ import logging
 import time
 from collections.abc import Callable
 
-from application.ports import (
-    LanguageModel,
-    ModelCall,
-    ModelError,
-    ModelReply,
-    waiting_at_circuit,
-)
+from application.ports import LanguageModel, ModelCall, ModelError, ModelReply
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +73,7 @@ class CircuitBreaker:
 
     async def complete(self, call: ModelCall) -> ModelReply:
         circuit = self._circuits.setdefault(call.model, _Circuit())
-        probe = await self._admit(circuit)
+        probe = await self._admit(circuit, call)
         try:
             reply = await self.model.complete(call)
         except ModelError as error:
@@ -93,20 +87,20 @@ class CircuitBreaker:
         self._succeeded(call.model, circuit, probe)
         return reply
 
-    async def _admit(self, circuit: _Circuit) -> bool:
+    async def _admit(self, circuit: _Circuit, call: ModelCall) -> bool:
         """Wait until a call may go through; True when it goes as the probe."""
         if circuit.opened_at is None:
             return False
-        # Left set if the wait is cancelled: the use case then knows that this
+        # Left unsent if the wait is cancelled: the use case then knows that this
         # call never reached the provider and costs nothing.
-        waiting_at_circuit.set(True)
+        call.progress.sent = False
         circuit.waiting += 1
         try:
             while circuit.opened_at is not None:
                 wait = circuit.opened_at + self.probe_interval - self.monotonic()
                 if wait <= 0 and not circuit.probing:
                     circuit.probing = True
-                    waiting_at_circuit.set(False)
+                    call.progress.sent = True
                     return True
                 changed = circuit.changed
                 try:
@@ -115,7 +109,7 @@ class CircuitBreaker:
                         await changed.wait()
                 except TimeoutError:
                     pass
-            waiting_at_circuit.set(False)
+            call.progress.sent = True
             return False
         finally:
             circuit.waiting -= 1

@@ -1,4 +1,4 @@
-"""The message contract with Chater producers: requests in, responses out (DESIGN §2)."""
+"""The message contract with Chater producers: requests in, responses out."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from application.images import Image, InvalidImage, decode_image
+from domain.conversation import Failure, Outcome, Shredded
 
 # An address's shape, not its deliverability: local@domain.tld, no spaces, at most 254.
 EMAIL_SHAPE = re.compile(r"^(?=.{3,254}$)[^@\s]+@[^@\s]+\.[^@\s]+$")
@@ -203,11 +204,6 @@ def _unreadable(text: str) -> str | None:
     return None
 
 
-# Where an answer came from: the model itself, the provider's Batch API, the
-# response cache, or another request's identical call in flight at the same moment.
-SOURCES = ("model", "batch", "cache", "shared")
-
-
 @dataclass(frozen=True)
 class Usage:
     prompt_tokens: int = 0
@@ -220,7 +216,7 @@ class Usage:
 
 @dataclass(frozen=True)
 class ChatResponse:
-    """One record on `gpt-response`: an answer or an error (DESIGN §2), built by
+    """One record on `gpt-response`: an answer or an error, built by
     `answer` or `failure` and serialised by `to_json` / `encode` only."""
 
     timestamp: str
@@ -230,9 +226,27 @@ class ChatResponse:
     usage: Usage | None = None
     cost_usd: float | None = None
     finish_reason: str | None = None
-    source: str | None = None  # one of SOURCES for an answer
+    source: str | None = None  # one of domain.conversation.REPLY_SOURCES for an answer
     error_type: str | None = None
     error_message: str | None = None
+    # The answer's text was erased (or expired) in the store: `text` says so.
+    withheld: bool = False
+
+    @classmethod
+    def of(cls, outcome: Outcome) -> ChatResponse:
+        """The response for a request's recorded outcome."""
+        if isinstance(outcome, Failure):
+            return cls.failure(
+                outcome.error_type, outcome.error_message, outcome.failed_at,
+                outcome.processing_time,
+            )
+        return replace(cls.answer(
+            text=str(outcome.reply), model=outcome.model,
+            usage=Usage(outcome.prompt_tokens, outcome.completion_tokens),
+            cost_usd=outcome.cost, finish_reason=outcome.finish_reason,
+            timestamp=outcome.answered_at, processing_time=outcome.processing_time,
+            source=outcome.source,
+        ), withheld=isinstance(outcome.reply, Shredded))
 
     @classmethod
     def answer(
@@ -264,6 +278,11 @@ class ChatResponse:
 
     def with_text(self, text: str) -> ChatResponse:
         return replace(self, text=text)
+
+    @classmethod
+    def rejection(cls, error_type: str, message: str, at: datetime, seconds: float) -> ChatResponse:
+        """A request refused before it reached the use case."""
+        return cls.failure(error_type, message, iso_timestamp_of(at), round(seconds, 3))
 
     def to_json(self) -> dict[str, Any]:
         if self.error_type is not None:

@@ -28,8 +28,8 @@ import re
 from bisect import bisect_right
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from typing import Protocol
+
+from application.ports import Detection, PiiDetector
 
 EMAIL = "EMAIL"
 PHONE = "PHONE"
@@ -59,22 +59,6 @@ def _placeholder_key(match: re.Match[str]) -> tuple[str, int]:
     """(entity type, number) of a placeholder match, whichever form it has."""
     kind, number = (match.group(1), match.group(2)) if match.group(1) else match.group(3, 4)
     return kind.upper(), int(number)
-
-
-@dataclass(frozen=True)
-class Detection:
-    """One piece of personal data found in a text: ``text[start:end] == value``."""
-
-    entity_type: str
-    start: int
-    end: int
-    value: str
-
-
-class PiiDetector(Protocol):
-    def detect(self, text: str) -> list[Detection]:
-        """The personal data in the text: non-overlapping, in order of position."""
-        ...
 
 
 def resolve_overlaps(detections: Iterable[Detection]) -> list[Detection]:

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-from contextvars import ContextVar
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Protocol
+from typing import Protocol, TypeVar
+from uuid import UUID
 
 from application.images import Image
+
+A = TypeVar("A")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -19,12 +23,22 @@ class ChatMessage:
     images: tuple[Image, ...] = ()
 
 
+@dataclass
+class CallProgress:
+    """Whether a model call has been handed to the provider: a call cut short after
+    that may be billed, one cut short before (held back at an open circuit, say)
+    costs nothing. Shared by the copies of a call (masked, for a fallback model)."""
+
+    sent: bool = False
+
+
 @dataclass(frozen=True)
 class ModelCall:
     model: str
     messages: list[ChatMessage]
     max_tokens: int
     temperature: float
+    progress: CallProgress = field(default_factory=CallProgress, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -120,9 +134,48 @@ class ModelError(Exception):
         return f"{self.error_type}: {self.message}"
 
 
-#: True while the current task's model call is held back by an open circuit (and
-#: still true if that wait is cancelled): such a call never reached the provider.
-waiting_at_circuit: ContextVar[bool] = ContextVar("waiting_at_circuit", default=False)
+class AggregateStore(Protocol[A]):
+    """Aggregates of one kind in the event store, changed as a unit of work."""
+
+    async def change(
+        self,
+        aggregate_id: UUID,
+        decide: Callable[[A], T | Awaitable[T]],
+        create: Callable[[], A] | None = None,
+        wait_out_outages: bool = True,
+    ) -> T:
+        """Load the aggregate (or `create` it), apply `decide`, save what it recorded;
+        on a conflict, load again and decide again. Store outages are waited out
+        unless `wait_out_outages` is false. Returns what `decide` returned."""
+        ...
+
+    async def get(self, aggregate_id: UUID) -> A | None:
+        """The aggregate as stored, for reading only."""
+        ...
+
+    async def snapshot(self, aggregate_id: UUID) -> None:
+        """Take a snapshot of the aggregate as stored now."""
+        ...
+
+    def evict(self, aggregate_ids: Iterable[UUID | str]) -> None:
+        """Forget copies kept in memory: the next change reads the store."""
+        ...
+
+
+@dataclass(frozen=True)
+class Detection:
+    """One piece of personal data found in a text: ``text[start:end] == value``."""
+
+    entity_type: str
+    start: int
+    end: int
+    value: str
+
+
+class PiiDetector(Protocol):
+    def detect(self, text: str) -> list[Detection]:
+        """The personal data in the text: non-overlapping, in order of position."""
+        ...
 
 
 class Metrics(Protocol):
@@ -188,6 +241,10 @@ class DataKeys(Protocol):
 
     def shred_before(self, day: str) -> list[str]:
         """Destroy every key of a day before `day` (retention); the owners concerned."""
+        ...
+
+    def forget_unwrapped(self) -> None:
+        """Drop every key unwrapped in memory (keys were destroyed, here or elsewhere)."""
         ...
 
     def wrapped_by(self) -> dict[str, int]:

@@ -3,27 +3,32 @@
 Each records what it did as events (UserErased, ContentExpired on the
 conversations, KeysRotated on the key ledger), so the audit shows it, then
 destroys or rewraps the data keys. The accounting stays readable throughout.
+This is the one place that erases a user: the erasure listener, the command line
+and the sweep of other replicas' erasures all come here.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from functools import partial
 from uuid import NAMESPACE_URL, UUID, uuid5
 
 from eventsourcing.application import AggregateNotFoundError
 from eventsourcing.domain import Aggregate, event
-from eventsourcing.persistence import RecordConflictError
 
-from application.chat import ChatRecords, iso_timestamp
-from application.ports import Clock, DataKeys
+from application.contract import iso_timestamp_of
+from application.ports import AggregateStore, Clock, DataKeys, ResponseCache
 from domain.conversation import Conversation, data_owner
 
 log = logging.getLogger(__name__)
 KEY_LEDGER_ID = uuid5(NAMESPACE_URL, "chater-gpt/key-ledger")
+ERASURE_CHECK_INTERVAL = 2.0  # seconds between looks for other replicas' erasures
+ERASURE_CHECK_OVERLAP = timedelta(seconds=30)
+CACHE_SWEEP_AGAIN = 20.0  # seconds: a reply in flight at an erasure has been recorded by then
 
 
 class KeyLedger(Aggregate):
@@ -46,105 +51,147 @@ class KeyLedger(Aggregate):
 class Erasure:
     conversation_ids: list[str]
     keys_destroyed: int
-
-
-class PrivacyError(RuntimeError):
-    """The store has no data keys (an in-memory store without them, say)."""
+    replies_dropped: int = 0  # from the response cache, when there is one
 
 
 class Privacy:
-    """Erase a user, expire old content, rotate the master key."""
+    """Erase a user, expire old content, rotate the master key, and follow the
+    erasures other processes make."""
 
-    def __init__(self, records: ChatRecords, clock: Clock, service: Any = None) -> None:
-        if records.data_keys is None:
-            raise PrivacyError("this event store keeps no data keys")
-        self.records = records
-        self.keys: DataKeys = records.data_keys
+    def __init__(
+        self,
+        conversations: AggregateStore[Conversation],
+        ledgers: AggregateStore[KeyLedger],
+        keys: DataKeys,
+        clock: Clock,
+        cache: ResponseCache | None = None,
+    ) -> None:
+        self.conversations = conversations
+        self.ledgers = ledgers
+        self.keys = keys
         self.clock = clock
-        self.service = service
+        self.cache = cache
+        # Erasures are looked for from a little before start (clocks of replicas differ).
+        self._erasures_since = iso_timestamp_of(clock.now() - ERASURE_CHECK_OVERLAP)
+        self._erasures_checked = float("-inf")
+        # Erased owners in the look-back window: when their cached replies were first
+        # dropped, None once dropped again.
+        self._cache_sweeps: dict[str, float | None] = {}
 
     async def erase_user(self, user_email: str, requested_by: str) -> Erasure:
-        """Erase a user everywhere this process keeps them: recorded, keys destroyed,
-        kept conversations and cached replies dropped."""
-        erasure = await asyncio.to_thread(self.erase, user_email, requested_by)
-        if self.service is not None:
-            self.service.forget(erasure.conversation_ids)
-            await self.service.forget_cached(user_email)
-        return erasure
-
-    async def expire_content(self, retention_days: int) -> list[str]:
-        """Expire content past the retention window; the conversations concerned."""
-        expired = await asyncio.to_thread(self.expire, retention_days)
-        if self.service is not None:
-            self.service.forget(expired)
-        return expired
-
-    def erase(self, user_email: str, requested_by: str) -> Erasure:
         """Record the erasure on each of the user's conversations, then destroy the
         user's data keys: every message, reply, image digest and address becomes
-        unreadable in every store and snapshot. Requests later start afresh."""
+        unreadable in every store and snapshot; copies kept in memory and cached
+        replies go too. Requests later start afresh."""
         owner = data_owner(user_email)
-        conversations = self.keys.conversations_of(owner)
-        at = iso_timestamp(self.clock)
+        conversations = await asyncio.to_thread(self.keys.conversations_of, owner)
+        at = iso_timestamp_of(self.clock.now())
         for cid in conversations:
-            self._change(cid, lambda c: c.erase(requested_by=requested_by, erased_at=at))
-        destroyed = self.keys.shred_owner(owner)
-        self._forget_ciphers()
+            await self._change(cid, partial(_erase, requested_by, at))
+        destroyed = await asyncio.to_thread(self.keys.shred_owner, owner)
+        self._forget(conversations)
+        # A cache outage: they expire by CACHE_TTL (and the sweeps try again).
+        dropped = await self.cache.forget(owner) if self.cache is not None else 0
         log.info("erased a user: %d conversation(s), %d data key(s) destroyed",
                  len(conversations), destroyed)
-        return Erasure(conversations, destroyed)
+        return Erasure(conversations, destroyed, dropped)
 
-    def expire(self, retention_days: int) -> list[str]:
+    async def expire_content(self, retention_days: int) -> list[str]:
         """Destroy the data keys of the days before the retention window, after
         recording ContentExpired on the conversations concerned; their ids."""
         before_day = (self.clock.now() - timedelta(days=retention_days)).strftime("%Y-%m-%d")
-        at = iso_timestamp(self.clock)
-        owners = self.keys.shred_before(before_day)
-        self._forget_ciphers()
+        at = iso_timestamp_of(self.clock.now())
+        owners = await asyncio.to_thread(self.keys.shred_before, before_day)
         expired = []
         for owner in owners:
-            for cid in self.keys.conversations_of(owner):
-                self._change(cid, lambda c: c.expire(before_day=before_day, expired_at=at))
+            for cid in await asyncio.to_thread(self.keys.conversations_of, owner):
+                await self._change(cid, partial(_expire, before_day, at))
                 # A fresh snapshot without the expired content, for loading from.
-                self.records.take_snapshot(UUID(cid))
+                await self.conversations.snapshot(UUID(cid))
                 expired.append(cid)
+        self._forget(expired)
         if owners:
             log.info("retention: content before %s expired in %d conversation(s)",
                      before_day, len(expired))
         return expired
 
-    def rotate(self) -> int:
+    async def rotate_keys(self) -> int:
         """Rewrap every data key with the master key of SECRET_KEY (those wrapped
         with SECRET_KEY_PREVIOUS included) and record the rotation."""
-        before = self.keys.wrapped_by()
-        count = self.keys.rewrap()
-        after = self.keys.wrapped_by()
-        try:
-            ledger: KeyLedger = self.records.repository.get(KEY_LEDGER_ID)
-        except AggregateNotFoundError:
-            ledger = KeyLedger()
-        ledger.rotated(
-            from_masters=sorted(before), to_master=next(iter(after), ""),
-            keys=count, rotated_at=iso_timestamp(self.clock),
+        before = await asyncio.to_thread(self.keys.wrapped_by)
+        count = await asyncio.to_thread(self.keys.rewrap)
+        after = await asyncio.to_thread(self.keys.wrapped_by)
+        at = iso_timestamp_of(self.clock.now())
+        await self.ledgers.change(
+            KEY_LEDGER_ID,
+            partial(_record_rotation, sorted(before), next(iter(after), ""), count, at),
+            create=KeyLedger,
         )
-        self.records.save(ledger)
         return count
 
-    def _change(self, cid: str, change: Any) -> None:
-        """Apply a change to a stored conversation, again on a conflict."""
-        while True:
-            try:
-                conversation: Conversation = self.records.repository.get(UUID(cid))
-            except AggregateNotFoundError:
-                return
-            change(conversation)
-            try:
-                self.records.save(conversation)
-                return
-            except RecordConflictError:
-                continue
+    async def follow_erasures(self) -> None:
+        """Called now and then: conversations kept in memory (and unwrapped keys and
+        cached replies) of users another replica erased are dropped here too."""
+        if time.monotonic() - self._erasures_checked < ERASURE_CHECK_INTERVAL:
+            return
+        self._erasures_checked = time.monotonic()
+        # Windows overlap: an erasure committed while we looked, or stamped by a
+        # replica whose clock is a little behind, is seen the next time.
+        since = self._erasures_since
+        self._erasures_since = iso_timestamp_of(self.clock.now() - ERASURE_CHECK_OVERLAP)
+        try:
+            owners = await asyncio.to_thread(self.keys.erased_since, since)
+            erased = [
+                cid for owner in owners
+                for cid in await asyncio.to_thread(self.keys.conversations_of, owner)
+            ]
+        except Exception as error:  # the store is down: look again next time
+            log.debug("erasures not looked for (%s)", type(error).__name__)
+            self._erasures_since = since
+            return
+        if erased:
+            self._forget(erased)
+        if self.cache is not None:
+            await self._sweep_cache(owners)
 
-    def _forget_ciphers(self) -> None:
-        forget = getattr(self.records.mapper, "forget", None)
-        if forget is not None:
-            forget()
+    async def _sweep_cache(self, erased_owners: list[str]) -> None:
+        """Drop erased users' cached replies: when an erasure is first seen, and once
+        more CACHE_SWEEP_AGAIN seconds later, for a reply that was in flight at the
+        erasure (in any replica) and cached after it."""
+        assert self.cache is not None
+        now = time.monotonic()
+        for owner in erased_owners:
+            if owner not in self._cache_sweeps:  # first seen
+                await self.cache.forget(owner)
+                self._cache_sweeps[owner] = now
+            elif (seen := self._cache_sweeps[owner]) is not None and now - seen >= CACHE_SWEEP_AGAIN:
+                await self.cache.forget(owner)
+                self._cache_sweeps[owner] = None  # swept twice: done
+        for owner in set(self._cache_sweeps) - set(erased_owners):
+            del self._cache_sweeps[owner]  # out of the window
+
+    async def _change(self, cid: str, change: partial[None]) -> None:
+        """Apply a change to a stored conversation (again on a conflict)."""
+        try:
+            await self.conversations.change(UUID(cid), change)
+        except AggregateNotFoundError:
+            return
+
+    def _forget(self, conversation_ids: list[str]) -> None:
+        """Drop what this process keeps in memory of destroyed content."""
+        self.keys.forget_unwrapped()
+        self.conversations.evict(conversation_ids)
+
+
+def _erase(requested_by: str, at: str, conversation: Conversation) -> None:
+    conversation.erase(requested_by=requested_by, erased_at=at)
+
+
+def _expire(before_day: str, at: str, conversation: Conversation) -> None:
+    conversation.expire(before_day=before_day, expired_at=at)
+
+
+def _record_rotation(
+    from_masters: list[str], to_master: str, keys: int, at: str, ledger: KeyLedger
+) -> None:
+    ledger.rotated(from_masters=from_masters, to_master=to_master, keys=keys, rotated_at=at)

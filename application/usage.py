@@ -24,7 +24,7 @@ from eventsourcing.persistence import IntegrityError, Tracking, TrackingRecorder
 from eventsourcing.projection import Projection
 from eventsourcing.utils import get_topic
 
-from domain.conversation import Conversation, normalise_email
+from domain.conversation import Conversation, normalise_email, readable
 
 Grouping = Literal["user", "model", "day"]
 GROUPINGS: tuple[Grouping, ...] = ("user", "model", "day")
@@ -246,9 +246,10 @@ class UsageProjection(Projection[UsageView]):
 
     @collect.register(Conversation.Started)
     def _started(self, domain_event: Any, changes: UsageChanges) -> None:
-        changes.conversations.append(ConversationStarted(
-            str(domain_event.originator_id), user_hash(self._secret_key, domain_event.user_email)
-        ))
+        email = domain_event.user_email
+        # Read after the user's erasure, the address is gone: the rows are nobody's.
+        owner = user_hash(self._secret_key, email) if readable(email) else "erased"
+        changes.conversations.append(ConversationStarted(str(domain_event.originator_id), owner))
 
     @collect.register(Conversation.UserMessageReceived)
     def _received(self, domain_event: Any, changes: UsageChanges) -> None:

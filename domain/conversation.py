@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 from uuid import NAMESPACE_URL, UUID, uuid5
 
@@ -14,28 +14,30 @@ CONVERSATION_NAMESPACE = uuid5(NAMESPACE_URL, "chater-gpt/conversation")
 # Tokens the chat format spends on each message besides its text (role, separators).
 MESSAGE_OVERHEAD_TOKENS = 4
 
-# What shows in place of content whose data key was destroyed: at the user's
-# request (erasure) or by the retention policy (expiry).
-ERASED = "[erased]"
-EXPIRED = "[expired]"
-SHREDDED = (ERASED, EXPIRED)
-
-# The user's own words in each event (and in a snapshot's state): encrypted at rest
-# with the user's data key, unreadable once it is destroyed. The rest (times,
-# models, tokens, cost) is the accounting, kept for the budget and the auditor.
-PERSONAL_FIELDS: dict[str, tuple[str, ...]] = {
-    "Started": ("user_email", "thread"),
-    "UserMessageReceived": ("message", "image_digests", "system_prompt", "caller_context"),
-    "ReplyRecorded": ("reply",),
-    "ContextCompacted": ("summary",),
-    # A snapshot's texts inside `pending` and `outcomes` are personal too (see
-    # application.personal_data); which requests are pending or concluded is not.
-    "Snapshot": ("user_email", "thread", "turns", "summary"),
-}
-
 # Where a recorded reply came from: the model itself, the provider's Batch API, the
 # response cache, or another request's identical call in flight at the same moment.
 REPLY_SOURCES = ("model", "batch", "cache", "shared")
+
+
+@dataclass(frozen=True)
+class Shredded:
+    """Content whose data key was destroyed, at the user's request ("erased") or by
+    the retention policy ("expired"). A value of its own, never text: nothing a
+    user writes can look like it."""
+
+    reason: str
+
+    def __str__(self) -> str:
+        return f"[{self.reason}]"
+
+
+ERASED = Shredded("erased")
+EXPIRED = Shredded("expired")
+
+
+def readable(content: object) -> bool:
+    """False for content that was shredded (or never there)."""
+    return content is not None and not isinstance(content, Shredded)
 
 
 def normalise_email(user_email: str) -> str:
@@ -47,16 +49,45 @@ class Turn:
     """One answered exchange: what the user said and what the model replied."""
 
     request_id: str
-    user_message: str
+    user_message: str | Shredded
     image_count: int
-    reply: str
+    reply: str | Shredded
     model: str
     answered_at: str = ""  # ISO UTC; empty in turns recorded before it was kept
 
     @property
     def readable(self) -> bool:
         """False once its content was erased or expired: it is no context any more."""
-        return self.user_message not in SHREDDED and self.reply not in SHREDDED
+        return readable(self.user_message) and readable(self.reply)
+
+
+@dataclass(frozen=True)
+class Answer:
+    """How an answered request ended: the reply and what it cost (`cost` in US
+    dollars, None when the model has no price)."""
+
+    reply: str | Shredded
+    model: str
+    prompt_tokens: int
+    completion_tokens: int
+    cost: float | None
+    finish_reason: str
+    answered_at: str
+    processing_time: float
+    source: str = "model"  # one of REPLY_SOURCES
+
+
+@dataclass(frozen=True)
+class Failure:
+    """How a request that could not be answered ended, and why."""
+
+    error_type: str
+    error_message: str
+    failed_at: str
+    processing_time: float
+
+
+Outcome = Answer | Failure
 
 
 class Conversation(Aggregate):
@@ -66,10 +97,21 @@ class Conversation(Aggregate):
     redelivered request is answered from the record instead of the model.
     """
 
+    # Version 2 keeps outcomes as Answer and Failure values (dicts before).
+    class_version = 2
+
     # Defaults for state restored from snapshots taken before compaction existed.
-    summary: str | None = None
+    summary: str | Shredded | None = None
     summarised_through: str | None = None
     summary_from: str = ""
+
+    @staticmethod
+    def upcast_v1_v2(state: dict[str, Any]) -> None:
+        """A snapshot's outcomes were the wire dictionaries: typed values now."""
+        state["outcomes"] = {
+            request_id: _outcome_from_v1(outcome)
+            for request_id, outcome in state.get("outcomes", {}).items()
+        }
 
     @staticmethod
     def create_id(user_email: str, thread: str | None = None) -> UUID:
@@ -77,14 +119,17 @@ class Conversation(Aggregate):
 
     @event("Started")
     def __init__(self, user_email: str, thread: str | None = None) -> None:
-        self.user_email = normalise_email(user_email)
+        # Shredded when replayed after the user's data key was destroyed.
+        self.user_email: str | Shredded = (
+            normalise_email(user_email) if isinstance(user_email, str) else user_email
+        )
         self.thread = thread
         self.turns: list[Turn] = []
         self.pending: dict[str, dict[str, Any]] = {}
-        self.outcomes: dict[str, dict[str, Any]] = {}
+        self.outcomes: dict[str, Outcome] = {}
         # The oldest turns, once compacted: a summary of them (and of any summary
         # before it), the last request it covers and when its oldest content was said.
-        self.summary: str | None = None
+        self.summary: str | Shredded | None = None
         self.summarised_through: str | None = None
         self.summary_from: str = ""
 
@@ -139,7 +184,7 @@ class Conversation(Aggregate):
     def record_reply(
         self,
         request_id: str,
-        reply: str,
+        reply: str | Shredded,
         model: str,
         prompt_tokens: int,
         completion_tokens: int,
@@ -158,23 +203,10 @@ class Conversation(Aggregate):
         self.turns.append(
             Turn(request_id, asked["message"], asked["image_count"], reply, model, answered_at)
         )
-        self.outcomes[request_id] = {
-            "response": reply,
-            "model": model,
-            "usage": {
-                "prompt_tokens": prompt_tokens,
-                "completion_tokens": completion_tokens,
-                "total_tokens": prompt_tokens + completion_tokens,
-            },
-            "cost_usd": cost,
-            "finish_reason": finish_reason,
-            "timestamp": answered_at,
-            "processing_time": processing_time,
-        }
-        if source in ("cache", "shared"):
-            self.outcomes[request_id]["cached"] = True
-        elif source == "batch":
-            self.outcomes[request_id]["batch"] = True
+        self.outcomes[request_id] = Answer(
+            reply, model, prompt_tokens, completion_tokens, cost, finish_reason,
+            answered_at, processing_time, source,
+        )
 
     @event("BatchSubmitted")
     def submit_to_batch(
@@ -217,11 +249,7 @@ class Conversation(Aggregate):
         """Record that a request could not be answered, and why."""
         self.check_not_concluded(request_id)
         self.pending.pop(request_id, None)
-        self.outcomes[request_id] = {
-            "error": {"type": error_type, "message": error_message},
-            "timestamp": failed_at,
-            "processing_time": processing_time,
-        }
+        self.outcomes[request_id] = Failure(error_type, error_message, failed_at, processing_time)
 
     @event("UserErased")
     def erase(self, requested_by: str, erased_at: str) -> None:
@@ -230,9 +258,9 @@ class Conversation(Aggregate):
         in flight stay pending, so that their replies can still be recorded."""
         self.turns = []
         self.summary = None
-        for outcome in self.outcomes.values():
-            if "response" in outcome:
-                outcome["response"] = ERASED
+        for request_id, outcome in self.outcomes.items():
+            if isinstance(outcome, Answer):
+                self.outcomes[request_id] = replace(outcome, reply=ERASED)
         for asked in self.pending.values():
             asked["message"] = ERASED
 
@@ -246,22 +274,23 @@ class Conversation(Aggregate):
             # Its turns still within retention are context again, unsummarised.
             self.summary = None
             self.summarised_through = None
-        for outcome in self.outcomes.values():
-            if "response" in outcome and str(outcome.get("timestamp", ""))[:10] < before_day:
-                outcome["response"] = EXPIRED
+        for request_id, outcome in self.outcomes.items():
+            if isinstance(outcome, Answer) and outcome.answered_at[:10] < before_day:
+                self.outcomes[request_id] = replace(outcome, reply=EXPIRED)
 
     # Queries ------------------------------------------------------------------
 
-    def outcome(self, request_id: str) -> dict[str, Any] | None:
+    def outcome(self, request_id: str) -> Outcome | None:
         """How a request ended, or None while it has not ended."""
         return self.outcomes.get(request_id)
 
     def is_pending(self, request_id: str) -> bool:
         return request_id in self.pending
 
-    def pending_message(self, request_id: str) -> str:
+    def pending_message(self, request_id: str) -> str | Shredded:
         """What a pending request asked (ERASED if its user was erased meanwhile)."""
-        return str(self.pending[request_id]["message"])
+        message: str | Shredded = self.pending[request_id]["message"]
+        return message
 
     def pending_batch(self, request_id: str) -> tuple[str, str] | None:
         """(batch id, custom id) of the provider's batch a pending request was sent
@@ -272,7 +301,7 @@ class Conversation(Aggregate):
     def context_summary(self, not_before: str = "") -> str | None:
         """The summary of the compacted turns, when there is a readable one whose
         oldest content was said at or after `not_before` (ISO UTC; older has expired)."""
-        if self.summary in (None, *SHREDDED):
+        if not isinstance(self.summary, str):
             return None
         if not_before and self.summary_from < not_before:
             return None
@@ -336,6 +365,17 @@ class Conversation(Aggregate):
             raise RequestAlreadyConcluded(request_id)
 
 
+def _outcome_from_v1(outcome: dict[str, Any]) -> Outcome:
+    if "error" in outcome:
+        return Failure(outcome["error"]["type"], outcome["error"]["message"],
+                       outcome["timestamp"], outcome["processing_time"])
+    usage = outcome["usage"]
+    source = "batch" if outcome.get("batch") else "cache" if outcome.get("cached") else "model"
+    return Answer(outcome["response"], outcome["model"], usage["prompt_tokens"],
+                  usage["completion_tokens"], outcome.get("cost_usd"), outcome["finish_reason"],
+                  outcome["timestamp"], outcome["processing_time"], source)
+
+
 def data_owner(user_email: str) -> str:
     """Who owns the data keys of a user's conversations: stable across SECRET_KEY
     rotations, and no more revealing than the conversation ids already are."""
@@ -348,9 +388,10 @@ def conversation_id(user_email: str, thread: str | None = None) -> UUID:
 
 
 def turn_tokens(turn: Turn, count_tokens: Callable[[str], int]) -> int:
+    """What a (readable) turn costs as context."""
     return (
-        count_tokens(turn.user_message)
-        + count_tokens(turn.reply)
+        count_tokens(str(turn.user_message))
+        + count_tokens(str(turn.reply))
         + 2 * MESSAGE_OVERHEAD_TOKENS
     )
 

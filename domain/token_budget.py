@@ -13,7 +13,7 @@ SERVICE_SCOPE = "service"
 
 
 class TokenBudget(Aggregate):
-    """Daily token spending of one scope (the whole service, or one user).
+    """Daily token spending of one scope (today only the whole service: SERVICE_SCOPE).
 
     A request reserves its worst case before the model is called, then settles
     with what was really used, or releases the reservation when it fails. The

@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any
 from uuid import UUID
 
-from application.chat import ChatRecords
+from adapters.event_store import ChatRecords
 from application.privacy import KEY_LEDGER_ID
-from domain.conversation import Conversation, conversation_id
+from domain.conversation import Conversation, Failure, conversation_id
 
 
 class ConversationNotFound(LookupError):
@@ -22,10 +22,11 @@ def resolve_conversation(target: str, thread: str | None = None) -> UUID:
         return conversation_id(target, thread)
 
 
-def _short(text: str | None, limit: int = 60) -> str:
-    if not text:
+def _short(content: object, limit: int = 60) -> str:
+    """Text as an auditor reads it; shredded content as [erased] or [expired]."""
+    if not content:
         return ""
-    text = " ".join(text.split())
+    text = " ".join(str(content).split())
     return f'"{text if len(text) <= limit else text[: limit - 1] + "…"}"'
 
 
@@ -109,7 +110,7 @@ def audit_report(records: ChatRecords, target: str, thread: str | None = None,
         lines.append(f"State as of event #{state.version}:")
         lines.append(f"  {len(state.turns)} answered turn(s), "
                      f"{len(state.pending)} pending, "
-                     f"{sum('error' in o for o in state.outcomes.values())} failed")
+                     f"{sum(isinstance(o, Failure) for o in state.outcomes.values())} failed")
         for turn in state.turns:
             lines.append(f"  user: {_short(turn.user_message, 100)}")
             lines.append(f"  {turn.model}: {_short(turn.reply, 100)}")

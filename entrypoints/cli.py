@@ -11,10 +11,9 @@ import signal
 import sys
 from collections.abc import Iterator
 from importlib.util import find_spec
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, cast
 
 from adapters.data_keys import KeyUnavailable
-from domain.conversation import data_owner
 from entrypoints.settings import SettingsError, load_settings
 
 if TYPE_CHECKING:
@@ -103,35 +102,39 @@ def run_audit(target: str, thread: str | None, as_of: int | None) -> int:
     return 0
 
 
-async def _forget_cached(cache: Any, email: str) -> int:
-    try:
-        return int(await cache.forget(data_owner(email)))
-    finally:
-        await cache.close()
-
-
 def run_privacy(command: str, email: str | None = None, requested_by: str | None = None) -> int:
     """`erase`, `retention` and `rotate-keys`: against the store, without a worker."""
     with _store_command() as (settings, container):
-        privacy = container.privacy()
+        print(asyncio.run(_privacy(command, settings, container, email, requested_by)))
+    return 0
+
+
+async def _privacy(
+    command: str, settings: Settings, container: Container, email: str | None,
+    requested_by: str | None,
+) -> str:
+    privacy = container.privacy()
+    cache = container.response_cache()
+    try:
         if command == "erase":
             assert email is not None
-            erasure = privacy.erase(email, requested_by or "operator")
-            print(f"erased {email}: {len(erasure.conversation_ids)} conversation(s), "
-                  f"{erasure.keys_destroyed} data key(s) destroyed")
-            cache = container.response_cache()
+            erasure = await privacy.erase_user(email, requested_by or "operator")
+            said = (f"erased {email}: {len(erasure.conversation_ids)} conversation(s), "
+                    f"{erasure.keys_destroyed} data key(s) destroyed")
             if cache is not None:  # the workers sweep it too, within seconds
-                dropped = asyncio.run(_forget_cached(cache, email))
-                print(f"  {dropped} cached repl{'y' if dropped == 1 else 'ies'} dropped")
-        elif command == "retention":
-            expired = privacy.expire(settings.RETENTION_DAYS)
-            print(f"retention ({settings.RETENTION_DAYS} days): content expired in "
-                  f"{len(expired)} conversation(s)")
-        else:
-            count = privacy.rotate()
-            print(f"rotate-keys: {count} key(s) rewrapped with the current SECRET_KEY; "
-                  "SECRET_KEY_PREVIOUS can be removed now")
-    return 0
+                dropped = erasure.replies_dropped
+                said += f"\n  {dropped} cached repl{'y' if dropped == 1 else 'ies'} dropped"
+            return said
+        if command == "retention":
+            expired = await privacy.expire_content(settings.RETENTION_DAYS)
+            return (f"retention ({settings.RETENTION_DAYS} days): content expired in "
+                    f"{len(expired)} conversation(s)")
+        count = await privacy.rotate_keys()
+        return (f"rotate-keys: {count} key(s) rewrapped with the current SECRET_KEY; "
+                "SECRET_KEY_PREVIOUS can be removed now")
+    finally:
+        if cache is not None:
+            await cache.close()
 
 
 def run_dead_letters(limit: int) -> int:

@@ -6,29 +6,32 @@ from collections.abc import Callable
 
 from dependency_injector import containers, providers
 
-from adapters.event_store import event_store_env
+from adapters.aggregate_store import StoreOfRecords
+from adapters.event_store import ChatRecords, event_store_env
+from adapters.measured_model import MeasuredModel
 from adapters.offline_model import OfflineModel
+from adapters.openai_batch import OpenAIBatch
+from adapters.openai_model import ApiKeySource, OpenAIModel
 from adapters.otel_metrics import OtelMetrics
 from adapters.otel_tracing import OtelTracing
 from adapters.pii_detector import LibraryPiiDetector
 from adapters.price_file import PriceFileError, price_table
-from domain.pricing import PriceTable
-from adapters.openai_batch import OpenAIBatch
-from adapters.openai_model import ApiKeySource, OpenAIModel
 from adapters.rate_limiter import SlidingWindowRateLimiter
 from adapters.redis_cache import RedisResponseCache
 from adapters.secret_file import api_key_source
 from adapters.system_clock import SystemClock
 from adapters.tiktoken_counter import TiktokenCounter
 from application.batching import BatchCollector
-from application.chat import ChatPolicy, ChatRecords, ChatService
+from application.budget_ledger import BudgetLedger
+from application.chat import ChatService
+from application.chat_policy import ChatPolicy
 from application.circuit_breaker import CircuitBreaker
-from application.measured_model import MeasuredModel
 from application.model_names import ModelNames
-from application.pii import PiiMasker
 from application.model_retries import RetryingModel
 from application.model_slots import ModelSlots
+from application.pii import PiiMasker
 from application.privacy import Privacy
+from domain.pricing import PriceTable
 from entrypoints.health import worker_checks
 from entrypoints.settings import Settings, SettingsError
 from entrypoints.worker import KafkaWorker
@@ -93,6 +96,7 @@ class Container(containers.DeclarativeContainer):
             previous_secret_key=providers.Callable(_secret, settings.provided.SECRET_KEY_PREVIOUS),
         ),
     )
+    stores = providers.Singleton(StoreOfRecords, records=records, tracer=tracer)
     api_key = providers.Singleton(
         api_key_source,
         key=providers.Callable(_secret, settings.provided.OPENAI_API_KEY),
@@ -133,11 +137,8 @@ class Container(containers.DeclarativeContainer):
         vision_model=settings.provided.VISION_MODEL,
         max_tokens=settings.provided.MAX_TOKENS,
         temperature=settings.provided.TEMPERATURE,
-        daily_token_limit=settings.provided.DAILY_TOKEN_LIMIT,
         context_max_tokens=settings.provided.CONTEXT_MAX_TOKENS,
         context_max_turns=settings.provided.CONTEXT_MAX_TURNS,
-        budget_chunk_tokens=settings.provided.BUDGET_CHUNK_TOKENS,
-        budget_lease_expiry=settings.provided.BUDGET_LEASE_EXPIRY,
         retention_days=settings.provided.RETENTION_DAYS,
         pii_mode=settings.provided.PII_MODE,
         prices=prices,
@@ -157,9 +158,18 @@ class Container(containers.DeclarativeContainer):
     )
     batches = providers.Singleton(_batches, settings=settings, api_key=api_key.provider)
     pii_masker = providers.Singleton(PiiMasker, detector=providers.Singleton(LibraryPiiDetector))
+    ledger = providers.Singleton(
+        BudgetLedger,
+        budgets=stores.provided.budgets,
+        clock=clock,
+        daily_limit=settings.provided.DAILY_TOKEN_LIMIT,
+        chunk_tokens=settings.provided.BUDGET_CHUNK_TOKENS,
+        lease_expiry=settings.provided.BUDGET_LEASE_EXPIRY,
+    )
     chat_service = providers.Singleton(
         ChatService,
-        records=records,
+        conversations=stores.provided.conversations,
+        ledger=ledger,
         model=language_model,
         counter=token_counter,
         rate_limiter=rate_limiter,
@@ -172,7 +182,14 @@ class Container(containers.DeclarativeContainer):
         batches=batches,
         metrics=metrics,
     )
-    privacy = providers.Singleton(Privacy, records=records, clock=clock, service=chat_service)
+    privacy = providers.Singleton(
+        Privacy,
+        conversations=stores.provided.conversations,
+        ledgers=stores.provided.ledgers,
+        keys=records.provided.data_keys,
+        clock=clock,
+        cache=response_cache,
+    )
     worker = providers.Singleton(
         KafkaWorker,
         service=chat_service,

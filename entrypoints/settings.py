@@ -22,7 +22,7 @@ class Settings(BaseSettings):
         hide_input_in_errors=True,
     )
 
-    # The platform's existing names (DESIGN §3).
+    # The platform's existing names.
     OPENAI_API_KEY: SecretStr | None = None
     MODEL: str = "gpt-4o-mini"
     VISION_MODEL: str = "gpt-4o-latest"

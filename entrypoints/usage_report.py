@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import Any, Literal
 
 from adapters.usage_view import open_usage_view
-from application.chat import ChatRecords
+from adapters.event_store import ChatRecords
 from application.usage import (
     Grouping,
     UsageLine,

@@ -79,6 +79,7 @@ class KafkaWorker:
         self._intake = RequestIntake(
             service, settings, clock, self._held, self._accounting, self._lanes, self._responder
         )
+        self._privacy = privacy
         self._erasures: ErasureListener | None = None
         self._retention: RetentionRuns | None = None
         if privacy is not None:
@@ -156,9 +157,12 @@ class KafkaWorker:
         return consumer
 
     async def _between_fetches(self, consumer: Consumer) -> None:
-        """Every COMMIT_INTERVAL: commit, the use case's housekeeping, retention."""
+        """Every COMMIT_INTERVAL: commit, the use case's housekeeping, other
+        replicas' erasures, retention."""
         self._commits.commit(consumer, asynchronous=True)
         await self.service.housekeeping()
+        if self._privacy is not None:
+            await self._privacy.follow_erasures()
         if self._retention is not None:
             self._retention.start_if_due()
 

@@ -1,4 +1,8 @@
-"""Work that waits out an event store outage, for as long as it lasts."""
+"""Work of one record, tried again until it is done, given up or the worker stops.
+
+The event store waits out its own outages (adapters/store_outages.py); one that
+still reaches here (the budget's store, say) is waited out under the same policy.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from eventsourcing.persistence import PersistenceError
+from adapters.store_outages import StoreOutages
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -15,7 +19,7 @@ _T = TypeVar("_T")
 # Unexpected errors (not the store being down) are retried this often before the
 # work is given up, so that one bad record cannot wedge its conversation forever.
 UNEXPECTED_ERROR_ATTEMPTS = 3
-STORE_RETRY_MAX_DELAY = 10.0
+OUTAGES = StoreOutages()
 
 
 class Stopping(Exception):
@@ -36,19 +40,19 @@ async def persevere(
     GaveUp after UNEXPECTED_ERROR_ATTEMPTS unexpected errors, Stopping when the
     worker stops meanwhile. `doing` names the work in the log."""
     attempt = 0
-    delay = 0.5
+    delays = OUTAGES.delays()
     while True:
-        attempt += 1
         try:
             return await work(*args)
-        except PersistenceError as error:
-            # The store is down: wait for it rather than lose or fail the work.
-            log.warning("event store unavailable (%s); retrying in %.1fs", error, delay)
         except Exception as error:
-            log.exception("unexpected error %s (attempt %d)", doing, attempt)
-            if attempt >= UNEXPECTED_ERROR_ATTEMPTS:
-                raise GaveUp(type(error).__name__) from error
+            if OUTAGES.is_outage(error):
+                # The store is down: wait for it rather than lose or fail the work.
+                log.warning("event store unavailable while %s (%s)", doing, error)
+            else:
+                attempt += 1
+                log.exception("unexpected error %s (attempt %d)", doing, attempt)
+                if attempt >= UNEXPECTED_ERROR_ATTEMPTS:
+                    raise GaveUp(type(error).__name__) from error
         if stopping():
             raise Stopping
-        await asyncio.sleep(delay)
-        delay = min(delay * 2, STORE_RETRY_MAX_DELAY)
+        await asyncio.sleep(next(delays))

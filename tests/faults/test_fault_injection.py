@@ -25,8 +25,7 @@ from datetime import UTC, datetime
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from adapters.event_store import event_store_env
-from application.chat import ChatRecords
+from adapters.event_store import ChatRecords, event_store_env
 from domain.token_budget import SERVICE_SCOPE
 from tests.support.records import private_topics
 from tests.support.worker import WorkerProcess

@@ -15,7 +15,7 @@ from application.model_retries import RetryingModel
 from application.ports import ChatMessage, ModelCall, ModelError
 from entrypoints.container import build_container
 from entrypoints.settings import load_settings
-from tests.adapters.test_api_key_source import ManualClock, MountedSecret
+from tests.support.mounted_secret import ManualClock, MountedSecret
 
 pytestmark = pytest.mark.integration
 

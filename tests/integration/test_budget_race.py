@@ -9,9 +9,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from adapters.event_store import event_store_env
+from adapters.event_store import ChatRecords, event_store_env
 from adapters.kafka import ensure_topics
-from application.chat import ChatRecords
 from domain.conversation import conversation_id
 from domain.token_budget import SERVICE_SCOPE
 from tests.support.records import produce, read

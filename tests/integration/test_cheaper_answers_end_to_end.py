@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 
-from application.chat import SUMMARY_INSTRUCTIONS, SUMMARY_PREFIX
+from application.compaction import SUMMARY_INSTRUCTIONS
+from application.context_window import SUMMARY_PREFIX
 from domain.conversation import conversation_id
 from domain.pricing import DEFAULT_PRICES
 from tests.support.records import produce, read

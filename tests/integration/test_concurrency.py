@@ -8,8 +8,7 @@ from collections import Counter
 
 import pytest
 
-from application.chat import ChatRecords
-from adapters.event_store import event_store_env
+from adapters.event_store import ChatRecords, event_store_env
 from domain.conversation import conversation_id
 from tests.support.records import produce, read, read_until_all
 from tests.support.worker import RunningWorker

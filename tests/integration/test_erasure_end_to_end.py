@@ -11,8 +11,7 @@ import psycopg
 import pytest
 
 from adapters.dead_letters import DeadLetterSeal
-from adapters.event_store import event_store_env
-from application.chat import ChatRecords
+from adapters.event_store import ChatRecords, event_store_env
 from domain.conversation import ERASED, conversation_id
 from entrypoints.cli import main as chater_gpt
 from tests.support.records import produce, read_until_all

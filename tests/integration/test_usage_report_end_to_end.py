@@ -10,9 +10,8 @@ import time
 
 import pytest
 
-from adapters.event_store import event_store_env
+from adapters.event_store import ChatRecords, event_store_env
 from adapters.usage_view import open_usage_view
-from application.chat import ChatRecords
 from application.usage import UsageProjection, Window, catch_up, usage_report
 from domain.conversation import Conversation
 from entrypoints.cli import main as chater_gpt

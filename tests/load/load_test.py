@@ -256,7 +256,7 @@ def conversation_requests(conversations: int, turns: int):
 def run_context_scenario(args, broker, model, workdir: Path) -> None:
     """Prompt tokens per request on long conversations: truncate vs summarize (and,
     for scale, the whole history sent every time)."""
-    from application.chat import SUMMARY_INSTRUCTIONS
+    from application.compaction import SUMMARY_INSTRUCTIONS
     from tests.support.fake_openai import prompt_tokens
 
     summary_start = SUMMARY_INSTRUCTIONS.split("{")[0]

@@ -20,15 +20,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from adapters.event_store import event_store_env  # noqa: E402
 from adapters.tiktoken_counter import TiktokenCounter  # noqa: E402
-from application.chat import ChatPolicy, ChatRecords, ChatService  # noqa: E402
+from adapters.event_store import ChatRecords  # noqa: E402
 from application.contract import ChatRequest  # noqa: E402
-from tests.unit.fakes import CountingLimiter, FakeModel, FixedClock  # noqa: E402
+from tests.unit.fakes import make_service  # noqa: E402
 
 
 async def bench(args: argparse.Namespace, database_url: str) -> None:
     records = ChatRecords(env=event_store_env(database_url, "bench-secret"))
-    service = ChatService(records, FakeModel(), TiktokenCounter(), CountingLimiter(), FixedClock(),
-                          ChatPolicy(daily_token_limit=10**12))
+    service, _ = make_service(records=records, daily_token_limit=10**12)
+    service.window.counter = TiktokenCounter()
     numbers = iter(range(args.requests))
 
     async def client() -> None:

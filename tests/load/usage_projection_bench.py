@@ -26,7 +26,7 @@ from eventsourcing.persistence import Tracking  # noqa: E402
 
 from adapters.event_store import event_store_env  # noqa: E402
 from adapters.usage_view import open_usage_view  # noqa: E402
-from application.chat import ChatRecords  # noqa: E402
+from adapters.event_store import ChatRecords  # noqa: E402
 from application.usage import UsageProjection, Window, catch_up, usage_report  # noqa: E402
 from domain.conversation import Conversation  # noqa: E402
 from tests.support.postgres import PostgresServer  # noqa: E402

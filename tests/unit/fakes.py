@@ -3,10 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from datetime import UTC, datetime, timedelta
 
-from application.chat import ChatPolicy, ChatRecords, ChatService
-from application.ports import BatchState, ModelCall, ModelError, ModelReply
+from adapters.aggregate_store import StoreOfRecords
+from adapters.event_store import ChatRecords
+from application.budget_ledger import BudgetLedger
+from application.chat import ChatService
+from application.chat_policy import ChatPolicy
+from application.contract import ChatRequest
+from application.pii import resolve_overlaps
+from application.ports import BatchState, Detection, ModelCall, ModelError, ModelReply
+from domain.conversation import conversation_id
+from domain.token_budget import SERVICE_SCOPE
 
 
 class WordCounter:
@@ -126,23 +135,77 @@ class FakeBatchModel:
         pass
 
 
+class ScriptedDetector:
+    """Finds the values it was given (as whole words), with their types."""
+
+    def __init__(self, values: dict[str, str]) -> None:
+        self.values = values
+        self.calls = 0
+
+    def detect(self, text: str) -> list[Detection]:
+        self.calls += 1
+        found = []
+        for value, kind in self.values.items():
+            for match in re.finditer(re.escape(value), text):
+                found.append(Detection(kind, match.start(), match.end(), value))
+        return resolve_overlaps(found)
+
+
+LEDGER_SETTINGS = {
+    "daily_token_limit": "daily_limit", "budget_chunk_tokens": "chunk_tokens",
+    "budget_lease_expiry": "lease_expiry",
+}
+
+
 def make_service(
     model: FakeModel | None = None, service_parts: dict[str, object] | None = None,
-    **policy: object,
+    records: ChatRecords | None = None, clock: FixedClock | None = None,
+    conversation_cache_size: int = 10_000, **policy: object,
 ) -> tuple[ChatService, FakeModel]:
+    """A ChatService on an in-memory event store (or `records`). Besides the
+    service's own parts, it carries `records`, `stores` and `writer` (the event
+    store, its aggregate stores and their group commit) for tests to look at and
+    to break."""
     model = model or FakeModel()
+    records = records or ChatRecords(env={"PERSISTENCE_MODULE": "eventsourcing.popo"})
+    clock = clock or FixedClock()
+    stores = StoreOfRecords(records, conversation_cache_size)
+    ledger_settings = {LEDGER_SETTINGS[name]: policy.pop(name) for name in list(policy)
+                       if name in LEDGER_SETTINGS}
+    ledger_settings.setdefault("daily_limit", 1_000_000)
     service = ChatService(
-        records=ChatRecords(env={"PERSISTENCE_MODULE": "eventsourcing.popo"}),
+        conversations=stores.conversations,
+        ledger=BudgetLedger(stores.budgets, clock, **ledger_settings),  # type: ignore[arg-type]
         model=model,
         counter=WordCounter(),
         rate_limiter=CountingLimiter(),
-        clock=FixedClock(),
+        clock=clock,
         policy=ChatPolicy(**policy),  # type: ignore[arg-type]
         **(service_parts or {}),  # type: ignore[arg-type]
     )
+    service.records = records  # type: ignore[attr-defined]
+    service.stores = stores  # type: ignore[attr-defined]
+    service.writer = stores.writer  # type: ignore[attr-defined]
     return service, model
 
 
 async def wire(service: ChatService, request: object) -> dict[str, object]:
     """The service's response to a request as it goes on the wire (JSON)."""
     return (await service.handle(request)).to_json()  # type: ignore[arg-type]
+
+
+def ask(request_id: str, message: str, **fields) -> ChatRequest:
+    """A request from ada@example.com (or `user_email`), with any other fields."""
+    return ChatRequest(request_id, fields.pop("user_email", "ada@example.com"), message, **fields)
+
+
+def used_tokens(service: ChatService) -> int:
+    """Tokens the service's budget of the (fixed) day counts as used."""
+    return service.records.budget(SERVICE_SCOPE, "2026-11-25").used  # type: ignore[attr-defined]
+
+
+def event_names(service: ChatService, user: str = "ada@example.com",
+                thread: str | None = None) -> list[str]:
+    """The names of the events stored for a user's conversation (thread)."""
+    return [type(e).__name__
+            for e in service.records.events.get(conversation_id(user, thread))]  # type: ignore[attr-defined]

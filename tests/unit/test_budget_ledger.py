@@ -3,15 +3,21 @@ import random
 
 import pytest
 
+from adapters.aggregate_store import StoreOfRecords
+from adapters.event_store import ChatRecords
 from application.budget_ledger import BudgetLedger
-from application.chat import ChatRecords
 from domain.token_budget import SERVICE_SCOPE, BudgetExceeded
 from tests.unit.fakes import FixedClock
 
 
+def budgets(records: ChatRecords):
+    """The budgets of the store as one worker sees them (a cache of its own)."""
+    return StoreOfRecords(records).budgets
+
+
 def ledger(records: ChatRecords, clock: FixedClock, limit: int, chunk: int = 1000,
            lease_seconds: float = 10.0) -> BudgetLedger:
-    return BudgetLedger(records.budget, records.save, clock, limit, chunk_tokens=chunk,
+    return BudgetLedger(budgets(records), clock, limit, chunk_tokens=chunk,
                         lease_seconds=lease_seconds)
 
 
@@ -112,7 +118,7 @@ async def test_room_held_by_a_stopped_worker_ends_in_budget_exceeded_not_a_stall
     clock = FixedClock()
     dead = ledger(records, clock, limit=1000, chunk=1000)
     await dead.reserve("r1", 100)  # leases 500 and dies without settling
-    waiting = BudgetLedger(records.budget, records.save, clock, 1000, chunk_tokens=1000,
+    waiting = BudgetLedger(budgets(records), clock, 1000, chunk_tokens=1000,
                            max_wait=0.2)
     with pytest.raises(BudgetExceeded, match="held for"):
         await waiting.reserve("r2", 600)
@@ -122,12 +128,16 @@ async def test_a_store_outage_while_settling_fails_nobody_and_is_written_later(r
     clock = FixedClock()
     failures = [RuntimeError("store down")]
 
-    def flaky_save(budget):
+    stores = StoreOfRecords(records)
+    save = stores.writer.save
+
+    async def flaky_save(budget, **options):
         if failures and budget.reservations == {}:  # the settling write
             raise failures.pop()
-        records.save(budget)
+        await save(budget, **options)
 
-    book = BudgetLedger(records.budget, flaky_save, clock, 10_000, chunk_tokens=1000)
+    stores.writer.save = flaky_save
+    book = BudgetLedger(stores.budgets, clock, 10_000, chunk_tokens=1000)
     await book.reserve("r1", 100)
     book.settle("r1", 40)
     await book.close()  # the settle fails: kept for later
@@ -140,7 +150,7 @@ async def test_a_dead_workers_lease_counts_as_spent_once_it_expires_and_waiters_
     clock = FixedClock()
     dead = ledger(records, clock, limit=1000, chunk=1000)
     await dead.reserve("r1", 100)  # leases 500 and dies without settling
-    alive = BudgetLedger(records.budget, records.save, clock, 1000, chunk_tokens=1000,
+    alive = BudgetLedger(budgets(records), clock, 1000, chunk_tokens=1000,
                          lease_expiry=60.0)
     waiting = asyncio.create_task(alive.reserve("r2", 600))  # fits only without the dead lease
     await asyncio.sleep(0.1)
@@ -170,7 +180,7 @@ async def test_a_live_workers_lease_is_renewed_and_never_expires_under_a_slow_re
     slow = ledger(records, clock, limit=1000, chunk=1000)
     slow.lease_expiry = 60.0
     await slow.reserve("r1", 100)  # leases 500, and r1 takes minutes (an open circuit)
-    other = BudgetLedger(records.budget, records.save, clock, 1000, chunk_tokens=1000,
+    other = BudgetLedger(budgets(records), clock, 1000, chunk_tokens=1000,
                          lease_expiry=60.0, max_wait=0.2)
     for _ in range(6):  # three minutes go by, the slow worker's housekeeping runs
         clock.advance(seconds=30)

@@ -4,41 +4,15 @@ import pytest
 from eventsourcing.application import Application
 
 from domain.conversation import (
+    Answer,
     Conversation,
+    Failure,
     RequestAlreadyReceived,
     RequestNotPending,
     conversation_id,
 )
+from tests.support.conversations import answer, receive
 from tests.unit.fakes import WordCounter
-
-
-def receive(conversation: Conversation, request_id: str, message: str) -> None:
-    conversation.receive_message(
-        request_id=request_id,
-        message=message,
-        image_digests=[],
-        model="gpt-4o-mini",
-        max_tokens=100,
-        temperature=0.7,
-        system_prompt=None,
-        caller_context=None,
-        history_turns=0,
-    )
-
-
-def answer(conversation: Conversation, request_id: str, reply: str) -> None:
-    conversation.record_reply(
-        request_id=request_id,
-        reply=reply,
-        model="gpt-4o-mini",
-        prompt_tokens=10,
-        completion_tokens=5,
-        finish_reason="stop",
-        answered_at="2026-01-01T00:00:00.000Z",
-        processing_time=0.5,
-        cached_tokens=0,
-        cost=0.0000045,
-    )
 
 
 def test_id_is_derived_from_email_and_thread_so_any_worker_finds_it():
@@ -55,8 +29,8 @@ def test_a_reply_becomes_a_turn_and_the_outcome_of_its_request():
     answer(conversation, "r1", "hi there")
     assert [(t.user_message, t.reply) for t in conversation.turns] == [("hello", "hi there")]
     outcome = conversation.outcome("r1")
-    assert outcome["response"] == "hi there"
-    assert outcome["usage"] == {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}
+    assert isinstance(outcome, Answer) and outcome.reply == "hi there"
+    assert (outcome.prompt_tokens, outcome.completion_tokens) == (10, 5)
 
 
 def test_a_request_is_received_once_and_answered_only_when_pending():
@@ -78,7 +52,9 @@ def test_a_failure_is_an_outcome_but_not_a_turn():
     receive(conversation, "r1", "hello")
     conversation.record_failure("r1", "upstream_error", "down", "2026-01-01T00:00:00Z", 1.0)
     assert conversation.turns == []
-    assert conversation.outcome("r1")["error"] == {"type": "upstream_error", "message": "down"}
+    outcome = conversation.outcome("r1")
+    assert isinstance(outcome, Failure)
+    assert (outcome.error_type, outcome.error_message) == ("upstream_error", "down")
     assert not conversation.is_pending("r1")
 
 
@@ -136,7 +112,7 @@ def test_replies_recorded_before_prices_were_kept_replay_as_unpriced():
     app.repository.cache = None
 
     replayed = app.repository.get(conversation.id)
-    assert replayed.outcome("r1")["cost_usd"] is None
+    assert replayed.outcome("r1").cost is None
     event = list(app.events.get(conversation.id))[-1]
     assert (event.cached_tokens, event.cost) == (0, None)
 
@@ -145,4 +121,5 @@ def test_a_recorded_reply_carries_its_cost():
     conversation = Conversation("ada@example.com")
     receive(conversation, "r1", "hello")
     answer(conversation, "r1", "hi")
-    assert conversation.outcome("r1")["cost_usd"] == 0.0000045
+    assert conversation.outcome("r1").cost == 0.0000045
+

@@ -1,6 +1,5 @@
 import pytest
 
-from adapters.openai_model import retry_after
 from application.model_retries import RetryingModel
 from application.ports import ChatMessage, ModelCall, ModelError
 from tests.unit.fakes import FakeModel
@@ -54,25 +53,6 @@ async def test_the_fallback_answers_when_retries_run_out_and_its_failure_reports
     fake.script = [ModelError("upstream_error", "primary down"), ModelError("upstream_error", "fallback down")]
     with pytest.raises(ModelError, match="primary down"):
         await model.complete(CALL)
-
-
-@pytest.mark.parametrize(
-    ("headers", "rate_limited", "seconds"),
-    [
-        ({"retry-after-ms": "250"}, True, 0.25),
-        ({"retry-after": "3"}, False, 3.0),
-        ({"x-ratelimit-reset-requests": "1m30s", "x-ratelimit-reset-tokens": "20ms"}, True, 90.0),
-        ({"x-ratelimit-reset-requests": "1m30s"}, False, None),
-        ({"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"}, True, 0.0),
-        ({"retry-after": "soon"}, True, None),
-        ({"retry-after": "nan"}, True, None),
-        ({"retry-after": "Wed, 21 Oct 2015 07:28:00 -0000"}, True, 0.0),
-        ({}, True, None),
-    ],
-)
-def test_wait_headers_are_read_as_openai_sends_them(headers, rate_limited, seconds):
-    assert retry_after(headers, rate_limited) == seconds
-
 
 
 async def test_every_call_it_adds_is_paced_like_the_first_one():

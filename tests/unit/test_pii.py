@@ -1,12 +1,10 @@
 """Masking sessions: placeholders, one mapping per model call, the way back.
 
-These tests use a scripted detector, so they are about application/pii.py alone; the
-library detector is tested in test_pii_detector.py.
+These tests use a scripted detector (tests/unit/fakes.py), so they are about
+application/pii.py alone; the library detector is tested in test_pii_detector.py.
 """
 
 from __future__ import annotations
-
-import re
 
 import pytest
 
@@ -20,23 +18,7 @@ from application.pii import (
     PiiSession,
     resolve_overlaps,
 )
-
-
-class ScriptedDetector:
-    """Finds the values it was given (as whole words), with their types."""
-
-    def __init__(self, values: dict[str, str]) -> None:
-        self.values = values
-        self.calls = 0
-
-    def detect(self, text: str) -> list[Detection]:
-        self.calls += 1
-        found = []
-        for value, kind in self.values.items():
-            for match in re.finditer(re.escape(value), text):
-                found.append(Detection(kind, match.start(), match.end(), value))
-        return resolve_overlaps(found)
-
+from tests.unit.fakes import ScriptedDetector
 
 ADA = "ada@example.com"
 BOB = "bob@example.org"

@@ -14,9 +14,8 @@ import pytest
 from eventsourcing.persistence import InfrastructureFactory, IntegrityError, Tracking
 from eventsourcing.utils import Environment
 
-from adapters.event_store import event_store_env
+from adapters.event_store import ChatRecords, event_store_env
 from adapters.usage_view import SQLiteUsageView, open_usage_view
-from application.chat import ChatRecords
 from application.usage import (
     RequestReceived,
     UsageChanges,
@@ -319,13 +318,10 @@ def test_windows_that_make_no_sense_are_refused():
 
 
 def test_an_erased_users_rows_keep_their_accounting_but_not_whose_they_were(tmp_path):
-    from adapters.event_store import event_store_env
+    from adapters.event_store import ChatRecords, event_store_env
     from adapters.usage_view import open_usage_view
-    from application.chat import ChatRecords
-    from application.privacy import Privacy
     from application.usage import UsageProjection, Window, catch_up, usage_report, user_hash
-    from tests.unit.fakes import FixedClock
-    from tests.unit.test_privacy import say
+    from tests.support.conversations import erase, say
 
     env = event_store_env(f"sqlite:///{tmp_path}/u.sqlite", "usage-secret")
     records = ChatRecords(env=env)
@@ -336,7 +332,7 @@ def test_an_erased_users_rows_keep_their_accounting_but_not_whose_they_were(tmp_
         catch_up(records, projection)
         ada = user_hash("usage-secret", "ada@example.com")
         assert usage_report(view, Window(), user=ada)[-1].requests == 1
-        Privacy(records, FixedClock()).erase("ada@example.com", requested_by="dpo")
+        erase(records, "ada@example.com", requested_by="dpo")
         catch_up(records, projection)
         assert usage_report(view, Window(), user=ada)[-1].requests == 0  # no longer linked
         [total] = usage_report(view, Window())

@@ -3,8 +3,8 @@ import asyncio
 import pytest
 from eventsourcing.persistence import RecordConflictError
 
-from application.chat import ChatRecords
-from application.group_commit import GroupCommitter
+from adapters.event_store import ChatRecords
+from adapters.group_commit import GroupCommitter
 from domain.conversation import Conversation
 
 

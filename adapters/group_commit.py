@@ -4,24 +4,24 @@ A transaction costs a disk flush (PostgreSQL) or a lock and a journal write
 (SQLite) whatever it holds, so writes that arrive while one is running go
 together in the next. A batch that fails on a conflict is retried one request at
 a time, so that only the request that collided sees RecordConflictError. While
-the store is down, writes wait and are tried again: their events were taken
-from the aggregates, so nobody else could try them again.
+the store is down, writes wait and are tried again (StoreOutages): their events
+were taken from the aggregates, so nobody else could try them again. A write
+that must not wait (`wait_out_outages=False`) gets the outage's error instead.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import random
 from dataclasses import dataclass, field
 from typing import Any
 
 from eventsourcing.application import Application
-from eventsourcing.persistence import InterfaceError, OperationalError, RecordConflictError
+from eventsourcing.persistence import RecordConflictError
+
+from adapters.store_outages import StoreOutages
 
 log = logging.getLogger(__name__)
-
-MAX_RETRY_DELAY = 5.0
 
 
 @dataclass
@@ -29,31 +29,36 @@ class _Write:
     aggregates: tuple[Any, ...]
     events: list[Any]
     done: asyncio.Future[None]
+    patient: bool = True
     error: BaseException | None = field(default=None)
 
 
 class GroupCommitter:
-    def __init__(self, application: Application, max_batch: int = 500) -> None:
+    def __init__(
+        self, application: Application, max_batch: int = 500, outages: StoreOutages | None = None
+    ) -> None:
         self.application = application
         self.max_batch = max_batch
+        self.outages = outages or StoreOutages()
         self._queue: list[_Write] = []
         self._writer: asyncio.Task[None] | None = None
         self.transactions = 0
         self.saves = 0
 
-    async def save(self, *aggregates: Any) -> None:
+    async def save(self, *aggregates: Any, wait_out_outages: bool = True) -> None:
         """Save the aggregates' pending events; raises as `Application.save` would."""
         events = [event for aggregate in aggregates for event in aggregate.collect_events()]
         if not events:
             return
-        write = _Write(aggregates, events, asyncio.get_running_loop().create_future())
+        loop = asyncio.get_running_loop()
+        write = _Write(aggregates, events, loop.create_future(), wait_out_outages)
         self._queue.append(write)
         if self._writer is None or self._writer.done():
             self._writer = asyncio.create_task(self._drain())
         await write.done
 
     async def _drain(self) -> None:
-        delay = 0.1
+        delays = self.outages.delays()
         while self._queue:
             # A writer that gave up (cancelled) does not want its events written.
             self._queue = [w for w in self._queue if not w.done.cancelled()]
@@ -62,17 +67,17 @@ class GroupCommitter:
                 break
             try:
                 await asyncio.to_thread(self._write, batch)
-                delay = 0.1
+                delays = self.outages.delays()
             except RecordConflictError as error:
                 batch[0].error = error
-            except (OperationalError, InterfaceError) as error:
-                # Unreachable, restarting, out of connections: worth waiting for.
-                log.warning("event store unavailable (%s); retrying in %.1fs", error, delay)
-                self._queue[:0] = batch
-                await asyncio.sleep(delay * random.uniform(0.5, 1.0))
-                delay = min(delay * 2, MAX_RETRY_DELAY)
-                continue
-            except BaseException as error:  # not a passing outage: tell every writer
+            except BaseException as error:
+                if self.outages.is_outage(error):
+                    self._retry_later(batch, error)
+                    delay = next(delays)
+                    log.warning("event store unavailable (%s); retrying in %.1fs", error, delay)
+                    await asyncio.sleep(delay)
+                    continue
+                # Not a passing outage: tell every writer.
                 for write in batch:
                     if not write.done.done():
                         write.done.set_exception(error)
@@ -86,6 +91,14 @@ class GroupCommitter:
                     write.done.set_result(None)
                 else:
                     write.done.set_exception(write.error)
+
+    def _retry_later(self, batch: list[_Write], error: BaseException) -> None:
+        """Put the batch's patient writes back first in line; tell the others."""
+        patient = [write for write in batch if write.patient]
+        for write in batch:
+            if not write.patient and not write.done.done():
+                write.done.set_exception(error)
+        self._queue[:0] = patient
 
     def _write(self, batch: list[_Write]) -> None:
         self.transactions += 1

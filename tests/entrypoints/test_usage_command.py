@@ -11,15 +11,14 @@ import json
 
 import pytest
 
-from adapters.event_store import event_store_env
-from application.chat import ChatPolicy, ChatRecords, ChatService
+from adapters.event_store import ChatRecords, event_store_env
 from application.contract import ChatRequest
 from application.images import Image
 from application.ports import ModelError
 from application.usage import UsageLine, Window, user_hash
 from entrypoints.cli import main as chater_gpt
 from entrypoints.usage_report import render, usage_rows
-from tests.unit.fakes import CountingLimiter, FakeModel, FixedClock, WordCounter, wire
+from tests.unit.fakes import make_service, wire
 
 SECRET = "report-secret"
 PNG = Image("image/png", base64.b64decode(
@@ -33,9 +32,7 @@ def answered(tmp_path, monkeypatch) -> list[dict]:
     The command is pointed at that store as an operator would, by its environment."""
     url = f"sqlite:///{tmp_path}/events.sqlite"
     records = ChatRecords(env=event_store_env(url, SECRET))
-    model = FakeModel()
-    service = ChatService(records, model, WordCounter(), CountingLimiter(), FixedClock(),
-                          ChatPolicy())
+    service, model = make_service(records=records)
     model.script.append(ModelError("upstream_error", "The model provider failed (HTTP 500)."))
     requests = [
         ChatRequest("r0", "bob@example.com", "this one fails"),

@@ -10,6 +10,7 @@ import base64
 import logging
 import threading
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from eventsourcing.cryptography import AESCipher
@@ -17,18 +18,29 @@ from eventsourcing.persistence import Mapper, StoredEvent
 from eventsourcing.utils import Environment
 
 from application.ports import DataKeys
-from domain.conversation import ERASED, EXPIRED, PERSONAL_FIELDS, SHREDDED, data_owner
+from domain.conversation import Answer, Shredded, data_owner, readable
 
 log = logging.getLogger(__name__)
 
+# The user's own words in each Conversation event (and in a snapshot's state):
+# encrypted at rest with the user's data key, unreadable once it is destroyed. The
+# rest (times, models, tokens, cost) is the accounting, kept for the budget and
+# the auditor.
+PERSONAL_FIELDS: dict[str, tuple[str, ...]] = {
+    "Started": ("user_email", "thread"),
+    "UserMessageReceived": ("message", "image_digests", "system_prompt", "caller_context"),
+    "ReplyRecorded": ("reply",),
+    "ContextCompacted": ("summary",),
+    # A snapshot's texts inside `pending` (the message) and `outcomes` (an answer's
+    # reply) are personal too; which requests are pending or concluded is not.
+    "Snapshot": ("user_email", "thread", "turns", "summary"),
+}
 CONVERSATION_TOPIC = "domain.conversation:Conversation"
 CIPHER_CACHE_SIZE = 10_000  # owners' days whose keys are kept ready
-# What a destroyed field reads as, when not the text marker.
+# What a destroyed field reads as, when not the Shredded value itself.
 _SHREDDED_VALUES: dict[str, Callable[[], Any]] = {
     "thread": lambda: None, "image_digests": list, "turns": list,  # fresh each time
 }
-# A snapshot's nested texts: (field, key in each of its entries).
-_NESTED_TEXTS = (("pending", "message"), ("outcomes", "response"))
 
 
 class PersonalDataMapper(Mapper[Any]):
@@ -73,7 +85,7 @@ class PersonalDataMapper(Mapper[Any]):
         # (a snapshot's address may read "[erased]").
         started = type(domain_event).__name__ == "Started"
         owner = None if started else self.keys.owner_of(cid)
-        if owner is None and holder.get("user_email") not in (None, *SHREDDED):
+        if owner is None and readable(holder.get("user_email")):
             # Its first event (or the first snapshot of a conversation from before
             # data keys): whose it is, registered with the day's key.
             owner = data_owner(holder["user_email"])
@@ -85,9 +97,14 @@ class PersonalDataMapper(Mapper[Any]):
             key_id, key = self.keys.key_for_writing(owner, day)
         personal = {name: holder.pop(name) for name in fields if name in holder}
         if holder is not state:  # a snapshot: its nested texts too
-            for name, text in _NESTED_TEXTS:
-                entries = holder[name] = {k: dict(v) for k, v in holder.get(name, {}).items()}
-                personal[name] = {k: v.pop(text) for k, v in entries.items() if text in v}
+            holder["pending"] = {k: dict(v) for k, v in holder.get("pending", {}).items()}
+            personal["pending"] = {k: v.pop("message") for k, v in holder["pending"].items()
+                                   if "message" in v}
+            outcomes = holder.get("outcomes", {})
+            personal["outcomes"] = {k: v.reply for k, v in outcomes.items() if isinstance(v, Answer)}
+            holder["outcomes"] = {
+                k: replace(v, reply="") if isinstance(v, Answer) else v for k, v in outcomes.items()
+            }
         sealed = self._cipher(key_id, key).encrypt(self.transcoder.encode(personal))
         state["_personal"] = {"key": key_id, "data": base64.b64encode(sealed).decode()}
         clone = object.__new__(type(domain_event))
@@ -119,19 +136,20 @@ class PersonalDataMapper(Mapper[Any]):
             sealed = base64.b64decode(personal["data"])
             fields = self.transcoder.decode(self._cipher(personal["key"], found).decrypt(sealed))
             if snapshot:
-                for name, text in _NESTED_TEXTS:
-                    for key, value in fields.pop(name, {}).items():
-                        holder[name][key][text] = value
+                for key, message in fields.pop("pending", {}).items():
+                    holder["pending"][key]["message"] = message
+                for key, reply in fields.pop("outcomes", {}).items():
+                    holder["outcomes"][key] = _with_reply(holder["outcomes"][key], reply)
             holder.update(fields)
         else:
-            marker = EXPIRED if found == "expired" else ERASED
+            marker = Shredded(found)
             for field in PERSONAL_FIELDS["Snapshot" if snapshot else type(domain_event).__name__]:
                 holder[field] = _SHREDDED_VALUES.get(field, lambda: marker)()
             if snapshot:
-                for name, text in _NESTED_TEXTS:
-                    for entry in holder.get(name, {}).values():
-                        if name == "pending" or "usage" in entry:  # an answer
-                            entry[text] = marker
+                for entry in holder.get("pending", {}).values():
+                    entry["message"] = marker
+                for key, outcome in holder.get("outcomes", {}).items():
+                    holder["outcomes"][key] = _with_reply(outcome, marker)
         return domain_event
 
     def _cipher(self, key_id: str, key: bytes) -> AESCipher:
@@ -150,6 +168,15 @@ class PersonalDataMapper(Mapper[Any]):
             self._ciphers.clear()
 
 
+def _with_reply(outcome: Any, reply: Any) -> Any:
+    """An outcome with its reply put back (or shredded); a failure has none."""
+    if isinstance(outcome, Answer):
+        return replace(outcome, reply=reply)
+    if isinstance(outcome, dict) and "usage" in outcome:  # a snapshot of version 1
+        return {**outcome, "response": reply}
+    return outcome
+
+
 def _content_days(state: dict[str, Any]) -> list[str]:
     """The UTC days of the answers a snapshot's state holds."""
     days = [
@@ -157,10 +184,10 @@ def _content_days(state: dict[str, Any]) -> list[str]:
         if turn.answered_at and turn.readable
     ]
     days += [
-        str(outcome["timestamp"])[:10] for outcome in state.get("outcomes", {}).values()
-        if outcome.get("response") not in (None, *SHREDDED) and outcome.get("timestamp")
+        outcome.answered_at[:10] for outcome in state.get("outcomes", {}).values()
+        if isinstance(outcome, Answer) and readable(outcome.reply) and outcome.answered_at
     ]
-    if state.get("summary") not in (None, *SHREDDED) and state.get("summary_from"):
+    if readable(state.get("summary")) and state.get("summary_from"):
         days.append(str(state["summary_from"])[:10])
     return days
 

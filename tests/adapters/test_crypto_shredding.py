@@ -9,32 +9,13 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from adapters.data_keys import KeyUnavailable
-from adapters.event_store import event_store_env
-from application.chat import ChatRecords
+from adapters.event_store import ChatRecords, event_store_env
 from application.privacy import KEY_LEDGER_ID, Privacy
 from domain.conversation import ERASED, EXPIRED, Conversation, conversation_id
+from tests.support.conversations import REPLY, erase, expire, privacy_of, rotate, say
 from tests.unit.fakes import FixedClock
 
 SECRET = "privacy-secret"
-MESSAGE = "my diagnosis is hypertension, call me on +44 20 7946 0958"
-REPLY = "noted: hypertension"
-
-
-def say(records: ChatRecords, email: str, request_id: str, message: str = MESSAGE,
-        reply: str = REPLY) -> Conversation:
-    conversation = records.conversation(conversation_id(email)) or Conversation(email)
-    conversation.receive_message(
-        request_id=request_id, message=message, image_digests=["sha256:abc"], model="gpt-4o-mini",
-        max_tokens=100, temperature=0.7, system_prompt="be kind", caller_context="ctx",
-        history_turns=len(conversation.turns),
-    )
-    conversation.record_reply(
-        request_id=request_id, reply=reply, model="gpt-4o-mini", prompt_tokens=12,
-        completion_tokens=3, finish_reason="stop", answered_at=_now(), processing_time=0.1,
-        cached_tokens=0, cost=0.0000036,
-    )
-    records.save(conversation)
-    return conversation
 
 
 def _now() -> str:
@@ -71,7 +52,7 @@ def test_erasure_leaves_the_accounting_and_starts_afresh(store):
     say(records, "ada@example.com", "r1")
     say(records, "ada@example.com", "r2", message="second", reply="second reply")
     say(records, "bob@example.com", "b1", message="bob's own", reply="bob's reply")
-    erasure = Privacy(records, FixedClock()).erase("Ada@Example.com", requested_by="dpo")
+    erasure = erase(records, "Ada@Example.com", requested_by="dpo")
     assert (erasure.conversation_ids, erasure.keys_destroyed) == ([str(conversation_id("ada@example.com"))], 1)
 
     cid = conversation_id("ada@example.com")
@@ -87,7 +68,7 @@ def test_erasure_leaves_the_accounting_and_starts_afresh(store):
         "gpt-4o-mini", 12, 3, 0.0000036)
     assert events[-1].requested_by == "dpo"
     conversation = records.conversation(cid)
-    assert conversation.turns == [] and conversation.outcome("r1")["response"] == ERASED
+    assert conversation.turns == [] and conversation.outcome("r1").reply == ERASED
     # Another user is untouched; the same address starts a fresh, readable history.
     assert records.conversation(conversation_id("bob@example.com")).turns[0].reply == "bob's reply"
     say(records, "ada@example.com", "r3", message="hello again", reply="welcome back")
@@ -98,7 +79,7 @@ def test_erasure_leaves_the_accounting_and_starts_afresh(store):
 def test_erased_content_stays_unreadable_from_a_fresh_process(store):
     records, url, _ = store
     say(records, "ada@example.com", "r1")
-    Privacy(records, FixedClock()).erase("ada@example.com", requested_by="ada@example.com")
+    erase(records, "ada@example.com", requested_by="ada@example.com")
     reopened = ChatRecords(env=event_store_env(url, SECRET))
     try:
         events = list(reopened.events.get(conversation_id("ada@example.com")))
@@ -111,7 +92,7 @@ def test_retention_expires_old_content_and_the_history_forgets_it(store):
     records, _, _ = store
     say(records, "ada@example.com", "r1")
     later = FixedClock(datetime.now(UTC) + timedelta(days=31))
-    expired = Privacy(records, later).expire(retention_days=30)
+    expired = expire(records, later, retention_days=30)
     cid = conversation_id("ada@example.com")
     assert expired == [str(cid)]
     events = list(records.events.get(cid))
@@ -127,7 +108,7 @@ def test_a_snapshot_of_erased_content_reads_as_erased(store):
         say(records, "ada@example.com", f"r{n}")
     cid = conversation_id("ada@example.com")
     assert len(list(records.snapshots.get(cid))) == 1
-    Privacy(records, FixedClock()).erase("ada@example.com", requested_by="dpo")
+    erase(records, "ada@example.com", requested_by="dpo")
     conversation = records.conversation(cid)
     assert conversation.turns == [] and conversation.user_email == ERASED
 
@@ -142,7 +123,7 @@ def test_rotating_the_secret_rewraps_every_key(tmp_path):
         ChatRecords(env=event_store_env(url, "new-secret"))
     # ... with the previous one it can, and rotate-keys rewraps them.
     rotating = ChatRecords(env=event_store_env(url, "new-secret", "old-secret"))
-    assert Privacy(rotating, FixedClock()).rotate() == 2  # the user's key and the store key
+    assert rotate(rotating) == 2  # the user's key and the store key
     rotating.close()
     new = ChatRecords(env=event_store_env(url, "new-secret"))
     try:
@@ -173,7 +154,7 @@ def test_a_destroyed_key_leaves_no_copy_in_the_database_files(store):
     finally:
         connection.close()
     assert wrapped.encode() in raw_bytes_without_checkpoint(path)
-    Privacy(records, FixedClock()).erase("ada@example.com", requested_by="dpo")
+    erase(records, "ada@example.com", requested_by="dpo")
     assert wrapped.encode() not in raw_bytes_without_checkpoint(path)  # file and WAL
 
 
@@ -184,15 +165,14 @@ def raw_bytes_without_checkpoint(path) -> bytes:
 def test_after_an_erasure_the_next_snapshot_stays_the_users_and_is_erased_again(store):
     records, _, _ = store
     say(records, "ada@example.com", "r0")
-    privacy = Privacy(records, FixedClock())
-    privacy.erase("ada@example.com", requested_by="dpo")
+    erase(records, "ada@example.com", requested_by="dpo")
     for n in range(1, 26):  # past a snapshot (every 50 events) after the erasure
         say(records, "ada@example.com", f"r{n}", message=f"later secret {n}", reply=f"later reply {n}")
     cid = conversation_id("ada@example.com")
     assert len(list(records.snapshots.get(cid))) >= 1
     say(records, "ada@example.com", "last", message="third secret", reply="third reply")
-    privacy.erase("ada@example.com", requested_by="dpo")
-    texts = [getattr(e, f, None) for e in records.events.get(cid) for f in ("message", "reply")]
+    erase(records, "ada@example.com", requested_by="dpo")
+    texts = [str(getattr(e, f, "")) for e in records.events.get(cid) for f in ("message", "reply")]
     assert not any(t and "secret" in t or t and "reply " in t for t in texts)
     assert records.conversation(cid).turns == []
 
@@ -213,7 +193,7 @@ def test_a_conversation_from_before_data_keys_becomes_erasable(tmp_path):
     records = ChatRecords(env=event_store_env(url, SECRET))
     try:
         say(records, "ada@example.com", "r2", message="new secret", reply="new reply")
-        erasure = Privacy(records, FixedClock()).erase("ada@example.com", requested_by="dpo")
+        erasure = erase(records, "ada@example.com", requested_by="dpo")
         assert len(erasure.conversation_ids) == 1
         events = list(records.events.get(conversation_id("ada@example.com")))
         # What the old version wrote cannot be shredded; what came after can.
@@ -231,7 +211,7 @@ def test_a_reply_arriving_after_the_erasure_keeps_only_its_accounting(store):
         max_tokens=10, temperature=0.7, system_prompt=None, caller_context=None, history_turns=0,
     )
     records.save(conversation)
-    Privacy(records, FixedClock()).erase("ada@example.com", requested_by="dpo")
+    erase(records, "ada@example.com", requested_by="dpo")
     stored = records.conversation(conversation.id)
     assert stored.is_pending("r1") and stored.pending_message("r1") == ERASED
 
@@ -265,37 +245,35 @@ def test_a_snapshot_is_destroyed_no_later_than_the_oldest_content_it_holds(store
     records.save(conversation)
     records.take_snapshot(conversation.id)
     say(records, "ada@example.com", "new", message="new question", reply="new reply")
-    Privacy(records, FixedClock(now)).expire(retention_days=30)
+    expire(records, FixedClock(now), retention_days=30)
     [old_snapshot, fresh] = list(records.snapshots.get(conversation.id))
-    assert old_snapshot.state["outcomes"]["old"]["response"] == EXPIRED
+    assert old_snapshot.state["outcomes"]["old"].reply == EXPIRED
     assert old_snapshot.state["turns"] == []
     assert "old" in fresh.state["outcomes"]  # the fresh one keeps the accounting ...
-    assert fresh.state["outcomes"]["old"]["response"] == EXPIRED  # ... not the content
+    assert fresh.state["outcomes"]["old"].reply == EXPIRED  # ... not the content
     assert [t.reply for t in fresh.state["turns"]] == ["new reply"]
     loaded = records.conversation(conversation.id)
     assert [t.reply for t in loaded.turns] == ["new reply"]
 
 
 async def test_a_replica_drops_conversations_it_keeps_in_memory_when_another_erases_them(tmp_path):
-    from application.chat import ChatPolicy, ChatService
-    from tests.unit.fakes import CountingLimiter, FakeModel, WordCounter
+    from tests.unit.fakes import make_service
 
     url = f"sqlite:///{tmp_path}/shared.sqlite"
-    replica = ChatService(
-        records=ChatRecords(env=event_store_env(url, SECRET)), model=FakeModel(),
-        counter=WordCounter(), rate_limiter=CountingLimiter(),
-        clock=FixedClock(datetime.now(UTC)), policy=ChatPolicy(),
-    )
+    clock = FixedClock(datetime.now(UTC))
+    replica, _ = make_service(records=ChatRecords(env=event_store_env(url, SECRET)), clock=clock)
+    replicas_privacy = Privacy(replica.conversations, replica.stores.ledgers,
+                               replica.records.data_keys, clock)
     other = ChatRecords(env=event_store_env(url, SECRET))
     try:
         from application.contract import ChatRequest
 
         await replica.handle(ChatRequest("r1", "ada@example.com", "my secret"))
         cid = conversation_id("ada@example.com")
-        assert cid in replica._cache  # kept for the next turn, in clear
-        Privacy(other, FixedClock()).erase("ada@example.com", requested_by="dpo")
-        await replica.housekeeping()
-        assert cid not in replica._cache
+        assert cid in replica.conversations._cache  # kept for the next turn, in clear
+        await privacy_of(other).erase_user("ada@example.com", requested_by="dpo")
+        await replicas_privacy.follow_erasures()
+        assert cid not in replica.conversations._cache
     finally:
         await replica.close()
         replica.records.close()
@@ -319,7 +297,7 @@ def test_a_summary_is_personal_data_encrypted_and_erased_with_its_user(store):
     assert b"SUMMARY" not in raw_bytes(path)
     assert records.conversation(conversation.id).context_summary() == "SUMMARY: ada has hypertension"
 
-    Privacy(records, FixedClock()).erase("ada@example.com", requested_by="dpo")
+    erase(records, "ada@example.com", requested_by="dpo")
     compacted = [e for e in records.events.get(conversation.id) if type(e).__name__ == "ContextCompacted"]
     assert compacted[0].summary == ERASED and compacted[0].prompt_tokens == 40
     [snapshot] = list(records.snapshots.get(conversation.id))
@@ -339,7 +317,7 @@ def test_a_summary_expires_with_the_oldest_turn_it_covers_and_the_rest_is_contex
     records.save(conversation)
     assert records.conversation(conversation.id).unsummarised_turns() == []
 
-    Privacy(records, FixedClock(now)).expire(retention_days=30)
+    expire(records, FixedClock(now), retention_days=30)
     compacted = [e for e in records.events.get(conversation.id) if type(e).__name__ == "ContextCompacted"]
     assert compacted[0].summary == EXPIRED
     loaded = records.conversation(conversation.id)

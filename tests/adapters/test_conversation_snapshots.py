@@ -1,0 +1,40 @@
+"""Conversations in the event store across versions of the aggregate."""
+
+from adapters.event_store import ChatRecords
+from domain.conversation import Answer, Conversation, Failure
+from tests.support.conversations import answer, receive
+
+
+def test_a_snapshot_taken_when_outcomes_were_wire_dictionaries_loads_as_typed_outcomes():
+    """A version 1 snapshot (outcomes as the response JSON) is upcast on loading."""
+    app = ChatRecords(env={"PERSISTENCE_MODULE": "eventsourcing.popo"})
+    conversation = Conversation("old@example.com")
+    for request_id in ("r1", "r2", "r3"):
+        receive(conversation, request_id, "hello")
+    answer(conversation, "r1", "hi")
+    conversation.record_failure("r2", "upstream_error", "down", "2026-01-01T00:00:00Z", 1.0)
+    app.save(conversation)
+    app.take_snapshot(conversation.id)
+    recorder = app.snapshots.recorder
+    stored = recorder.select_events(conversation.id)[-1]
+    state = app.mapper.transcoder.decode(stored.state)
+    state["state"]["class_version"] = 1
+    state["state"]["outcomes"] = {
+        "r1": {"response": "hi", "model": "gpt-4o-mini",
+               "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15},
+               "cost_usd": 0.0000045, "finish_reason": "stop",
+               "timestamp": "2026-01-01T00:00:00Z", "processing_time": 0.5, "cached": True},
+        "r2": {"error": {"type": "upstream_error", "message": "down"},
+               "timestamp": "2026-01-01T00:00:00Z", "processing_time": 1.0},
+    }
+    recorder._stored_events[-1] = type(stored)(
+        originator_id=stored.originator_id, originator_version=stored.originator_version,
+        topic=stored.topic, state=app.mapper.transcoder.encode(state),
+    )
+    app.repository.cache = None
+
+    loaded = app.repository.get(conversation.id)
+    assert loaded.outcome("r1") == Answer("hi", "gpt-4o-mini", 10, 5, 0.0000045, "stop",
+                                          "2026-01-01T00:00:00Z", 0.5, "cache")
+    assert loaded.outcome("r2") == Failure("upstream_error", "down", "2026-01-01T00:00:00Z", 1.0)
+    assert loaded.is_pending("r3")

@@ -1,0 +1,71 @@
+"""`chater-gpt erase`, `retention` and `rotate-keys` against a real SQLite store,
+configured as an operator would, by the environment."""
+
+from __future__ import annotations
+
+import pytest
+
+from adapters.event_store import ChatRecords, event_store_env
+from application.privacy import KEY_LEDGER_ID
+from domain.conversation import ERASED, conversation_id
+from entrypoints.cli import main as chater_gpt
+from tests.support.conversations import say
+
+SECRET = "commands-secret"
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch) -> str:
+    url = f"sqlite:///{tmp_path}/events.sqlite"
+    records = ChatRecords(env=event_store_env(url, SECRET))
+    try:
+        say(records, "ada@example.com", "r1", message="my secret", reply="noted")
+        say(records, "bob@example.com", "b1", message="bob's own", reply="his")
+    finally:
+        records.close()
+    monkeypatch.setenv("DATABASE_URL", url)
+    monkeypatch.setenv("SECRET_KEY", SECRET)
+    return url
+
+
+def stored(url: str, secret: str = SECRET) -> ChatRecords:
+    return ChatRecords(env=event_store_env(url, secret))
+
+
+def test_erase_records_the_erasure_and_destroys_the_users_keys(store, capsys):
+    assert chater_gpt(["erase", "Ada@Example.com", "--requested-by", "dpo"]) == 0
+    assert capsys.readouterr().out.strip() == (
+        "erased Ada@Example.com: 1 conversation(s), 1 data key(s) destroyed"
+    )
+    records = stored(store)
+    try:
+        events = list(records.events.get(conversation_id("ada@example.com")))
+        assert type(events[-1]).__name__ == "UserErased" and events[-1].requested_by == "dpo"
+        assert events[1].message == ERASED
+        bobs = list(records.events.get(conversation_id("bob@example.com")))
+        assert bobs[1].message == "bob's own"
+    finally:
+        records.close()
+
+
+def test_retention_expires_nothing_still_within_the_window(store, capsys):
+    assert chater_gpt(["retention"]) == 0
+    assert capsys.readouterr().out.strip() == (
+        "retention (30 days): content expired in 0 conversation(s)"
+    )
+
+
+def test_rotate_keys_rewraps_every_key_and_records_the_rotation(store, capsys, monkeypatch):
+    monkeypatch.setenv("SECRET_KEY", "the-new-secret")
+    monkeypatch.setenv("SECRET_KEY_PREVIOUS", SECRET)
+    assert chater_gpt(["rotate-keys"]) == 0
+    # Two users' keys and the store key.
+    assert capsys.readouterr().out.startswith("rotate-keys: 3 key(s) rewrapped")
+    records = ChatRecords(env=event_store_env(store, "the-new-secret"))
+    try:
+        [rotation] = [e for e in records.events.get(KEY_LEDGER_ID)
+                      if type(e).__name__ == "KeysRotated"]
+        assert rotation.keys == 3
+        assert records.conversation(conversation_id("bob@example.com")).turns[0].reply == "his"
+    finally:
+        records.close()
