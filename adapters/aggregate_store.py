@@ -173,9 +173,12 @@ class StoreOfRecords:
             records, records.conversation, self.writer, self.outages,
             conversation_cache_size, "conversation", tracer or trace.get_tracer(__name__),
         )
-        # Only today's budget (and a lease's of yesterday) is worth keeping.
+        # Only today's budget (and a lease's of yesterday) is worth keeping. Its
+        # writes have a queue of their own: every request of the worker waits for a
+        # new lease, which must not wait behind a batch of conversations.
         self.budgets: EventSourcedStore[TokenBudget] = EventSourcedStore(
-            records, partial(_stored, records), self.writer, self.outages, 2, "budget",
+            records, partial(_stored, records), GroupCommitter(records, outages=self.outages),
+            self.outages, 2, "budget",
         )
         self.ledgers: EventSourcedStore[Aggregate] = EventSourcedStore(
             records, partial(_stored, records), self.writer, self.outages, 1, "key ledger",

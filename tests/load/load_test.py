@@ -8,8 +8,9 @@ model latency) and, for --store=postgres, a PostgreSQL server with durable
 commits; then, per store, a `chater-gpt worker` process. A closed-loop client
 keeps --concurrent requests outstanding (or, with --rate, sends at that pace)
 and reads the responses. It prints throughput, end-to-end latency, the overhead
-the service adds to the model's time, the worker's peak RSS and model calls per
-request, then the same load through two baselines on the same parts: a bare
+the service adds to the model's time, the worker's CPU per request, its peak RSS
+and model calls per request, then the same load through two baselines on the
+same parts: a bare
 confluent-kafka consume → produce relay, and a bare AsyncOpenAI loop. Figures
 are printed, never asserted.
 """
@@ -163,10 +164,12 @@ def run_service(args, broker, model, store: str, postgres: PostgresServer | None
             raise RuntimeError(f"the worker did not answer the warm-up; see {log.name}")
         model.reset()
         model.set_latency(args.latency)
+        cpu_before = read_cpu_seconds(worker.pid)
         elapsed, latency, answers = drive(
             broker.bootstrap_server, topics["REQUEST_TOPIC"], topics["RESPONSE_TOPIC"],
             (bodies or (lambda run: requests_for(args, run)))(run), concurrent or args.concurrent,
             args.rate, args.timeout)
+        cpu_seconds = read_cpu_seconds(worker.pid) - cpu_before
         peak_rss_kib = read_peak_rss(worker.pid)
         timings = model.timings()
         sent = model.requests()
@@ -182,6 +185,7 @@ def run_service(args, broker, model, store: str, postgres: PostgresServer | None
     return {"name": name or f"service ({store})", "elapsed": elapsed, "done": len(latency),
             "latency": list(latency.values()), "overhead": overhead, "errors": errors,
             "model_calls": len(timings), "peak_rss_mib": peak_rss_kib / 1024,
+            "cpu_seconds": cpu_seconds,
             "answers": answers, "sent": sent}
 
 
@@ -286,6 +290,12 @@ def run_context_scenario(args, broker, model, workdir: Path) -> None:
         print(f"  {name:28} {total / done:19.1f} {summary_tokens / done:19.1f} "
               f"{len(sent) / done:14.3f} {carried:19d}"
               + (f"  ({result['errors']} errors)" if result["errors"] else ""))
+
+
+def read_cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) the process has used so far, in seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def read_peak_rss(pid: int) -> float:
@@ -446,6 +456,9 @@ def report(result: dict) -> float:
         print(f"  overhead p50/p99    {ms(percentile(over, 50))} {ms(percentile(over, 99))}"
               f"   (end-to-end minus the model server's time; mean {ms(statistics.fmean(over) if over else 0)})")
         print(f"  worker peak RSS     {result['peak_rss_mib']:8.1f} MiB")
+        if "cpu_seconds" in result:
+            cpu_ms = 1000 * result["cpu_seconds"] / max(result["done"], 1)
+            print(f"  worker CPU/request  {cpu_ms:8.2f} ms")
         print(f"  model calls/request {result['model_calls'] / max(result['done'], 1):8.3f}")
     return throughput
 
