@@ -129,14 +129,14 @@ async def test_a_store_outage_while_settling_fails_nobody_and_is_written_later(r
     failures = [RuntimeError("store down")]
 
     stores = StoreOfRecords(records)
-    save = stores.writer.save
+    save = stores.budgets.writer.save
 
     async def flaky_save(budget, **options):
         if failures and budget.reservations == {}:  # the settling write
             raise failures.pop()
         await save(budget, **options)
 
-    stores.writer.save = flaky_save
+    stores.budgets.writer.save = flaky_save
     book = BudgetLedger(stores.budgets, clock, 10_000, chunk_tokens=1000)
     await book.reserve("r1", 100)
     book.settle("r1", 40)
