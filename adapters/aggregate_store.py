@@ -11,6 +11,7 @@ decided again; while the store is down, reads and writes wait for it
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 from collections.abc import Awaitable, Callable, Iterable
 from functools import partial
@@ -80,13 +81,6 @@ class EventSourcedStore(Generic[A]):
             self._keep(aggregate)
             return result
 
-    async def get(self, aggregate_id: UUID) -> A | None:
-        """The aggregate as stored (for reading only: change it with `change`)."""
-        aggregate = await self._load(aggregate_id, wait_out_outages=True)
-        if aggregate is not None:
-            self._keep(aggregate)
-        return aggregate
-
     async def snapshot(self, aggregate_id: UUID) -> None:
         """Take a snapshot of the aggregate as stored now."""
         await asyncio.to_thread(self.records.take_snapshot, aggregate_id)
@@ -95,9 +89,6 @@ class EventSourcedStore(Generic[A]):
         """Drop kept copies (their user was erased, say): the next change reads the store."""
         for aggregate_id in aggregate_ids:
             self._cache.pop(UUID(str(aggregate_id)), None)
-
-    def clear(self) -> None:
-        self._cache.clear()
 
     async def _load(self, aggregate_id: UUID, wait_out_outages: bool) -> A | None:
         # Taken out while it is being decided on: a concurrent change of the same
@@ -134,19 +125,11 @@ class EventSourcedStore(Generic[A]):
 
     def _span(self, operation: str, attributes: dict[str, Any]) -> Any:
         if self.tracer is None:
-            return _NoSpan()
+            return contextlib.nullcontext()
         return self.tracer.start_as_current_span(f"{operation} {self.kind}", attributes={
             "db.operation.name": operation, "chater.store": self.records.persistence_name,
             **attributes,
         })
-
-
-class _NoSpan:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc_info: object) -> None:
-        return None
 
 
 def _stored(records: ChatRecords, aggregate_id: UUID) -> Any:
@@ -157,7 +140,8 @@ def _stored(records: ChatRecords, aggregate_id: UUID) -> Any:
 
 
 class StoreOfRecords:
-    """The stores of one ChatRecords, sharing its group commit and outage policy."""
+    """The stores of one ChatRecords, under one outage policy: conversations and
+    the key ledger share a group commit, budgets have one of their own."""
 
     def __init__(
         self,

@@ -1,4 +1,5 @@
-"""Event store configuration: DATABASE_URL and SECRET_KEY become eventsourcing settings.
+"""The event store: ChatRecords (an eventsourcing Application) and its settings,
+made from DATABASE_URL and SECRET_KEY.
 
 The eventsourcing library does the storing; persistence, cipher and compression
 are chosen by its environment settings, never by code.

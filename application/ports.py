@@ -149,10 +149,6 @@ class AggregateStore(Protocol[A]):
         unless `wait_out_outages` is false. Returns what `decide` returned."""
         ...
 
-    async def get(self, aggregate_id: UUID) -> A | None:
-        """The aggregate as stored, for reading only."""
-        ...
-
     async def snapshot(self, aggregate_id: UUID) -> None:
         """Take a snapshot of the aggregate as stored now."""
         ...
