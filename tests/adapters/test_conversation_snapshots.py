@@ -38,3 +38,35 @@ def test_a_snapshot_taken_when_outcomes_were_wire_dictionaries_loads_as_typed_ou
                                           "2026-01-01T00:00:00Z", 0.5, "cache")
     assert loaded.outcome("r2") == Failure("upstream_error", "down", "2026-01-01T00:00:00Z", 1.0)
     assert loaded.is_pending("r3")
+
+
+def test_a_store_written_by_the_previous_version_loads_with_typed_outcomes(tmp_path):
+    """tests/data/conversations_v1.sqlite was written by the version before typed
+    outcomes (SECRET_KEY "fixture-secret"): encrypted version 1 snapshots of Ada's
+    conversation (two answers, a failure, a request pending) and of Bob's, whose
+    erasure came after his snapshot."""
+    import shutil
+    from pathlib import Path
+
+    from adapters.event_store import event_store_env
+    from domain.conversation import ERASED, conversation_id
+
+    data = Path(__file__).parent.parent / "data" / "conversations_v1.sqlite"
+    shutil.copy(data, tmp_path / "events.sqlite")
+    records = ChatRecords(env=event_store_env(f"sqlite:///{tmp_path}/events.sqlite", "fixture-secret"))
+    try:
+        ada = records.conversation(conversation_id("ada@example.com"))
+        assert list(records.snapshots.get(ada.id))  # loaded from its snapshot
+        assert ada.outcome("a1") == Answer("hello Ada", "gpt-4o-mini", 10, 5, 0.0000045, "stop",
+                                           "2026-11-30T10:00:00.000Z", 0.5, "model")
+        assert ada.outcome("a2").source == "cache" and ada.outcome("a2").reply == "Ada"
+        assert ada.outcome("a3") == Failure("upstream_error", "down", "2026-11-30T10:00:01.000Z", 1.0)
+        assert ada.is_pending("a4") and ada.pending_message("a4") == "still waiting"
+        assert [(t.user_message, t.reply) for t in ada.turns] == [
+            ("my name is Ada", "hello Ada"), ("what is my name?", "Ada")]
+
+        bob = records.conversation(conversation_id("bob@example.com"))
+        assert bob.user_email == ERASED and bob.turns == []
+        assert bob.outcome("b1").reply == ERASED and bob.outcome("b1").prompt_tokens == 10
+    finally:
+        records.close()
