@@ -140,8 +140,8 @@ def _stored(records: ChatRecords, aggregate_id: UUID) -> Any:
 
 
 class StoreOfRecords:
-    """The stores of one ChatRecords, under one outage policy: conversations and
-    the key ledger share a group commit, budgets have one of their own."""
+    """The stores of one ChatRecords (conversations and the key ledger share a group
+    commit, budgets have one of their own), all under the outage policy given."""
 
     def __init__(
         self,

@@ -245,11 +245,9 @@ class SqlDataKeys:
         self._holders.append(forget)
 
     def forget_unwrapped(self) -> None:
-        """Drop every key unwrapped in this process: keys were destroyed, here or by
-        another process."""
-        with self._lock:
-            self._writing.clear()
-            self._reading.clear()
+        """Keys were destroyed, here or by another process: whoever holds unwrapped
+        keys drops them. (This process's own reads are trusted for KEY_CACHE_SECONDS
+        only, and what it destroys itself it forgets at once.)"""
         for forget in self._holders:
             forget()
 

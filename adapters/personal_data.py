@@ -18,7 +18,7 @@ from eventsourcing.persistence import Mapper, StoredEvent
 from eventsourcing.utils import Environment
 
 from application.ports import DataKeys
-from domain.conversation import Answer, Shredded, data_owner, readable
+from domain.conversation import Answer, Shredded, data_owner, from_legacy, readable
 
 log = logging.getLogger(__name__)
 
@@ -140,6 +140,10 @@ class PersonalDataMapper(Mapper[Any]):
                     holder["pending"][key]["message"] = message
                 for key, reply in fields.pop("outcomes", {}).items():
                     holder["outcomes"][key] = _with_reply(holder["outcomes"][key], reply)
+            elif "reply" in fields:
+                # A reply to a user erased while it was on its way, as versions
+                # before Shredded recorded it.
+                fields["reply"] = from_legacy(fields["reply"])
             holder.update(fields)
         else:
             marker = Shredded(found)

@@ -214,7 +214,11 @@ class BudgetLedger:
             self._spent.append(lease)
 
     async def _open_lease(self, day: str, tokens: int) -> _Lease:
-        lease = await self._change_budget(day, partial(self._reserve_lease, day, tokens))
+        # Not waiting out an outage here, with every reservation queued behind this
+        # one: the request's own retries (and the worker's stopping) decide.
+        lease = await self._change_budget(
+            day, partial(self._reserve_lease, day, tokens), patient=False
+        )
         self.leases_opened += 1
         log.debug("opened %s of %d tokens", lease.id, lease.size)
         return lease
@@ -243,11 +247,15 @@ class BudgetLedger:
                              patient: bool = True) -> T:
         """Change the day's budget (on its stored state after a conflict); one that
         is not `patient` fails at once while the store is down."""
-        result = await self.budgets.change(
-            TokenBudget.create_id(self.scope, day), partial(self._decide, day, decide),
-            create=partial(TokenBudget, self.scope, day), wait_out_outages=patient,
-        )
-        return result
+        try:
+            return await self.budgets.change(
+                TokenBudget.create_id(self.scope, day), partial(self._decide, day, decide),
+                create=partial(TokenBudget, self.scope, day), wait_out_outages=patient,
+            )
+        except BaseException:
+            # A refusal may have been decided on a copy others had changed since.
+            self._remaining.pop(day, None)
+            raise
 
     def _decide(self, day: str, decide: Callable[[TokenBudget], T], budget: TokenBudget) -> T:
         result = decide(budget)

@@ -4,10 +4,10 @@ Per request, in order:
 1. `_prepare`, one change of the conversation: a request that already ended is
    answered from its recorded outcome (a redelivered record never reaches the
    model twice); personal data is refused (PII_MODE=block); the history is
-   compacted when it no longer fits; the call is planned; a reply shared by an
-   identical call ends it; otherwise the message is received and the call's worst
-   case is held in the day's budget. Saved before the model is called: what was
-   asked, with which context.
+   compacted when it no longer fits; the call is planned; the message is
+   received; a reply shared by an identical call ends it, or else the call's
+   worst case is held in the day's budget. Saved before the model is called:
+   what was asked, with which context.
 2. `_ask`: the model answers, live or through the Batch API, unless an identical
    call in flight answers first (single-flight).
 3. `_conclude`, a second change: the reply or the failure is recorded, and the
@@ -235,7 +235,8 @@ class ChatService:
         """The model's answer (or an identical call's), recorded."""
         batched = self.batched(job.request)
         if plan.share is None or batched:
-            return await self._call(job, plan, batched)
+            response, _ = await self._call_once(job, plan, batched)
+            return response
         lead = await self.sharing.lead(plan.share, partial(self._time_left, job.request))
         if lead.reply is not None:
             self.ledger.release(job.reservation)
@@ -257,10 +258,6 @@ class ChatService:
             # Not cached when the user was erased meanwhile.
             keep = response is not None and response.ok and not response.withheld
             await self.sharing.land(plan.share, lead, reply, keep)
-
-    async def _call(self, job: _Job, plan: _Plan, batched: bool) -> ChatResponse:
-        response, _ = await self._call_once(job, plan, batched)
-        return response
 
     async def _call_once(
         self, job: _Job, plan: _Plan, batched: bool
@@ -357,10 +354,6 @@ class ChatService:
         if request.deadline is None:
             return None
         return max(request.deadline - self.clock.now().timestamp(), 0.0)
-
-    async def forget_cached(self, user_email: str) -> int:
-        """Drop the user's cached replies (the user was erased)."""
-        return await self.sharing.forget_user(user_email)
 
     async def housekeeping(self) -> None:
         """Called now and then by the driver: budget leases held too long or spent."""

@@ -97,8 +97,8 @@ class Privacy:
         return Erasure(conversations, destroyed, dropped)
 
     async def expire_content(self, retention_days: int) -> list[str]:
-        """Destroy the data keys of the days before the retention window, after
-        recording ContentExpired on the conversations concerned; their ids."""
+        """Destroy the data keys of the days before the retention window, then
+        record ContentExpired on the conversations concerned; their ids."""
         before_day = (self.clock.now() - timedelta(days=retention_days)).strftime("%Y-%m-%d")
         at = iso_timestamp_of(self.clock.now())
         owners = await asyncio.to_thread(self.keys.shred_before, before_day)
@@ -125,7 +125,7 @@ class Privacy:
         await self.ledgers.change(
             KEY_LEDGER_ID,
             partial(_record_rotation, sorted(before), next(iter(after), ""), count, at),
-            create=KeyLedger,
+            create=KeyLedger, wait_out_outages=False,
         )
         return count
 
@@ -171,9 +171,11 @@ class Privacy:
             del self._cache_sweeps[owner]  # out of the window
 
     async def _change(self, cid: str, change: partial[None]) -> None:
-        """Apply a change to a stored conversation (again on a conflict)."""
+        """Apply a change to a stored conversation (again on a conflict). An outage
+        is raised, not waited out: the caller (the erasure listener, a retention
+        run, a command) decides whether to try again or to stop."""
         try:
-            await self.conversations.change(UUID(cid), change)
+            await self.conversations.change(UUID(cid), change, wait_out_outages=False)
         except AggregateNotFoundError:
             return
 

@@ -90,15 +90,6 @@ class ReplySharing:
             if lead.flight is not None:
                 self.flights.land(share.flight, lead.flight, reply)
 
-    async def forget_user(self, user_email: str) -> int:
-        """Drop a user's cached replies (the user was erased)."""
-        return await self.forget_owner(data_owner(user_email))
-
-    async def forget_owner(self, owner: str) -> int:
-        if self.cache is None:
-            return 0
-        return await self.cache.forget(owner)
-
     async def close(self) -> None:
         if self.cache is not None:
             await self.cache.close()

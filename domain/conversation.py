@@ -33,6 +33,14 @@ class Shredded:
 
 ERASED = Shredded("erased")
 EXPIRED = Shredded("expired")
+# How versions before Shredded stored shredded content: as this very text.
+_LEGACY_TEXT = {str(ERASED): ERASED, str(EXPIRED): EXPIRED}
+
+
+def from_legacy(content: Any) -> Any:
+    """Content as a version before Shredded stored it: its "[erased]" and
+    "[expired]" texts were shredded content (only ever read from such a store)."""
+    return _LEGACY_TEXT.get(content, content) if isinstance(content, str) else content
 
 
 def readable(content: object) -> bool:
@@ -107,11 +115,21 @@ class Conversation(Aggregate):
 
     @staticmethod
     def upcast_v1_v2(state: dict[str, Any]) -> None:
-        """A snapshot's outcomes were the wire dictionaries: typed values now."""
+        """A snapshot's outcomes were the wire dictionaries, and shredded content was
+        the text "[erased]" or "[expired]": typed values now."""
         state["outcomes"] = {
             request_id: _outcome_from_v1(outcome)
             for request_id, outcome in state.get("outcomes", {}).items()
         }
+        state["turns"] = [
+            replace(turn, user_message=from_legacy(turn.user_message), reply=from_legacy(turn.reply))
+            for turn in state.get("turns", [])
+        ]
+        for asked in state.get("pending", {}).values():
+            asked["message"] = from_legacy(asked.get("message"))
+        for name in ("summary", "user_email"):
+            if name in state:
+                state[name] = from_legacy(state[name])
 
     @staticmethod
     def create_id(user_email: str, thread: str | None = None) -> UUID:
@@ -371,7 +389,7 @@ def _outcome_from_v1(outcome: dict[str, Any]) -> Outcome:
                        outcome["timestamp"], outcome["processing_time"])
     usage = outcome["usage"]
     source = "batch" if outcome.get("batch") else "cache" if outcome.get("cached") else "model"
-    return Answer(outcome["response"], outcome["model"], usage["prompt_tokens"],
+    return Answer(from_legacy(outcome["response"]), outcome["model"], usage["prompt_tokens"],
                   usage["completion_tokens"], outcome.get("cost_usd"), outcome["finish_reason"],
                   outcome["timestamp"], outcome["processing_time"], source)
 

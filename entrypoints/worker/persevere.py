@@ -1,7 +1,8 @@
 """Work of one record, tried again until it is done, given up or the worker stops.
 
-The event store waits out its own outages (adapters/store_outages.py); one that
-still reaches here (the budget's store, say) is waited out under the same policy.
+An event store outage that reaches here (a new budget lease, an erasure, which
+do not wait inside the store) is waited out with the store's own policy,
+StoreOutages, while the worker runs.
 """
 
 from __future__ import annotations

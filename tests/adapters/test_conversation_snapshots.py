@@ -42,14 +42,17 @@ def test_a_snapshot_taken_when_outcomes_were_wire_dictionaries_loads_as_typed_ou
 
 def test_a_store_written_by_the_previous_version_loads_with_typed_outcomes(tmp_path):
     """tests/data/conversations_v1.sqlite was written by the version before typed
-    outcomes (SECRET_KEY "fixture-secret"): encrypted version 1 snapshots of Ada's
-    conversation (two answers, a failure, a request pending) and of Bob's, whose
-    erasure came after his snapshot."""
+    outcomes and Shredded (SECRET_KEY "fixture-secret"): encrypted version 1
+    snapshots of Ada's conversation (two answers, a failure, a request pending);
+    of Bob's, whose erasure came after his snapshot; of Carol's, erased while c1
+    was on its way (its reply recorded as the text "[erased]"), then answered
+    again; and of Dave's, whose old answer the retention policy expired (the text
+    "[expired]")."""
     import shutil
     from pathlib import Path
 
     from adapters.event_store import event_store_env
-    from domain.conversation import ERASED, conversation_id
+    from domain.conversation import ERASED, EXPIRED, conversation_id
 
     data = Path(__file__).parent.parent / "data" / "conversations_v1.sqlite"
     shutil.copy(data, tmp_path / "events.sqlite")
@@ -68,5 +71,24 @@ def test_a_store_written_by_the_previous_version_loads_with_typed_outcomes(tmp_p
         bob = records.conversation(conversation_id("bob@example.com"))
         assert bob.user_email == ERASED and bob.turns == []
         assert bob.outcome("b1").reply == ERASED and bob.outcome("b1").prompt_tokens == 10
+
+        # Shredded content stored as text by that version is Shredded, never context.
+        carol = records.conversation(conversation_id("carol@example.com"))
+        first, second = carol.turns
+        assert (first.user_message, first.reply, first.readable) == (ERASED, ERASED, False)
+        assert (second.reply, second.readable) == ("welcome back", True)
+        assert carol.outcome("c1").reply == ERASED
+        assert [t.request_id for t in carol.recent_turns(10, 10_000, len)] == ["c2"]
+        [late] = [e for e in records.events.get(carol.id) if type(e).__name__ == "ReplyRecorded"
+                  and e.request_id == "c1"]
+        assert late.reply == ERASED and late.prompt_tokens == 10
+
+        dave = records.conversation(conversation_id("dave@example.com"))
+        assert dave.outcome("d1").reply == EXPIRED and dave.outcome("d2").reply == "new answer"
+        assert [t.request_id for t in dave.turns] == ["d2"]
+        # A new snapshot is sealed with the key of the oldest content it still holds.
+        from adapters.personal_data import _content_days
+
+        assert _content_days(vars(dave)) == [dave.outcome("d2").answered_at[:10]] * 2
     finally:
         records.close()

@@ -11,6 +11,7 @@ from adapters.event_store import ChatRecords
 from application.budget_ledger import BudgetLedger
 from application.chat import ChatService
 from application.chat_policy import ChatPolicy
+from application.privacy import Privacy
 from application.contract import ChatRequest
 from application.pii import resolve_overlaps
 from application.ports import BatchState, Detection, ModelCall, ModelError, ModelReply
@@ -209,3 +210,17 @@ def event_names(service: ChatService, user: str = "ada@example.com",
     """The names of the events stored for a user's conversation (thread)."""
     return [type(e).__name__
             for e in service.records.events.get(conversation_id(user, thread))]  # type: ignore[attr-defined]
+
+
+def records_with_keys() -> ChatRecords:
+    """An in-memory event store with data keys (so that users can be erased)."""
+    from adapters.event_store import event_store_env
+
+    return ChatRecords(env=event_store_env("memory://", "fake-secret"))
+
+
+def privacy_of(service: ChatService, cache: MemoryCache | None) -> Privacy:
+    """The Privacy service over a service made by make_service(records=records_with_keys())."""
+    stores = service.stores  # type: ignore[attr-defined]
+    return Privacy(service.conversations, stores.ledgers, service.records.data_keys,  # type: ignore[attr-defined]
+                   service.clock, cache)

@@ -15,6 +15,8 @@ from tests.unit.fakes import (
     ask,
     event_names,
     make_service,
+    privacy_of,
+    records_with_keys,
     used_tokens,
     wire,
 )
@@ -81,7 +83,7 @@ async def test_the_cache_is_per_user_unless_global_and_the_history_must_be_the_s
 
 async def test_a_cache_outage_is_a_miss_and_erasure_forgets_the_users_entries():
     cache = MemoryCache()
-    service, model = make_service(service_parts={"cache": cache})
+    service, model = make_service(service_parts={"cache": cache}, records=records_with_keys())
     cache.down = True
     for n in range(2):
         answer = await wire(service, ask(f"r{n}", "hi", temperature=0.0, conversation_id=str(n)))
@@ -90,7 +92,8 @@ async def test_a_cache_outage_is_a_miss_and_erasure_forgets_the_users_entries():
     cache.down = False
     await wire(service, ask("r3", "hi", temperature=0.0, conversation_id="3"))
     assert cache.entries
-    assert await service.forget_cached("Ada@Example.com") == 1 and not cache.entries
+    erasure = await privacy_of(service, cache).erase_user("Ada@Example.com", "dpo")
+    assert erasure.replies_dropped == 1 and not cache.entries
 
 
 async def test_identical_requests_in_flight_at_once_share_one_model_call():
@@ -196,6 +199,9 @@ async def test_forgetting_a_user_drops_their_cached_replies_only():
     cache = MemoryCache()
     ada, bob = data_owner("ada@example.com"), data_owner("bob@example.com")
     cache.entries = {(ada, "d1"): FOUR, (ada, "d2"): FOUR, (bob, "d1"): FOUR}
-    assert await ReplySharing(ChatPolicy(), cache).forget_user(" Ada@Example.com") == 2
+    service, _ = make_service(records=records_with_keys())
+    erasure = await privacy_of(service, cache).erase_user(" Ada@Example.com", "dpo")
+    assert erasure.replies_dropped == 2
     assert list(cache.entries) == [(bob, "d1")]
-    assert await ReplySharing(ChatPolicy()).forget_user("bob@example.com") == 0  # no cache
+    nothing = await privacy_of(service, None).erase_user("bob@example.com", "dpo")
+    assert nothing.replies_dropped == 0  # no cache
