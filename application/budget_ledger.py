@@ -163,7 +163,7 @@ class BudgetLedger:
         for day in {lease.day for lease in due}:
             of_day = [lease for lease in due if lease.day == day]
             try:
-                await self._change_budget(day, partial(self._renew, of_day, now), patient=False)
+                await self._change_budget(day, partial(self._renew, of_day, now))
             except Exception as error:  # the store is down: try again next time
                 log.warning("could not renew budget leases yet: %s", error)
                 return
@@ -183,9 +183,7 @@ class BudgetLedger:
             while self._spent:
                 lease = self._spent[0]
                 try:
-                    await self._change_budget(
-                        lease.day, partial(self._settle, lease), patient=False
-                    )
+                    await self._change_budget(lease.day, partial(self._settle, lease))
                 except Exception as error:  # the store is down: the lease stays reserved
                     log.warning("could not settle %s yet: %s", lease.id, error)
                     return
@@ -214,11 +212,7 @@ class BudgetLedger:
             self._spent.append(lease)
 
     async def _open_lease(self, day: str, tokens: int) -> _Lease:
-        # Not waiting out an outage here, with every reservation queued behind this
-        # one: the request's own retries (and the worker's stopping) decide.
-        lease = await self._change_budget(
-            day, partial(self._reserve_lease, day, tokens), patient=False
-        )
+        lease = await self._change_budget(day, partial(self._reserve_lease, day, tokens))
         self.leases_opened += 1
         log.debug("opened %s of %d tokens", lease.id, lease.size)
         return lease
@@ -243,14 +237,15 @@ class BudgetLedger:
         for lease in leases:
             budget.renew(lease.id, now)
 
-    async def _change_budget(self, day: str, decide: Callable[[TokenBudget], T],
-                             patient: bool = True) -> T:
-        """Change the day's budget (on its stored state after a conflict); one that
-        is not `patient` fails at once while the store is down."""
+    async def _change_budget(self, day: str, decide: Callable[[TokenBudget], T]) -> T:
+        """Change the day's budget (on its stored state after a conflict). While the
+        store is down this fails at once, never waits: a lease being opened holds
+        every reservation behind it (the request's own retries decide), and a
+        settle or renewal is tried again at the next housekeeping."""
         try:
             return await self.budgets.change(
                 TokenBudget.create_id(self.scope, day), partial(self._decide, day, decide),
-                create=partial(TokenBudget, self.scope, day), wait_out_outages=patient,
+                create=partial(TokenBudget, self.scope, day), wait_out_outages=False,
             )
         except BaseException:
             # A refusal may have been decided on a copy others had changed since.

@@ -369,7 +369,3 @@ class ChatService:
         await self.sharing.close()
         await self.batches.close()
 
-
-def rejection(error_type: str, message: str, clock: Clock, started: float) -> ChatResponse:
-    """The response to a request rejected before it reached the use case."""
-    return ChatResponse.rejection(error_type, message, clock.now(), time.perf_counter() - started)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import time
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -240,21 +241,23 @@ class ChatResponse:
                 outcome.error_type, outcome.error_message, outcome.failed_at,
                 outcome.processing_time,
             )
-        return replace(cls.answer(
+        return cls.answer(
             text=str(outcome.reply), model=outcome.model,
             usage=Usage(outcome.prompt_tokens, outcome.completion_tokens),
             cost_usd=outcome.cost, finish_reason=outcome.finish_reason,
             timestamp=outcome.answered_at, processing_time=outcome.processing_time,
-            source=outcome.source,
-        ), withheld=isinstance(outcome.reply, Shredded))
+            source=outcome.source, withheld=isinstance(outcome.reply, Shredded),
+        )
 
     @classmethod
     def answer(
         cls, *, text: str, model: str, usage: Usage, cost_usd: float | None,
         finish_reason: str, timestamp: str, processing_time: float, source: str = "model",
+        withheld: bool = False,
     ) -> ChatResponse:
         return cls(timestamp, processing_time, text=text, model=model, usage=usage,
-                   cost_usd=cost_usd, finish_reason=finish_reason, source=source)
+                   cost_usd=cost_usd, finish_reason=finish_reason, source=source,
+                   withheld=withheld)
 
     @classmethod
     def failure(
@@ -280,9 +283,14 @@ class ChatResponse:
         return replace(self, text=text)
 
     @classmethod
-    def rejection(cls, error_type: str, message: str, at: datetime, seconds: float) -> ChatResponse:
-        """A request refused before it reached the use case."""
-        return cls.failure(error_type, message, iso_timestamp_of(at), round(seconds, 3))
+    def rejection(
+        cls, error_type: str, message: str, at: datetime, started: float
+    ) -> ChatResponse:
+        """A request refused before it reached the use case, which began (by
+        `time.perf_counter()`) at `started`."""
+        return cls.failure(
+            error_type, message, iso_timestamp_of(at), round(time.perf_counter() - started, 3)
+        )
 
     def to_json(self) -> dict[str, Any]:
         if self.error_type is not None:

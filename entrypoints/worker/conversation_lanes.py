@@ -12,7 +12,7 @@ from collections.abc import Callable
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 
-from application.chat import ChatService, rejection
+from application.chat import ChatService
 from application.contract import ChatRequest, ChatResponse
 from application.ports import Clock
 from entrypoints.worker.held_records import HeldRecord, HeldRecords
@@ -146,6 +146,7 @@ class ConversationLanes:
                 f"answering {request.request_id}", self.stopping, self.service.handle, request
             )
         except GaveUp:
-            return rejection(
-                "internal_error", "The service could not answer this request.", self.clock, started
+            return ChatResponse.rejection(
+                "internal_error", "The service could not answer this request.",
+                self.clock.now(), started,
             )

@@ -9,8 +9,14 @@ from dataclasses import replace
 
 from confluent_kafka import Message
 
-from application.chat import ChatService, rejection
-from application.contract import ChatRequest, InvalidRequest, parse_request, request_id_of
+from application.chat import ChatService
+from application.contract import (
+    ChatRequest,
+    ChatResponse,
+    InvalidRequest,
+    parse_request,
+    request_id_of,
+)
 from application.ports import Clock
 from domain.conversation import conversation_id
 from entrypoints.settings import Settings
@@ -79,6 +85,8 @@ class RequestIntake:
             "invalid record %s[%d]@%d: %s",
             message.topic(), message.partition(), message.offset(), error.message,
         )
-        response = rejection("invalid_request", error.message, self.clock, time.perf_counter())
+        response = ChatResponse.rejection(
+            "invalid_request", error.message, self.clock.now(), time.perf_counter()
+        )
         self.accounting.account_for(record, response)
         self.responder.reject(record, error, response)
