@@ -31,9 +31,12 @@ def consumer_config(bootstrap_server: str, group: str) -> dict[str, object]:
     }
 
 
-def producer_config(bootstrap_server: str) -> dict[str, object]:
+def producer_config(bootstrap_server: str, max_message_bytes: int | None = None) -> dict[str, object]:
+    """`max_message_bytes`: the largest record it must be able to produce (librdkafka's
+    default is 1,000,000 bytes); the topics' `max.message.bytes` must allow it too."""
     return {
         "bootstrap.servers": bootstrap_server,
+        **({"message.max.bytes": max_message_bytes} if max_message_bytes else {}),
         "enable.idempotence": True,
         "acks": "all",
         "linger.ms": 5,
@@ -43,11 +46,20 @@ def producer_config(bootstrap_server: str) -> dict[str, object]:
     }
 
 
-def ensure_topics(bootstrap_server: str, names: Iterable[str], partitions: int = 1) -> None:
-    """Create the topics that do not exist yet; existing ones are left alone."""
+def ensure_topics(
+    bootstrap_server: str,
+    names: Iterable[str],
+    partitions: int = 1,
+    config: dict[str, str] | None = None,
+) -> None:
+    """Create the topics that do not exist yet, with `config` (topic settings such
+    as `max.message.bytes`); existing ones are left alone."""
     admin = AdminClient({"bootstrap.servers": bootstrap_server})
     existing = set(admin.list_topics(timeout=10).topics)
-    wanted = [NewTopic(n, num_partitions=partitions) for n in names if n not in existing]
+    wanted = [
+        NewTopic(n, num_partitions=partitions, config=dict(config or {}))
+        for n in names if n not in existing
+    ]
     if not wanted:
         return
     for name, future in admin.create_topics(wanted, operation_timeout=10).items():

@@ -63,7 +63,15 @@ class Settings(BaseSettings):
     CONTEXT_MAX_TOKENS: int = Field(8000, gt=0)
     CONTEXT_MAX_TURNS: int = Field(10, ge=0)
     MAX_BATCH: int = Field(500, gt=0)
-    MAX_REQUEST_BYTES: int = Field(10 * 1024 * 1024, gt=0)
+    MAX_REQUEST_BYTES: int = Field(
+        10 * 1024 * 1024, gt=0, le=512 * 1024 * 1024,
+        description="a record value above it is refused (and dead-lettered whole)",
+    )
+    MAX_KEY_BYTES: int = Field(
+        4096, gt=0, le=1024 * 1024,
+        description="a record key (the request id) above it is refused: no response can "
+        "carry it, the dead letter keeps it",
+    )
     MAX_IN_FLIGHT: int = Field(1000, gt=0)
     SHUTDOWN_TIMEOUT: float = Field(30, ge=0)
     BUDGET_CHUNK_TOKENS: int = Field(100_000, gt=0)

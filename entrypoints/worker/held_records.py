@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass, field
 
 from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, KafkaError, Message
@@ -30,10 +31,18 @@ class HeldRecord:
     batched: bool = False
     # From consume to the last delivery of what it produced (W3C trace context).
     span: Span = INVALID_SPAN
+    # When it was fetched (epoch seconds).
+    held_at: float = field(default_factory=time.time)
 
     @property
     def partition(self) -> tuple[str, int]:
         return (self.message.topic(), self.message.partition())
+
+    def stalled(self, now: float, grace: float) -> bool:
+        """Held for longer than it may take: past its deadline (or, when it was
+        fetched after it, past that) by more than `grace` seconds."""
+        deadline = self.request.deadline if self.request is not None else None
+        return now > max(deadline or self.held_at, self.held_at) + grace
 
 
 @dataclass
@@ -59,12 +68,27 @@ class HeldRecords:
     def __init__(self, stats: WorkerStats, offsets: OffsetTracker) -> None:
         self.stats = stats
         self.offsets = offsets
+        self._held: dict[int, HeldRecord] = {}  # by id(): every record held now
 
     def hold(self, message: Message, epoch: int | None, span: Span) -> HeldRecord:
         self.stats.consumed += 1
         self.stats.in_flight += 1
         self.stats.peak_in_flight = max(self.stats.peak_in_flight, self.stats.in_flight)
-        return HeldRecord(message, epoch, span=span)
+        record = HeldRecord(message, epoch, span=span)
+        self._held[id(record)] = record
+        return record
+
+    def stalled(self, grace: float, now: float | None = None) -> list[HeldRecord]:
+        """The records held past their deadline by more than `grace` seconds: their
+        lane (or their delivery) makes no progress."""
+        now = time.time() if now is None else now
+        return [record for record in self._held.values() if record.stalled(now, grace)]
+
+    def oldest_age(self, now: float | None = None) -> float:
+        """Seconds the longest-held record has been held (0 when none is)."""
+        now = time.time() if now is None else now
+        oldest = next(iter(self._held.values()), None)  # held in fetch order
+        return max(0.0, now - oldest.held_at) if oldest is not None else 0.0
 
     def wait_for_batch(self, record: HeldRecord) -> None:
         """The record waits for its batch, maybe for hours: it must not take a slot
@@ -91,6 +115,7 @@ class HeldRecords:
         record.span.end()
 
     def _release(self, record: HeldRecord) -> None:
+        self._held.pop(id(record), None)
         if record.batched:
             self.stats.batch_waiting -= 1
         else:

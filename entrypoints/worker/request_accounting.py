@@ -57,8 +57,9 @@ class RequestAccounting:
             "messaging.kafka.offset": message.offset(),
             "messaging.consumer.group.name": self.settings.CONSUMER_GROUP,
         }
-        if self.settings.LOG_CONTENT and message.key() is not None:
-            attributes["messaging.kafka.message.key"] = message.key().decode("utf-8", "replace")
+        key = request_id_of(message.key(), self.settings.MAX_KEY_BYTES)
+        if self.settings.LOG_CONTENT and key is not None:
+            attributes["messaging.kafka.message.key"] = key
         return self.tracer.start_span(
             f"process {message.topic()}",
             context=trace_context(message),
@@ -108,7 +109,9 @@ class RequestAccounting:
         self._describe_outcome(record.span, response, model, usage)
         if request_log.isEnabledFor(logging.INFO):
             line = {
-                "key": request.request_id if request else request_id_of(record.message.key()),
+                "key": request.request_id if request else request_id_of(
+                    record.message.key(), self.settings.MAX_KEY_BYTES
+                ),
                 "user": user_hash(self._secret_key, request.user_email) if request else None,
                 **{name: value for name, value in figures.items() if name != "seconds"},
                 "prompt_tokens": usage.prompt_tokens,

@@ -60,7 +60,10 @@ class RequestIntake:
             return
         except Exception:  # never let one record stop the worker
             log.exception("unreadable record at %s[%d]@%d", *record.partition, message.offset())
-            self._reject(record, InvalidRequest("the record could not be read", request_id_of(message.key())))
+            self._reject(record, InvalidRequest(
+                "the record could not be read",
+                request_id_of(message.key(), self.settings.MAX_KEY_BYTES),
+            ))
             return
         if self.service.batched(record.request):
             self.held.wait_for_batch(record)
@@ -71,9 +74,11 @@ class RequestIntake:
         """The request, with its deadline: REQUEST_DEADLINE (BATCH_DEADLINE for one
         answered by the Batch API) after the record was produced (or fetched, if it
         has no time)."""
-        request = parse_request(message.key(), message.value(), self.settings.MAX_REQUEST_BYTES)
-        now = time.time()
         settings = self.settings
+        request = parse_request(
+            message.key(), message.value(), settings.MAX_REQUEST_BYTES, settings.MAX_KEY_BYTES
+        )
+        now = time.time()
         wait = settings.BATCH_DEADLINE if self.service.batched(request) else settings.REQUEST_DEADLINE
         # A producer clock running ahead must not push the deadline out.
         return replace(request, deadline=min(produced_at(message, now), now) + wait)

@@ -1,11 +1,19 @@
 """The responder: responses to `gpt-response` and dead letters to the DLQ, each
 with the trace context of its own send span, sent again when delivery fails; a
-record is finished once everything it produced is delivered."""
+record is finished once everything it produced is delivered.
+
+No record stops the worker: a response the cluster refuses (too large, say) is
+dead-lettered with the reason, and a dead letter refused whole is sent again
+without its value, saying why and with the value's SHA-256. Only a cluster that
+keeps failing deliveries stops it (nothing is committed: its successor goes on).
+"""
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
+from datetime import UTC, datetime
 from collections.abc import Callable
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
@@ -14,7 +22,7 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from adapters.dead_letters import SEALED_HEADER, SEALED_WITH, DeadLetterSeal
 from adapters.kafka import producer_config
-from application.contract import ChatResponse, InvalidRequest
+from application.contract import ChatResponse, InvalidRequest, iso_timestamp_of
 from entrypoints.settings import Settings
 from entrypoints.worker.held_records import HeldRecord, HeldRecords
 
@@ -22,6 +30,15 @@ log = logging.getLogger(__name__)
 
 DELIVERY_ATTEMPTS = 5
 DELIVERY_POLL_INTERVAL = 0.01
+# Room for a dead letter's headers and seal beyond the record's own key and value.
+DEAD_LETTER_ROOM = 64 * 1024
+# Delivery errors about the record itself, not the cluster: sending it again
+# cannot help (librdkafka raises the first ones before sending, too).
+REFUSED_RECORD = frozenset({
+    KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.RECORD_LIST_TOO_LARGE,
+    KafkaError.INVALID_RECORD, KafkaError.INVALID_MSG, KafkaError.INVALID_MSG_SIZE,
+    KafkaError._INVALID_ARG, KafkaError._BAD_MSG,
+})
 
 Headers = list[tuple[str, bytes]]
 DeliveryCallback = Callable[[KafkaError | None, Message], None]
@@ -49,7 +66,9 @@ class Responder:
     # Lifecycle ------------------------------------------------------------------
 
     def open(self) -> None:
-        self._producer = Producer(producer_config(self.settings.BOOTSTRAP_SERVER))
+        self._producer = Producer(
+            producer_config(self.settings.BOOTSTRAP_SERVER, largest_record(self.settings))
+        )
 
     async def serve_deliveries(self) -> None:
         """Run delivery callbacks on this loop often, also while a fetch is waiting."""
@@ -78,32 +97,75 @@ class Responder:
     # What the worker produces ---------------------------------------------------
 
     def respond(self, record: HeldRecord, response: ChatResponse) -> None:
+        """The response to a request; one refused as invalid is dead-lettered too."""
         assert record.request is not None
         key = record.message.key() or record.request.request_id.encode()
+        # Counted before anything is sent, so that the first delivery cannot finish the record.
+        record.deliveries += 1
         self._send(record, self.settings.RESPONSE_TOPIC, key, response.encode())
+        if response.error_type == "invalid_request":
+            self.dead_letter(record, response.error_message or "invalid request")
+        self.delivered(record)
 
     def reject(self, record: HeldRecord, error: InvalidRequest, response: ChatResponse) -> None:
         """An invalid record: `response` to its sender (when it has a key to match
-        it by) and the record itself, sealed, to the DLQ."""
+        it by, short enough to carry) and the record itself, sealed, to the DLQ."""
         message = record.message
-        self.held.stats.dead_lettered += 1
-        headers = dead_letter_headers(message, error.message)
         key = message.key() or (error.request_id.encode() if error.request_id else None)
-        # Counted before either is sent, so that the first delivery cannot finish the record.
         record.deliveries += 1
-        if key is not None:
+        if key is not None and len(key) <= self.settings.MAX_KEY_BYTES:
             self._send(record, self.settings.RESPONSE_TOPIC, key, response.encode())
         else:
-            log.warning("invalid record has no key: no error response can be matched to it")
-        self._send(record, self.settings.DLQ_TOPIC, message.key(), self._sealed(message), headers)
+            log.warning("invalid record without a usable key: no error response can be matched to it")
+        self.dead_letter(record, error.message)
         self.delivered(record)
 
-    def dead_letter_erasure(self, message: Message, reason: str) -> None:
-        """An erasure request that cannot be carried out: to the DLQ, sealed."""
+    def dead_letter(self, record: HeldRecord, reason: str, error_type: str = "invalid_request") -> None:
+        """The record itself, key and sealed value, to the DLQ, saying why."""
+        message = record.message
+        self.held.stats.dead_lettered += 1
+        headers = dead_letter_headers(message, reason, error_type)
+        self._send(record, self.settings.DLQ_TOPIC, message.key(), self._sealed(message), headers)
+
+    def dead_letter_erasure(self, message: Message, reason: str) -> asyncio.Future[None]:
+        """An erasure request that cannot be carried out: to the DLQ, sealed.
+
+        The future is done once the dead letter is delivered; its exception is a
+        KafkaException when it could not be (the caller must not commit then).
+        """
         trace.get_current_span().set_status(Status(StatusCode.ERROR, reason))
         self.held.stats.dead_lettered += 1
-        self.produce(self.settings.DLQ_TOPIC, message.key(), self._sealed(message),
-                     dead_letter_headers(message, reason), _log_erasure_delivery_failure)
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        headers = dead_letter_headers(message, reason)
+
+        def refused(error: KafkaError, sealed: bytes | None) -> None:
+            if sealed is None:  # refused even without its value
+                done.set_exception(KafkaException(error))
+                return
+            log.error("dead letter of an erasure request refused whole (%s); "
+                      "sending it without its value", error.name())
+            headers.extend(omitted_value_headers(message, error))
+            send(None)
+
+        def send(sealed: bytes | None) -> None:
+            def on_delivery(error: KafkaError | None, _message: Message) -> None:
+                if done.done():
+                    return
+                if error is None:
+                    done.set_result(None)
+                elif error.code() in REFUSED_RECORD:
+                    refused(error, sealed)
+                else:
+                    log.error("dead letter of an erasure request not delivered: %s", error)
+                    done.set_exception(KafkaException(error))
+
+            try:
+                self.produce(self.settings.DLQ_TOPIC, message.key(), sealed, headers, on_delivery)
+            except KafkaException as error:
+                refused(error.args[0], sealed)
+
+        send(self._sealed(message))
+        return done
 
     def delivered(self, record: HeldRecord) -> None:
         """One thing the record produced is delivered; the last one finishes it."""
@@ -125,9 +187,11 @@ class Responder:
         key: bytes | None,
         value: bytes | None,
         headers: Headers | None = None,
+        fallback: bool = False,
     ) -> None:
         """Produce for `record`, which is finished once everything it produced is
         delivered. Each record produced carries the `traceparent` of its own send span.
+        `fallback`: the error response sent instead of a response that was refused.
         """
         span = self.tracer.start_span(
             f"send {topic}",
@@ -139,17 +203,8 @@ class Responder:
         carrier: dict[str, str] = {}
         propagate.inject(carrier, context=trace.set_span_in_context(span))
         traced = [*(headers or []), *((name, text.encode()) for name, text in carrier.items())]
-        delivery = _Delivery(self, record, span, topic, key, value, traced)
         record.deliveries += 1
-        try:
-            delivery.send()
-        except KafkaException as error:
-            if topic != self.settings.DLQ_TOPIC:
-                span.end()
-                raise
-            # Too large for the broker, say: keep the evidence that can be kept.
-            log.error("dead-lettering the original bytes failed (%s); sending headers only", error)
-            delivery.send_without_value(error)
+        _Delivery(self, record, span, topic, key, value, headers or [], traced, fallback).send()
 
     def produce(
         self,
@@ -187,6 +242,8 @@ class _Delivery:
         key: bytes | None,
         value: bytes | None,
         headers: Headers,
+        traced: Headers,
+        fallback: bool,
     ) -> None:
         self.responder = responder
         self.record = record
@@ -194,23 +251,54 @@ class _Delivery:
         self.topic = topic
         self.key = key
         self.value = value
-        self.headers = headers
+        self.headers = headers  # as given; `traced` adds the send span's context
+        self.traced = traced
+        self.fallback = fallback
         self.attempts = 1
 
     def send(self) -> None:
-        self.responder.produce(self.topic, self.key, self.value, self.headers, self.on_delivery)
+        try:
+            self.responder.produce(self.topic, self.key, self.value, self.traced, self.on_delivery)
+        except KafkaException as error:  # refused before it was sent (too large, say)
+            self.refused(error.args[0])
 
-    def send_without_value(self, error: KafkaException) -> None:
-        """Headers only (the value could not be produced), saying why."""
-        self.value = None
-        self.headers = [*self.headers, ("value_omitted", str(error).encode())]
-        self.send()
+    def refused(self, error: KafkaError) -> None:
+        """The cluster will not take this record: a response is dead-lettered with
+        the reason; a dead letter goes again without its value (saying why); a dead
+        letter refused even so is logged. The held record goes on either way."""
+        responder, record = self.responder, self.record
+        self.span.set_status(Status(StatusCode.ERROR, error.name()))
+        self.span.end()
+        message = record.message
+        if self.topic != responder.settings.DLQ_TOPIC:
+            log.error("response to %s[%d]@%d refused by the cluster (%s); dead-lettering it",
+                      message.topic(), message.partition(), message.offset(), error.name())
+            if not self.fallback:  # the sender still gets one response: an error
+                responder._send(record, self.topic, self.key, undeliverable(error), fallback=True)
+            responder.dead_letter(
+                record, f"the response could not be produced: {error.name()}",
+                "undeliverable_response",
+            )
+        elif self.value is not None:
+            log.error("dead letter of %s[%d]@%d refused whole (%s); sending it without its value",
+                      message.topic(), message.partition(), message.offset(), error.name())
+            # The key goes too when it is beyond the bound (it may be what is too large).
+            key = self.key if self.key is None or len(self.key) <= responder.settings.MAX_KEY_BYTES else None
+            headers = [*self.headers, *omitted_value_headers(message, error)]
+            responder._send(record, self.topic, key, None, headers)
+        else:
+            log.error("dead letter of %s[%d]@%d refused even without its value (%s): only "
+                      "this log line and the source offset are left",
+                      message.topic(), message.partition(), message.offset(), error.name())
+        responder.delivered(record)
 
     def on_delivery(self, error: KafkaError | None, _message: Message) -> None:
         """librdkafka's delivery report, run by the responder's polls."""
         if error is None:
             self.span.end()
             self.responder.delivered(self.record)
+        elif error.code() in REFUSED_RECORD:
+            self.refused(error)
         elif self.attempts >= DELIVERY_ATTEMPTS or error.fatal():
             log.error("delivery to %s failed %d times (%s)", self.topic, self.attempts, error)
             self.span.set_status(Status(StatusCode.ERROR, str(error.code())))
@@ -222,10 +310,16 @@ class _Delivery:
             self.send()
 
 
-def dead_letter_headers(message: Message, reason: str) -> Headers:
+def largest_record(settings: Settings) -> int:
+    """The largest record the worker must produce: the dead letter of a record at
+    both bounds (MAX_REQUEST_BYTES, MAX_KEY_BYTES), its seal and headers."""
+    return settings.MAX_REQUEST_BYTES + settings.MAX_KEY_BYTES + DEAD_LETTER_ROOM
+
+
+def dead_letter_headers(message: Message, reason: str, error_type: str = "invalid_request") -> Headers:
     return [
         (SEALED_HEADER, SEALED_WITH),
-        ("error_type", b"invalid_request"),
+        ("error_type", error_type.encode()),
         ("reason", reason.encode()),
         ("source_topic", (message.topic() or "").encode()),
         ("source_partition", str(message.partition()).encode()),
@@ -233,6 +327,19 @@ def dead_letter_headers(message: Message, reason: str) -> Headers:
     ]
 
 
-def _log_erasure_delivery_failure(error: KafkaError | None, _message: Message) -> None:
-    if error is not None:
-        log.error("dead letter of an erasure request not delivered: %s", error)
+def undeliverable(error: KafkaError) -> bytes:
+    """The error response sent instead of a response the cluster refused."""
+    return ChatResponse.failure(
+        "internal_error",
+        f"The answer could not be delivered ({error.name()}); the request is kept as a dead letter.",
+        iso_timestamp_of(datetime.now(UTC)), 0.0,
+    ).encode()
+
+
+def omitted_value_headers(message: Message, error: KafkaError) -> Headers:
+    """Why a dead letter has no value, and what the value was (its SHA-256)."""
+    value = message.value()
+    return [
+        ("value_omitted", error.name().encode()),
+        *([("value_sha256", hashlib.sha256(value).hexdigest().encode())] if value else []),
+    ]

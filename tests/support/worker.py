@@ -56,7 +56,8 @@ class RunningWorker:
         self.runtime = WorkerRuntime(self.settings, customise, keep_usage_view=False)
         self.container = self.runtime.container
         self.worker = self.runtime.worker
-        self.producer = Producer(producer_config(bootstrap_server))
+        # Large enough for the hostile records tests send (the worker's own bound is a setting).
+        self.producer = Producer(producer_config(bootstrap_server, 32 * 1024 * 1024))
         self._readers: dict[str, Consumer] = {}
         self._seen: dict[str, list[Any]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None

@@ -1,0 +1,88 @@
+"""Records no worker may stop on, through a real worker and broker: an oversized key,
+a large invalid record, a response the cluster refuses, and a stalled lane."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from adapters.dead_letters import DeadLetterSeal
+from tests.support.worker import RunningWorker
+
+pytestmark = pytest.mark.integration
+
+
+def ask(user: str, message: str, **fields) -> bytes:
+    return json.dumps({"user_email": user, "message": message, **fields}).encode()
+
+
+def opened(value: bytes | None) -> bytes | None:
+    return None if value is None else DeadLetterSeal("test-secret").open(value)
+
+
+@pytest.fixture
+def settings(fake_openai, tmp_path) -> dict[str, object]:
+    return {
+        "OPENAI_API_KEY": "test-key",
+        "OPENAI_BASE_URL": fake_openai.base_url,
+        "DATABASE_URL": f"sqlite:///{tmp_path}/events.sqlite",
+    }
+
+
+def test_an_oversized_key_and_a_large_invalid_record_are_dead_lettered_whole(broker, settings):
+    huge_key = b"k" * 1_000_000
+    garbage = b"{" + b"x" * 3_000_000  # invalid JSON, under MAX_REQUEST_BYTES
+    with RunningWorker(broker.bootstrap_server, **settings) as worker:
+        worker.send(huge_key, ask("ada@example.com", "hello"))
+        worker.send("garbage", garbage)
+        worker.send("after", ask("ada@example.com", "still there?"))
+        responses = dict(worker.responses(2, timeout=60))
+        letters = worker.dead_letters(2, timeout=60)
+        assert worker.worker.alive()
+
+    # The oversized key gets no response (none could carry it); the others one each.
+    assert set(responses) == {b"garbage", b"after"}
+    assert responses[b"garbage"]["error"]["type"] == "invalid_request"
+    assert "response" in responses[b"after"]
+    by_reason = {headers["reason"].decode(): (key, value) for key, value, headers in letters}
+    key, value = by_reason["the record key is 1000000 bytes; the limit is 4096"]
+    assert key == huge_key and opened(value) == ask("ada@example.com", "hello")
+    key, value = by_reason["the record value is not valid JSON"]
+    assert key == b"garbage" and opened(value) == garbage
+
+
+def test_a_response_the_cluster_refuses_becomes_an_error_and_a_dead_letter(
+    broker, fake_openai, settings
+):
+    # Records beyond MAX_REQUEST_BYTES + MAX_KEY_BYTES + 64 KiB are refused by the
+    # producer, as a broker would refuse them: a 200 KB answer is one.
+    fake_openai.script([{"match": "long one", "reply": "word " * 40_000}])
+    with RunningWorker(broker.bootstrap_server, MAX_REQUEST_BYTES=1000, **settings) as worker:
+        worker.send("long", ask("ada@example.com", "the long one, please"))
+        worker.send("short", ask("ada@example.com", "and a short one"))
+        responses = dict(worker.responses(2, timeout=60))
+        (key, value, headers), = worker.dead_letters(1, timeout=60)
+        assert worker.worker.alive()
+
+    assert responses[b"long"]["error"] == {
+        "type": "internal_error",
+        "message": "The answer could not be delivered (MSG_SIZE_TOO_LARGE); "
+                   "the request is kept as a dead letter.",
+    }
+    assert "response" in responses[b"short"]
+    assert key == b"long" and opened(value) == ask("ada@example.com", "the long one, please")
+    assert headers["error_type"] == b"undeliverable_response"
+    assert headers["reason"] == b"the response could not be produced: MSG_SIZE_TOO_LARGE"
+
+
+def test_a_request_id_too_long_in_an_envelope_is_refused_without_a_response(broker, settings):
+    envelope = json.dumps({"key": "e" * 5000, "value": {"user_email": "a@b.co", "message": "x"}})
+    with RunningWorker(broker.bootstrap_server, **settings) as worker:
+        worker.send(None, envelope.encode())
+        worker.send("after", ask("ada@example.com", "hello"))
+        (key, _), = worker.responses(1, timeout=60)
+        (_, value, headers), = worker.dead_letters(1, timeout=60)
+    assert key == b"after"
+    assert headers["reason"] == b"the envelope's key is 5000 bytes; the limit is 4096"
+    assert opened(value) == envelope.encode()
