@@ -22,7 +22,8 @@ from eventsourcing.domain import Aggregate, event
 
 from application.contract import iso_timestamp_of
 from application.ports import AggregateStore, Clock, DataKeys, ResponseCache
-from domain.conversation import Conversation, data_owner
+from domain.addresses import legacy_form, normalise_email
+from domain.conversation import CONVERSATION_NAMESPACE, Conversation, data_owner
 
 log = logging.getLogger(__name__)
 KEY_LEDGER_ID = uuid5(NAMESPACE_URL, "chater-gpt/key-ledger")
@@ -82,16 +83,34 @@ class Privacy:
         """Record the erasure on each of the user's conversations, then destroy the
         user's data keys: every message, reply, image digest and address becomes
         unreadable in every store and snapshot; copies kept in memory and cached
-        replies go too. Requests later start afresh."""
-        owner = data_owner(user_email)
-        conversations = await asyncio.to_thread(self.keys.conversations_of, owner)
+        replies go too. Requests later start afresh.
+
+        Versions before domain.addresses compared `legacy_form(address)`: what they
+        stored for an address with non-ASCII characters sits under the owner of that
+        form, so when it differs from today's form that owner is erased too. Its data
+        may be shared with a look-alike address that earlier versions merged with
+        this one (for "\u212Aarl@example.com", everything of "karl@example.com", whose
+        form did not change); it holds the requester's data, and erasing it is the
+        choice that keeps their data from staying readable.
+
+        An address that is refused (domain.addresses.InvalidAddress) is raised before
+        anything is erased."""
+        address = normalise_email(user_email)  # InvalidAddress before anything is done
+        owners = [data_owner(user_email)]
+        if legacy_form(user_email) != address:
+            owners.append(_legacy_owner(user_email))
+        conversations: list[str] = []
+        destroyed = dropped = 0
         at = iso_timestamp_of(self.clock.now())
-        for cid in conversations:
-            await self._change(cid, partial(_erase, requested_by, at))
-        destroyed = await asyncio.to_thread(self.keys.shred_owner, owner)
-        self._forget(conversations)
-        # A cache outage: they expire by CACHE_TTL (and the sweeps try again).
-        dropped = await self.cache.forget(owner) if self.cache is not None else 0
+        for owner in owners:
+            found = await asyncio.to_thread(self.keys.conversations_of, owner)
+            for cid in found:
+                await self._change(cid, partial(_erase, requested_by, at))
+            destroyed += await asyncio.to_thread(self.keys.shred_owner, owner)
+            self._forget(found)
+            conversations += found
+            # A cache outage: they expire by CACHE_TTL (and the sweeps try again).
+            dropped += await self.cache.forget(owner) if self.cache is not None else 0
         log.info("erased a user: %d conversation(s), %d data key(s) destroyed",
                  len(conversations), destroyed)
         return Erasure(conversations, destroyed, dropped)
@@ -183,6 +202,12 @@ class Privacy:
         """Drop what this process keeps in memory of destroyed content."""
         self.keys.forget_unwrapped()
         self.conversations.evict(conversation_ids)
+
+
+def _legacy_owner(user_email: str) -> str:
+    """The data owner versions before domain.addresses gave the address: data_owner
+    of its legacy form as they computed it (data_owner would normalise it anew)."""
+    return str(uuid5(CONVERSATION_NAMESPACE, f"owner\n{legacy_form(user_email)}"))
 
 
 def _erase(requested_by: str, at: str, conversation: Conversation) -> None:

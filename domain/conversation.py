@@ -9,6 +9,9 @@ from uuid import NAMESPACE_URL, UUID, uuid5
 
 from eventsourcing.domain import Aggregate, event
 
+from domain.addresses import InvalidAddress, legacy_form
+from domain.addresses import normalise_email as _normalise_email
+
 CONVERSATION_NAMESPACE = uuid5(NAMESPACE_URL, "chater-gpt/conversation")
 
 # Tokens the chat format spends on each message besides its text (role, separators).
@@ -49,7 +52,15 @@ def readable(content: object) -> bool:
 
 
 def normalise_email(user_email: str) -> str:
-    return user_email.strip().lower()
+    """The address as it is compared: `domain.addresses.normalise_email` (validate
+    with that one: this one never raises for text). An address that rule refuses
+    (the contract turns such requests away) can only come from a Started event an
+    earlier version stored, and replaying an event must never raise: it is read in
+    the form that version gave it (`legacy_form`), and so is its data owner."""
+    try:
+        return _normalise_email(user_email)
+    except InvalidAddress:
+        return legacy_form(user_email)
 
 
 @dataclass(frozen=True)
