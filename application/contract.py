@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from application.images import Image, InvalidImage, decode_image
+from domain.addresses import InvalidAddress, normalise_email
 from domain.conversation import Failure, Outcome, Shredded
 
 # An address's shape, not its deliverability: local@domain.tld, no spaces, at most 254.
@@ -45,28 +46,45 @@ class ChatRequest:
     deadline: float | None = None
 
 
-def request_id_of(key: bytes | None) -> str | None:
-    """The request id carried by a record key, if it is a usable one."""
-    if not key:
+DEFAULT_MAX_REQUEST_BYTES = 10 * 1024 * 1024
+DEFAULT_MAX_KEY_BYTES = 4096
+# Bounds of what a caller may ask for; beyond them a request is a mistake.
+PRIORITY_BOUND = 1000
+MAX_TOKENS_BOUND = 1_000_000
+
+
+def request_id_of(key: bytes | None, max_key_bytes: int = DEFAULT_MAX_KEY_BYTES) -> str | None:
+    """The request id a record key carries, exactly as sent: None when there is
+    none, or it is too long or not UTF-8 text."""
+    if not key or len(key) > max_key_bytes:
         return None
     try:
-        text = key.decode("utf-8").strip()
+        return key.decode("utf-8")
     except UnicodeDecodeError:
         return None
-    return text or None
 
 
 # C0 controls and DEL, except tab, line feed and carriage return.
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
-DEFAULT_MAX_REQUEST_BYTES = 10 * 1024 * 1024
-
 
 def parse_request(
-    key: bytes | None, value: bytes | None, max_bytes: int = DEFAULT_MAX_REQUEST_BYTES
+    key: bytes | None,
+    value: bytes | None,
+    max_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+    max_key_bytes: int = DEFAULT_MAX_KEY_BYTES,
 ) -> ChatRequest:
-    """Read one `gpt-send` record; raise InvalidRequest with a clear reason."""
-    request_id = request_id_of(key)
+    """Read one `gpt-send` record; raise InvalidRequest with a clear reason.
+
+    The request id is the record key as sent (or, for a keyless record, the key of
+    the platform's envelope); a key beyond `max_key_bytes` is refused without one,
+    since no response could be matched to it.
+    """
+    if key and len(key) > max_key_bytes:
+        raise InvalidRequest(f"the record key is {len(key)} bytes; the limit is {max_key_bytes}")
+    request_id = request_id_of(key, max_key_bytes)
+    if key and request_id is None:
+        raise InvalidRequest("the record key (the request id) is not UTF-8 text")
     if not value:
         raise InvalidRequest("the record has no value", request_id)
     if len(value) > max_bytes:
@@ -79,7 +97,7 @@ def parse_request(
         raise InvalidRequest("the record value is not valid JSON", request_id) from None
     if not isinstance(body, dict):
         raise InvalidRequest("the record value must be a JSON object", request_id)
-    body, envelope_key = _unwrap_envelope(body, request_id)
+    body, envelope_key = _unwrap_envelope(body, request_id, max_key_bytes)
     if request_id is None and envelope_key is not None:
         request_id = envelope_key
     if request_id is None:
@@ -93,7 +111,7 @@ def parse_request(
 
 
 def _unwrap_envelope(
-    body: dict[str, Any], request_id: str | None
+    body: dict[str, Any], request_id: str | None, max_key_bytes: int
 ) -> tuple[dict[str, Any], str | None]:
     """Accept `{"key": ..., "value": {...}}`, the shape the platform's docs show."""
     if "value" not in body or "user_email" in body:
@@ -102,14 +120,23 @@ def _unwrap_envelope(
     if isinstance(inner, str):
         try:
             inner = json.loads(inner)
-        except ValueError:
+        except (ValueError, RecursionError):
             raise InvalidRequest("the envelope's value is not valid JSON", request_id) from None
     if not isinstance(inner, dict):
         raise InvalidRequest("the envelope's value must be a JSON object", request_id)
     key = body.get("key")
-    envelope_key = str(key).strip() if isinstance(key, (str, int)) and str(key).strip() else None
-    if envelope_key is not None and _unreadable(envelope_key):
+    if isinstance(key, bool) or not isinstance(key, (str, int)) or key == "":
+        return inner, None
+    if isinstance(key, int) and not -(2**63) <= key < 2**63:
+        raise InvalidRequest("the envelope's key is too large a number", request_id)
+    envelope_key = str(key)
+    if _unreadable(envelope_key):
         raise InvalidRequest(f"the envelope's key {_unreadable(envelope_key)}", request_id)
+    if len(envelope_key.encode()) > max_key_bytes:
+        raise InvalidRequest(
+            f"the envelope's key is {len(envelope_key.encode())} bytes; the limit is {max_key_bytes}",
+            request_id,
+        )
     return inner, envelope_key
 
 
@@ -124,6 +151,10 @@ def _build(request_id: str, body: dict[str, Any]) -> ChatRequest:
         raise fail(f"'user_email' {_unreadable(user_email)}")
     if not EMAIL_SHAPE.match(user_email.strip()):  # never quoted: it may be anything
         raise fail("'user_email' must be an e-mail address")
+    try:  # one person, one address: what cannot be compared safely is refused
+        normalise_email(user_email)
+    except InvalidAddress as error:
+        raise fail(f"'user_email' cannot be used: {error}") from None
 
     raw_images = body.get("images")
     if raw_images is None:
@@ -142,9 +173,11 @@ def _build(request_id: str, body: dict[str, Any]) -> ChatRequest:
 
     max_tokens = body.get("max_tokens")
     if max_tokens is not None and (
-        not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens <= 0
+        not isinstance(max_tokens, int)
+        or isinstance(max_tokens, bool)
+        or not 0 < max_tokens <= MAX_TOKENS_BOUND
     ):
-        raise fail("'max_tokens' must be a positive integer")
+        raise fail(f"'max_tokens' must be an integer from 1 to {MAX_TOKENS_BOUND}")
 
     temperature = body.get("temperature")
     if temperature is not None:
@@ -158,8 +191,12 @@ def _build(request_id: str, body: dict[str, Any]) -> ChatRequest:
         temperature = float(temperature)
 
     priority = body.get("priority", 0)
-    if not isinstance(priority, int) or isinstance(priority, bool):
-        raise fail("'priority' must be an integer")
+    if (
+        not isinstance(priority, int)
+        or isinstance(priority, bool)
+        or not -PRIORITY_BOUND <= priority <= PRIORITY_BOUND
+    ):
+        raise fail(f"'priority' must be an integer from {-PRIORITY_BOUND} to {PRIORITY_BOUND}")
 
     batch = body.get("batch", False)
     if not isinstance(batch, bool):

@@ -22,7 +22,7 @@ from eventsourcing.domain import Aggregate, event
 
 from application.contract import iso_timestamp_of
 from application.ports import AggregateStore, Clock, DataKeys, ResponseCache
-from domain.addresses import legacy_form, normalise_email
+from domain.addresses import InvalidAddress, legacy_form, normalise_email
 from domain.conversation import CONVERSATION_NAMESPACE, Conversation, data_owner
 
 log = logging.getLogger(__name__)
@@ -87,18 +87,23 @@ class Privacy:
 
         Versions before domain.addresses compared `legacy_form(address)`: what they
         stored for an address with non-ASCII characters sits under the owner of that
-        form, so when it differs from today's form that owner is erased too. Its data
-        may be shared with a look-alike address that earlier versions merged with
-        this one (for "\u212Aarl@example.com", everything of "karl@example.com", whose
-        form did not change); it holds the requester's data, and erasing it is the
-        choice that keeps their data from staying readable.
+        form, so when it differs from today's form that owner is erased too, unless
+        that form is another address's form today: for "\u212Aarl@example.com" the
+        legacy form is "karl@example.com", Karl's own. Erasing it would destroy
+        another person's data at anyone's request; it is left (and logged), and an
+        erasure request for that address erases it.
 
         An address that is refused (domain.addresses.InvalidAddress) is raised before
         anything is erased."""
         address = normalise_email(user_email)  # InvalidAddress before anything is done
         owners = [data_owner(user_email)]
-        if legacy_form(user_email) != address:
-            owners.append(_legacy_owner(user_email))
+        legacy = legacy_form(user_email)
+        if legacy != address:
+            if _compared_form(legacy):
+                log.warning("erasure: what earlier versions stored under this address's older "
+                            "form is another address's data today, and is left to that address")
+            else:
+                owners.append(_legacy_owner(user_email))
         conversations: list[str] = []
         destroyed = dropped = 0
         at = iso_timestamp_of(self.clock.now())
@@ -202,6 +207,15 @@ class Privacy:
         """Drop what this process keeps in memory of destroyed content."""
         self.keys.forget_unwrapped()
         self.conversations.evict(conversation_ids)
+
+
+def _compared_form(address: str) -> bool:
+    """Whether the address is in the form addresses are compared in today: the form
+    (and so the data owner) of a live address."""
+    try:
+        return normalise_email(address) == address
+    except InvalidAddress:
+        return False
 
 
 def _legacy_owner(user_email: str) -> str:

@@ -154,6 +154,13 @@ def observe_worker(metrics: Any, worker: Any, circuit_breaker: Any, ledger: Any)
                   gauges.budget_remaining)
     metrics.watch("chater_gpt_circuit_state", "Per model: 0 closed, 1 half-open, 2 open",
                   gauges.circuits)
+    metrics.watch("chater_gpt_erasure_consumer_up",
+                  "1 while the erasure consumer runs and polls, else 0",
+                  gauges.erasure_consumer_up)
+    metrics.watch("chater_gpt_erasures",
+                  "Erasure requests since start, by outcome: applied, dead_lettered, or "
+                  "refused (a dead letter the cluster would not take: logged only)",
+                  gauges.erasures)
 
 
 class WorkerGauges:
@@ -185,6 +192,23 @@ class WorkerGauges:
             label = self.metrics.model_label(model)
             worst[label] = max(worst.get(label, 0), CIRCUIT_STATES[state])
         return [(state, {"model": label}) for label, state in worst.items()]
+
+    def erasure_consumer_up(self) -> Readings:
+        status = _erasure_health(self.worker)
+        return [] if status is None else [(0 if "problem" in status else 1, {})]
+
+    def erasures(self) -> Readings:
+        status = _erasure_health(self.worker)
+        if status is None:
+            return []
+        outcomes = ("applied", "dead_lettered", "refused")
+        return [(status[outcome], {"outcome": outcome}) for outcome in outcomes]
+
+
+def _erasure_health(worker: Any) -> dict[str, Any] | None:
+    """The worker's erasure consumer status; None when it has no erasure consumer."""
+    erasure_health = getattr(worker, "erasure_health", None)
+    return None if erasure_health is None else erasure_health()
 
 
 def health_app(
@@ -288,6 +312,13 @@ def worker_checks(
     async def queue_depth() -> dict[str, Any]:
         return worker.queue_depth()
 
+    async def erasures() -> dict[str, Any]:
+        status = dict(_erasure_health(worker) or {})
+        problem = status.pop("problem", None)
+        if problem is not None:
+            raise CheckFailed(problem)
+        return status
+
     return HealthChecks(
         {
             "openai_api": openai_api,
@@ -295,6 +326,8 @@ def worker_checks(
             "event_store": event_store,
             "memory_usage": memory_usage,
             "queue_depth": queue_depth,
+            # Only a worker that takes erasure requests has their consumer.
+            **({"erasures": erasures} if _erasure_health(worker) is not None else {}),
         },
         alive=worker.alive,
     )

@@ -211,6 +211,10 @@ class KafkaWorker:
             "consumer_lag": dict(self._lag),
         }
 
+    def erasure_health(self) -> dict[str, Any] | None:
+        """The erasure consumer's status (ErasureListener.status); None without one."""
+        return None if self._erasures is None else self._erasures.status()
+
     def _on_statistics(self, report: str) -> None:
         """librdkafka's periodic statistics: keep the lag of the partitions we own.
 

@@ -12,7 +12,7 @@ from tests.support.records import produce, read
 
 pytestmark = pytest.mark.integration
 
-CHECKS = {"openai_api", "kafka_broker", "event_store", "memory_usage", "queue_depth"}
+CHECKS = {"openai_api", "kafka_broker", "event_store", "memory_usage", "queue_depth", "erasures"}
 
 
 def wait_for_readiness(worker, ready: bool, timeout: float = 20.0) -> dict:
@@ -44,6 +44,7 @@ def test_a_running_worker_is_alive_and_ready_with_one_entry_per_check(broker, to
     assert checks["openai_api"]["circuits"] == {"gpt-4o-mini": "closed"}
     assert 20 < checks["memory_usage"]["rss_mib"] < 2048
     assert checks["queue_depth"]["in_flight"] == 0 and checks["queue_depth"]["paused"] is False
+    assert checks["erasures"]["running"] is True and checks["erasures"]["applied"] == 0
 
 
 def test_readiness_follows_the_event_store_down_and_back(postgres, worker):

@@ -168,3 +168,54 @@ def test_user_email_must_look_like_an_address_and_is_never_quoted(address):
     with pytest.raises(InvalidRequest) as refused:
         parse_request(b"k", json.dumps({"user_email": address, "message": "hi"}).encode(), 10_000)
     assert refused.value.message == "'user_email' must be an e-mail address"
+
+
+def test_keys_are_used_as_sent():
+    request = parse_request(b" dup ", record({"user_email": "a@b.co", "message": "x"}))
+    assert request.request_id == " dup "
+    enveloped = record({"key": " dup ", "value": {"user_email": "a@b.co", "message": "x"}})
+    assert parse_request(None, enveloped).request_id == " dup "
+
+
+def test_a_key_beyond_the_bound_is_refused_without_a_request_id():
+    value = record({"user_email": "a@b.co", "message": "x"})
+    assert parse_request(b"k" * 64, value, max_key_bytes=64).request_id == "k" * 64
+    with pytest.raises(InvalidRequest, match="record key is 65 bytes; the limit is 64") as caught:
+        parse_request(b"k" * 65, value, max_key_bytes=64)
+    assert caught.value.request_id is None
+    enveloped = record({"key": "k" * 65, "value": {"user_email": "a@b.co", "message": "x"}})
+    with pytest.raises(InvalidRequest, match="envelope's key is 65 bytes; the limit is 64"):
+        parse_request(None, enveloped, max_key_bytes=64)
+
+
+def test_a_key_that_is_not_text_is_refused():
+    with pytest.raises(InvalidRequest, match="not UTF-8 text") as caught:
+        parse_request(b"\xff\xfe", record({"user_email": "a@b.co", "message": "x"}))
+    assert caught.value.request_id is None
+
+
+@pytest.mark.parametrize("body, reason", [
+    ({"priority": 10 ** 4000}, "'priority' must be an integer from -1000 to 1000"),
+    ({"priority": -1001}, "'priority' must be an integer from -1000 to 1000"),
+    ({"max_tokens": 10 ** 30}, "'max_tokens' must be an integer from 1 to 1000000"),
+    ({"max_tokens": 0}, "'max_tokens' must be an integer from 1 to 1000000"),
+])
+def test_numbers_beyond_sane_bounds_are_refused(body, reason):
+    value = json.dumps({"user_email": "a@b.co", "message": "x", **body}).encode()
+    with pytest.raises(InvalidRequest) as caught:
+        parse_request(b"k", value)
+    assert caught.value.message == reason and caught.value.request_id == "k"
+
+
+def test_an_envelope_nested_too_deep_is_not_valid_json():
+    deep = "[" * 5000 + "]" * 5000
+    with pytest.raises(InvalidRequest, match="envelope's value is not valid JSON"):
+        parse_request(b"k", record({"key": "k", "value": deep}))
+    with pytest.raises(InvalidRequest, match="not valid JSON"):
+        parse_request(b"k", deep.encode())
+
+
+def test_an_address_that_cannot_be_compared_safely_is_refused():
+    value = record({"user_email": "karl@exa_mple\u2603.com", "message": "x"})
+    with pytest.raises(InvalidRequest, match="'user_email' cannot be used: the address's domain"):
+        parse_request(b"k", value)
