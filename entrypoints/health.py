@@ -154,6 +154,9 @@ def observe_worker(metrics: Any, worker: Any, circuit_breaker: Any, ledger: Any)
                   gauges.budget_remaining)
     metrics.watch("chater_gpt_circuit_state", "Per model: 0 closed, 1 half-open, 2 open",
                   gauges.circuits)
+    metrics.watch("chater_gpt_stalled_records",
+                  "Records held past their deadline and the stall grace: their lane makes "
+                  "no progress", gauges.stalled)
     metrics.watch("chater_gpt_erasure_consumer_up",
                   "1 while the erasure consumer runs and polls, else 0",
                   gauges.erasure_consumer_up)
@@ -177,6 +180,9 @@ class WorkerGauges:
 
     def batch_waiting(self) -> Readings:
         return [(self.worker.stats.batch_waiting, {})]
+
+    def stalled(self) -> Readings:
+        return [(len(self.worker.stalled()), {})]
 
     def consumer_lag(self) -> Readings:
         lags = self.worker.queue_depth()["consumer_lag"].items()
@@ -310,7 +316,13 @@ def worker_checks(
         return memory_figure()
 
     async def queue_depth() -> dict[str, Any]:
-        return worker.queue_depth()
+        depth = worker.queue_depth()
+        if depth.get("stalled"):
+            raise CheckFailed(
+                f"{depth['stalled']} record(s) stalled past their deadline; "
+                f"the oldest held for {depth['oldest_held_seconds']:.0f}s"
+            )
+        return depth
 
     async def erasures() -> dict[str, Any]:
         status = dict(_erasure_health(worker) or {})

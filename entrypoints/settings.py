@@ -52,6 +52,12 @@ class Settings(BaseSettings):
     MODEL_PROVIDER: Literal["openai", "offline"] = "openai"
     FALLBACK_MODEL: str | None = None
     REQUEST_DEADLINE: float = Field(600, gt=0, description="seconds from a record's timestamp")
+    STALL_GRACE: float | None = Field(
+        None, gt=0,
+        description="seconds past a record's deadline after which its lane counts as stalled "
+        "(not ready, not alive); default: every attempt of a model call and of its fallback "
+        "at TIMEOUT, plus a minute",
+    )
     CIRCUIT_FAILURE_THRESHOLD: int = Field(5, gt=0)
     CIRCUIT_PROBE_INTERVAL: float = Field(5, gt=0)
     DATABASE_URL: str = "sqlite:///eventsourcing.sqlite"
@@ -123,7 +129,8 @@ class Settings(BaseSettings):
     )
 
     @field_validator(
-        "OPENAI_API_KEY_FILE", "SECRET_KEY_PREVIOUS", "REDIS_URL", "BATCH_PRIORITY", mode="before"
+        "OPENAI_API_KEY_FILE", "SECRET_KEY_PREVIOUS", "REDIS_URL", "BATCH_PRIORITY", "STALL_GRACE",
+        mode="before",
     )
     @classmethod
     def blank_is_unset(cls, value: object) -> object:

@@ -28,7 +28,7 @@ from entrypoints.worker.held_records import HeldRecord, HeldRecords, WorkerStats
 from entrypoints.worker.offset_commits import OffsetCommits
 from entrypoints.worker.request_accounting import RequestAccounting
 from entrypoints.worker.request_intake import RequestIntake
-from entrypoints.worker.responder import Responder
+from entrypoints.worker.responder import Responder, largest_record
 from entrypoints.worker.retention_runs import RetentionRuns
 
 log = logging.getLogger(__name__)
@@ -37,6 +37,7 @@ COMMIT_INTERVAL = 0.2
 POLL_TIMEOUT = 0.1
 RESUME_FRACTION = 0.75
 REVOKE_GRACE_MAX = 10.0
+STALL_MARGIN = 60.0
 LAG_REPORT_INTERVAL_MS = 5000
 
 
@@ -133,8 +134,13 @@ class KafkaWorker:
         await asyncio.to_thread(
             ensure_topics,
             settings.BOOTSTRAP_SERVER,
-            [settings.REQUEST_TOPIC, settings.RESPONSE_TOPIC, settings.DLQ_TOPIC],
+            [settings.REQUEST_TOPIC, settings.RESPONSE_TOPIC],
             settings.TOPIC_PARTITIONS,
+        )
+        # Dead letters keep refused records whole, up to both bounds.
+        await asyncio.to_thread(
+            ensure_topics, settings.BOOTSTRAP_SERVER, [settings.DLQ_TOPIC], settings.TOPIC_PARTITIONS,
+            {"max.message.bytes": str(largest_record(settings))},
         )
         if self._erasures is not None:
             await asyncio.to_thread(ensure_topics, settings.BOOTSTRAP_SERVER, [settings.ERASE_TOPIC])
@@ -193,8 +199,20 @@ class KafkaWorker:
     # Health ---------------------------------------------------------------------
 
     def alive(self) -> bool:
-        """False once the worker stopped on an error it cannot recover from."""
-        return self._fatal is None
+        """False once the worker stopped on an error it cannot recover from, or
+        while a record makes no progress (see `stalled`): a restart is needed."""
+        return self._fatal is None and not self.stalled()
+
+    def stalled(self) -> list[HeldRecord]:
+        """Records held for longer than any request may take: past their deadline
+        by more than STALL_GRACE (by default every attempt of a model call and of
+        its fallback at TIMEOUT, and a minute to record it). A lane holding one
+        makes no progress."""
+        settings = self.settings
+        grace = settings.STALL_GRACE or (
+            settings.TIMEOUT * (settings.MAX_RETRIES + 1) * 2 + STALL_MARGIN
+        )
+        return self._held.stalled(grace)
 
     def probe_broker(self, timeout: float) -> int:
         """The number of brokers that answered for the request topic within `timeout`
@@ -202,8 +220,11 @@ class KafkaWorker:
         return self._responder.probe_broker(self.settings.REQUEST_TOPIC, timeout)
 
     def queue_depth(self) -> dict[str, Any]:
-        """Records held now, the limit, whether fetching is paused, and consumer lag."""
+        """Records held now, the limit, whether fetching is paused, consumer lag,
+        and the records that make no progress (with the age of the oldest held)."""
         return {
+            "stalled": len(self.stalled()),
+            "oldest_held_seconds": round(self._held.oldest_age(), 1),
             "in_flight": self.stats.in_flight,
             "max_in_flight": self.settings.MAX_IN_FLIGHT,
             "batch_waiting": self.stats.batch_waiting,

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import time
 from collections import Counter
 from datetime import UTC, datetime
 
 import pytest
 
 from tests.support.records import produce, read
+from tests.support.worker import WorkerProcess
 
 pytestmark = pytest.mark.integration
 
@@ -43,3 +45,50 @@ def test_a_postgres_restart_under_load_loses_nothing(broker, postgres, fake_open
                          for b in answers.values())
     assert answered_at[0] < went_down and answered_at[-1] > came_back
     assert "Traceback" not in worker.log()
+
+
+def test_a_record_held_past_its_deadline_shows_as_stalled_until_it_moves(
+    broker, postgres, fake_openai, topics, worker_env, tmp_path
+):
+    # A store outage holds a record (the worker waits it out); past its deadline and
+    # the grace, its lane makes no progress: not ready, not alive, and in /metrics.
+    env = {**worker_env, "REQUEST_DEADLINE": "1", "STALL_GRACE": "1"}
+    worker = WorkerProcess(env, tmp_path / "stalled.log")
+    worker.start()
+    try:
+        produce(broker, topics["REQUEST_TOPIC"], [
+            ("warm", json.dumps({"user_email": "a@example.com", "message": "hi"}).encode())
+        ])
+        read(broker, topics["RESPONSE_TOPIC"], 1)
+        postgres.stop_server()
+        try:
+            produce(broker, topics["REQUEST_TOPIC"], [
+                ("held", json.dumps({"user_email": "b@example.com", "message": "hi"}).encode())
+            ])
+            liveness = wait_until(lambda: worker.liveness(), lambda got: got[0] == 503, 30)
+            assert liveness == (503, {"status": "failed"})
+            # The checks are refreshed every second: wait for the next round.
+            status, body = wait_until(
+                lambda: worker.readiness(),
+                lambda got: got[1]["checks"]["queue_depth"]["status"] == "failing", 10,
+            )
+            assert status == 503
+            assert body["checks"]["queue_depth"]["error"].startswith("1 record(s) stalled")
+            _, _, metrics = worker.fetch("/metrics")
+            assert b"chater_gpt_stalled_records 1.0" in metrics
+        finally:
+            postgres.start_server()
+        (key, answer), = read(broker, topics["RESPONSE_TOPIC"], 2)[1:]
+        assert key == "held" and "error" in answer  # answered (too late), not lost
+        assert wait_until(lambda: worker.liveness(), lambda got: got[0] == 200, 30)[0] == 200
+    finally:
+        worker.stop()
+
+
+def wait_until(probe, done, timeout: float):
+    deadline = time.monotonic() + timeout
+    while True:
+        got = probe()
+        if done(got) or time.monotonic() > deadline:
+            return got
+        time.sleep(0.2)
