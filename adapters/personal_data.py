@@ -18,28 +18,33 @@ from eventsourcing.persistence import Mapper, StoredEvent
 from eventsourcing.utils import Environment
 
 from application.ports import DataKeys
-from domain.conversation import Answer, Shredded, data_owner, from_legacy, readable
+from domain.conversation import Answer, Failure, Shredded, data_owner, from_legacy, readable
 
 log = logging.getLogger(__name__)
 
-# The user's own words in each Conversation event (and in a snapshot's state):
-# encrypted at rest with the user's data key, unreadable once it is destroyed. The
-# rest (times, models, tokens, cost) is the accounting, kept for the budget and
-# the auditor.
+# The user's own words in each Conversation event (and in a snapshot's state), and
+# what is derived from them (the digest of what a request asked): encrypted at
+# rest with the user's data key, unreadable once it is destroyed. The rest (times,
+# models, tokens, cost) is the accounting, kept for the budget and the auditor.
 PERSONAL_FIELDS: dict[str, tuple[str, ...]] = {
     "Started": ("user_email", "thread"),
-    "UserMessageReceived": ("message", "image_digests", "system_prompt", "caller_context"),
+    "UserMessageReceived": (
+        "message", "image_digests", "system_prompt", "caller_context", "request_digest",
+    ),
     "ReplyRecorded": ("reply",),
     "ContextCompacted": ("summary",),
+    # A request refused before it was received carries its digest (most carry none).
+    "RequestFailed": ("request_digest",),
     # A snapshot's texts inside `pending` (the message) and `outcomes` (an answer's
     # reply) are personal too; which requests are pending or concluded is not.
-    "Snapshot": ("user_email", "thread", "turns", "summary"),
+    "Snapshot": ("user_email", "thread", "turns", "summary", "digests"),
 }
 CONVERSATION_TOPIC = "domain.conversation:Conversation"
 CIPHER_CACHE_SIZE = 10_000  # owners' days whose keys are kept ready
 # What a destroyed field reads as, when not the Shredded value itself.
 _SHREDDED_VALUES: dict[str, Callable[[], Any]] = {
     "thread": lambda: None, "image_digests": list, "turns": list,  # fresh each time
+    "digests": dict,
 }
 
 
@@ -71,6 +76,8 @@ class PersonalDataMapper(Mapper[Any]):
         holder = state  # a snapshot holds the aggregate's fields in its own "state"
         if "state" in state:
             holder = state["state"] = dict(state["state"])
+        elif all(state.get(name) is None for name in fields):
+            return super().to_stored_event(domain_event)  # nothing personal in it
         cid = str(state["originator_id"])
         day = state["timestamp"].strftime("%Y-%m-%d")
         if state.get("content_from"):
@@ -193,6 +200,12 @@ def _content_days(state: dict[str, Any]) -> list[str]:
     ]
     if readable(state.get("summary")) and state.get("summary_from"):
         days.append(str(state["summary_from"])[:10])
+    # The digest of a request refused before it was received: its refusal's day.
+    digests = state.get("digests", {})
+    days += [
+        outcome.failed_at[:10] for request_id, outcome in state.get("outcomes", {}).items()
+        if isinstance(outcome, Failure) and request_id in digests and outcome.failed_at
+    ]
     return days
 
 

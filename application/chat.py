@@ -1,9 +1,11 @@
 """The chat use case: answer one request with the conversation's history as context.
 
 Per request, in order:
-1. `_prepare`, one change of the conversation: a request that already ended is
-   answered from its recorded outcome (a redelivered record never reaches the
-   model twice); personal data is refused (PII_MODE=block); the history is
+1. `_prepare`, one change of the conversation: a request id recorded for other
+   content is refused; a request that already ended is answered from its
+   recorded outcome (a redelivered record never reaches the model twice); a
+   request that can never fit its model or the day's budget is refused (neither
+   refusal is recorded); personal data is refused (PII_MODE=block); the history is
    compacted when it no longer fits; the call is planned; the message is
    received; a reply shared by an identical call ends it, or else the call's
    worst case is held in the day's budget. Saved before the model is called:
@@ -21,7 +23,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from functools import partial
+from functools import cached_property, partial
 from typing import Any
 from uuid import UUID
 
@@ -51,7 +53,8 @@ from application.ports import (
     TokenCounter,
 )
 from application.reply_sharing import Lead, ReplySharing, Share
-from domain.conversation import Conversation, conversation_id
+from application.request_digest import request_digest
+from domain.conversation import Conversation, RequestIdReused, conversation_id
 from domain.token_budget import BudgetExceeded
 
 log = logging.getLogger(__name__)
@@ -61,6 +64,7 @@ PII_REJECTED = (
     "The request contains personal data ({kinds}); this service does not send personal "
     "data to the model. Please remove it and ask again."
 )
+REQUEST_ID_REUSED = "request id already used for a different request"
 TOO_LATE = "The model could not answer before the request's deadline."
 UNEXPECTED = "The model call failed unexpectedly."
 RECORDING_GRACE = 10.0  # seconds a closing service waits for paid replies to be recorded
@@ -81,6 +85,11 @@ class _Job:
     @property
     def reservation(self) -> str:
         return f"{self.cid}/{self.request.request_id}"  # request ids are producers' keys
+
+    @cached_property
+    def digest(self) -> str:
+        """What the request asks, hashed once (a conflict decides again)."""
+        return request_digest(self.request)
 
 
 @dataclass(frozen=True)
@@ -171,10 +180,25 @@ class ChatService:
         request, rid = job.request, job.request_id
         # Decided again after a conflict: what an earlier try held is given back.
         self.ledger.release(job.reservation)
+        try:
+            conversation.check_same_request(rid, job.digest)
+        except RequestIdReused:  # not recorded: the first request's record stands
+            log.warning("request %s refused: its id was used for a different request", rid)
+            return _Plan(self._rejection(job, REQUEST_ID_REUSED))
         outcome = conversation.outcome(rid)
         if outcome is not None:
             log.info("request %s already answered; replaying", rid)
             return _Plan(ChatResponse.of(outcome))
+        count = self.window.counting(request)
+        misfit = self.window.misfit(request, count, self.ledger.daily_limit)
+        if misfit is not None:  # the caller's mistake, every time: not recorded ...
+            log.warning("request %s refused: it cannot fit its model or the daily budget", rid)
+            if conversation.is_pending(rid):  # ... unless received already (by an
+                # earlier version): then it ends, so that it is not pending for ever.
+                return _Plan(self.recorder.failure(
+                    rid, job.started, "invalid_request", misfit, conversation
+                ))
+            return _Plan(self._rejection(job, misfit))
         if self.masking.blocks:
             kinds = await self.masking.found_in(
                 request.message, request.system_prompt or "", request.context or ""
@@ -182,9 +206,9 @@ class ChatService:
             if kinds:  # refused before anything of it is stored or sent
                 message = PII_REJECTED.format(kinds=", ".join(sorted(k.lower() for k in kinds)))
                 return _Plan(self.recorder.failure(
-                    rid, job.started, "pii_rejected", message, conversation
+                    rid, job.started, "pii_rejected", message, conversation,
+                    request_digest=job.digest,
                 ))
-        count = self.window.counting(request)
         not_before = self.window.not_before(self.clock.now())
         fresh = not conversation.is_pending(rid)
         summarised = None
@@ -205,6 +229,7 @@ class ChatService:
                 system_prompt=request.system_prompt,
                 caller_context=request.context,
                 history_turns=planned.history_turns,
+                request_digest=job.digest,
             )
         if share is not None and fresh:
             shared = await self.sharing.find(share, self._time_left(request))
@@ -228,6 +253,10 @@ class ChatService:
             call=planned.call, estimate=planned.estimate, share=share, summarised=summarised,
             sent_in_batch=conversation.pending_batch(rid),
         )
+
+    def _rejection(self, job: _Job, message: str) -> ChatResponse:
+        """An invalid_request response, recorded nowhere."""
+        return ChatResponse.rejection("invalid_request", message, self.clock.now(), job.started)
 
     # 2. Ask ------------------------------------------------------------------------
 

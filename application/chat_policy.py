@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from application.ports import ModelCall
+from domain.model_limits import DEFAULT_MODEL_LIMITS, ModelLimitTable
 from domain.pricing import DEFAULT_PRICES, PriceTable
 
 
@@ -21,6 +22,10 @@ class ChatPolicy:
     # reply's are put back from) or "block" (refused with pii_rejected).
     pii_mode: str = "mask"
     prices: PriceTable = field(default_factory=lambda: PriceTable(DEFAULT_PRICES))
+    # Context windows and reply limits of the models the service knows.
+    model_limits: ModelLimitTable = field(
+        default_factory=lambda: ModelLimitTable(DEFAULT_MODEL_LIMITS)
+    )
     # The response cache (when there is one) and single-flight: which calls may
     # share a reply (temperature 0 only, unless any), and whose ("user", "global").
     cache_ttl: float = 3600.0

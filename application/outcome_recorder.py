@@ -56,9 +56,10 @@ class OutcomeRecorder:
 
     def failure(
         self, request_id: str, started: float, error_type: str, message: str,
-        conversation: Conversation,
+        conversation: Conversation, request_digest: str | None = None,
     ) -> ChatResponse:
-        """Record that a request failed, and how (unless it ended meanwhile)."""
+        """Record that a request failed, and how (unless it ended meanwhile); a
+        request refused before it was received records `request_digest` with it."""
         if conversation.outcome(request_id) is None:
             conversation.record_failure(
                 request_id=request_id,
@@ -66,6 +67,7 @@ class OutcomeRecorder:
                 error_message=message,
                 failed_at=iso_timestamp_of(self.clock.now()),
                 processing_time=round(time.perf_counter() - started, 3),
+                request_digest=request_digest,
             )
         return self.recorded(conversation, request_id)
 

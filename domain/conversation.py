@@ -116,8 +116,9 @@ class Conversation(Aggregate):
     redelivered request is answered from the record instead of the model.
     """
 
-    # Version 2 keeps outcomes as Answer and Failure values (dicts before).
-    class_version = 2
+    # Version 2 keeps outcomes as Answer and Failure values (dicts before);
+    # version 3 the digests of the requests' content.
+    class_version = 3
 
     # Defaults for state restored from snapshots taken before compaction existed.
     summary: str | Shredded | None = None
@@ -143,6 +144,11 @@ class Conversation(Aggregate):
                 state[name] = from_legacy(state[name])
 
     @staticmethod
+    def upcast_v2_v3(state: dict[str, Any]) -> None:
+        """Requests recorded before digests were kept have none: not checked."""
+        state.setdefault("digests", {})
+
+    @staticmethod
     def create_id(user_email: str, thread: str | None = None) -> UUID:
         return conversation_id(user_email, thread)
 
@@ -161,6 +167,10 @@ class Conversation(Aggregate):
         self.summary: str | Shredded | None = None
         self.summarised_through: str | None = None
         self.summary_from: str = ""
+        # Request id -> the digest of what it asked (personal: derived from the
+        # user's words), so that an id used again for other content is told apart
+        # from a redelivery.
+        self.digests: dict[str, str] = {}
 
     # Commands: each body is both the decision and the state change of its event.
 
@@ -176,10 +186,13 @@ class Conversation(Aggregate):
         system_prompt: str | None,
         caller_context: str | None,
         history_turns: int,
+        request_digest: str | Shredded | None = None,
     ) -> None:
-        """Record the user's message and exactly what will be sent along with it."""
+        """Record the user's message and exactly what will be sent along with it,
+        and the digest of what the request asked (none before digests were kept)."""
         self.check_not_seen(request_id)
         self.pending[request_id] = {"message": message, "image_count": len(image_digests)}
+        self._keep_digest(request_id, request_digest)
 
     class ReplyRecorded(Aggregate.Event):
         """Version 2 added what a reply cost: cached prompt tokens and dollars;
@@ -274,11 +287,14 @@ class Conversation(Aggregate):
         error_message: str,
         failed_at: str,
         processing_time: float,
+        request_digest: str | Shredded | None = None,
     ) -> None:
-        """Record that a request could not be answered, and why."""
+        """Record that a request could not be answered, and why; with the digest of
+        what it asked when it was refused without being received."""
         self.check_not_concluded(request_id)
         self.pending.pop(request_id, None)
         self.outcomes[request_id] = Failure(error_type, error_message, failed_at, processing_time)
+        self._keep_digest(request_id, request_digest)
 
     @event("UserErased")
     def erase(self, requested_by: str, erased_at: str) -> None:
@@ -287,6 +303,7 @@ class Conversation(Aggregate):
         in flight stay pending, so that their replies can still be recorded."""
         self.turns = []
         self.summary = None
+        self.digests = {}  # derived from the user's words
         for request_id, outcome in self.outcomes.items():
             if isinstance(outcome, Answer):
                 self.outcomes[request_id] = replace(outcome, reply=ERASED)
@@ -297,14 +314,19 @@ class Conversation(Aggregate):
     def expire(self, before_day: str, expired_at: str) -> None:
         """The retention policy destroyed the data keys of the days before
         `before_day`: those turns are no context any more, and their replies are
-        no longer kept for redelivered requests either."""
+        no longer kept for redelivered requests either, nor the digests of what
+        those requests asked."""
         self.turns = [turn for turn in self.turns if turn.answered_at[:10] >= before_day]
         if self.summary_from[:10] < before_day:
             # Its turns still within retention are context again, unsummarised.
             self.summary = None
             self.summarised_through = None
         for request_id, outcome in self.outcomes.items():
-            if isinstance(outcome, Answer) and outcome.answered_at[:10] < before_day:
+            ended = outcome.answered_at if isinstance(outcome, Answer) else outcome.failed_at
+            if ended[:10] >= before_day:
+                continue
+            self.digests.pop(request_id, None)
+            if isinstance(outcome, Answer):
                 self.outcomes[request_id] = replace(outcome, reply=EXPIRED)
 
     # Queries ------------------------------------------------------------------
@@ -315,6 +337,16 @@ class Conversation(Aggregate):
 
     def is_pending(self, request_id: str) -> bool:
         return request_id in self.pending
+
+    def check_same_request(self, request_id: str, digest: str) -> None:
+        """Raise RequestIdReused when the request id was recorded asking something
+        else. Unknown (recorded before digests were kept, erased, expired, or of
+        another digest form) is not checked: a redelivery is the likelier."""
+        recorded = self.digests.get(request_id)
+        if recorded is None or _digest_form(recorded) != _digest_form(digest):
+            return
+        if recorded != digest:
+            raise RequestIdReused(request_id)
 
     def pending_message(self, request_id: str) -> str | Shredded:
         """What a pending request asked (ERASED if its user was erased meanwhile)."""
@@ -393,6 +425,10 @@ class Conversation(Aggregate):
         if request_id in self.outcomes:
             raise RequestAlreadyConcluded(request_id)
 
+    def _keep_digest(self, request_id: str, digest: str | Shredded | None) -> None:
+        if isinstance(digest, str):  # not when shredded or never recorded
+            self.digests[request_id] = digest
+
 
 def _outcome_from_v1(outcome: dict[str, Any]) -> Outcome:
     if "error" in outcome:
@@ -403,6 +439,12 @@ def _outcome_from_v1(outcome: dict[str, Any]) -> Outcome:
     return Answer(from_legacy(outcome["response"]), outcome["model"], usage["prompt_tokens"],
                   usage["completion_tokens"], outcome.get("cost_usd"), outcome["finish_reason"],
                   outcome["timestamp"], outcome["processing_time"], source)
+
+
+def _digest_form(digest: str) -> str:
+    """The form a digest names before its first colon ("" when it names none)."""
+    form, colon, _ = digest.partition(":")
+    return form if colon else ""
 
 
 def data_owner(user_email: str) -> str:
@@ -439,3 +481,7 @@ class RequestNotPending(ConversationError):
 
 class RequestAlreadyConcluded(ConversationError):
     """The request already has an outcome."""
+
+
+class RequestIdReused(ConversationError):
+    """The request id was recorded for a request that asked something else."""

@@ -79,6 +79,7 @@ def asked(conversation: Conversation, request_id: str, when: datetime,
         system_prompt=None,
         caller_context=None,
         history_turns=len(conversation.turns),
+        request_digest=None,
     )
 
 

@@ -26,6 +26,14 @@ Tests can queue *steps* that change the next answers (see :func:`_pick_step`):
 
 Streaming (``stream=True``) is not supported.
 
+Model limits, as the real API checks them before anything is generated: for a
+model of :data:`MODEL_LIMITS` (its name, or the name without a ``-YYYY-MM-DD``
+snapshot date), ``max_tokens`` (or ``max_completion_tokens``) above its output
+limit is a 400 ``invalid_value`` on ``max_tokens``, and the prompt (counted as
+:func:`prompt_tokens` counts it) plus ``max_tokens`` beyond its context window a
+400 ``context_length_exceeded`` on ``messages``, both in OpenAI's words and
+logged as ``invalid`` calls. Other model names are not checked.
+
 Faults at random (*chaos*), for fault-injection tests: after
 ``POST /_control/chaos`` ``{"seed": 7, "rates": {"429": 0.08, "500": 0.06,
 "503": 0.02, "timeout": 0.04, "disconnect": 0.04, "malformed": 0.04},
@@ -113,7 +121,7 @@ with ``kind`` one of ``ok`` (a normal completion the client received; scripted
 replies included), ``429``, ``500``, ``503``, ``timeout``, ``disconnect``,
 ``malformed`` (chaos), ``outage``, ``batch`` (see above), ``scripted`` (a step answering an error,
 malformed body or disconnect), ``invalid`` (400: the body had no
-``messages``) or ``unauthorized`` (401: a key not accepted).  A normal
+``messages``, or its model cannot take it) or ``unauthorized`` (401: a key not accepted).  A normal
 completion that cannot be written because the client has gone becomes
 ``timeout`` (answered_at null): the client never received it.
 ``answered_at`` is null for ``disconnect`` and for every answer the client was
@@ -179,6 +187,49 @@ def _error_body(status: int) -> dict[str, Any]:
     """Return an error payload in OpenAI's shape for an HTTP status."""
     message, kind, code = _DEFAULT_ERRORS.get(status, (f"Fake error {status}", "server_error", None))
     return {"error": {"message": message, "type": kind, "param": None, "code": code}}
+
+
+# (context window, most completion tokens) of the models whose limits are checked,
+# OpenAI's published figures (kept apart from the service's own table on purpose).
+MODEL_LIMITS: dict[str, tuple[int, int]] = {
+    **dict.fromkeys(("gpt-4o", "gpt-4o-mini", "chatgpt-4o-latest", "gpt-4o-latest"),
+                    (128_000, 16_384)),
+    **dict.fromkeys(("gpt-4.1", "gpt-4.1-mini", "gpt-4.1-nano"), (1_047_576, 32_768)),
+    **dict.fromkeys(("o1", "o3", "o3-mini", "o4-mini"), (200_000, 100_000)),
+    **dict.fromkeys(("gpt-5", "gpt-5-mini", "gpt-5-nano"), (400_000, 128_000)),
+    "gpt-4o-2024-05-13": (128_000, 4_096),
+    "gpt-4-turbo": (128_000, 4_096),
+    "gpt-4": (8_192, 8_192),
+    "gpt-3.5-turbo": (16_385, 4_096),
+    "o1-mini": (128_000, 65_536),
+}
+_SNAPSHOT_DATE = re.compile(r"-\d{4}-\d{2}-\d{2}$")
+
+
+def _over_limits(body: dict[str, Any], messages: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The 400 payload the real API answers for a call its model cannot take, or None."""
+    model = body.get("model")
+    limits = None
+    if isinstance(model, str):
+        limits = MODEL_LIMITS.get(model) or MODEL_LIMITS.get(_SNAPSHOT_DATE.sub("", model))
+    if limits is None:
+        return None
+    window, most = limits
+    asked = body.get("max_completion_tokens") or body.get("max_tokens")
+    asked = asked if isinstance(asked, int) and not isinstance(asked, bool) else 0
+    param = "max_completion_tokens" if body.get("max_completion_tokens") else "max_tokens"
+    if asked > most:
+        return _invalid_request(
+            f"{param} is too large: {asked}. This model supports at most {most} completion "
+            f"tokens, whereas you provided {asked}.", param, "invalid_value")
+    prompt = prompt_tokens(messages)
+    if prompt + asked > window:
+        return _invalid_request(
+            f"This model's maximum context length is {window} tokens. However, you requested "
+            f"{prompt + asked} tokens ({prompt} in the messages, {asked} in the completion). "
+            "Please reduce the length of the messages or completion.",
+            "messages", "context_length_exceeded")
+    return None
 
 
 def _masked(key: str) -> str:
@@ -637,6 +688,8 @@ class FakeOpenAIState:
             if not isinstance(raw_messages, list):
                 status, payload = 400, _invalid_request(
                     "body must be a JSON object with 'messages'", "messages")
+            elif (refusal := _over_limits(body, messages)) is not None:
+                status, payload = 400, refusal
             else:
                 step = self.pick_step(text) or {}
                 if "status" in step:
@@ -754,6 +807,12 @@ def build_app(state: FakeOpenAIState) -> "web.Application":
             status = state.outage_status
             call = state.record(text, "outage", received_at)
             return await send(request, web.json_response(_error_body(status), status=status), call)
+
+        # A call its model cannot take is refused at once, before any step or chaos.
+        refusal = _over_limits(body, messages)
+        if refusal is not None:
+            call = state.record(text, "invalid", received_at)
+            return await send(request, web.json_response(refusal, status=400), call)
 
         step = state.pick_step(text)
         if step is not None:
