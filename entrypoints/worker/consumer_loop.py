@@ -26,6 +26,7 @@ from entrypoints.worker.conversation_lanes import ConversationLanes
 from entrypoints.worker.erasure_listener import ErasureListener
 from entrypoints.worker.held_records import HeldRecord, HeldRecords, WorkerStats, usable
 from entrypoints.worker.offset_commits import OffsetCommits
+from entrypoints.worker.persevere import GaveUp
 from entrypoints.worker.request_accounting import RequestAccounting
 from entrypoints.worker.request_intake import RequestIntake
 from entrypoints.worker.responder import Responder, largest_record
@@ -75,7 +76,8 @@ class KafkaWorker:
         self._accounting = RequestAccounting(service, settings, self.stats, tracer, metrics, model_label)
         self._responder = Responder(settings, self._held, tracer, self._fail)
         self._lanes = ConversationLanes(
-            service, clock, self._held, self._respond, self._stopping, self._fail
+            service, self._held, self._respond, self._stopping, self._fail,
+            self._unanswerable,
         )
         self._intake = RequestIntake(
             service, settings, clock, self._held, self._accounting, self._lanes, self._responder
@@ -176,6 +178,18 @@ class KafkaWorker:
         """A lane's answer to a record whose partition is still ours."""
         self._accounting.account_for(record, response)
         self._responder.respond(record, response)
+
+    def _unanswerable(self, record: HeldRecord, error: Exception) -> None:
+        """A record that failed unexpectedly: an internal_error response and a dead
+        letter saying which error (never what it said), instead of a worker stopped
+        on it again and again."""
+        response = ChatResponse.rejection(
+            "internal_error", "The service could not answer this request.",
+            self.clock.now(), time.perf_counter(),
+        )
+        self._accounting.account_for(record, response)
+        cause = str(error) if isinstance(error, GaveUp) else type(error).__name__
+        self._responder.respond(record, response, dead_letter=f"the record could not be answered: {cause}")
 
     def _stopping(self) -> bool:
         return self._stop.is_set()

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections import deque
 from collections.abc import Callable
 
@@ -14,9 +13,8 @@ from opentelemetry import trace
 
 from application.chat import ChatService
 from application.contract import ChatRequest, ChatResponse
-from application.ports import Clock
 from entrypoints.worker.held_records import HeldRecord, HeldRecords
-from entrypoints.worker.persevere import GaveUp, Stopping, persevere
+from entrypoints.worker.persevere import Stopping, persevere
 
 log = logging.getLogger(__name__)
 
@@ -27,22 +25,24 @@ class ConversationLanes:
 
     `answered` takes each response of a record whose partition is still ours;
     the records of a partition revoked or lost are dropped for their new owner.
-    An error a lane cannot handle calls `fail` (the worker stops, not wedges).
+    An unexpected error with one record goes to `unanswerable` (that record's
+    error response and dead letter) and the lane goes on; one that even that
+    cannot handle calls `fail` (the worker stops, not wedges).
     """
 
     def __init__(
         self,
         service: ChatService,
-        clock: Clock,
         held: HeldRecords,
         answered: Callable[[HeldRecord, ChatResponse], None],
         stopping: Callable[[], bool],
         fail: Callable[[BaseException], None],
+        unanswerable: Callable[[HeldRecord, Exception], None],
     ) -> None:
         self.service = service
-        self.clock = clock
         self.held = held
         self.answered = answered
+        self.unanswerable = unanswerable
         self.stopping = stopping
         self.fail = fail
         self._queues: dict[str, deque[HeldRecord]] = {}
@@ -108,9 +108,17 @@ class ConversationLanes:
     async def _take_turn(self, record: HeldRecord) -> None:
         """Answer the record at the head of its lane, unless its partition is gone."""
         if self.held.is_current(record):
-            response = await self._answer_unless_abandoned(record)
-            if response is not None and self.held.is_current(record):
-                self.answered(record, response)
+            try:
+                response = await self._answer_unless_abandoned(record)
+                if response is not None and self.held.is_current(record):
+                    self.answered(record, response)
+                    return
+            except Stopping:
+                raise
+            except Exception as error:  # a bug with this record: it ends, the lane goes on
+                log.exception("record %s[%d]@%d could not be answered",
+                              *record.partition, record.message.offset())
+                self.unanswerable(record, error)
                 return
         self.held.drop(record)
 
@@ -140,13 +148,7 @@ class ConversationLanes:
         return None if task.cancelled() else task.result()
 
     async def _answer(self, request: ChatRequest) -> ChatResponse:
-        started = time.perf_counter()
-        try:
-            return await persevere(
-                f"answering {request.request_id}", self.stopping, self.service.handle, request
-            )
-        except GaveUp:
-            return ChatResponse.rejection(
-                "internal_error", "The service could not answer this request.",
-                self.clock.now(), started,
-            )
+        """The response; GaveUp when the use case failed unexpectedly every time."""
+        return await persevere(
+            f"answering {request.request_id}", self.stopping, self.service.handle, request
+        )

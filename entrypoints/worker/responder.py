@@ -96,8 +96,11 @@ class Responder:
 
     # What the worker produces ---------------------------------------------------
 
-    def respond(self, record: HeldRecord, response: ChatResponse) -> None:
-        """The response to a request; one refused as invalid is dead-lettered too."""
+    def respond(
+        self, record: HeldRecord, response: ChatResponse, dead_letter: str | None = None
+    ) -> None:
+        """The response to a request; one refused as invalid is dead-lettered too,
+        and so is the record when `dead_letter` gives a reason (an internal error)."""
         assert record.request is not None
         key = record.message.key() or record.request.request_id.encode()
         # Counted before anything is sent, so that the first delivery cannot finish the record.
@@ -105,6 +108,8 @@ class Responder:
         self._send(record, self.settings.RESPONSE_TOPIC, key, response.encode())
         if response.error_type == "invalid_request":
             self.dead_letter(record, response.error_message or "invalid request")
+        elif dead_letter is not None:
+            self.dead_letter(record, dead_letter, response.error_type or "internal_error")
         self.delivered(record)
 
     def reject(self, record: HeldRecord, error: InvalidRequest, response: ChatResponse) -> None:

@@ -86,3 +86,29 @@ def test_a_request_id_too_long_in_an_envelope_is_refused_without_a_response(brok
     assert key == b"after"
     assert headers["reason"] == b"the envelope's key is 5000 bytes; the limit is 4096"
     assert opened(value) == envelope.encode()
+
+
+def test_a_record_the_service_fails_on_every_time_ends_alone(broker, settings):
+    with RunningWorker(broker.bootstrap_server, **settings) as worker:
+        service = worker.worker.service
+        answer = service.handle
+
+        async def buggy(request):
+            if request.request_id == "buggy":
+                raise KeyError("a bug that only this record meets")
+            return await answer(request)
+
+        service.handle = buggy
+        worker.send("buggy", ask("ada@example.com", "hello"))
+        worker.send("after", ask("ada@example.com", "still there?"))  # same conversation
+        responses = dict(worker.responses(2, timeout=60))
+        (key, value, headers), = worker.dead_letters(1, timeout=60)
+        assert worker.worker.alive()
+
+    assert responses[b"buggy"]["error"] == {
+        "type": "internal_error", "message": "The service could not answer this request.",
+    }
+    assert "response" in responses[b"after"]
+    assert key == b"buggy" and opened(value) == ask("ada@example.com", "hello")
+    assert headers["reason"] == b"the record could not be answered: KeyError"
+    assert headers["error_type"] == b"internal_error"
