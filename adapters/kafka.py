@@ -6,7 +6,7 @@ import logging
 from collections.abc import Iterable
 
 from confluent_kafka import KafkaError, KafkaException
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +44,19 @@ def producer_config(bootstrap_server: str, max_message_bytes: int | None = None)
         # A broker closing idle connections is routine, not worth a log line.
         "log.connection.close": False,
     }
+
+
+def topic_max_message_bytes(bootstrap_server: str, topic: str) -> int | None:
+    """The topic's `max.message.bytes`, or None when the cluster does not say
+    (no such topic, no permission to describe it, no answer within 10 s)."""
+    admin = AdminClient({"bootstrap.servers": bootstrap_server})
+    try:
+        [future] = admin.describe_configs([ConfigResource("topic", topic)]).values()
+        entry = future.result(timeout=10).get("max.message.bytes")
+    except Exception as error:  # best effort: only ever a warning depends on it
+        log.debug("max.message.bytes of %s unknown: %s", topic, error)
+        return None
+    return int(entry.value) if entry is not None and str(entry.value).isdigit() else None
 
 
 def ensure_topics(

@@ -5,7 +5,7 @@ Per request, in order:
    content is refused; a request that already ended is answered from its
    recorded outcome (a redelivered record never reaches the model twice); a
    request that can never fit its model or the day's budget is refused (neither
-   refusal is recorded); personal data is refused (PII_MODE=block); the history is
+   refusal is recorded, but for one received already, which then ends); personal data is refused (PII_MODE=block); the history is
    compacted when it no longer fits; the call is planned; the message is
    received; a reply shared by an identical call ends it, or else the call's
    worst case is held in the day's budget. Saved before the model is called:

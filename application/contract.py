@@ -65,7 +65,7 @@ def request_id_of(key: bytes | None, max_key_bytes: int = DEFAULT_MAX_KEY_BYTES)
 
 
 # C0 controls and DEL, except tab, line feed and carriage return.
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
 def parse_request(
@@ -85,6 +85,8 @@ def parse_request(
     request_id = request_id_of(key, max_key_bytes)
     if key and request_id is None:
         raise InvalidRequest("the record key (the request id) is not UTF-8 text")
+    if request_id is not None and not request_id.isprintable():  # it is logged: one line
+        raise InvalidRequest("the record key (the request id) must be printable text")
     if not value:
         raise InvalidRequest("the record has no value", request_id)
     if len(value) > max_bytes:
@@ -132,6 +134,8 @@ def _unwrap_envelope(
     envelope_key = str(key)
     if _unreadable(envelope_key):
         raise InvalidRequest(f"the envelope's key {_unreadable(envelope_key)}", request_id)
+    if not envelope_key.isprintable():
+        raise InvalidRequest("the envelope's key must be printable text", request_id)
     if len(envelope_key.encode()) > max_key_bytes:
         raise InvalidRequest(
             f"the envelope's key is {len(envelope_key.encode())} bytes; the limit is {max_key_bytes}",
@@ -237,7 +241,7 @@ def _unreadable(text: str) -> str | None:
         text.encode("utf-8")
     except UnicodeEncodeError:  # lone surrogates: JSON allows them, UTF-8 does not
         return "is not valid text"
-    if _CONTROL.search(text):
+    if CONTROL_CHARACTERS.search(text):
         return "contains control characters"
     return None
 

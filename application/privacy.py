@@ -20,7 +20,7 @@ from uuid import NAMESPACE_URL, UUID, uuid5
 from eventsourcing.application import AggregateNotFoundError
 from eventsourcing.domain import Aggregate, event
 
-from application.contract import iso_timestamp_of
+from application.contract import CONTROL_CHARACTERS, EMAIL_SHAPE, iso_timestamp_of
 from application.ports import AggregateStore, Clock, DataKeys, ResponseCache
 from domain.addresses import InvalidAddress, legacy_form, normalise_email
 from domain.conversation import CONVERSATION_NAMESPACE, Conversation, data_owner
@@ -85,25 +85,13 @@ class Privacy:
         unreadable in every store and snapshot; copies kept in memory and cached
         replies go too. Requests later start afresh.
 
-        Versions before domain.addresses compared `legacy_form(address)`: what they
-        stored for an address with non-ASCII characters sits under the owner of that
-        form, so when it differs from today's form that owner is erased too, unless
-        that form is another address's form today: for "\u212Aarl@example.com" the
-        legacy form is "karl@example.com", Karl's own. Erasing it would destroy
-        another person's data at anyone's request; it is left (and logged), and an
-        erasure request for that address erases it.
-
-        An address that is refused (domain.addresses.InvalidAddress) is raised before
-        anything is erased."""
-        address = normalise_email(user_email)  # InvalidAddress before anything is done
-        owners = [data_owner(user_email)]
-        legacy = legacy_form(user_email)
-        if legacy != address:
-            if _compared_form(legacy):
-                log.warning("erasure: what earlier versions stored under this address's older "
-                            "form is another address's data today, and is left to that address")
-            else:
-                owners.append(_legacy_owner(user_email))
+        Which data keys are the user's: see `owners_of` (an address no erasure can
+        be carried out for raises domain.addresses.InvalidAddress before anything
+        is erased)."""
+        owners, left = owners_of(user_email)
+        if left:
+            log.warning("erasure: what earlier versions stored under this address's older "
+                        "form may be another address's today, and is left to that address")
         conversations: list[str] = []
         destroyed = dropped = 0
         at = iso_timestamp_of(self.clock.now())
@@ -209,13 +197,51 @@ class Privacy:
         self.conversations.evict(conversation_ids)
 
 
-def _compared_form(address: str) -> bool:
-    """Whether the address is in the form addresses are compared in today: the form
-    (and so the data owner) of a live address."""
+def owners_of(user_email: str) -> tuple[list[str], bool]:
+    """The data owners an erasure of the address destroys, and whether data that
+    earlier versions stored under its older form is left to another address.
+
+    Versions before domain.addresses compared `legacy_form(address)`. What they
+    stored for an address whose form changed sits under the owner of that older
+    form, which is erased too when that form is, today, the same address as the
+    requester's (`Karl@Bücher.de`: `karl@bücher.de`, today `karl@xn--bcher-kva.de`).
+    When it is another address today (`\u212Aarl@example.com`: `karl@example.com`,
+    Karl's own), it holds that person's data too: it is left to their erasure
+    request, since erasing it would destroy another person's data at anyone's
+    request. An address refused today but taken by earlier versions (`a@☃.com`)
+    has only that older owner, which is erased. Raises InvalidAddress for one no
+    version took (not text, no @, control characters).
+    """
+    legacy = legacy_form(user_email)
     try:
-        return normalise_email(address) == address
+        address = normalise_email(user_email)
     except InvalidAddress:
+        if not _taken_before(user_email):
+            raise
+        return [_legacy_owner(user_email)], False
+    if legacy == address:
+        return [data_owner(address)], False
+    if _compared(legacy) == address:
+        return [data_owner(address), _legacy_owner(user_email)], False
+    return [data_owner(address)], True
+
+
+def _compared(address: str) -> str | None:
+    """The address as compared today, or None when it is refused."""
+    try:
+        return normalise_email(address)
+    except InvalidAddress:
+        return None
+
+
+def _taken_before(user_email: str) -> bool:
+    """Whether versions before domain.addresses took the address (their contract's
+    shape, valid text without control characters)."""
+    try:
+        user_email.encode("utf-8")
+    except UnicodeEncodeError:
         return False
+    return bool(EMAIL_SHAPE.match(user_email.strip())) and not CONTROL_CHARACTERS.search(user_email)
 
 
 def _legacy_owner(user_email: str) -> str:

@@ -51,9 +51,20 @@ class CheckFailed(Exception):
 class HealthChecks:
     """Named checks, refreshed in the background; `report()` reads the latest results."""
 
-    def __init__(self, checks: dict[str, Check], alive: Callable[[], bool]) -> None:
+    def __init__(
+        self,
+        checks: dict[str, Check],
+        alive: Callable[[], bool],
+        stalled: Callable[[], bool] = lambda: False,
+        dependencies: tuple[str, ...] = (),
+    ) -> None:
+        """`alive`: False once the process cannot go on. `stalled`: whether work
+        makes no progress; while every check named in `dependencies` passes, that
+        is a wedge (a restart is needed), otherwise it waits for a dependency."""
         self.checks = checks
         self.alive = alive
+        self.stalled = stalled
+        self.dependencies = dependencies
         self.results = {
             name: CheckResult("failing", {"error": "not checked yet"}) for name in checks
         }
@@ -101,6 +112,17 @@ class HealthChecks:
                 pass
         for task in self._running.values():
             task.cancel()
+
+    def liveness(self) -> tuple[bool, str]:
+        """(alive, "alive" | "failed" | "stalled"): stalled counts only while every
+        dependency answers, since a restart would not bring one back."""
+        if not self.alive():
+            return False, "failed"
+        if self.stalled() and all(
+            self.results[name].status == "ok" for name in self.dependencies if name in self.results
+        ):
+            return False, "stalled"
+        return True, "alive"
 
     def report(self) -> tuple[bool, dict[str, Any]]:
         ready = all(r.status == "ok" for r in self.results.values())
@@ -221,10 +243,8 @@ def health_app(
     health: HealthChecks, metrics_text: Callable[[], tuple[bytes, str]] | None = None
 ) -> web.Application:
     async def healthz(_: web.Request) -> web.Response:
-        alive = health.alive()
-        return web.json_response(
-            {"status": "alive" if alive else "failed"}, status=200 if alive else 503
-        )
+        alive, status = health.liveness()
+        return web.json_response({"status": status}, status=200 if alive else 503)
 
     async def readyz(_: web.Request) -> web.Response:
         ready, body = health.report()
@@ -319,8 +339,8 @@ def worker_checks(
         depth = worker.queue_depth()
         if depth.get("stalled"):
             raise CheckFailed(
-                f"{depth['stalled']} record(s) stalled past their deadline; "
-                f"the oldest held for {depth['oldest_held_seconds']:.0f}s"
+                f"{depth['stalled']} record(s) stalled: held past their deadline by more "
+                "than STALL_GRACE"
             )
         return depth
 
@@ -342,6 +362,8 @@ def worker_checks(
             **({"erasures": erasures} if _erasure_health(worker) is not None else {}),
         },
         alive=worker.alive,
+        stalled=lambda: bool(worker.stalled()),
+        dependencies=("openai_api", "kafka_broker", "event_store"),
     )
 
 

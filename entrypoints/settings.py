@@ -55,8 +55,8 @@ class Settings(BaseSettings):
     STALL_GRACE: float | None = Field(
         None, gt=0,
         description="seconds past a record's deadline after which its lane counts as stalled "
-        "(not ready, not alive); default: every attempt of a model call and of its fallback "
-        "at TIMEOUT, plus a minute",
+        "(not ready; not alive while every dependency answers); default: every attempt of a "
+        "model call and of its fallback at TIMEOUT, plus a minute",
     )
     CIRCUIT_FAILURE_THRESHOLD: int = Field(5, gt=0)
     CIRCUIT_PROBE_INTERVAL: float = Field(5, gt=0)

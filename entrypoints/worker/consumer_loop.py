@@ -15,7 +15,7 @@ from typing import Any
 from confluent_kafka import Consumer, Message, TopicPartition
 from opentelemetry import trace
 
-from adapters.kafka import consumer_config, ensure_topics
+from adapters.kafka import consumer_config, ensure_topics, topic_max_message_bytes
 from adapters.kafka_offsets import OffsetTracker
 from application.chat import ChatService
 from application.contract import ChatResponse
@@ -103,7 +103,7 @@ class KafkaWorker:
         """Consume until `stop` is set, then finish what is in flight and commit."""
         self._stop = stop
         self._loop = asyncio.get_running_loop()
-        await self._create_topics()
+        await self._prepare_topics()
         self._responder.open()
         consumer = self._subscribe()
         deliveries = asyncio.create_task(self._responder.serve_deliveries())
@@ -129,10 +129,25 @@ class KafkaWorker:
         if self._fatal is not None:
             raise WorkerFailed("the worker stopped after an unexpected error") from self._fatal
 
-    async def _create_topics(self) -> None:
+    async def _prepare_topics(self) -> None:
+        """Create the missing topics (CREATE_TOPICS), and warn when the dead-letter
+        topic cannot take the largest dead letter whole."""
         settings = self.settings
-        if not settings.CREATE_TOPICS:
-            return
+        if settings.CREATE_TOPICS:
+            await self._create_missing_topics()
+        allowed = await asyncio.to_thread(
+            topic_max_message_bytes, settings.BOOTSTRAP_SERVER, settings.DLQ_TOPIC
+        )
+        needed = largest_record(settings)
+        if allowed is not None and allowed < needed:
+            log.warning(
+                "topic %s takes records of at most %d bytes (max.message.bytes); dead letters "
+                "of records at MAX_REQUEST_BYTES and MAX_KEY_BYTES need %d: larger ones are "
+                "kept without their value", settings.DLQ_TOPIC, allowed, needed,
+            )
+
+    async def _create_missing_topics(self) -> None:
+        settings = self.settings
         await asyncio.to_thread(
             ensure_topics,
             settings.BOOTSTRAP_SERVER,
@@ -213,15 +228,16 @@ class KafkaWorker:
     # Health ---------------------------------------------------------------------
 
     def alive(self) -> bool:
-        """False once the worker stopped on an error it cannot recover from, or
-        while a record makes no progress (see `stalled`): a restart is needed."""
-        return self._fatal is None and not self.stalled()
+        """False once the worker stopped on an error it cannot recover from."""
+        return self._fatal is None
 
     def stalled(self) -> list[HeldRecord]:
-        """Records held for longer than any request may take: past their deadline
-        by more than STALL_GRACE (by default every attempt of a model call and of
-        its fallback at TIMEOUT, and a minute to record it). A lane holding one
-        makes no progress."""
+        """Records being answered (or delivered) for longer than any request may
+        take: past their deadline, or the moment their turn came if that was
+        later, by more than STALL_GRACE (by default every attempt of a model call
+        and of its fallback at TIMEOUT, and a minute to record it). A lane whose
+        head is one makes no progress; records queued behind a head are not
+        counted (a batch request may hold its lane for hours, by design)."""
         settings = self.settings
         grace = settings.STALL_GRACE or (
             settings.TIMEOUT * (settings.MAX_RETRIES + 1) * 2 + STALL_MARGIN

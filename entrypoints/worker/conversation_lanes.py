@@ -107,19 +107,22 @@ class ConversationLanes:
 
     async def _take_turn(self, record: HeldRecord) -> None:
         """Answer the record at the head of its lane, unless its partition is gone."""
+        response = None
+        record.start()
         if self.held.is_current(record):
             try:
                 response = await self._answer_unless_abandoned(record)
-                if response is not None and self.held.is_current(record):
-                    self.answered(record, response)
-                    return
             except Stopping:
                 raise
             except Exception as error:  # a bug with this record: it ends, the lane goes on
-                log.exception("record %s[%d]@%d could not be answered",
-                              *record.partition, record.message.offset())
-                self.unanswerable(record, error)
-                return
+                if self.held.is_current(record):
+                    log.exception("record %s[%d]@%d could not be answered",
+                                  *record.partition, record.message.offset())
+                    self.unanswerable(record, error)
+                    return
+        if response is not None and self.held.is_current(record):
+            self.answered(record, response)
+            return
         self.held.drop(record)
 
     def _drop_all(self, queue: deque[HeldRecord]) -> None:

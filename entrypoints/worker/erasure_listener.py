@@ -20,8 +20,8 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 
 from adapters.kafka import consumer_config
-from application.privacy import Privacy
-from domain.addresses import InvalidAddress, normalise_email
+from application.privacy import Privacy, owners_of
+from domain.addresses import InvalidAddress
 from entrypoints.settings import Settings
 from entrypoints.worker.held_records import trace_context
 from entrypoints.worker.persevere import GaveUp, Stopping, persevere
@@ -332,7 +332,7 @@ def read_erasure(value: bytes | None) -> tuple[str, str]:
             "not an erasure request: 'user_email' is required and must be a non-empty string"
         )
     try:
-        normalise_email(email)
+        owners_of(email)  # what Privacy.erase_user will erase, or why it cannot
     except InvalidAddress as error:
         raise UnreadableErasure(f"invalid 'user_email': {error}") from None
     requested_by = request.get("requested_by")

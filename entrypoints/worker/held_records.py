@@ -31,18 +31,26 @@ class HeldRecord:
     batched: bool = False
     # From consume to the last delivery of what it produced (W3C trace context).
     span: Span = INVALID_SPAN
-    # When it was fetched (epoch seconds).
+    # When it was fetched, and when its turn came: its lane began answering it, or
+    # it went straight to delivery (epoch seconds).
     held_at: float = field(default_factory=time.time)
+    active_since: float | None = None
 
     @property
     def partition(self) -> tuple[str, int]:
         return (self.message.topic(), self.message.partition())
 
+    def start(self) -> None:
+        """Its turn came: from now on it must make progress."""
+        self.active_since = time.time()
+
     def stalled(self, now: float, grace: float) -> bool:
-        """Held for longer than it may take: past its deadline (or, when it was
-        fetched after it, past that) by more than `grace` seconds."""
+        """Its turn came and it has taken longer than it may: past its deadline (or
+        past when its turn came, if that was later) by more than `grace` seconds."""
+        if self.active_since is None:
+            return False  # queued behind its lane's head
         deadline = self.request.deadline if self.request is not None else None
-        return now > max(deadline or self.held_at, self.held_at) + grace
+        return now > max(deadline or self.active_since, self.active_since) + grace
 
 
 @dataclass
@@ -79,8 +87,8 @@ class HeldRecords:
         return record
 
     def stalled(self, grace: float, now: float | None = None) -> list[HeldRecord]:
-        """The records held past their deadline by more than `grace` seconds: their
-        lane (or their delivery) makes no progress."""
+        """The records whose turn came and that are past their deadline by more than
+        `grace` seconds: their lane (or their delivery) makes no progress."""
         now = time.time() if now is None else now
         return [record for record in self._held.values() if record.stalled(now, grace)]
 

@@ -85,6 +85,7 @@ class RequestIntake:
 
     def _reject(self, record: HeldRecord, error: InvalidRequest) -> None:
         """Not a request: an `invalid_request` response and a dead letter."""
+        record.start()  # straight to delivery
         message = record.message
         log.warning(
             "invalid record %s[%d]@%d: %s",

@@ -32,6 +32,7 @@ DELIVERY_ATTEMPTS = 5
 DELIVERY_POLL_INTERVAL = 0.01
 # Room for a dead letter's headers and seal beyond the record's own key and value.
 DEAD_LETTER_ROOM = 64 * 1024
+LIBRDKAFKA_MESSAGE_MAX_BYTES = 1_000_000  # its default message.max.bytes
 # Delivery errors about the record itself, not the cluster: sending it again
 # cannot help (librdkafka raises the first ones before sending, too).
 REFUSED_RECORD = frozenset({
@@ -142,6 +143,7 @@ class Responder:
         self.held.stats.dead_lettered += 1
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         headers = dead_letter_headers(message, reason)
+        key = message.key()
 
         def refused(error: KafkaError, sealed: bytes | None) -> None:
             if sealed is None:  # refused even without its value
@@ -150,6 +152,8 @@ class Responder:
             log.error("dead letter of an erasure request refused whole (%s); "
                       "sending it without its value", error.name())
             headers.extend(omitted_value_headers(message, error))
+            nonlocal key  # it goes too when beyond the bound (it may be what is too large)
+            key = key if key is None or len(key) <= self.settings.MAX_KEY_BYTES else None
             send(None)
 
         def send(sealed: bytes | None) -> None:
@@ -165,7 +169,7 @@ class Responder:
                     done.set_exception(KafkaException(error))
 
             try:
-                self.produce(self.settings.DLQ_TOPIC, message.key(), sealed, headers, on_delivery)
+                self.produce(self.settings.DLQ_TOPIC, key, sealed, headers, on_delivery)
             except KafkaException as error:
                 refused(error.args[0], sealed)
 
@@ -317,8 +321,12 @@ class _Delivery:
 
 def largest_record(settings: Settings) -> int:
     """The largest record the worker must produce: the dead letter of a record at
-    both bounds (MAX_REQUEST_BYTES, MAX_KEY_BYTES), its seal and headers."""
-    return settings.MAX_REQUEST_BYTES + settings.MAX_KEY_BYTES + DEAD_LETTER_ROOM
+    both bounds (MAX_REQUEST_BYTES, MAX_KEY_BYTES), its seal and headers; never
+    less than librdkafka's default (a long answer must fit whatever the bounds)."""
+    return max(
+        LIBRDKAFKA_MESSAGE_MAX_BYTES,
+        settings.MAX_REQUEST_BYTES + settings.MAX_KEY_BYTES + DEAD_LETTER_ROOM,
+    )
 
 
 def dead_letter_headers(message: Message, reason: str, error_type: str = "invalid_request") -> Headers:

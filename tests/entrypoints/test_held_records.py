@@ -1,4 +1,5 @@
-"""Which held records are stalled: held past their deadline by more than the grace."""
+"""Which held records are stalled: their turn came, and they are past their deadline
+(or past when their turn came, if later) by more than the grace."""
 
 from __future__ import annotations
 
@@ -28,33 +29,47 @@ class Message:
 REQUEST = ChatRequest(request_id="r", user_email="a@b.co", message="hi")
 
 
-def test_a_record_is_stalled_only_past_its_deadline_and_the_grace():
-    held = HeldRecords(WorkerStats(), OffsetTracker())
-    first = held.hold(Message(0), None, span=INVALID_SPAN)
-    second = held.hold(Message(1), None, span=INVALID_SPAN)
-    first.held_at = second.held_at = 1000.0
-    first.request = replace(REQUEST, deadline=1600.0)  # REQUEST_DEADLINE from its production
-    second.request = None  # not read (yet): its fetch time counts
-    assert held.stalled(grace=300, now=1299.0) == []
-    assert held.stalled(grace=300, now=1301.0) == [second]
-    assert held.stalled(grace=300, now=1901.0) == [first, second]
+def held_records() -> HeldRecords:
+    return HeldRecords(WorkerStats(), OffsetTracker())
+
+
+def test_a_record_being_answered_is_stalled_only_past_its_deadline_and_the_grace():
+    held = held_records()
+    answering = held.hold(Message(0), None, span=INVALID_SPAN)
+    answering.request = replace(REQUEST, deadline=1600.0)
+    answering.held_at = answering.active_since = 1000.0
+    assert held.stalled(grace=300, now=1900.0) == []
+    assert held.stalled(grace=300, now=1901.0) == [answering]
+
+
+def test_a_record_queued_behind_its_lanes_head_is_never_stalled():
+    # A batch request may hold its lane for hours: those behind it wait, by design.
+    held = held_records()
+    head = held.hold(Message(0), None, span=INVALID_SPAN)
+    head.request = replace(REQUEST, batch=True, deadline=1000.0 + 26 * 3600)
+    head.held_at = head.active_since = 1000.0
+    behind = held.hold(Message(1), None, span=INVALID_SPAN)
+    behind.request = replace(REQUEST, deadline=1600.0)
+    behind.held_at = 1000.0
+    assert held.stalled(grace=300, now=1000.0 + 3600) == []
+    behind.active_since = 1000.0 + 3600  # the batch answered: its turn comes
+    assert held.stalled(grace=300, now=1000.0 + 3600 + 299) == []
+    assert held.stalled(grace=300, now=1000.0 + 3600 + 301) == [behind]
     assert held.oldest_age(now=1010.0) == 10.0
 
 
-def test_a_record_fetched_after_its_deadline_gets_the_grace_from_its_fetch():
-    held = HeldRecords(WorkerStats(), OffsetTracker())
-    late = held.hold(Message(0), None, span=INVALID_SPAN)
-    late.held_at = 5000.0
-    late.request = replace(REQUEST, deadline=1000.0)  # a backlog record, long past it
+def test_a_rejected_record_counts_from_its_delivery_on():
+    held = held_records()
+    rejected = held.hold(Message(0), None, span=INVALID_SPAN)  # never read: no deadline
+    rejected.held_at = rejected.active_since = 5000.0
     assert held.stalled(grace=60, now=5059.0) == []
-    assert held.stalled(grace=60, now=5061.0) == [late]
+    assert held.stalled(grace=60, now=5061.0) == [rejected]
 
 
 def test_a_finished_or_dropped_record_is_no_longer_held():
-    held = HeldRecords(WorkerStats(), OffsetTracker())
+    held = held_records()
     record = held.hold(Message(0), None, span=INVALID_SPAN)
-    record.held_at = 0.0
+    record.held_at = record.active_since = 0.0
     assert held.stalled(grace=1, now=10.0) == [record]
     held.drop(record)
     assert held.stalled(grace=1, now=10.0) == [] and held.oldest_age(now=10.0) == 0.0
-

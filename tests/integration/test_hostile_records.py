@@ -3,7 +3,9 @@ a large invalid record, a response the cluster refuses, and a stalled lane."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 
 import pytest
 
@@ -55,9 +57,9 @@ def test_an_oversized_key_and_a_large_invalid_record_are_dead_lettered_whole(bro
 def test_a_response_the_cluster_refuses_becomes_an_error_and_a_dead_letter(
     broker, fake_openai, settings
 ):
-    # Records beyond MAX_REQUEST_BYTES + MAX_KEY_BYTES + 64 KiB are refused by the
-    # producer, as a broker would refuse them: a 200 KB answer is one.
-    fake_openai.script([{"match": "long one", "reply": "word " * 40_000}])
+    # Records beyond MAX_REQUEST_BYTES + MAX_KEY_BYTES + 64 KiB (and 1,000,000 bytes)
+    # are refused by the producer, as a broker would refuse them: a 1.5 MB answer is one.
+    fake_openai.script([{"match": "long one", "reply": "word " * 300_000}])
     with RunningWorker(broker.bootstrap_server, MAX_REQUEST_BYTES=1000, **settings) as worker:
         worker.send("long", ask("ada@example.com", "the long one, please"))
         worker.send("short", ask("ada@example.com", "and a short one"))
@@ -112,3 +114,34 @@ def test_a_record_the_service_fails_on_every_time_ends_alone(broker, settings):
     assert key == b"buggy" and opened(value) == ask("ada@example.com", "hello")
     assert headers["reason"] == b"the record could not be answered: KeyError"
     assert headers["error_type"] == b"internal_error"
+
+
+def test_a_lane_that_makes_no_progress_is_reported_and_the_worker_not_alive(broker, settings):
+    with RunningWorker(
+        broker.bootstrap_server, REQUEST_DEADLINE=1, STALL_GRACE=1, SHUTDOWN_TIMEOUT=1, **settings
+    ) as worker:
+        service = worker.worker.service
+        answer = service.handle
+
+        async def hangs(request):
+            if request.request_id == "hangs":
+                await asyncio.Event().wait()  # a bug that never returns
+            return await answer(request)
+
+        service.handle = hangs
+        worker.send("hangs", ask("ada@example.com", "hello"))
+        worker.send("other", ask("bob@example.com", "hello"))  # another lane goes on
+        (key, _), = worker.responses(1, timeout=60)
+        assert key == b"other"
+        health = worker.container.health()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and health.liveness()[0]:
+            asyncio.run_coroutine_threadsafe(health.refresh(), worker._loop).result(10)
+            time.sleep(0.2)
+        asyncio.run_coroutine_threadsafe(health.refresh(), worker._loop).result(10)
+        ready, report = health.report()
+        assert health.liveness() == (False, "stalled")  # every dependency answers: a wedge
+        assert not ready and report["checks"]["queue_depth"]["error"] == (
+            "1 record(s) stalled: held past their deadline by more than STALL_GRACE"
+        )
+        assert [r.message.key() for r in worker.worker.stalled()] == [b"hangs"]

@@ -219,3 +219,9 @@ def test_an_address_that_cannot_be_compared_safely_is_refused():
     value = record({"user_email": "karl@exa_mple\u2603.com", "message": "x"})
     with pytest.raises(InvalidRequest, match="'user_email' cannot be used: the address's domain"):
         parse_request(b"k", value)
+
+
+def test_a_key_with_control_characters_is_refused():
+    with pytest.raises(InvalidRequest, match="record key \\(the request id\\) must be printable text") as caught:
+        parse_request(b"k\nforged log line", record({"user_email": "a@b.co", "message": "x"}))
+    assert caught.value.request_id is None
