@@ -36,6 +36,7 @@ may be shared with a look-alike (application/privacy.py erases it with the user)
 
 from __future__ import annotations
 
+import functools
 import unicodedata
 
 import idna
@@ -50,6 +51,9 @@ class InvalidAddress(ValueError):
     (it never quotes the address)."""
 
 
+# Every request normalises its address several times (its conversation, its data
+# owner, each event's key): the forms of the addresses seen lately are kept.
+@functools.lru_cache(maxsize=10_000)
 def normalise_email(address: str) -> str:
     """The form in which addresses are compared (see the module's docstring); raise
     InvalidAddress for one that is refused."""
