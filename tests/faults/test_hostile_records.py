@@ -25,10 +25,8 @@ Each failure names the shape of record and its key.
 
 from __future__ import annotations
 
-import asyncio
 import http.client
 import json
-import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
@@ -279,41 +277,8 @@ def _headers(message: Any) -> dict[str, bytes]:
 
 
 class ObservedWorker(RunningWorker):
-    """RunningWorker with the worker process's health server (`/readyz`) beside it."""
-
-    health_port: int | None = None
-
-    def start(self, timeout: float = 30.0) -> ObservedWorker:
-        started = threading.Event()
-
-        def run() -> None:
-            async def main() -> None:
-                self._loop = asyncio.get_running_loop()
-                self._stop = asyncio.Event()
-                async with self.runtime.health_server(0, host="127.0.0.1") as port:
-                    self.health_port = port
-                    started.set()
-                    await self.worker.run(self._stop)
-
-            try:
-                asyncio.run(main())
-            except BaseException as error:  # noqa: BLE001 - surfaced by stop() and the checks
-                self.error = error
-                started.set()
-
-        self._thread = threading.Thread(target=run, name="hostile-records-worker", daemon=True)
-        self._thread.start()
-        started.wait(timeout)
-        if not self.worker.assigned.wait(timeout):
-            raise RuntimeError(f"the worker was not assigned partitions in {timeout}s: {self.error}")
-        return self
-
-    def stop(self) -> None:
-        if self._thread is not None and not self._thread.is_alive():
-            # It stopped on its own, its loop is closed: nothing to signal. The
-            # error that stopped it is raised by RunningWorker.stop.
-            self._thread = None
-        super().stop()
+    """RunningWorker that says what stopped it and reads its `/readyz` (start it with
+    serve_health=True)."""
 
     def running(self) -> str | None:
         """None while the worker runs; otherwise what stopped it."""
@@ -396,6 +361,7 @@ def hostile(broker, openai_server, tmp_path_factory) -> Iterator[HostileRun]:
     database = tmp_path_factory.mktemp("hostile") / "events.sqlite"
     worker = ObservedWorker(
         broker.bootstrap_server,
+        serve_health=True,
         OPENAI_API_KEY="test-key",
         OPENAI_BASE_URL=openai_server.base_url,
         DATABASE_URL=f"sqlite:///{database}",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import http.client
 import json
 import signal
@@ -35,9 +36,14 @@ class RunningWorker:
         self,
         bootstrap_server: str,
         customise: Callable[[Container], None] | None = None,
+        serve_health: bool = False,
         **settings: Any,
     ) -> None:
+        """`serve_health`: the process's health server too, on a free loopback port
+        (`health_port` once started)."""
         suffix = uuid.uuid4().hex[:8]
+        self.serve_health = serve_health
+        self.health_port: int | None = None
         self.settings = load_settings(
             BOOTSTRAP_SERVER=bootstrap_server,
             REQUEST_TOPIC=f"gpt-send-{suffix}",
@@ -74,8 +80,13 @@ class RunningWorker:
             async def main() -> None:
                 self._loop = asyncio.get_running_loop()
                 self._stop = asyncio.Event()
-                started.set()
-                await self.worker.run(self._stop)
+                async with contextlib.AsyncExitStack() as stack:
+                    if self.serve_health:
+                        self.health_port = await stack.enter_async_context(
+                            self.runtime.health_server(0, host="127.0.0.1")
+                        )
+                    started.set()
+                    await self.worker.run(self._stop)
 
             try:
                 asyncio.run(main())
@@ -91,6 +102,8 @@ class RunningWorker:
         return self
 
     def stop(self) -> None:
+        if self._thread is not None and not self._thread.is_alive():
+            self._thread = None  # it stopped on its own (its error is raised below)
         if self._thread and self._loop and self._stop:
             self._loop.call_soon_threadsafe(self._stop.set)
             self._thread.join(30)
