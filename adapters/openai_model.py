@@ -224,8 +224,11 @@ def translate(error: openai.OpenAIError, model: str) -> ModelError:
 def _translate(error: openai.OpenAIError, model: str) -> ModelError:
     code = str(getattr(error, "code", "") or "")
     if isinstance(error, openai.RateLimitError):
-        if code == "insufficient_quota":
-            return ModelError("upstream_error", "The model provider's quota is exhausted.")
+        if code == "insufficient_quota":  # the account's, not this call's
+            return ModelError(
+                "upstream_error", "The model provider's quota is exhausted.",
+                pause="insufficient_quota",
+            )
         return ModelError(
             "rate_limited", "The model provider is rate limiting requests; try later.", True
         )
@@ -233,9 +236,19 @@ def _translate(error: openai.OpenAIError, model: str) -> ModelError:
         return ModelError("upstream_error", "The model did not answer in time.", True)
     if isinstance(error, openai.APIConnectionError):
         return ModelError("upstream_error", "The model provider could not be reached.", True)
-    if isinstance(error, (openai.AuthenticationError, openai.PermissionDeniedError)):
+    # A refused key (once a re-read did not cure it) or a 403 for the organisation,
+    # project or region refuses every call of the account alike.
+    if isinstance(error, openai.AuthenticationError):
         return ModelError(
-            "upstream_error", "The service is not allowed to use the model provider."
+            "upstream_error", "The service is not allowed to use the model provider.",
+            pause="api_key_refused",
+        )
+    if isinstance(error, openai.PermissionDeniedError):
+        if code == "model_not_found":  # this model only (a project's allowed models)
+            return ModelError("invalid_request", f"The model '{model}' is not available.")
+        return ModelError(
+            "upstream_error", "The service is not allowed to use the model provider.",
+            pause="permission_denied",
         )
     if isinstance(error, openai.NotFoundError):
         return ModelError("invalid_request", f"The model '{model}' is not available.")

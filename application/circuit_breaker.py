@@ -5,9 +5,16 @@ that model opens: calls wait instead of failing, one probe goes through every
 `probe_interval`, and the first success closes the circuit and lets everyone
 through. Waiting callers stay in flight, so the worker's MAX_IN_FLIGHT
 backpressure pauses consumption: nothing is failed and nothing unanswered is
-committed meanwhile (a request's deadline still ends its wait). Permanent
-errors (a bad key, an exhausted quota, a bad request) do not count: waiting
-would not fix them.
+committed meanwhile (a request's deadline still ends its wait). Errors about
+one request (a bad request, a context too long) do not count.
+
+The provider as a whole can refuse the account (ModelError.pause: an exhausted
+quota, a key it refuses even after a re-read, a 403 for the organisation or
+project). That is no one call's fault and waiting is what fixes it, so the
+breaker pauses the provider, every model at once: the call that met it and
+every call after it wait as at an open circuit, one probe per `probe_interval`
+goes out, one ERROR line says why (and `paused()` tells the health report and
+the metrics), and the first probe the provider answers otherwise resumes all.
 """
 
 from __future__ import annotations
@@ -51,6 +58,11 @@ class CircuitBreaker:
         self.monotonic = monotonic
         self._circuits: dict[str, _Circuit] = {}
         self.opened_count = 0
+        # The provider's pause: a gate every call passes first, whatever its model.
+        self._provider = _Circuit()
+        self.pause_reason: str | None = None
+        self.paused_count = 0
+        self._paused_since = 0.0
 
     def state(self, model: str) -> str:
         circuit = self._circuits.get(model)
@@ -71,21 +83,48 @@ class CircuitBreaker:
             if circuit.opened_at is not None
         }
 
+    def holds_back(self, model: str) -> bool:
+        """Whether a call to `model` would wait at its circuit now: open, and its
+        probe running or not due yet (a call when it is due goes as the probe)."""
+        circuit = self._circuits.get(model)
+        if circuit is None or circuit.opened_at is None:
+            return False
+        return circuit.probing or self.monotonic() < circuit.opened_at + self.probe_interval
+
+    def paused(self) -> str | None:
+        """Why the provider refuses the account (every call waits), or None."""
+        return self.pause_reason
+
+    def paused_waiting(self) -> int:
+        """Calls held back now by the provider's pause."""
+        return self._provider.waiting if self._provider.opened_at is not None else 0
+
     async def complete(self, call: ModelCall) -> ModelReply:
         circuit = self._circuits.setdefault(call.model, _Circuit())
-        probe = await self._admit(circuit, call)
-        try:
-            reply = await self.model.complete(call)
-        except ModelError as error:
-            self._failed(call.model, circuit, error, probe)
-            raise
-        except BaseException:
-            if probe:  # cancelled or broken: let another probe go
-                circuit.probing = False
-                circuit.notify()
-            raise
-        self._succeeded(call.model, circuit, probe)
-        return reply
+        while True:
+            provider_probe = await self._admit(self._provider, call)
+            probe = False if provider_probe else await self._admit(circuit, call)
+            try:
+                reply = await self.model.complete(call)
+            except ModelError as error:
+                if error.pause is not None:  # refused, not billed: wait with the others
+                    self._release(circuit, probe)
+                    self._pause(error.pause, provider_probe)
+                    call.progress.sent = False
+                    continue
+                if provider_probe:
+                    self._probed(error)
+                self._failed(call.model, circuit, error, probe)
+                raise
+            except BaseException:
+                # Cancelled or broken: let another probe go.
+                self._release(self._provider, provider_probe)
+                self._release(circuit, probe)
+                raise
+            if provider_probe:
+                self._resume()
+            self._succeeded(call.model, circuit, probe)
+            return reply
 
     async def _admit(self, circuit: _Circuit, call: ModelCall) -> bool:
         """Wait until a call may go through; True when it goes as the probe."""
@@ -113,6 +152,52 @@ class CircuitBreaker:
             return False
         finally:
             circuit.waiting -= 1
+
+    @staticmethod
+    def _release(circuit: _Circuit, probe: bool) -> None:
+        """A probe that decided nothing: the next one may go."""
+        if probe:
+            circuit.probing = False
+            circuit.notify()
+
+    def _pause(self, reason: str, probe: bool) -> None:
+        gate = self._provider
+        if gate.opened_at is None:
+            self.paused_count += 1
+            self._paused_since = self.monotonic()
+            log.error(
+                "the model provider refuses this account (%s): every call waits, one probe "
+                "every %gs; nothing is failed before its deadline", reason, self.probe_interval,
+            )
+        elif reason != self.pause_reason:
+            log.error("the model provider still refuses this account, now: %s", reason)
+        self.pause_reason = reason
+        if probe or gate.opened_at is None:  # the next probe one interval from now
+            gate.opened_at = self.monotonic()
+        gate.probing = False
+        gate.notify()
+
+    def _probed(self, error: ModelError) -> None:
+        """The pause's probe got another error: an answer about the call itself (a
+        bad request, a rate limit) shows the account works again; an outage says
+        nothing about it, and the pause goes on."""
+        if error.retryable and error.error_type != "rate_limited":
+            self._release(self._provider, True)
+        else:
+            self._resume()
+
+    def _resume(self) -> None:
+        gate = self._provider
+        if gate.opened_at is None:
+            return
+        log.warning(
+            "the model provider accepts this account again after %.0fs (%s): calls resume",
+            self.monotonic() - self._paused_since, self.pause_reason,
+        )
+        self.pause_reason = None
+        gate.opened_at = None
+        gate.probing = False
+        gate.notify()
 
     def _failed(self, model: str, circuit: _Circuit, error: ModelError, probe: bool) -> None:
         if error.error_type not in PROVIDER_FAILURES or not error.retryable:

@@ -2,9 +2,15 @@
 
 Waits as long as the provider asks (Retry-After and rate-limit reset headers,
 read by the adapter into ModelError.retry_after), otherwise backs off
-exponentially with full jitter. When the retries run out, or the failure is an
-upstream one that retrying cannot fix, the fallback model (if any) is asked
-once; the reply's `model` says which model answered.
+exponentially with full jitter. The fallback model (if any) is asked at once
+when the primary's circuit holds calls back (`holds_back`: open, its probe not
+due; a call when it is due goes to the primary as its probe), when the
+primary's circuit opens during the retries, when the retries run out,
+or when the failure is an upstream one that retrying cannot fix; the fallback
+has its own circuit, and the reply's `model` says which model answered. While
+both circuits hold calls back the call waits at the primary's. An account-wide refusal
+(an exhausted quota, say) never reaches this class: the circuit breaker pauses
+every model for it, so no fallback is tried against the same account.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ class RetryingModel:
         max_delay: float = 60.0,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         pace: Callable[[], Awaitable[None]] | None = None,
+        holds_back: Callable[[str], bool] | None = None,
     ) -> None:
         self.model = model
         self.max_retries = max_retries
@@ -45,27 +52,35 @@ class RetryingModel:
         # they count against REQUESTS_PER_MINUTE like the first call, which the
         # use case paces itself.
         self.pace = pace
+        # Whether a model's circuit would hold a call back now (the circuit breaker's).
+        self.holds_back = holds_back or (lambda model: False)
 
     async def complete(self, call: ModelCall) -> ModelReply:
-        try:
+        if self.fallback_model is None or self.fallback_model == call.model:
             return await self._with_retries(call)
+        fallback = replace(call, model=self.fallback_model)
+        if self.holds_back(call.model) and not self.holds_back(fallback.model):
+            # The primary would hold it back: the fallback answers now (this is the
+            # first call, paced by the caller).
+            log.debug("%s: circuit open; asking %s", call.model, fallback.model)
+            return await self._with_retries(fallback)
+        try:
+            return await self._with_retries(call, until_open=True)
         except ModelError as error:
-            if (
-                self.fallback_model is None
-                or self.fallback_model == call.model
-                or error.error_type not in FALLBACK_ON
-            ):
+            if error.error_type not in FALLBACK_ON:
                 raise
             log.warning("%s failed (%s); asking %s", call.model, error.error_type, self.fallback_model)
             try:
-                return await self._with_retries(
-                    replace(call, model=self.fallback_model), paced=False
-                )
+                return await self._with_retries(fallback, paced=False)
             except ModelError as fallback_error:
                 log.warning("fallback %s failed too: %s", self.fallback_model, fallback_error)
                 raise error from None
 
-    async def _with_retries(self, call: ModelCall, paced: bool = True) -> ModelReply:
+    async def _with_retries(
+        self, call: ModelCall, paced: bool = True, until_open: bool = False
+    ) -> ModelReply:
+        """`until_open`: give up as soon as the model's circuit opens (a fallback
+        answers then, rather than a retry waiting at the circuit)."""
         attempt = 0
         while True:
             if not paced and self.pace is not None:
@@ -75,6 +90,8 @@ class RetryingModel:
                 return await self.model.complete(call)
             except ModelError as error:
                 if not error.retryable or attempt >= self.max_retries:
+                    raise
+                if until_open and self.holds_back(call.model):
                     raise
                 delay = self.delay(attempt, error)
                 attempt += 1

@@ -129,6 +129,11 @@ class ModelError(Exception):
     details: dict[str, str] = field(default_factory=dict)
     # Seconds the provider asked us to wait before trying again, if it said.
     retry_after: float | None = None
+    # Set when the provider refuses the whole account, whatever the call: its
+    # reason ("insufficient_quota", "api_key_refused", "permission_denied").
+    # Waiting fixes it (someone tops up the quota or rotates the key), so the
+    # circuit breaker pauses every call instead of failing them.
+    pause: str | None = None
 
     def __str__(self) -> str:
         return f"{self.error_type}: {self.message}"

@@ -130,6 +130,7 @@ class Container(containers.DeclarativeContainer):
         max_retries=settings.provided.MAX_RETRIES,
         fallback_model=settings.provided.FALLBACK_MODEL,
         pace=rate_limiter.provided.acquire,
+        holds_back=circuit_breaker.provided.holds_back,
     )
     policy = providers.Singleton(
         ChatPolicy,

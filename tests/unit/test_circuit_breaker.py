@@ -74,3 +74,90 @@ async def test_permanent_failures_do_not_open_it_and_each_model_has_its_own():
     assert breaker.state("gpt-4o-mini") == "open"
     other = await asyncio.wait_for(breaker.complete(replace(CALL, model="gpt-4.1")), 1)
     assert other.model == "gpt-4.1"
+
+
+QUOTA = ModelError("upstream_error", "The model provider's quota is exhausted.", pause="insufficient_quota")
+
+
+async def test_an_account_wide_refusal_pauses_every_model_with_one_error_line_and_one_probe_per_interval(caplog):
+    import time
+    from dataclasses import replace
+
+    fake = FakeModel()
+    fake.script = [QUOTA, QUOTA]  # the first call, then the first probe
+    sent_at: list[float] = []
+    complete = fake.complete
+
+    async def timed(call: ModelCall):
+        sent_at.append(time.monotonic())
+        return await complete(call)
+
+    fake.complete = timed
+    breaker = CircuitBreaker(fake, failure_threshold=2, probe_interval=0.3)
+    call = replace(CALL)
+    first = asyncio.create_task(breaker.complete(call))  # meets the refusal: waits, not fails
+    await asyncio.sleep(0.05)
+    assert not first.done() and breaker.paused() == "insufficient_quota"
+    assert not call.progress.sent  # refused: never billed, a deadline here costs nothing
+    others = [asyncio.create_task(breaker.complete(replace(CALL, model=m)))
+              for m in ("gpt-4o-mini", "gpt-4.1", "gpt-4.1")]  # every model waits
+    await asyncio.sleep(0.05)
+    assert len(fake.calls) == 1 and breaker.paused_waiting() == 4
+    assert not any(t.done() for t in others)
+    replies = await asyncio.wait_for(asyncio.gather(first, *others), 5)
+    assert sorted(r.model for r in replies) == ["gpt-4.1", "gpt-4.1", "gpt-4o-mini", "gpt-4o-mini"]
+    # The first call, a refused probe, an answered probe, then the three others.
+    assert len(fake.calls) == 3 + 3
+    assert sent_at[1] - sent_at[0] >= 0.3 - 0.01 and sent_at[2] - sent_at[1] >= 0.3 - 0.01
+    assert breaker.paused() is None and breaker.paused_waiting() == 0
+    assert breaker.states() == {"gpt-4o-mini": "closed", "gpt-4.1": "closed"}
+    errors = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and "insufficient_quota" in errors[0].getMessage()
+    assert "accepts this account again" in caplog.text
+
+
+async def test_a_probe_answered_with_a_bad_request_resumes_and_that_request_gets_its_error():
+    fake = FakeModel()
+    fake.script = [QUOTA, ModelError("invalid_request", "bad")]
+    breaker = CircuitBreaker(fake, probe_interval=0.05)
+    with pytest.raises(ModelError, match="invalid_request"):
+        await asyncio.wait_for(breaker.complete(CALL), 2)
+    assert breaker.paused() is None
+    assert (await breaker.complete(CALL)).text == "answer to hi"
+
+
+async def test_a_probe_meeting_an_outage_keeps_the_pause_and_fails_as_an_outage_does():
+    fake = FakeModel()
+    fake.script = [QUOTA, DOWN]
+    breaker = CircuitBreaker(fake, probe_interval=0.05)
+    with pytest.raises(ModelError, match="down"):
+        await asyncio.wait_for(breaker.complete(CALL), 2)
+    assert breaker.paused() == "insufficient_quota"  # an outage says nothing about the quota
+    assert (await asyncio.wait_for(breaker.complete(CALL), 2)).text == "answer to hi"
+    assert breaker.paused() is None
+
+
+async def test_a_call_cancelled_at_the_pause_lets_the_next_probe_go():
+    fake = FakeModel(delay=0.2)
+    fake.script = [QUOTA]
+    breaker = CircuitBreaker(fake, probe_interval=0.05)
+    first = asyncio.create_task(breaker.complete(CALL))
+    await asyncio.sleep(0.3)  # paused; its probe is under way
+    first.cancel()
+    await asyncio.sleep(0)
+    assert (await asyncio.wait_for(breaker.complete(CALL), 2)).text == "answer to hi"
+
+
+def test_holds_back_while_open_until_the_probe_is_due():
+    from application.circuit_breaker import _Circuit
+
+    now = [10.0]
+    breaker = CircuitBreaker(FakeModel(), probe_interval=5.0, monotonic=lambda: now[0])
+    assert not breaker.holds_back("gpt-4o-mini")
+    circuit = breaker._circuits["gpt-4o-mini"] = _Circuit()
+    circuit.opened_at = 10.0
+    assert breaker.holds_back("gpt-4o-mini")
+    now[0] = 15.0  # the probe is due: a call goes as the probe
+    assert not breaker.holds_back("gpt-4o-mini")
+    circuit.probing = True
+    assert breaker.holds_back("gpt-4o-mini")

@@ -68,3 +68,89 @@ async def test_every_call_it_adds_is_paced_like_the_first_one():
     reply = await model.complete(CALL)
     assert reply.model == "gpt-4.1" and len(fake.calls) == 4
     assert paced == [1, 2, 3]  # before the 2 retries and the fallback, not before the first
+
+
+async def test_while_the_primarys_circuit_holds_calls_back_the_fallback_answers_at_once():
+    fake = FakeModel()
+    held = {"gpt-4o-mini"}
+    model, slept = retrying(fake, max_retries=3, fallback_model="gpt-4.1", holds_back=held.__contains__)
+    reply = await model.complete(CALL)
+    assert reply.model == "gpt-4.1" and [c.model for c in fake.calls] == ["gpt-4.1"] and slept == []
+
+    held.add("gpt-4.1")  # both held back: it waits at the primary's circuit
+    reply = await model.complete(CALL)
+    assert reply.model == "gpt-4o-mini"
+
+
+async def test_when_the_primarys_circuit_opens_during_its_retries_the_fallback_answers_now():
+    fake = FakeModel()
+    fake.script = [ModelError("upstream_error", "down", True)] * 2
+    held: set[str] = set()
+
+    async def sleep(seconds: float) -> None:
+        pass
+
+    def holds_back(name: str) -> bool:
+        if len(fake.calls) >= 2:  # the second failure opened the primary's circuit
+            held.add("gpt-4o-mini")
+        return name in held
+
+    model = RetryingModel(fake, max_retries=5, fallback_model="gpt-4.1", sleep=sleep,
+                          holds_back=holds_back)
+    reply = await model.complete(CALL)
+    assert reply.model == "gpt-4.1"
+    assert [c.model for c in fake.calls] == ["gpt-4o-mini", "gpt-4o-mini", "gpt-4.1"]
+
+
+async def test_a_non_retryable_upstream_error_goes_to_the_fallback_at_once():
+    fake = FakeModel()
+    fake.script = [ModelError("upstream_error", "the model is gone")]
+    model, slept = retrying(fake, max_retries=3, fallback_model="gpt-4.1")
+    reply = await model.complete(CALL)
+    assert reply.model == "gpt-4.1" and len(fake.calls) == 2 and slept == []
+
+
+async def test_with_the_real_breaker_a_down_primary_sends_every_call_to_the_fallback():
+    """Twenty calls while the primary fails: after the threshold none waits at its circuit."""
+    import asyncio
+    from dataclasses import replace
+
+    from application.circuit_breaker import CircuitBreaker
+
+    class PrimaryDown(FakeModel):
+        async def complete(self, call: ModelCall):
+            if call.model == "gpt-4o-mini":
+                self.calls.append(call)
+                await asyncio.sleep(0.01)
+                raise ModelError("upstream_error", "503", True)
+            return await super().complete(call)
+
+    fake = PrimaryDown()
+    breaker = CircuitBreaker(fake, failure_threshold=3, probe_interval=60)
+    model, _ = retrying(breaker, max_retries=2, fallback_model="gpt-4.1",
+                        holds_back=breaker.holds_back)
+    replies = await asyncio.wait_for(
+        asyncio.gather(*(model.complete(replace(CALL)) for _ in range(20))), 5
+    )
+    assert {r.model for r in replies} == {"gpt-4.1"}
+    assert breaker.state("gpt-4o-mini") == "open" and breaker.waiting() == {"gpt-4o-mini": 0}
+    late = await asyncio.wait_for(model.complete(replace(CALL)), 1)
+    assert late.model == "gpt-4.1"
+    # Each call tried the primary once; a retry only until the circuit opened.
+    assert sum(c.model == "gpt-4o-mini" for c in fake.calls) <= 20 + 3
+
+
+async def test_an_account_wide_refusal_is_never_tried_on_the_fallback():
+    """The breaker pauses the provider for it: the fallback would meet the same account."""
+    import asyncio
+
+    from application.circuit_breaker import CircuitBreaker
+
+    fake = FakeModel()
+    fake.script = [ModelError("upstream_error", "quota", pause="insufficient_quota")] * 3
+    breaker = CircuitBreaker(fake, probe_interval=0.05)
+    model, _ = retrying(breaker, max_retries=2, fallback_model="gpt-4.1",
+                        holds_back=breaker.holds_back)
+    reply = await asyncio.wait_for(model.complete(CALL), 2)
+    assert reply.model == "gpt-4o-mini" and {c.model for c in fake.calls} == {"gpt-4o-mini"}
+    assert len(fake.calls) == 4  # the call and two refused probes, then the answer
