@@ -40,6 +40,11 @@ class CheckResult:
     def as_json(self) -> dict[str, Any]:
         return {"status": self.status, **self.figure}
 
+    def answers(self) -> bool:
+        """Whether the dependency works: ok and not `degraded` (a degraded one does
+        not make the worker unready, but a stall behind it is waiting, not a wedge)."""
+        return self.status == "ok" and not self.figure.get("degraded")
+
 
 Check = Callable[[], Awaitable[dict[str, Any]]]
 
@@ -119,7 +124,7 @@ class HealthChecks:
         if not self.alive():
             return False, "failed"
         if self.stalled() and all(
-            self.results[name].status == "ok" for name in self.dependencies if name in self.results
+            self.results[name].answers() for name in self.dependencies if name in self.results
         ):
             return False, "stalled"
         return True, "alive"
@@ -157,6 +162,7 @@ def memory_figure() -> dict[str, Any]:
 
 
 CIRCUIT_STATES = {"closed": 0, "half-open": 1, "open": 2}
+PAUSE_REASONS = ("insufficient_quota", "api_key_refused", "permission_denied")
 
 
 Readings = list[tuple[float, dict[str, str]]]
@@ -176,6 +182,10 @@ def observe_worker(metrics: Any, worker: Any, circuit_breaker: Any, ledger: Any)
                   gauges.budget_remaining)
     metrics.watch("chater_gpt_circuit_state", "Per model: 0 closed, 1 half-open, 2 open",
                   gauges.circuits)
+    metrics.watch("chater_gpt_provider_paused",
+                  "1 while the model provider refuses this account, by reason "
+                  "(insufficient_quota, api_key_refused, permission_denied): calls wait",
+                  gauges.provider_paused)
     metrics.watch("chater_gpt_stalled_records",
                   "Records held past their deadline and the stall grace: their lane makes "
                   "no progress", gauges.stalled)
@@ -220,6 +230,10 @@ class WorkerGauges:
             label = self.metrics.model_label(model)
             worst[label] = max(worst.get(label, 0), CIRCUIT_STATES[state])
         return [(state, {"model": label}) for label, state in worst.items()]
+
+    def provider_paused(self) -> Readings:
+        paused = self.circuit_breaker.paused()
+        return [(int(reason == paused), {"reason": reason}) for reason in PAUSE_REASONS]
 
     def erasure_consumer_up(self) -> Readings:
         status = _erasure_health(self.worker)
@@ -321,16 +335,20 @@ def worker_checks(
         return {"notifications": position or 0, "latency_ms": _millis_since(started)}
 
     async def openai_api() -> dict[str, Any]:
+        # Reported, never failing: a provider outage or an exhausted quota reaches
+        # every replica at once, and unready replicas everywhere would stall
+        # rollouts and node drains while changing nothing (the calls wait at the
+        # circuit breaker, and MAX_IN_FLIGHT pauses fetching). `degraded` says
+        # calls are held back now; liveness then counts a stall as waiting.
         circuits = {model_label(m): state for m, state in circuit_breaker.states().items()}
-        # An open circuit nobody waits at says nothing about now: it closes on
-        # the next call that succeeds, so it must not keep the worker unready.
         held = {model_label(m): n for m, n in circuit_breaker.waiting().items() if n > 0}
+        paused = circuit_breaker.paused()
+        figure: dict[str, Any] = {"circuits": circuits, "degraded": bool(held or paused)}
         if held:
-            raise CheckFailed(
-                "circuit open, calls held back: "
-                + ", ".join(f"{model} ({n})" for model, n in sorted(held.items()))
-            )
-        return {"circuits": circuits}
+            figure["held_at_circuit"] = held
+        if paused:
+            figure["paused"] = {"reason": paused, "held": circuit_breaker.paused_waiting()}
+        return figure
 
     async def memory_usage() -> dict[str, Any]:
         return memory_figure()
