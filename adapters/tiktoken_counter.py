@@ -1,8 +1,10 @@
 """Token counting with tiktoken's encodings (o200k_base, cl100k_base), loaded offline.
 
-tiktoken downloads its encoding files on first use. The bpe-openai package ships
-the very same files, so the encodings are built from those copies; tiktoken's own
-expected hash is still checked, so a wrong file cannot slip in.
+tiktoken downloads its encoding files on first use. This package ships the very
+same files (adapters/encodings/, gzipped: 2.4 MB, the bytes tiktoken downloads, as
+the bpe-openai package also ships them), so the encodings are built from those
+copies without the network, and without a 74 MB native library at run time;
+tiktoken's own expected hash is still checked, so a wrong file cannot slip in.
 """
 
 from __future__ import annotations
@@ -10,21 +12,17 @@ from __future__ import annotations
 import base64
 import gzip
 import hashlib
-import importlib.util
 from functools import lru_cache
 from pathlib import Path
 
 import tiktoken
 from tiktoken_ext import openai_public
 
+ENCODINGS = Path(__file__).parent / "encodings"
+
 
 def _bundled_file(name: str) -> Path:
-    # Located without importing bpe_openai, whose import loads all of its own
-    # encodings: seconds of start-up and tens of MiB for nothing.
-    spec = importlib.util.find_spec("bpe_openai")
-    if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError("the bpe-openai package (which ships the encodings) is not installed")
-    return Path(next(iter(spec.submodule_search_locations))) / "data" / f"{name}.tiktoken.gz"
+    return ENCODINGS / f"{name}.tiktoken.gz"
 
 
 def _bundled_ranks(name: str, expected_hash: str | None = None) -> dict[bytes, int]:
@@ -40,7 +38,7 @@ def _bundled_ranks(name: str, expected_hash: str | None = None) -> dict[bytes, i
 @lru_cache(maxsize=None)
 def bundled_encoding(name: str) -> tiktoken.Encoding:
     """o200k_base (gpt-4o, gpt-4.1, gpt-5, o-series) or cl100k_base (gpt-4, gpt-3.5),
-    from bpe-openai's copy, without touching the network."""
+    from the copy this package ships, without touching the network."""
     if name not in ("o200k_base", "cl100k_base"):
         raise ValueError(f"no bundled copy of the {name} encoding")
     original = openai_public.load_tiktoken_bpe
