@@ -97,6 +97,11 @@ class RetryingModel:
                 attempt += 1
                 log.info("%s: %s; retry %d in %.2fs", call.model, error.error_type, attempt, delay)
                 await self.sleep(delay)
+                if not paced and self.pace is not None:
+                    await self.pace()
+                paced = True  # paced for this retry already
+                if until_open and self.holds_back(call.model):
+                    raise  # it opened while this call waited: the fallback answers now
 
     def delay(self, attempt: int, error: ModelError) -> float:
         """The provider's word if it gave one, else exponential backoff with full jitter."""

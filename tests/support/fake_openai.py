@@ -55,7 +55,10 @@ gets the same outcome for a seed.  ``{}`` or ``{"rates": {}}`` turns chaos off.
 An *outage* (``POST /_control/outage`` ``{"seconds": 4, "status": 503}``)
 answers every completion request arriving in the next N seconds with that
 status at once (no latency), before any step or chaos draw: a region is down.
-``{"seconds": 0}`` ends it.
+``{"seconds": 0}`` ends it.  Optional: ``"code"`` gives the error body that
+code in OpenAI's words (``{"status": 429, "code": "insufficient_quota"}``: the
+account's quota is used up), and ``"model"`` limits the outage to requests for
+that model (the others are served as usual).
 
 API keys: by default any key (or none) is accepted.  After
 ``POST /_control/api_keys`` ``{"keys": ["sk-a", "sk-b"]}`` only a request whose
@@ -181,6 +184,24 @@ _DEFAULT_ERRORS: dict[int, tuple[str, str, str | None]] = {
     500: ("The server had an error while processing your request", "server_error", None),
     503: ("The engine is currently overloaded", "server_error", None),
 }
+
+
+# Error bodies by code, in OpenAI's words: (message, type).
+_CODED_ERRORS: dict[str, tuple[str, str]] = {
+    "insufficient_quota": (
+        "You exceeded your current quota, please check your plan and billing details.",
+        "insufficient_quota"),
+    "unsupported_country_region_territory": (
+        "Country, region, or territory not supported", "request_forbidden"),
+}
+
+
+def _outage_body(status: int, code: str | None) -> dict[str, Any]:
+    """An outage's error payload: the status's, or the code's when one is set."""
+    if code is None:
+        return _error_body(status)
+    message, kind = _CODED_ERRORS.get(code, (f"Fake error {status}", "invalid_request_error"))
+    return {"error": {"message": message, "type": kind, "param": None, "code": code}}
 
 
 def _error_body(status: int) -> dict[str, Any]:
@@ -508,6 +529,8 @@ class FakeOpenAIState:
         self.chaos: _Chaos | None = None
         self.outage_until = 0.0  # time.monotonic() deadline
         self.outage_status = 503
+        self.outage_code: str | None = None  # the error body's code, if set
+        self.outage_model: str | None = None  # None: every model
         self.api_keys: frozenset[str] | None = None  # None: any key is accepted
         self.ids = itertools.count(1)
         # Files by id: (file object, content).
@@ -803,10 +826,11 @@ def build_app(state: FakeOpenAIState) -> "web.Application":
         text = _text(_last_user_message(messages))
 
         # An outage beats everything, and answers at once: the region is down.
-        if state.in_outage():
+        if state.in_outage() and state.outage_model in (None, body.get("model")):
             status = state.outage_status
             call = state.record(text, "outage", received_at)
-            return await send(request, web.json_response(_error_body(status), status=status), call)
+            return await send(request, web.json_response(
+                _outage_body(status, state.outage_code), status=status), call)
 
         # A call its model cannot take is refused at once, before any step or chaos.
         refusal = _over_limits(body, messages)
@@ -1062,11 +1086,14 @@ def build_app(state: FakeOpenAIState) -> "web.Application":
             payload = await request.json()
             seconds = float(payload["seconds"])
             status = int(payload.get("status", 503))
+            code, model = payload.get("code"), payload.get("model")
         except (ValueError, TypeError, KeyError, AttributeError) as exc:
             return web.json_response({"error": f"expected {{'seconds': x, 'status': n}}: {exc}"}, status=400)
         if not 400 <= status <= 599:
             return web.json_response({"error": "status must be an HTTP error (400-599)"}, status=400)
         state.outage_status = status
+        state.outage_code = None if code is None else str(code)
+        state.outage_model = None if model is None else str(model)
         state.outage_until = time.monotonic() + max(seconds, 0.0)
         return web.json_response({"seconds": max(seconds, 0.0), "status": status})
 
@@ -1284,9 +1311,12 @@ class FakeOpenAIServer:
             "retry_after": list(retry_after), "timeout_delay": timeout_delay,
         })
 
-    def outage(self, seconds: float, status: int = 503) -> None:
-        """Answer every completion request of the next ``seconds`` with ``status`` (0 ends it)."""
-        self._call("POST", "/_control/outage", {"seconds": seconds, "status": status})
+    def outage(self, seconds: float, status: int = 503, code: str | None = None,
+               model: str | None = None) -> None:
+        """Answer every completion request of the next ``seconds`` with ``status`` (0 ends
+        it); ``code``: the error body's code; ``model``: only requests for that model."""
+        self._call("POST", "/_control/outage",
+                   {"seconds": seconds, "status": status, "code": code, "model": model})
 
     def accept_api_keys(self, keys: list[str] | None) -> None:
         """Answer only requests bearing one of ``keys`` (others get OpenAI's 401); None: any key."""

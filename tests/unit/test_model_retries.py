@@ -154,3 +154,17 @@ async def test_an_account_wide_refusal_is_never_tried_on_the_fallback():
     reply = await asyncio.wait_for(model.complete(CALL), 2)
     assert reply.model == "gpt-4o-mini" and {c.model for c in fake.calls} == {"gpt-4o-mini"}
     assert len(fake.calls) == 4  # the call and two refused probes, then the answer
+
+
+async def test_when_the_circuit_opens_while_a_retry_sleeps_the_fallback_answers_without_waiting_there():
+    fake = FakeModel()
+    fake.script = [ModelError("upstream_error", "down", True)]
+    held: set[str] = set()
+
+    async def sleep(seconds: float) -> None:
+        held.add("gpt-4o-mini")  # other calls' failures opened it meanwhile
+
+    model = RetryingModel(fake, max_retries=5, fallback_model="gpt-4.1", sleep=sleep,
+                          holds_back=held.__contains__)
+    reply = await model.complete(CALL)
+    assert reply.model == "gpt-4.1" and [c.model for c in fake.calls] == ["gpt-4o-mini", "gpt-4.1"]
