@@ -21,6 +21,7 @@ from eventsourcing.persistence import JSONTranscoder, Mapper, Transcoding
 
 from adapters.data_keys import SqlDataKeys, master_keys_env, open_data_keys
 from adapters.personal_data import PersonalDataMapper
+from adapters.postgres_setup import export_libpq_options, libpq_environment, schema_lock
 from domain.conversation import Answer, Conversation, Failure, Shredded, Turn, data_owner
 from domain.token_budget import TokenBudget
 
@@ -63,7 +64,12 @@ def persistence_env(database_url: str) -> dict[str, str]:
     if url.scheme in {"postgres", "postgresql", "postgresql+psycopg"}:
         if not url.path.strip("/"):
             raise DatabaseUrlError("a postgresql DATABASE_URL needs a database name")
+        try:  # sslmode, sslrootcert, application_name, …: libpq's environment
+            options = libpq_environment(url.query)
+        except ValueError as error:
+            raise DatabaseUrlError(str(error)) from None
         return {
+            **options,
             "PERSISTENCE_MODULE": "eventsourcing.postgres",
             "POSTGRES_DBNAME": unquote(url.path.strip("/")),
             "POSTGRES_HOST": url.hostname or "127.0.0.1",
@@ -139,13 +145,17 @@ class ChatRecords(Application):
     snapshotting_intervals = {Conversation: 50, TokenBudget: 20}
 
     def __init__(self, env: Mapping[str, str] | None = None) -> None:
-        super().__init__(env)
-        self.data_keys: SqlDataKeys | None = None
-        if isinstance(self.mapper, PersonalDataMapper):
-            self.data_keys = keys = open_data_keys(self.recorder, self.env)
-            initial = base64.b64decode(self.env["DATA_KEYS_STORE_KEY"])
-            self.mapper.attach(keys, keys.store_key(initial))
-            keys.held_by(self.mapper.forget)
+        # The URL's connection options where libpq reads them; the tables created
+        # by one replica at a time (see adapters.postgres_setup).
+        export_libpq_options(env or {})
+        with schema_lock(env or {}):
+            super().__init__(env)
+            self.data_keys: SqlDataKeys | None = None
+            if isinstance(self.mapper, PersonalDataMapper):
+                self.data_keys = keys = open_data_keys(self.recorder, self.env)
+                initial = base64.b64decode(self.env["DATA_KEYS_STORE_KEY"])
+                self.mapper.attach(keys, keys.store_key(initial))
+                keys.held_by(self.mapper.forget)
 
     def construct_mapper(self) -> Mapper[Any]:
         base = super().construct_mapper()

@@ -19,6 +19,7 @@ from eventsourcing.postgres import PostgresDatastore, PostgresTrackingRecorder
 from eventsourcing.sqlite import SQLiteTrackingRecorder
 from eventsourcing.utils import Environment
 
+from adapters.postgres_setup import schema_lock
 from application.usage import (
     Grouping,
     UsageChanges,
@@ -46,8 +47,9 @@ def open_usage_view(env: Mapping[str, str]) -> UsageView:
         raise UsageViewUnavailable(
             f"the usage view needs a SQLite or PostgreSQL event store, not {module or 'memory'}"
         )
-    factory = InfrastructureFactory[Any].construct(env=environment)
-    view = factory.tracking_recorder(view_class)
+    with schema_lock(environment):  # tables created by one replica at a time
+        factory = InfrastructureFactory[Any].construct(env=environment)
+        view = factory.tracking_recorder(view_class)
     assert isinstance(view, UsageView)
     return view
 

@@ -9,7 +9,7 @@ import json
 import logging
 import signal
 import sys
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from importlib.util import find_spec
 from typing import TYPE_CHECKING, cast
 
@@ -19,7 +19,6 @@ from entrypoints.settings import SettingsError, load_settings
 if TYPE_CHECKING:
     from entrypoints.container import Container
     from entrypoints.settings import Settings
-    from entrypoints.worker_runtime import WorkerRuntime
 
 
 # Libraries whose DEBUG lines carry request bodies (the OpenAI SDK logs its request
@@ -46,32 +45,82 @@ def _configure_logging(level: str, json_lines: bool = False, content: bool = Fal
 
 def run_worker() -> int:
     from entrypoints.worker import WorkerFailed
-    from entrypoints.worker_runtime import WorkerRuntime
 
     settings = load_settings()
     _configure_logging(
         settings.LOG_LEVEL, json_lines=settings.LOG_FORMAT == "json", content=settings.LOG_CONTENT
     )
-    runtime = WorkerRuntime(settings)
+    log = logging.getLogger("chater-gpt")
     try:
-        with runtime:  # the usage view's catch-up; all closed after the worker stopped
-            asyncio.run(_serve_until_signalled(runtime))
+        return asyncio.run(_start_and_serve(settings))
     except WorkerFailed as error:
-        logging.getLogger("chater-gpt").error("%s: %r", error, error.__cause__)
+        log.error("%s: %r", error, error.__cause__)
+        return 1
+    except StoreUnavailable as error:
+        log.error("%s", error)
         return 1
     except OSError as error:  # the health port is taken, say
-        logging.getLogger("chater-gpt").error("cannot start: %s", error)
+        log.error("cannot start: %s", error)
         return 1
-    return 0
 
 
-async def _serve_until_signalled(runtime: WorkerRuntime) -> None:
-    """Run the worker until SIGINT or SIGTERM."""
+class StoreUnavailable(RuntimeError):
+    """The event store could not be opened, though its database answered a moment before."""
+
+
+async def _start_and_serve(settings: Settings) -> int:
+    """Start (waiting for the database, then the broker, one line per attempt) and
+    run the worker, until SIGINT or SIGTERM, which also end any wait of the start."""
+    from adapters.postgres_setup import mask_password
+    from entrypoints.startup import in_daemon_thread, unless_stopped, wait_for_database
+    from entrypoints.worker_runtime import WorkerRuntime
+
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    await runtime.run(stop)
+    async with _starting_health(settings):  # alive, not ready, while the store opens
+        if not await wait_for_database(settings.DATABASE_URL, stop):
+            return 0
+        try:
+            opened, runtime = await unless_stopped(in_daemon_thread(WorkerRuntime, settings), stop)
+        except (SettingsError, KeyUnavailable):
+            raise
+        except Exception as error:
+            raise StoreUnavailable(
+                f"cannot open the event store at DATABASE_URL="
+                f"{mask_password(settings.DATABASE_URL)}: {_first_line(error)}"
+            ) from None
+    if not opened or runtime is None:
+        logging.getLogger("chater-gpt").info("stopped during start-up")
+        return 0
+    with runtime:  # the usage view's catch-up; all closed after the worker stopped
+        await runtime.run(stop)
+    return 0
+
+
+def _first_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0].strip()}" if lines else type(error).__name__
+
+
+@contextlib.asynccontextmanager
+async def _starting_health(settings: Settings) -> AsyncIterator[None]:
+    """While the worker starts: /healthz alive (waiting is not a fault a restart
+    cures), /readyz not ready."""
+    if not settings.HEALTH_PORT:
+        yield
+        return
+    from entrypoints.health import CheckFailed, HealthChecks, health_server
+
+    async def starting() -> dict[str, object]:
+        raise CheckFailed("the worker is starting: waiting for the database (DATABASE_URL)")
+
+    async with health_server(
+        HealthChecks({"startup": starting}, alive=lambda: True),
+        settings.HEALTH_PORT, host=settings.HEALTH_HOST,
+    ):
+        yield
 
 
 @contextlib.contextmanager
@@ -144,6 +193,7 @@ def run_dead_letters(limit: int) -> int:
     from confluent_kafka import Consumer, TopicPartition
 
     from adapters.dead_letters import SEALED_HEADER, DeadLetterSeal
+    from adapters.kafka import reader_config
 
     settings = load_settings(MODEL_PROVIDER="offline")
     _configure_logging("WARNING")
@@ -153,8 +203,7 @@ def run_dead_letters(limit: int) -> int:
         settings.SECRET_KEY.get_secret_value(), previous.get_secret_value() if previous else None
     )
     consumer = Consumer({
-        "bootstrap.servers": settings.BOOTSTRAP_SERVER, "group.id": f"dlq-{uuid.uuid4()}",
-        "enable.auto.commit": False, "enable.partition.eof": True,
+        **reader_config(settings.KAFKA, f"dlq-{uuid.uuid4()}"), "enable.partition.eof": True,
     })
     try:
         metadata = consumer.list_topics(settings.DLQ_TOPIC, timeout=10).topics[settings.DLQ_TOPIC]
@@ -234,7 +283,17 @@ def main(argv: list[str] | None = None) -> int:
         prog="chater-gpt", description="The GPT service of the Chater platform."
     )
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("worker", help="consume gpt-send and answer on gpt-response")
+    commands.add_parser(
+        "worker", help="consume gpt-send and answer on gpt-response",
+        description="Consume REQUEST_TOPIC (gpt-send) and answer on RESPONSE_TOPIC "
+        "(gpt-response) until SIGTERM or SIGINT. It takes no options: every setting comes "
+        "from an environment variable (or a .env file in the working directory), such as "
+        "OPENAI_API_KEY, SECRET_KEY, BOOTSTRAP_SERVER and DATABASE_URL; the Configuration "
+        "table of the README lists them all with their defaults. Invalid settings are all "
+        "reported at once (exit 2). While the database or the broker does not answer, the "
+        "worker waits and tries again (one line per attempt, /healthz alive, /readyz not "
+        "ready) until it is stopped.",
+    )
     audit = commands.add_parser("audit", help="replay a conversation's events")
     audit.add_argument("target", help="a user's email or a conversation id")
     audit.add_argument("--thread", help="the request's conversation_id, for one of several")

@@ -88,6 +88,10 @@ class Settings(BaseSettings):
         None, description="a JSON or YAML file of prices per million tokens, by model"
     )
     HEALTH_PORT: int = Field(8080, ge=0, le=65535, description="0 turns the health server off")
+    HEALTH_HOST: str | None = Field(
+        None, description="the health server's address (0.0.0.0, ::, 127.0.0.1…); "
+        "unset: every interface"
+    )
     PII_MODE: Literal["off", "mask", "block"] = Field(
         "mask", description="personal data before the model: masked, refused, or sent as is"
     )
@@ -130,7 +134,7 @@ class Settings(BaseSettings):
 
     @field_validator(
         "OPENAI_API_KEY_FILE", "SECRET_KEY_PREVIOUS", "REDIS_URL", "BATCH_PRIORITY", "STALL_GRACE",
-        mode="before",
+        "HEALTH_HOST", mode="before",
     )
     @classmethod
     def blank_is_unset(cls, value: object) -> object:
@@ -144,22 +148,31 @@ class Settings(BaseSettings):
             raise ValueError("must be a redis://, rediss:// or unix:// URL")
         return value
 
+    @field_validator("DATABASE_URL")
+    @classmethod
+    def database_url_usable(cls, value: str) -> str:
+        from adapters.event_store import persistence_env
+
+        persistence_env(value)  # a DatabaseUrlError (ValueError) says what is wrong
+        return value
+
     @model_validator(mode="after")
     def check_credentials(self) -> Settings:
+        problems = []  # all of them at once, not one per start
         if self.MODEL_PROVIDER == "openai":
             if self.OPENAI_API_KEY_FILE is not None:
                 # Read once to fail at start-up; the model client reads it again when it changes.
                 try:
                     read_secret_file(self.OPENAI_API_KEY_FILE)
                 except SecretFileError as error:
-                    raise ValueError(f"OPENAI_API_KEY_FILE: {error}") from None
+                    problems.append(f"OPENAI_API_KEY_FILE: {error}")
             elif not _filled(self.OPENAI_API_KEY):
-                raise ValueError(
+                problems.append(
                     "OPENAI_API_KEY is not set: set it (or OPENAI_API_KEY_FILE, a file holding "
                     "it), or choose the offline model on purpose with MODEL_PROVIDER=offline"
                 )
         if not _filled(self.SECRET_KEY):
-            raise ValueError(
+            problems.append(
                 "SECRET_KEY is not set: events at rest are encrypted with a key "
                 "derived from it"
             )
@@ -168,10 +181,12 @@ class Settings(BaseSettings):
             and self.SECRET_KEY is not None
             and self.SECRET_KEY_PREVIOUS.get_secret_value() == self.SECRET_KEY.get_secret_value()
         ):
-            raise ValueError(
+            problems.append(
                 "SECRET_KEY_PREVIOUS is the same as SECRET_KEY: during a rotation it holds "
                 "the key being replaced; leave it unset otherwise"
             )
+        if problems:
+            raise ValueError("\n  ".join(problems))
         return self
 
 
@@ -188,9 +203,21 @@ def load_settings(**overrides: object) -> Settings:
     try:
         return Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as error:
-        problems = []
-        for item in error.errors():
-            name = ".".join(str(part) for part in item["loc"]) or "settings"
-            message = item["msg"].removeprefix("Value error, ")
-            problems.append(f"{name}: {message}" if item["loc"] else message)
-        raise SettingsError("invalid configuration:\n  " + "\n  ".join(problems)) from None
+        errors = error.errors()
+    invalid = {str(item["loc"][0]) for item in errors if item["loc"]}
+    if invalid and all(item["loc"] for item in errors):
+        # The checks across settings (keys, credentials) run only once every field
+        # is valid: run them with the invalid fields at their defaults, so that one
+        # start reports every problem.
+        defaults = {name: Settings.model_fields[name].default for name in invalid
+                    if name in Settings.model_fields}
+        try:
+            Settings(**{**overrides, **defaults})  # type: ignore[arg-type]
+        except ValidationError as again:
+            errors += [item for item in again.errors() if not item["loc"]]
+    problems = []
+    for item in errors:
+        name = ".".join(str(part) for part in item["loc"]) or "settings"
+        message = item["msg"].removeprefix("Value error, ")
+        problems.append(f"{name}: {message}" if item["loc"] else message)
+    raise SettingsError("invalid configuration:\n  " + "\n  ".join(problems))

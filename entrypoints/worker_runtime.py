@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Callable
 from entrypoints.container import Container, build_container
 from entrypoints.health import health_server, observe_worker
 from entrypoints.settings import Settings
+from entrypoints.startup import wait_for_broker
 from entrypoints.usage_catch_up import UsageCatchUp
 from entrypoints.worker import KafkaWorker
 
@@ -59,12 +60,17 @@ class WorkerRuntime:
         self.close()
 
     async def run(self, stop: asyncio.Event) -> None:
-        """The health server on HEALTH_PORT (0: none) and the worker, until `stop`
-        is set; raises WorkerFailed if the worker stopped on an error."""
+        """The health server on HEALTH_HOST:HEALTH_PORT (port 0: none) and, once the
+        broker answers (one line per failed attempt, until `stop`), the worker until
+        `stop` is set; raises WorkerFailed if the worker stopped on an error."""
+        settings = self.settings
         async with contextlib.AsyncExitStack() as stack:
-            if self.settings.HEALTH_PORT:
-                await stack.enter_async_context(self.health_server(self.settings.HEALTH_PORT))
-            await self.worker.run(stop)
+            if settings.HEALTH_PORT:
+                await stack.enter_async_context(
+                    self.health_server(settings.HEALTH_PORT, settings.HEALTH_HOST)
+                )
+            if await wait_for_broker({"bootstrap.servers": settings.BOOTSTRAP_SERVER}, stop):
+                await self.worker.run(stop)
 
     @contextlib.asynccontextmanager
     async def health_server(self, port: int, host: str | None = None) -> AsyncIterator[int]:
