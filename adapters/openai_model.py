@@ -17,6 +17,7 @@ from openai import AsyncOpenAI, DefaultAioHttpClient
 
 from adapters.secret_file import StaticSecret
 from application.ports import ChatMessage, ModelCall, ModelError, ModelReply, RateLimitStatus
+from domain.model_families import family_of, served_model
 
 log = logging.getLogger(__name__)
 
@@ -34,12 +35,13 @@ def to_openai_message(message: ChatMessage) -> dict[str, Any]:
 
 
 def chat_body(call: ModelCall) -> dict[str, Any]:
-    """The Chat Completions request body for a call (live, or a line of a batch)."""
+    """The Chat Completions request body for a call (live, or a line of a batch): the
+    model OpenAI serves for its name, and the parameters its family takes
+    (domain.model_families)."""
     return {
-        "model": call.model,
+        "model": served_model(call.model),
         "messages": [to_openai_message(m) for m in call.messages],
-        "max_tokens": call.max_tokens,
-        "temperature": call.temperature,
+        **family_of(call.model).parameters(call.max_tokens, call.temperature),
     }
 
 

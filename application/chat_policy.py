@@ -12,7 +12,7 @@ from domain.pricing import DEFAULT_PRICES, PriceTable
 @dataclass(frozen=True)
 class ChatPolicy:
     model: str = "gpt-4o-mini"
-    vision_model: str = "gpt-4o-latest"
+    vision_model: str = "gpt-4o"
     max_tokens: int = 4000
     temperature: float = 0.7
     context_max_tokens: int = 8000

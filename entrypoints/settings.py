@@ -25,7 +25,7 @@ class Settings(BaseSettings):
     # The platform's existing names.
     OPENAI_API_KEY: SecretStr | None = None
     MODEL: str = "gpt-4o-mini"
-    VISION_MODEL: str = "gpt-4o-latest"
+    VISION_MODEL: str = "gpt-4o"  # "gpt-4o-latest", the platform's name, is answered by gpt-4o
     MAX_TOKENS: int = Field(4000, gt=0)
     TEMPERATURE: float = Field(0.7, ge=0, le=2)
     BOOTSTRAP_SERVER: str = "localhost:9092"

@@ -22,7 +22,7 @@ Feature: Chat requests are answered on Kafka
   Scenario: An image is described by the vision model
     When ada@example.com sends a PNG image asking "What is in this picture?" as request "img-1"
     Then request "img-1" is answered with "echo: What is in this picture? | seen: 1 messages | images: 1"
-    And the model was asked for "img-1" with the vision model "gpt-4o-latest"
+    And the model was asked for "img-1" with the vision model "gpt-4o"
 
   Scenario: A bad record gets an error response and a dead-letter copy
     When a producer sends the record "this is not json" with key "bad-1"

@@ -16,7 +16,7 @@ def test_defaults_are_the_platforms(monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
     monkeypatch.setenv("SECRET_KEY", "s3cret")
     settings = load_settings()
-    assert (settings.MODEL, settings.VISION_MODEL, settings.MAX_TOKENS) == ("gpt-4o-mini", "gpt-4o-latest", 4000)
+    assert (settings.MODEL, settings.VISION_MODEL, settings.MAX_TOKENS) == ("gpt-4o-mini", "gpt-4o", 4000)
     assert (settings.CONSUMER_GROUP, settings.REQUESTS_PER_MINUTE, settings.DAILY_TOKEN_LIMIT) == (
         "chater-gpt-group", 60, 1_000_000
     )

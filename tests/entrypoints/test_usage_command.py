@@ -32,7 +32,9 @@ def answered(tmp_path, monkeypatch) -> list[dict]:
     The command is pointed at that store as an operator would, by its environment."""
     url = f"sqlite:///{tmp_path}/events.sqlite"
     records = ChatRecords(env=event_store_env(url, SECRET))
-    service, model = make_service(records=records)
+    # The platform's vision model name: the fake model answers with the name asked, so
+    # its replies have no price.
+    service, model = make_service(records=records, vision_model="gpt-4o-latest")
     model.script.append(ModelError("upstream_error", "The model provider failed (HTTP 500)."))
     requests = [
         ChatRequest("r0", "bob@example.com", "this one fails"),
@@ -51,6 +53,7 @@ def answered(tmp_path, monkeypatch) -> list[dict]:
     records.close()
     monkeypatch.setenv("DATABASE_URL", url)
     monkeypatch.setenv("SECRET_KEY", SECRET)
+    monkeypatch.setenv("VISION_MODEL", "gpt-4o-latest")
     return payloads
 
 

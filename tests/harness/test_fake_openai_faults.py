@@ -30,7 +30,7 @@ def _client(server: FakeOpenAIServer, timeout: float = 1.0) -> openai.AsyncOpenA
 
 async def _ask(client: openai.AsyncOpenAI, text: str) -> str | None:
     completion = await client.chat.completions.create(
-        model="gpt-test", messages=[{"role": "user", "content": text}]
+        model="gpt-4o-mini", messages=[{"role": "user", "content": text}]
     )
     return completion.choices[0].message.content
 
@@ -57,7 +57,7 @@ def _raw_call(server: FakeOpenAIServer, text: str, timeout: float = 5.0) -> tupl
     """POST one completion with http.client: (status, lower-cased headers, body)."""
     conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=timeout)
     try:
-        body = json.dumps({"model": "m", "messages": [{"role": "user", "content": text}]})
+        body = json.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": text}]})
         conn.request("POST", "/v1/chat/completions", body=body, headers={"Content-Type": "application/json"})
         response = conn.getresponse()
         return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()

@@ -94,7 +94,7 @@ def test_fake_openai_echoes_through_real_sdk(fake_openai: FakeOpenAIServer) -> N
     async def call() -> openai.types.chat.ChatCompletion:
         async with _client(fake_openai) as client:
             return await client.chat.completions.create(
-                model="gpt-test", messages=messages, max_tokens=50, temperature=0.3
+                model="gpt-4o-mini", messages=messages, max_tokens=50, temperature=0.3
             )
 
     completion = asyncio.run(call())
@@ -103,7 +103,7 @@ def test_fake_openai_echoes_through_real_sdk(fake_openai: FakeOpenAIServer) -> N
     assert completion.choices[0].message.content == reply
     assert completion.choices[0].message.role == "assistant"
     assert completion.choices[0].finish_reason == "stop"
-    assert completion.model == "gpt-test"
+    assert completion.model == "gpt-4o-mini"
     # words (3 + 2 + 1 + 3) + 3 per message (4) + 85 per image (1)
     assert completion.usage.prompt_tokens == 9 + 12 + 85
     assert completion.usage.completion_tokens == len(reply.split())
@@ -111,7 +111,7 @@ def test_fake_openai_echoes_through_real_sdk(fake_openai: FakeOpenAIServer) -> N
 
     recorded = fake_openai.requests()
     assert len(recorded) == 1
-    assert recorded[0]["model"] == "gpt-test"
+    assert recorded[0]["model"] == "gpt-4o-mini"
     assert recorded[0]["messages"] == messages
     assert recorded[0]["max_tokens"] == 50
     assert recorded[0]["temperature"] == 0.3
@@ -126,7 +126,7 @@ def test_fake_openai_scripted_errors_and_replies(fake_openai: FakeOpenAIServer) 
 
     async def ask(client: openai.AsyncOpenAI, text: str) -> str | None:
         completion = await client.chat.completions.create(
-            model="gpt-test", messages=[{"role": "user", "content": text}]
+            model="gpt-4o-mini", messages=[{"role": "user", "content": text}]
         )
         return completion.choices[0].message.content
 
@@ -160,7 +160,7 @@ def test_fake_openai_reset_clears_script_and_requests(fake_openai: FakeOpenAISer
     async def call() -> str | None:
         async with _client(fake_openai) as client:
             completion = await client.chat.completions.create(
-                model="m", messages=[{"role": "user", "content": "ping"}]
+                model="gpt-4o-mini", messages=[{"role": "user", "content": "ping"}]
             )
             return completion.choices[0].message.content
 

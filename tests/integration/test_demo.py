@@ -25,10 +25,10 @@ def test_the_demo_answers_audits_and_shows_what_operators_see(tmp_path):
     assert "ReplyRecorded" in out and "offline:gpt-4o-mini" in out
     assert "GET /readyz -> 200" in out and '"status": "ready"' in out
     assert 'chater_gpt_requests_total{kind="text",model="offline:gpt-4o-mini",outcome="answered"} 2.0' in out
-    assert 'chater_gpt_requests_total{kind="vision",model="offline:gpt-4o-latest",outcome="answered"} 1.0' in out
+    assert 'chater_gpt_requests_total{kind="vision",model="offline:gpt-4o",outcome="answered"} 1.0' in out
     report = out.split("Usage report (chater-gpt usage --by model):", 1)[1].splitlines()
     # model, requests, answered, failed, tokens..., cost: the offline model is free.
-    assert report[3].split()[:4] == ["offline:gpt-4o-latest", "1", "1", "0"]
+    assert report[3].split()[:4] == ["offline:gpt-4o", "1", "1", "0"]
     assert report[4].split()[:4] == ["offline:gpt-4o-mini", "2", "2", "0"]
     total = report[6].split()
     assert total[:4] == ["total", "3", "3", "0"] and total[7] == "0.00000000"

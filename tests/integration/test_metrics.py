@@ -50,7 +50,7 @@ def test_metrics_count_what_was_sent_and_what_the_model_used(broker, topics, fak
 
     assert total(samples, "chater_gpt_requests_total") == 50
     assert total(samples, "chater_gpt_requests_total", outcome="answered") == 49
-    assert total(samples, "chater_gpt_requests_total", kind="vision", model="gpt-4o-latest") == 1
+    assert total(samples, "chater_gpt_requests_total", kind="vision", model="gpt-4o") == 1
     assert total(samples, "chater_gpt_errors_total", type="invalid_request") == 1
     assert total(samples, "chater_gpt_replies_total", source="model") == 49
     assert total(samples, "chater_gpt_replies_total", source="cached") == 0
@@ -60,7 +60,8 @@ def test_metrics_count_what_was_sent_and_what_the_model_used(broker, topics, fak
         u["completion_tokens"] for u in used
     )
     # Cost is tokens times the shipped price of gpt-4o-mini ($0.15 / $0.60 per
-    # million); the vision model's name (gpt-4o-latest) has no price and is marked.
+    # million), and of gpt-4o ($2.50 / $10.00) for the vision request (VISION_MODEL's
+    # default); a model without a price is marked (test_usage_report_end_to_end).
     text = [a for a in answers.values() if a.get("model") == "gpt-4o-mini"]
     assert len(text) == 48
     expected = sum(
@@ -68,9 +69,12 @@ def test_metrics_count_what_was_sent_and_what_the_model_used(broker, topics, fak
     ) / 1e6
     assert total(samples, "chater_gpt_cost_usd_total", model="gpt-4o-mini") == pytest.approx(expected)
     assert sum(a["cost_usd"] for a in text) == pytest.approx(expected)
-    assert total(samples, "chater_gpt_cost_usd_total", model="gpt-4o-latest") == 0
-    assert total(samples, "chater_gpt_unpriced_calls_total", model="gpt-4o-latest") == 1
-    assert answers["m-vision"]["cost_usd"] is None
+    vision = answers["m-vision"]
+    assert vision["model"] == "gpt-4o"
+    vision_cost = (vision["usage"]["prompt_tokens"] * 2.50 + vision["usage"]["completion_tokens"] * 10.00) / 1e6
+    assert vision["cost_usd"] == pytest.approx(vision_cost)
+    assert total(samples, "chater_gpt_cost_usd_total", model="gpt-4o") == pytest.approx(vision_cost)
+    assert total(samples, "chater_gpt_unpriced_calls_total") == 0
     assert total(samples, "chater_gpt_model_call_duration_seconds_count", outcome="ok") == 49
     assert total(samples, "chater_gpt_request_duration_seconds_count") == 50
     assert total(samples, "chater_gpt_in_flight") == 0

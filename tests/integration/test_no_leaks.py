@@ -30,6 +30,8 @@ def test_no_key_secret_or_personal_data_leaves_by_a_side_door(
          "body": {"error": {"message": f"Invalid prompt: {text}", "type": "invalid_request_error"}}},
         {"match": "provider-500", "status": 500, "body": {"error": {"message": text}}},
     ])
+    # A model name the service does not know, served by this provider.
+    fake_openai.serve_models([PII[0]])
     env = {**worker_env, "OPENAI_API_KEY": API_KEY, "SECRET_KEY": SECRET, "LOG_LEVEL": "DEBUG",
            "LOG_CONTENT": "false", "MAX_RETRIES": "0"}
     worker = WorkerProcess(env, tmp_path / "worker.log")

@@ -18,9 +18,9 @@ PNG = Image("image/png", base64.b64decode(
 ))
 
 
-def call(text: str = "hello", *images: Image) -> ModelCall:
+def call(text: str = "hello", *images: Image, model: str = "gpt-4o-mini") -> ModelCall:
     return ModelCall(
-        model="gpt-4o-mini",
+        model=model,
         messages=[ChatMessage("system", "be brief"), ChatMessage("user", text, images)],
         max_tokens=50,
         temperature=0.2,
@@ -44,7 +44,32 @@ async def test_a_completion_carries_text_model_usage_and_finish_reason(model, fa
         {"role": "system", "content": "be brief"},
         {"role": "user", "content": "capital of France?"},
     ]
-    assert (sent["max_tokens"], sent["temperature"]) == (50, 0.2)
+    # max_tokens is deprecated for every OpenAI chat model: the reply's limit is
+    # max_completion_tokens (domain.model_families).
+    assert (sent["max_completion_tokens"], sent["temperature"]) == (50, 0.2)
+    assert "max_tokens" not in sent
+
+
+@pytest.mark.parametrize("model_name", ["o4-mini", "o4-mini-2025-04-16", "gpt-5-mini", "o3"])
+async def test_a_reasoning_model_gets_only_the_parameters_it_takes(model, fake_openai, model_name):
+    reply = await model.complete(call("think", model=model_name))
+    assert (reply.text, reply.model) == ("echo: think | seen: 2 messages", model_name)
+    [sent] = fake_openai.requests()
+    assert sent["max_completion_tokens"] == 50
+    assert "max_tokens" not in sent and "temperature" not in sent
+
+
+async def test_the_platforms_vision_model_name_is_answered_by_gpt_4o(model, fake_openai):
+    reply = await model.complete(call("what is it?", PNG, model="gpt-4o-latest"))
+    assert reply.model == "gpt-4o"  # what answered
+    assert fake_openai.requests()[0]["model"] == "gpt-4o"
+
+
+async def test_a_model_the_provider_does_not_serve_is_an_invalid_request(model, fake_openai):
+    with pytest.raises(ModelError) as refused:
+        await model.complete(call(model="gpt-nonexistent"))
+    assert (refused.value.error_type, refused.value.retryable) == ("invalid_request", False)
+    assert refused.value.message == "The model 'gpt-nonexistent' is not available."
 
 
 async def test_images_are_sent_as_image_parts(model, fake_openai):

@@ -82,13 +82,15 @@ def test_usage_report_after_real_traffic_and_again_after_more(
     first.append(("a-unknown", json.dumps({
         "user_email": "user0@example.com", "message": "and you?", "model": "gpt-unknown-1",
     }).encode()))
+    # A model the provider serves and the service has no price for.
+    fake_openai.serve_models(["gpt-unknown-1"])
     produce(broker, topics["REQUEST_TOPIC"], first)
     answers = dict(read(broker, topics["RESPONSE_TOPIC"], len(first)))
     assert all("usage" in a for a in answers.values()), answers
     wait_for_the_worker_s_catch_up(worker_env)
 
     rows = {row["model"]: row for row in usage(monkeypatch, capsys, worker_env, "--by", "model")}
-    assert set(rows) == {"gpt-4o-mini", "gpt-4o-latest", "other", "total"}  # unknown names: other
+    assert set(rows) == {"gpt-4o-mini", "gpt-4o", "other", "total"}  # unknown names: other
     mini = [a for a in answers.values() if a["model"] == "gpt-4o-mini"]
     assert rows["gpt-4o-mini"]["requests"] == len(mini) == 12
     expected_cost = sum(
@@ -97,14 +99,17 @@ def test_usage_report_after_real_traffic_and_again_after_more(
     ) / 1e6
     assert rows["gpt-4o-mini"]["cost_usd"] == pytest.approx(expected_cost)
     assert rows["gpt-4o-mini"]["unpriced"] == 0
-    assert rows["gpt-4o-latest"]["vision_share"] == 100.0
-    for unpriced in ("gpt-4o-latest", "other"):  # no price: counted, never zero
-        assert (rows[unpriced]["cost_usd"], rows[unpriced]["unpriced"]) == (None, 1)
+    assert rows["gpt-4o"]["vision_share"] == 100.0  # VISION_MODEL's default
+    vision = answers["a-vision"]
+    vision_cost = (vision["usage"]["prompt_tokens"] * 2.50 + vision["usage"]["completion_tokens"] * 10.00) / 1e6
+    assert (rows["gpt-4o"]["cost_usd"], rows["gpt-4o"]["unpriced"]) == (pytest.approx(vision_cost), 0)
+    # No price: counted, never zero.
+    assert (rows["other"]["cost_usd"], rows["other"]["unpriced"]) == (None, 1)
     total = rows["total"]
     expected = sums(list(answers.values()))
     assert {name: total[name] for name in expected} == {**expected, "cost_usd": pytest.approx(
         expected["cost_usd"])}
-    assert total["cost_usd"] == pytest.approx(expected_cost)
+    assert total["cost_usd"] == pytest.approx(expected_cost + vision_cost)
     assert total["requests"] == 14 and total["failed"] == 0
     assert total["vision_share"] == round(100 / 14, 1)
     assert total["messages_per_user"] == round(14 / 4, 2)  # user0..2 and eye
@@ -122,7 +127,7 @@ def test_usage_report_after_real_traffic_and_again_after_more(
     assert total["prompt_tokens"] == expected["prompt_tokens"]
     assert total["completion_tokens"] == expected["completion_tokens"]
     assert total["cost_usd"] == pytest.approx(expected["cost_usd"])
-    assert total["unpriced"] == 2
+    assert total["unpriced"] == 1
     assert total["messages_per_user"] == round(21 / 5, 2)
     [new] = usage(monkeypatch, capsys, worker_env, "--user", "New@Example.com")
     assert (new["requests"], new["answered"]) == (1, 1)

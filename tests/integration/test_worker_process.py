@@ -35,7 +35,7 @@ def test_the_worker_process_answers_on_postgres_and_redelivery_is_answered_from_
     assert answers["p-1"]["response"] == "echo: Remember the number 42. | seen: 1 messages"
     assert answers["p-2"]["response"] == "echo: Which number did I ask you to remember? | seen: 3 messages"
     assert answers["p-3"]["response"].endswith("| seen: 5 messages | images: 1")
-    assert answers["p-3"]["model"] == "gpt-4o-latest"
+    assert answers["p-3"]["model"] == "gpt-4o"  # VISION_MODEL's default
     assert answers["p-4"]["error"]["type"] == "invalid_request"
     assert len(fake_openai.requests()) == 3
 

@@ -430,7 +430,7 @@ def ceiling_main(base_url: str, concurrent: int, requests: int) -> None:
                 for i in numbers:
                     began = time.perf_counter()
                     async with session.post(f"{base_url}/chat/completions", json={
-                            "model": "m", "messages": [{"role": "user", "content": f"c-{i}"}]}) as r:
+                            "model": "gpt-4o-mini", "messages": [{"role": "user", "content": f"c-{i}"}]}) as r:
                         await r.read()
                     latency.append(time.perf_counter() - began)
             began = time.perf_counter()

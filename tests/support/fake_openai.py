@@ -32,7 +32,22 @@ snapshot date), ``max_tokens`` (or ``max_completion_tokens``) above its output
 limit is a 400 ``invalid_value`` on ``max_tokens``, and the prompt (counted as
 :func:`prompt_tokens` counts it) plus ``max_tokens`` beyond its context window a
 400 ``context_length_exceeded`` on ``messages``, both in OpenAI's words and
-logged as ``invalid`` calls. Other model names are not checked.
+logged as ``invalid`` calls.
+
+Models, as the real API treats them (checked before limits, steps and chaos; an
+outage still comes first): a model id it does not serve is a 404 ``model_not_found``
+(``The model `x` does not exist or you do not have access to it.``).  Served: the
+models of :data:`MODEL_LIMITS`, their dated snapshots (``o4-mini-2025-04-16``) and
+fine-tunes (``ft:gpt-4o-mini-2024-07-18:org::id``), and the *extra* names a test
+accepts (``FakeOpenAIServer(models=[...])``, ``--model NAME``, or ``POST
+/_control/models`` ``{"extra": [...]}``; extra names are served as plain chat
+models, their limits unchecked).  ``gpt-4o-latest`` is not served, as on the real
+API.  A reasoning model (:data:`REASONING_MODELS`: the o-series and gpt-5, as
+snapshots and fine-tunes too) refuses ``max_tokens`` with OpenAI's 400
+``unsupported_parameter`` (``Unsupported parameter: 'max_tokens' is not supported
+with this model. Use 'max_completion_tokens' instead.``, param ``max_tokens``) and a
+``temperature`` other than 1 with 400 ``unsupported_value``; both are ``invalid``
+calls.  Batch lines are checked the same way (a 404 or 400 line in the error file).
 
 Faults at random (*chaos*), for fault-injection tests: after
 ``POST /_control/chaos`` ``{"seed": 7, "rates": {"429": 0.08, "500": 0.06,
@@ -124,7 +139,8 @@ with ``kind`` one of ``ok`` (a normal completion the client received; scripted
 replies included), ``429``, ``500``, ``503``, ``timeout``, ``disconnect``,
 ``malformed`` (chaos), ``outage``, ``batch`` (see above), ``scripted`` (a step answering an error,
 malformed body or disconnect), ``invalid`` (400: the body had no
-``messages``, or its model cannot take it) or ``unauthorized`` (401: a key not accepted).  A normal
+``messages``, its model cannot take it or its parameters; or 404: a model not
+served) or ``unauthorized`` (401: a key not accepted).  A normal
 completion that cannot be written because the client has gone becomes
 ``timeout`` (answered_at null): the client never received it.
 ``answered_at`` is null for ``disconnect`` and for every answer the client was
@@ -135,8 +151,9 @@ Control endpoints (JSON): ``POST /_control/script`` (list of steps, appended),
 ``GET /_control/calls`` (the call log), ``GET /_control/faults`` (``{kind:
 count}`` over the calls, ``ok`` and ``batch`` excluded), ``POST /_control/chaos``,
 ``POST /_control/outage``, ``POST /_control/api_keys``, ``POST`` and ``GET
-/_control/batches``, ``POST /_control/reset`` (script, logs, files, batches,
-chaos, outage, accepted keys, latency and batch settings back to the start),
+/_control/batches``, ``POST /_control/models``, ``POST /_control/reset`` (script,
+logs, files, batches, chaos, outage, accepted keys, extra models, latency and batch
+settings back to the start),
 ``POST /_control/latency``
 ``{"seconds": x}``, ``GET /_control/health``.
 
@@ -213,8 +230,7 @@ def _error_body(status: int) -> dict[str, Any]:
 # (context window, most completion tokens) of the models whose limits are checked,
 # OpenAI's published figures (kept apart from the service's own table on purpose).
 MODEL_LIMITS: dict[str, tuple[int, int]] = {
-    **dict.fromkeys(("gpt-4o", "gpt-4o-mini", "chatgpt-4o-latest", "gpt-4o-latest"),
-                    (128_000, 16_384)),
+    **dict.fromkeys(("gpt-4o", "gpt-4o-mini", "chatgpt-4o-latest"), (128_000, 16_384)),
     **dict.fromkeys(("gpt-4.1", "gpt-4.1-mini", "gpt-4.1-nano"), (1_047_576, 32_768)),
     **dict.fromkeys(("o1", "o3", "o3-mini", "o4-mini"), (200_000, 100_000)),
     **dict.fromkeys(("gpt-5", "gpt-5-mini", "gpt-5-nano"), (400_000, 128_000)),
@@ -225,6 +241,58 @@ MODEL_LIMITS: dict[str, tuple[int, int]] = {
     "o1-mini": (128_000, 65_536),
 }
 _SNAPSHOT_DATE = re.compile(r"-\d{4}-\d{2}-\d{2}$")
+# The reasoning models: max_completion_tokens only, and the default temperature only.
+REASONING_MODELS = frozenset({"o1", "o1-mini", "o3", "o3-mini", "o4-mini",
+                              "gpt-5", "gpt-5-mini", "gpt-5-nano"})
+
+
+def _base_model(model: str) -> str:
+    """A served model's table name: without fine-tune wrapping and snapshot date."""
+    if model.startswith("ft:"):
+        model = model.removeprefix("ft:").split(":", 1)[0]
+    return _SNAPSHOT_DATE.sub("", model)
+
+
+def _unknown_model(body: dict[str, Any], extra: frozenset[str]) -> dict[str, Any] | None:
+    """The 404 payload the real API answers for a model id it does not serve, or None."""
+    model = body.get("model")
+    if isinstance(model, str) and (model in extra or _base_model(model) in MODEL_LIMITS):
+        return None
+    if not isinstance(model, str) or not model:
+        return _invalid_request("you must provide a model parameter", "model",
+                                "missing_required_parameter")
+    return _invalid_request(f"The model `{model}` does not exist or you do not have access to it.",
+                            "model", "model_not_found")
+
+
+def _unsupported_parameters(body: dict[str, Any], extra: frozenset[str]) -> dict[str, Any] | None:
+    """The 400 payload the real API answers for a parameter the model does not take, or None."""
+    model = body.get("model")
+    if not isinstance(model, str) or model in extra or _base_model(model) not in REASONING_MODELS:
+        return None
+    if body.get("max_tokens") is not None:
+        return _invalid_request(
+            "Unsupported parameter: 'max_tokens' is not supported with this model. "
+            "Use 'max_completion_tokens' instead.", "max_tokens", "unsupported_parameter")
+    temperature = body.get("temperature")
+    if temperature is not None and temperature != 1:
+        return _invalid_request(
+            f"Unsupported value: 'temperature' does not support {temperature} with this model. "
+            "Only the default (1) value is supported.", "temperature", "unsupported_value")
+    return None
+
+
+def _refusal(body: dict[str, Any], messages: list[dict[str, Any]],
+             extra: frozenset[str]) -> tuple[int, dict[str, Any]] | None:
+    """(status, payload) of the real API's refusal of a request body, or None: the model
+    not served (404), a parameter it does not take, or a call beyond its limits (400)."""
+    if (unknown := _unknown_model(body, extra)) is not None:
+        status = 404 if unknown["error"]["code"] == "model_not_found" else 400
+        return status, unknown
+    for refusal in (_unsupported_parameters(body, extra), _over_limits(body, messages)):
+        if refusal is not None:
+            return 400, refusal
+    return None
 
 
 def _over_limits(body: dict[str, Any], messages: list[dict[str, Any]]) -> dict[str, Any] | None:
@@ -232,7 +300,7 @@ def _over_limits(body: dict[str, Any], messages: list[dict[str, Any]]) -> dict[s
     model = body.get("model")
     limits = None
     if isinstance(model, str):
-        limits = MODEL_LIMITS.get(model) or MODEL_LIMITS.get(_SNAPSHOT_DATE.sub("", model))
+        limits = MODEL_LIMITS.get(model) or MODEL_LIMITS.get(_base_model(model))
     if limits is None:
         return None
     window, most = limits
@@ -515,8 +583,12 @@ class _FakeBatch:
 class FakeOpenAIState:
     """Mutable state of one fake server: script, logs, latency, chaos, outage, files and batches."""
 
-    def __init__(self, latency: float = 0.0, batch_delay: float = 0.5) -> None:
-        """Start with an empty script, no requests and the given latency."""
+    def __init__(self, latency: float = 0.0, batch_delay: float = 0.5,
+                 extra_models: frozenset[str] = frozenset()) -> None:
+        """Start with an empty script, no requests and the given latency; ``extra_models``
+        are served beside the known ones."""
+        self.initial_extra_models = frozenset(extra_models)
+        self.extra_models = self.initial_extra_models
         self.initial_latency = latency
         self.latency = latency
         self.steps: list[dict[str, Any]] = []
@@ -552,6 +624,7 @@ class FakeOpenAIState:
         self.chaos = None
         self.outage_until = 0.0
         self.api_keys = None
+        self.extra_models = self.initial_extra_models
         self.latency = self.initial_latency
         for task in self.batch_tasks:
             task.cancel()
@@ -711,8 +784,8 @@ class FakeOpenAIState:
             if not isinstance(raw_messages, list):
                 status, payload = 400, _invalid_request(
                     "body must be a JSON object with 'messages'", "messages")
-            elif (refusal := _over_limits(body, messages)) is not None:
-                status, payload = 400, refusal
+            elif (refusal := _refusal(body, messages, self.extra_models)) is not None:
+                status, payload = refusal
             else:
                 step = self.pick_step(text) or {}
                 if "status" in step:
@@ -832,11 +905,12 @@ def build_app(state: FakeOpenAIState) -> "web.Application":
             return await send(request, web.json_response(
                 _outage_body(status, state.outage_code), status=status), call)
 
-        # A call its model cannot take is refused at once, before any step or chaos.
-        refusal = _over_limits(body, messages)
+        # A model not served, or a call its model cannot take, is refused at once,
+        # before any step or chaos.
+        refusal = _refusal(body, messages, state.extra_models)
         if refusal is not None:
             call = state.record(text, "invalid", received_at)
-            return await send(request, web.json_response(refusal, status=400), call)
+            return await send(request, web.json_response(refusal[1], status=refusal[0]), call)
 
         step = state.pick_step(text)
         if step is not None:
@@ -1108,6 +1182,16 @@ def build_app(state: FakeOpenAIState) -> "web.Application":
         # How many, never which: the keys stay out of every answer.
         return web.json_response({"accepted_keys": None if keys is None else len(state.api_keys)})
 
+    async def control_models(request: web.Request) -> web.Response:
+        try:
+            extra = (await request.json())["extra"]
+        except (ValueError, TypeError, KeyError) as exc:
+            return web.json_response({"error": f"expected {{'extra': [..]}}: {exc}"}, status=400)
+        if not isinstance(extra, list) or not all(isinstance(m, str) for m in extra):
+            return web.json_response({"error": "'extra' must be a list of model names"}, status=400)
+        state.extra_models = frozenset(extra)
+        return web.json_response({"extra": sorted(state.extra_models)})
+
     async def control_reset(request: web.Request) -> web.Response:
         state.reset()
         return web.json_response({"ok": True})
@@ -1141,6 +1225,7 @@ def build_app(state: FakeOpenAIState) -> "web.Application":
         web.post("/_control/chaos", control_chaos),
         web.post("/_control/outage", control_outage),
         web.post("/_control/api_keys", control_api_keys),
+        web.post("/_control/models", control_models),
         web.post("/_control/reset", control_reset),
         web.post("/_control/latency", control_latency),
         web.get("/_control/health", control_health),
@@ -1148,12 +1233,13 @@ def build_app(state: FakeOpenAIState) -> "web.Application":
     return app
 
 
-async def serve(port: int, latency: float = 0.0, host: str = _HOST, batch_delay: float = 0.5) -> None:
+async def serve(port: int, latency: float = 0.0, host: str = _HOST, batch_delay: float = 0.5,
+                models: frozenset[str] = frozenset()) -> None:
     """Serve until SIGTERM/SIGINT; prints the ready line once listening."""
     from aiohttp import web
 
     # Short shutdown_timeout: in-flight (sleeping) requests need no graceful drain in a fake.
-    runner = web.AppRunner(build_app(FakeOpenAIState(latency, batch_delay)), access_log=None,
+    runner = web.AppRunner(build_app(FakeOpenAIState(latency, batch_delay, models)), access_log=None,
                            shutdown_timeout=0.5)
     await runner.setup()
     # A large backlog so bursts of thousands of new connections are not refused.
@@ -1179,8 +1265,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--latency", type=float, default=0.0, help="seconds added to every completion")
     parser.add_argument("--batch-delay", type=float, default=0.5,
                         help="seconds from a batch's creation to its end (default for new batches)")
+    parser.add_argument("--model", action="append", default=[], dest="models",
+                        help="a model name served beside the known ones (repeatable)")
     args = parser.parse_args(argv)
-    asyncio.run(serve(args.port, args.latency, args.host, args.batch_delay))
+    asyncio.run(serve(args.port, args.latency, args.host, args.batch_delay, frozenset(args.models)))
 
 
 # ---------------------------------------------------------------------------
@@ -1195,8 +1283,10 @@ class FakeOpenAIServer:
     """
 
     def __init__(self, port: int | None = None, *, latency: float = 0.0, batch_delay: float = 0.5,
-                 startup_timeout: float = 15.0) -> None:
-        """Configure the server; ``port=None`` lets the server pick a free one."""
+                 startup_timeout: float = 15.0, models: list[str] | None = None) -> None:
+        """Configure the server; ``port=None`` lets the server pick a free one; ``models``:
+        names served beside the known ones (kept across resets)."""
+        self._models = list(models or [])
         self._requested_port = port or 0
         self._port: int | None = None
         self._latency = latency
@@ -1226,7 +1316,8 @@ class FakeOpenAIServer:
         # Run this very file as a script: works whatever the cwd and whether or not `tests` is a package.
         cmd = [sys.executable, str(Path(__file__).resolve()),
                "--port", str(self._requested_port), "--latency", str(self._latency),
-               "--batch-delay", str(self._batch_delay)]
+               "--batch-delay", str(self._batch_delay),
+               *(arg for model in self._models for arg in ("--model", model))]
         try:
             with open(log_path, "wb") as log:
                 self._proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log,
@@ -1322,6 +1413,10 @@ class FakeOpenAIServer:
         """Answer only requests bearing one of ``keys`` (others get OpenAI's 401); None: any key."""
         self._call("POST", "/_control/api_keys", {"keys": None if keys is None else list(keys)})
 
+    def serve_models(self, extra: list[str]) -> None:
+        """Serve these model names too (until a reset), as plain chat models with no limits."""
+        self._call("POST", "/_control/models", {"extra": list(extra)})
+
     def batch_settings(self, delay: float | None = None, outcome: str | None = None,
                        answered: int | None = None) -> dict[str, Any]:
         """How the batches created from now on behave (only the given settings change):
@@ -1344,7 +1439,7 @@ class FakeOpenAIServer:
 
     def reset(self) -> None:
         """Clear the script, all logs, files and batches, end chaos and outage, accept any key;
-        restore the start latency and batch settings."""
+        restore the start latency, extra models and batch settings."""
         self._call("POST", "/_control/reset", {})
 
     def set_latency(self, seconds: float) -> None:

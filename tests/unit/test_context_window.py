@@ -60,10 +60,10 @@ async def test_other_threads_of_the_same_user_are_separate_conversations():
 async def test_images_go_to_the_vision_model_unless_a_model_is_named():
     service, model = make_service()
     await wire(service, ask("r1", "what is this?", images=(PNG,)))
-    assert model.calls[-1].model == "gpt-4o-latest"
-    assert model.calls[-1].messages[-1].images == (PNG,)
-    await wire(service, ask("r2", "and this?", images=(PNG,), model="gpt-4o"))
     assert model.calls[-1].model == "gpt-4o"
+    assert model.calls[-1].messages[-1].images == (PNG,)
+    await wire(service, ask("r2", "and this?", images=(PNG,), model="gpt-4.1"))
+    assert model.calls[-1].model == "gpt-4.1"
     await wire(service, ask("r3", "text only", max_tokens=12, temperature=0.1))
     assert (model.calls[-1].model, model.calls[-1].max_tokens, model.calls[-1].temperature) == (
         "gpt-4o-mini", 12, 0.1
