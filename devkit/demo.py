@@ -24,9 +24,9 @@ import urllib.request
 
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from adapters.kafka import ensure_topics, producer_config
+from adapters.kafka import ensure_topics, producer_config, reader_config
 from application.usage import Window
-from devkit.embedded_broker import EmbeddedBroker
+from devkit.embedded_broker import CLIENT_ENVIRONMENT, EmbeddedBroker
 from entrypoints.audit import audit_report
 from entrypoints.settings import load_settings
 from entrypoints.usage_report import current_usage
@@ -65,12 +65,13 @@ async def _demo() -> int:
             SECRET_KEY=os.environ.get("SECRET_KEY") or secrets.token_urlsafe(32),
             MODEL_PROVIDER="openai" if online else "offline",
             CONSUMER_GROUP="chater-gpt-demo",
+            **CLIENT_ENVIRONMENT,
         )
         print(f"Broker: Tansu on {broker.bootstrap_server} (memory storage)")
         print("Store:  SQLite in a temporary folder, events encrypted")
         print(f"Model:  {'OpenAI ' + settings.MODEL if online else 'offline model (no OPENAI_API_KEY set)'}")
         ensure_topics(
-            broker.bootstrap_server,
+            settings.KAFKA,
             [settings.REQUEST_TOPIC, settings.RESPONSE_TOPIC, settings.DLQ_TOPIC],
         )
         runtime = WorkerRuntime(settings, keep_usage_view=False)  # the report catches up itself
@@ -82,13 +83,8 @@ async def _demo() -> int:
         print(f"Health: http://127.0.0.1:{health_port}/readyz and /metrics")
         stop = asyncio.Event()
         worker_task = asyncio.create_task(runtime.worker.run(stop))
-        producer = Producer(producer_config(broker.bootstrap_server))
-        responses = Consumer({
-            "bootstrap.servers": broker.bootstrap_server,
-            "group.id": "chater-gpt-demo-reader",
-            "enable.auto.commit": False,
-            "log.connection.close": False,
-        })
+        producer = Producer(producer_config(settings.KAFKA))
+        responses = Consumer(reader_config(settings.KAFKA, "chater-gpt-demo-reader"))
         responses.assign([TopicPartition(settings.RESPONSE_TOPIC, 0, 0)])
         try:
             for key, body in DEMO_REQUESTS:

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    Field, InstanceOf, SecretStr, ValidationError, ValidationInfo, field_validator, model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from adapters.kafka import KafkaSettings, kafka_settings, with_kafka_variables
 from adapters.secret_file import SecretFileError, read_secret_file
 
 
@@ -29,6 +32,9 @@ class Settings(BaseSettings):
     MAX_TOKENS: int = Field(4000, gt=0)
     TEMPERATURE: float = Field(0.7, ge=0, le=2)
     BOOTSTRAP_SERVER: str = "localhost:9092"
+    # Every other KAFKA_* variable is a librdkafka property (adapters.kafka), gathered here;
+    # KAFKA_BOOTSTRAP_SERVERS is BOOTSTRAP_SERVER's other name.
+    KAFKA: InstanceOf[KafkaSettings] = Field(None, exclude=True)  # type: ignore[assignment]
     CONSUMER_GROUP: str = "chater-gpt-group"
     SECRET_KEY: SecretStr | None = None
     LOG_LEVEL: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
@@ -155,6 +161,18 @@ class Settings(BaseSettings):
 
         persistence_env(value)  # a DatabaseUrlError (ValueError) says what is wrong
         return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def gather_kafka_variables(cls, data: object) -> object:
+        return with_kafka_variables(data, cls.model_config.get("env_file"))  # type: ignore[arg-type]
+
+    @field_validator("KAFKA", mode="before")
+    @classmethod
+    def kafka_properties(cls, value: object, info: ValidationInfo) -> KafkaSettings:
+        if isinstance(value, KafkaSettings):
+            return value
+        return kafka_settings(value or {}, info.data.get("BOOTSTRAP_SERVER"))  # type: ignore[arg-type]
 
     @model_validator(mode="after")
     def check_credentials(self) -> Settings:

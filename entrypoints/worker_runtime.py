@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
 
+from adapters.kafka import admin_config
 from entrypoints.container import Container, build_container
 from entrypoints.health import health_server, observe_worker
 from entrypoints.settings import Settings
@@ -69,7 +70,7 @@ class WorkerRuntime:
                 await stack.enter_async_context(
                     self.health_server(settings.HEALTH_PORT, settings.HEALTH_HOST)
                 )
-            if await wait_for_broker({"bootstrap.servers": settings.BOOTSTRAP_SERVER}, stop):
+            if await wait_for_broker(admin_config(settings.KAFKA), stop):
                 await self.worker.run(stop)
 
     @contextlib.asynccontextmanager

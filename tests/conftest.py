@@ -6,16 +6,23 @@ stopped at the end of the session (try/finally), also when tests fail.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import pytest
 import redis
 
-from devkit.embedded_broker import EmbeddedBroker
+from devkit.embedded_broker import CLIENT_ENVIRONMENT, EmbeddedBroker
 from tests.support.broker_outage import ProxiedBroker
 from tests.support.fake_openai import FakeOpenAIServer
 from tests.support.postgres import PostgresServer
 from tests.support.redis_server import RedisServer
+
+
+# The clients of the tests' embedded broker (workers in this process and in child
+# processes, the helpers) get its settings the way an operator's would come.
+for _name, _value in CLIENT_ENVIRONMENT.items():
+    os.environ.setdefault(_name, _value)
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -136,7 +136,7 @@ class KafkaWorker:
         if settings.CREATE_TOPICS:
             await self._create_missing_topics()
         allowed = await asyncio.to_thread(
-            topic_max_message_bytes, settings.BOOTSTRAP_SERVER, settings.DLQ_TOPIC
+            topic_max_message_bytes, settings.KAFKA, settings.DLQ_TOPIC
         )
         needed = largest_record(settings)
         if allowed is not None and allowed < needed:
@@ -150,22 +150,22 @@ class KafkaWorker:
         settings = self.settings
         await asyncio.to_thread(
             ensure_topics,
-            settings.BOOTSTRAP_SERVER,
+            settings.KAFKA,
             [settings.REQUEST_TOPIC, settings.RESPONSE_TOPIC],
             settings.TOPIC_PARTITIONS,
         )
         # Dead letters keep refused records whole, up to both bounds.
         await asyncio.to_thread(
-            ensure_topics, settings.BOOTSTRAP_SERVER, [settings.DLQ_TOPIC], settings.TOPIC_PARTITIONS,
+            ensure_topics, settings.KAFKA, [settings.DLQ_TOPIC], settings.TOPIC_PARTITIONS,
             {"max.message.bytes": str(largest_record(settings))},
         )
         if self._erasures is not None:
-            await asyncio.to_thread(ensure_topics, settings.BOOTSTRAP_SERVER, [settings.ERASE_TOPIC])
+            await asyncio.to_thread(ensure_topics, settings.KAFKA, [settings.ERASE_TOPIC])
 
     def _subscribe(self) -> Consumer:
         settings = self.settings
         consumer = Consumer({
-            **consumer_config(settings.BOOTSTRAP_SERVER, settings.CONSUMER_GROUP),
+            **consumer_config(settings.KAFKA, settings.CONSUMER_GROUP),
             "on_commit": self._commits.on_commit,
             "statistics.interval.ms": LAG_REPORT_INTERVAL_MS,
             "stats_cb": self._on_statistics,

@@ -163,7 +163,7 @@ class ErasureListener:
     def _open_consumer(self) -> Consumer:
         settings = self.settings
         consumer = Consumer(consumer_config(
-            settings.BOOTSTRAP_SERVER, f"{settings.CONSUMER_GROUP}-erase"
+            settings.KAFKA, f"{settings.CONSUMER_GROUP}-erase"
         ))
         consumer.subscribe(
             [settings.ERASE_TOPIC], on_revoke=self._on_revoke, on_lost=self._on_lost

@@ -68,7 +68,7 @@ class Responder:
 
     def open(self) -> None:
         self._producer = Producer(
-            producer_config(self.settings.BOOTSTRAP_SERVER, largest_record(self.settings))
+            producer_config(self.settings.KAFKA, largest_record(self.settings))
         )
 
     async def serve_deliveries(self) -> None:

@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 from confluent_kafka import Consumer, Producer, TopicPartition  # noqa: E402
 
 from adapters.kafka import ensure_topics  # noqa: E402
-from devkit.embedded_broker import EmbeddedBroker, free_loopback_port  # noqa: E402
+from devkit.embedded_broker import CLIENT_ENVIRONMENT, EmbeddedBroker, free_loopback_port  # noqa: E402
 from tests.support.fake_openai import FakeOpenAIServer  # noqa: E402
 from tests.support.postgres import PostgresServer  # noqa: E402
 
@@ -138,7 +138,7 @@ def run_service(args, broker, model, store: str, postgres: PostgresServer | None
         database_url = "memory://"
     else:
         database_url = f"sqlite:///{workdir}/{run}.sqlite"
-    env = {**os.environ, **topics,
+    env = {**os.environ, **CLIENT_ENVIRONMENT, **topics,
            "BOOTSTRAP_SERVER": broker.bootstrap_server, "CONSUMER_GROUP": f"chater-gpt-{run}",
            "DATABASE_URL": database_url, "SECRET_KEY": "load-test-secret",
            "OPENAI_API_KEY": "load-test", "OPENAI_BASE_URL": model.base_url,

@@ -17,7 +17,7 @@ from typing import Any
 
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from adapters.kafka import ensure_topics, producer_config
+from adapters.kafka import ensure_topics, producer_config, reader_config
 from devkit.embedded_broker import free_loopback_port
 from entrypoints.container import Container
 from entrypoints.settings import load_settings
@@ -56,14 +56,14 @@ class RunningWorker:
             **settings,
         )
         ensure_topics(
-            bootstrap_server,
+            self.settings.KAFKA,
             [self.settings.REQUEST_TOPIC, self.settings.RESPONSE_TOPIC, self.settings.DLQ_TOPIC],
         )
         self.runtime = WorkerRuntime(self.settings, customise, keep_usage_view=False)
         self.container = self.runtime.container
         self.worker = self.runtime.worker
         # Large enough for the hostile records tests send (the worker's own bound is a setting).
-        self.producer = Producer(producer_config(bootstrap_server, 32 * 1024 * 1024))
+        self.producer = Producer(producer_config(self.settings.KAFKA, 32 * 1024 * 1024))
         self._readers: dict[str, Consumer] = {}
         self._seen: dict[str, list[Any]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -144,12 +144,7 @@ class RunningWorker:
         """Read a topic from its start, without a consumer group (no join delay)."""
         reader = self._readers.get(topic)
         if reader is None:
-            reader = Consumer({
-                "bootstrap.servers": self.settings.BOOTSTRAP_SERVER,
-                "group.id": f"reader-{uuid.uuid4().hex[:8]}",
-                "enable.auto.commit": False,
-                "log.connection.close": False,
-            })
+            reader = Consumer(reader_config(self.settings.KAFKA, f"reader-{uuid.uuid4().hex[:8]}"))
             reader.assign([TopicPartition(topic, 0, 0)])
             self._readers[topic] = reader
         seen = self._seen.setdefault(topic, [])

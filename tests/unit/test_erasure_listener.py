@@ -15,6 +15,7 @@ from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
 from eventsourcing.persistence import OperationalError
 from opentelemetry import trace
 
+from adapters.kafka import KafkaSettings
 from application.privacy import Erasure
 from entrypoints.worker import erasure_listener
 from entrypoints.worker.erasure_listener import (
@@ -26,7 +27,10 @@ from entrypoints.worker.erasure_listener import (
 )
 
 TOPIC = "gpt-erase"
-SETTINGS = SimpleNamespace(BOOTSTRAP_SERVER="127.0.0.1:9", CONSUMER_GROUP="g", ERASE_TOPIC=TOPIC)
+SETTINGS = SimpleNamespace(
+    BOOTSTRAP_SERVER="127.0.0.1:9", KAFKA=KafkaSettings({"bootstrap.servers": "127.0.0.1:9"}),
+    CONSUMER_GROUP="g", ERASE_TOPIC=TOPIC,
+)
 
 BOMB = b"[" * 10000 + b"]" * 10000
 HOSTILE = {

@@ -1,0 +1,166 @@
+"""KAFKA_* variables → librdkafka settings (adapters.kafka), checked by librdkafka itself."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+from confluent_kafka import Consumer, Producer
+
+from adapters.kafka import (
+    CLASSIC_PROTOCOL_ONLY,
+    DEFAULT_COMPRESSION,
+    KafkaSettingsError,
+    admin_config,
+    consumer_config,
+    kafka_settings,
+    producer_config,
+)
+from entrypoints.settings import SettingsError, load_settings
+
+BOOTSTRAP = "kafka-0.example:9093"
+
+
+def test_each_variable_is_a_property_upper_cased_with_underscores_for_dots() -> None:
+    kafka = kafka_settings({
+        "KAFKA_SECURITY_PROTOCOL": "SSL",
+        "KAFKA_SSL_ENDPOINT_IDENTIFICATION_ALGORITHM": "none",
+        "KAFKA_SOCKET_KEEPALIVE_ENABLE": "true",
+        "OTHER_SETTING": "ignored",
+    }, BOOTSTRAP)
+    admin = admin_config(kafka)
+    assert admin["bootstrap.servers"] == BOOTSTRAP
+    assert admin["security.protocol"] == "SSL"
+    assert admin["ssl.endpoint.identification.algorithm"] == "none"
+    assert admin["socket.keepalive.enable"] == "true"
+    assert "other.setting" not in admin
+
+
+def test_they_apply_to_consumers_producers_and_admin_clients_each_kind_only_its_own() -> None:
+    kafka = kafka_settings({
+        "KAFKA_SASL_MECHANISM": "PLAIN",  # every client
+        "KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+        "KAFKA_SASL_USERNAME": "chater",
+        "KAFKA_SASL_PASSWORD": "pw",
+        "KAFKA_FETCH_MIN_BYTES": "10",  # consumers only
+        "KAFKA_COMPRESSION_TYPE": "gzip",  # producers only
+    }, BOOTSTRAP)
+    consumer, producer, admin = consumer_config(kafka, "g"), producer_config(kafka), admin_config(kafka)
+    for config in (consumer, producer, admin):
+        assert config["sasl.mechanism"] == "PLAIN" and config["sasl.password"] == "pw"
+    assert consumer["fetch.min.bytes"] == "10" and "fetch.min.bytes" not in producer
+    assert producer["compression.type"] == "gzip" and "compression.type" not in consumer
+    assert "fetch.min.bytes" not in admin and "compression.type" not in admin
+
+
+def test_no_client_warns_about_a_property_of_the_other_kind() -> None:
+    kafka = kafka_settings({
+        "KAFKA_FETCH_WAIT_MAX_MS": "10", "KAFKA_LINGER_MS": "2", "KAFKA_GROUP_PROTOCOL": "classic",
+    }, "127.0.0.1:9")
+    lines: list[str] = []
+
+    class Lines:
+        def log(self, level, message, *args) -> None:  # what confluent-kafka calls
+            lines.append(message % args if args else message)
+
+    for client in (Producer({**producer_config(kafka), "logger": Lines()}),
+                   Consumer({**consumer_config(kafka, "g"), "logger": Lines()})):
+        client.poll(0)
+    assert not [line for line in lines if "will be ignored" in line], lines
+
+
+def test_the_worker_defaults_are_defaults_and_production_keeps_librdkafka_fetch_wait() -> None:
+    plain = kafka_settings({}, BOOTSTRAP)
+    assert "fetch.wait.max.ms" not in consumer_config(plain, "g")
+    assert producer_config(plain)["compression.type"] == DEFAULT_COMPRESSION == "none"
+    assert consumer_config(plain, "g")["session.timeout.ms"] == 6000
+    tuned = kafka_settings({"KAFKA_SESSION_TIMEOUT_MS": "45000", "KAFKA_FETCH_WAIT_MAX_MS": "10"}, BOOTSTRAP)
+    assert consumer_config(tuned, "g")["session.timeout.ms"] == "45000"
+    assert consumer_config(tuned, "g")["fetch.wait.max.ms"] == "10"
+
+
+def test_client_id_names_the_replica_unless_set() -> None:
+    assert admin_config(kafka_settings({}, BOOTSTRAP))["client.id"] == f"chater-gpt-{socket.gethostname()}"
+    assert admin_config(kafka_settings({"KAFKA_CLIENT_ID": "gpt-7"}, BOOTSTRAP))["client.id"] == "gpt-7"
+
+
+def test_secrets_come_from_files_and_are_never_shown(tmp_path) -> None:
+    password = tmp_path / "password"
+    password.write_text("s3cr3t-from-file\n")
+    kafka = kafka_settings({
+        "KAFKA_SECURITY_PROTOCOL": "SASL_SSL", "KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",
+        "KAFKA_SASL_USERNAME": "chater",
+        "KAFKA_SASL_PASSWORD": "s3cr3t-inline",  # the file wins, as OPENAI_API_KEY_FILE does
+        "KAFKA_SASL_PASSWORD_FILE": str(password),
+    }, BOOTSTRAP)
+    assert producer_config(kafka)["sasl.password"] == "s3cr3t-from-file"
+    assert "s3cr3t" not in repr(kafka)
+    settings = load_settings(SECRET_KEY="k", MODEL_PROVIDER="offline", KAFKA_SASL_PASSWORD="s3cr3t",
+                             KAFKA_SASL_USERNAME="u", KAFKA_SECURITY_PROTOCOL="SASL_SSL",
+                             KAFKA_SASL_MECHANISM="PLAIN")
+    assert settings.KAFKA.common["sasl.password"] == "s3cr3t"
+    assert "s3cr3t" not in repr(settings) and "s3cr3t" not in str(settings.model_dump())
+    with pytest.raises(KafkaSettingsError, match="KAFKA_SSL_KEY_PASSWORD_FILE: cannot read"):
+        kafka_settings({"KAFKA_SSL_KEY_PASSWORD_FILE": str(tmp_path / "missing")}, BOOTSTRAP)
+
+
+def test_a_refused_value_names_its_variable_never_a_secret() -> None:
+    with pytest.raises(SettingsError) as refused:
+        load_settings(SECRET_KEY="k", MODEL_PROVIDER="offline", KAFKA_SASL_PASSWORD="s3cr3t",
+                      KAFKA_SECURITY_PROTOCOL="SASL_SSL", KAFKA_SASL_MECHANISM="PLAIN")
+    assert "KAFKA_SASL_PASSWORD" in str(refused.value) and "s3cr3t" not in str(refused.value)
+
+
+def test_the_new_group_protocol_leaves_out_what_it_forbids() -> None:
+    kafka = kafka_settings({"KAFKA_GROUP_PROTOCOL": "consumer"}, "127.0.0.1:9")
+    config = consumer_config(kafka, "g")
+    assert config["group.protocol"] == "consumer"
+    assert not set(CLASSIC_PROTOCOL_ONLY) & set(config)
+    Consumer(config).close()  # librdkafka takes it (it refuses session.timeout.ms with it)
+    with pytest.raises(KafkaSettingsError, match="KAFKA_SESSION_TIMEOUT_MS"):
+        kafka_settings({"KAFKA_GROUP_PROTOCOL": "consumer", "KAFKA_SESSION_TIMEOUT_MS": "6000"}, BOOTSTRAP)
+
+
+@pytest.mark.parametrize("name, value", [
+    ("KAFKA_SSL_CA_LOCATON", "/etc/ca.pem"),  # no such property
+    ("KAFKA_ACKS", "most"),  # no such value
+])
+def test_what_librdkafka_refuses_fails_at_start_naming_the_variable(name, value) -> None:
+    with pytest.raises(SettingsError) as refused:
+        load_settings(SECRET_KEY="k", MODEL_PROVIDER="offline", **{name: value})
+    assert f"{name}: refused by librdkafka" in str(refused.value)
+
+
+def test_the_worker_own_settings_are_not_overridden() -> None:
+    with pytest.raises(KafkaSettingsError, match="KAFKA_GROUP_ID: not settable .*CONSUMER_GROUP"):
+        kafka_settings({"KAFKA_GROUP_ID": "other"}, BOOTSTRAP)
+    with pytest.raises(KafkaSettingsError, match="KAFKA_ENABLE_AUTO_COMMIT"):
+        kafka_settings({"KAFKA_ENABLE_AUTO_COMMIT": "true"}, BOOTSTRAP)
+
+
+def test_kubernetes_service_links_and_blank_variables_are_not_properties() -> None:
+    kafka = kafka_settings({
+        "KAFKA_PORT": "tcp://10.0.0.7:9092", "KAFKA_PORT_9092_TCP_ADDR": "10.0.0.7",
+        "KAFKA_SERVICE_HOST": "10.0.0.7", "KAFKA_SERVICE_PORT": "9092", "KAFKA_LINGER_MS": " ",
+    }, BOOTSTRAP)
+    assert set(admin_config(kafka)) == {"bootstrap.servers", "client.id", "log.connection.close"}
+
+
+def test_kafka_bootstrap_servers_is_bootstrap_server_other_name(monkeypatch) -> None:
+    base = {"SECRET_KEY": "k", "MODEL_PROVIDER": "offline"}
+    settings = load_settings(**base, KAFKA_BOOTSTRAP_SERVERS=BOOTSTRAP)
+    assert settings.BOOTSTRAP_SERVER == BOOTSTRAP == settings.KAFKA.bootstrap_servers
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", BOOTSTRAP)
+    assert load_settings(**base).BOOTSTRAP_SERVER == BOOTSTRAP
+    assert load_settings(**base, BOOTSTRAP_SERVER=BOOTSTRAP).KAFKA.bootstrap_servers == BOOTSTRAP
+    with pytest.raises(SettingsError, match="BOOTSTRAP_SERVER .* and KAFKA_BOOTSTRAP_SERVERS .* differ"):
+        load_settings(**base, BOOTSTRAP_SERVER="other:9092")
+
+
+def test_the_environment_and_dotenv_file_are_read(monkeypatch, tmp_path) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / ".env").write_text("KAFKA_LINGER_MS=7\nKAFKA_CLIENT_ID=from-file\n")
+    monkeypatch.setenv("KAFKA_CLIENT_ID", "from-environment")
+    settings = load_settings(SECRET_KEY="k", MODEL_PROVIDER="offline")
+    assert producer_config(settings.KAFKA)["linger.ms"] == "7"
+    assert admin_config(settings.KAFKA)["client.id"] == "from-environment"
