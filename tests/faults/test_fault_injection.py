@@ -79,7 +79,8 @@ class ReadinessWatch(threading.Thread):
                 try:
                     status, body = worker.readiness(timeout=1.0)
                     failing = {n for n, c in body["checks"].items() if c["status"] != "ok"}
-                    held = body["checks"]["queue_depth"].get("in_flight", 0)
+                    # A worker still starting has only its "startup" check.
+                    held = body["checks"].get("queue_depth", {}).get("in_flight", 0)
                     self.in_flight.append((time.time(), number, held))
                 except OSError:
                     status, failing = 0, {"unreachable"}
