@@ -122,3 +122,35 @@ def test_a_primary_answering_503_has_every_request_answered_by_the_fallback_with
     print(f"20 requests answered by the fallback in {took:.1f}s", sorted(round(b["processing_time"], 2) for b in responses.values()))
     primary = [b for b in fake_openai.requests() if b["model"] == "gpt-4o-mini"]
     assert len(primary) <= 20 + 3 + 1  # a first try each; retries only until it opened
+
+
+@pytest.mark.parametrize(
+    ("step", "pause", "error_type"),
+    [
+        ({"status": 429, "body": {"error": {"message": "You exceeded your current quota",
+                                            "type": "insufficient_quota", "code": "insufficient_quota"}}},
+         "insufficient_quota", "upstream_error"),
+        ({"status": 401}, "api_key_refused", "upstream_error"),
+        ({"status": 403, "body": {"error": {"message": "Country, region, or territory not supported",
+                                            "type": "request_forbidden",
+                                            "code": "unsupported_country_region_territory"}}},
+         "permission_denied", "upstream_error"),
+        ({"status": 403, "body": {"error": {"message": "no access to model", "type": "invalid_request_error",
+                                            "code": "model_not_found"}}},
+         None, "invalid_request"),
+        ({"status": 429}, None, "rate_limited"),  # a rate limit is no refusal of the account
+        ({"status": 400}, None, "invalid_request"),  # one request's error stays its own
+    ],
+)
+async def test_account_wide_refusals_are_told_apart_from_one_requests_errors(fake_openai, step, pause, error_type):
+    from adapters.openai_model import OpenAIModel
+    from application.ports import ChatMessage, ModelCall, ModelError
+
+    model = OpenAIModel(api_key="test-key", base_url=fake_openai.base_url, timeout=5)
+    fake_openai.script([step])
+    try:
+        with pytest.raises(ModelError) as caught:
+            await model.complete(ModelCall("gpt-4o-mini", [ChatMessage("user", "hi")], 10, 0.5))
+    finally:
+        await model.close()
+    assert (caught.value.pause, caught.value.error_type) == (pause, error_type)
