@@ -12,6 +12,9 @@ WORKDIR /src
 # Dependencies first, exactly as locked (every file checked against its hash), in a
 # layer of their own: a change of the sources alone does not install them again.
 COPY requirements.lock requirements-operator.lock requirements-build.lock ./
+# Extras install nothing more (--no-deps below): the operator's come with its lock.
+RUN case "${EXTRAS}" in *operator*) [ "${LOCK}" = requirements-operator.lock ] \
+        || { echo "EXTRAS=${EXTRAS} needs LOCK=requirements-operator.lock" >&2; exit 1; } ;; esac
 RUN python -m pip install --no-cache-dir --require-hashes --no-deps -r requirements-build.lock \
     && python -m pip install --no-cache-dir --prefix=/install --require-hashes --no-deps -r "${LOCK}"
 # Then the service itself, without resolving anything more. The runtime only: not

@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 import tomllib
+import zipfile
 from pathlib import Path
 
 from packaging.requirements import Requirement
@@ -49,7 +50,7 @@ def test_the_locks_satisfy_what_pyproject_asks():
         for line in wanted:
             requirement = Requirement(line)
             name = canonicalize_name(requirement.name)
-            assert name in pins, f"{name} is not locked: run pip-compile (see the Dockerfile's notes)"
+            assert name in pins, f"{name} is not locked: run pip-compile (see the README's Deploying section)"
             assert requirement.specifier.contains(pins[name][0], prereleases=True), (name, pins[name])
 
 
@@ -81,3 +82,25 @@ def test_token_counting_needs_neither_the_network_nor_bpe_openai():
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["2", "2"]
+
+
+def test_the_built_package_carries_the_encodings(tmp_path):
+    # What the image installs is the package built from the sources (not this checkout):
+    # it must hold the encoding files, or counting would reach for the network.
+    out = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+         "--disable-pip-version-check", "-q", "-w", str(tmp_path), str(ROOT)],
+        capture_output=True, text=True,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    [wheel] = tmp_path.glob("chater_gpt-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        names = set(archive.namelist())
+    assert {"adapters/encodings/o200k_base.tiktoken.gz",
+            "adapters/encodings/cl100k_base.tiktoken.gz"} <= names
+    assert not any(name.startswith(("tests/", "devkit/bin")) for name in names)
+
+
+def test_the_operator_image_needs_the_operator_lock():
+    guard = DOCKERFILE[DOCKERFILE.index("ARG EXTRAS"):DOCKERFILE.index("COPY domain domain")]
+    assert "requirements-operator.lock" in guard and "exit 1" in guard
