@@ -33,9 +33,16 @@ PREFIX = "KAFKA_"
 DEFAULT_COMPRESSION = "none"
 # Properties whose values are secrets: also read from KAFKA_<NAME>_FILE, never shown.
 _SECRET_MARKERS = ("password", "secret", "key.pem", "private.key", "oauthbearer.config")
-# Kubernetes adds these for a Service named "kafka" in the namespace (service links):
-# they are addresses, not librdkafka properties.
-_SERVICE_LINK = re.compile(r"KAFKA_(SERVICE_HOST|SERVICE_PORT(_\w+)?|PORT(_\w+)?)")
+# Kubernetes adds these for every Service in the namespace (service links): for one
+# named "kafka" (KAFKA_PORT, KAFKA_SERVICE_HOST…) and for any named "kafka-…"
+# (KAFKA_UI_SERVICE_HOST, KAFKA_KAFKA_BOOTSTRAP_PORT_9092_TCP_ADDR…). They are
+# addresses, not librdkafka properties.
+_SERVICE_LINK = re.compile(
+    r"KAFKA_PORT(_\w+)?"
+    r"|KAFKA_\w*_(SERVICE_HOST|SERVICE_PORT(_\w+)?|PORT(_\d+_(TCP|UDP|SCTP)(_\w+)?)?)"
+    r"|KAFKA_(SERVICE_HOST|SERVICE_PORT(_\w+)?)"
+)
+_UNKNOWN_PROPERTY = "No such configuration property"
 # Set by the worker, from its own settings; a variable may not change them.
 _RESERVED = {
     "group.id": "the worker's consumer group is CONSUMER_GROUP",
@@ -115,9 +122,9 @@ def with_kafka_variables(data: Any, env_file: str | None, target: str = "KAFKA")
     """For the settings' `before` validator: the KAFKA_* variables of the process
     environment, of the .env file and of explicit `data` (in increasing precedence)
     put under `target`; `BOOTSTRAP_SERVER` taken from KAFKA_BOOTSTRAP_SERVERS when
-    only the latter is set."""
-    if not isinstance(data, dict):
-        return data
+    only the latter is set. A `KafkaSettings` already under `target` is kept."""
+    if not isinstance(data, dict) or isinstance(data.get(target), KafkaSettings):
+        return data  # settled already (load_settings' second pass puts a stand-in there)
     dotenv: dict[str, str] = {}
     if env_file and Path(env_file).is_file():
         from dotenv import dotenv_values
@@ -142,9 +149,13 @@ def kafka_settings(variables: Mapping[str, str], bootstrap_server: str | None = 
     properties: dict[str, str] = {}
     sources: dict[str, str] = {}
     problems: list[str] = []
+    unknown: list[str] = []
     for name, value in sorted(kafka_variables(variables).items()):
-        if name.endswith("_FILE") and is_secret(property_name(name.removesuffix("_FILE"))):
+        if _secret_file(name):
             prop = property_name(name.removesuffix("_FILE"))
+            if not known_property(prop):
+                unknown.append(name)
+                continue
             try:
                 value = read_secret_file(value)
             except SecretFileError as error:
@@ -152,7 +163,11 @@ def kafka_settings(variables: Mapping[str, str], bootstrap_server: str | None = 
                 continue
         else:
             prop = property_name(name)
-            if prop in sources and sources[prop].endswith("_FILE"):
+            if not known_property(prop):
+                # Not meant for librdkafka (KAFKA_HEAP_OPTS of a Kafka image, say).
+                unknown.append(name)
+                continue
+            if prop in sources and _secret_file(sources[prop]):
                 continue  # the file wins, as OPENAI_API_KEY_FILE does
         if prop in _RESERVED:
             problems.append(f"{name}: not settable ({_RESERVED[prop]})")
@@ -167,6 +182,9 @@ def kafka_settings(variables: Mapping[str, str], bootstrap_server: str | None = 
         )
     if problems:
         raise KafkaSettingsError("\n  ".join(problems))
+    if unknown:
+        log.warning("KAFKA_* variables that are not librdkafka properties, left out: %s",
+                    ", ".join(unknown))
     properties.setdefault("client.id", f"chater-gpt-{socket.gethostname()}")
     _check(properties, sources)
     consumer, producer = _one_kind(properties)
@@ -176,6 +194,29 @@ def kafka_settings(variables: Mapping[str, str], bootstrap_server: str | None = 
     }
     sources.setdefault("bootstrap.servers", "BOOTSTRAP_SERVER")
     return KafkaSettings(common, consumer, producer, sources)
+
+
+def _secret_file(name: str) -> bool:
+    """KAFKA_<NAME>_FILE holds the path of a file with <NAME>'s secret value, unless
+    the name with its `.file` is a librdkafka property itself
+    (KAFKA_SASL_OAUTHBEARER_ASSERTION_PRIVATE_KEY_FILE: a path librdkafka reads)."""
+    return (
+        name.endswith("_FILE")
+        and is_secret(property_name(name.removesuffix("_FILE")))
+        and not known_property(property_name(name))
+    )
+
+
+@lru_cache(maxsize=256)
+def known_property(prop: str) -> bool:
+    """Whether librdkafka has a property `prop` (whatever its value)."""
+    try:
+        client = Producer({prop: "", "logger": _check_log})
+    except KafkaException as error:
+        return _UNKNOWN_PROPERTY not in str(error.args[0].str() if error.args and isinstance(
+            error.args[0], KafkaError) else error)
+    del client
+    return True
 
 
 @lru_cache(maxsize=32)

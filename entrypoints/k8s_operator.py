@@ -50,6 +50,9 @@ def deployment_for(
     deployment["spec"]["selector"] = {"matchLabels": labels}
     pod = deployment["spec"]["template"]
     pod["metadata"]["labels"] = {**pod["metadata"].get("labels", {}), **labels}
+    # Service links would add KAFKA_*_SERVICE_HOST… for the namespace's kafka-… Services
+    # (a template of its own may say otherwise).
+    pod["spec"].setdefault("enableServiceLinks", False)
     settings = {
         "BOOTSTRAP_SERVER": spec["bootstrapServer"],
         "MODEL": spec["model"],

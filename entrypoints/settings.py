@@ -229,6 +229,10 @@ def load_settings(**overrides: object) -> Settings:
         # start reports every problem.
         defaults = {name: Settings.model_fields[name].default for name in invalid
                     if name in Settings.model_fields}
+        if "KAFKA" in defaults:
+            # Not None: the before-validator would gather the same KAFKA_* variables
+            # again and fail the same way, hiding the other settings' problems.
+            defaults["KAFKA"] = KafkaSettings({"bootstrap.servers": "localhost:9092"})
         try:
             Settings(**{**overrides, **defaults})  # type: ignore[arg-type]
         except ValidationError as again:

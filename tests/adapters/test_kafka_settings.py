@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import socket
 
 import pytest
@@ -122,13 +123,51 @@ def test_the_new_group_protocol_leaves_out_what_it_forbids() -> None:
 
 
 @pytest.mark.parametrize("name, value", [
-    ("KAFKA_SSL_CA_LOCATON", "/etc/ca.pem"),  # no such property
     ("KAFKA_ACKS", "most"),  # no such value
+    ("KAFKA_FETCH_MIN_BYTES", "lots"),
 ])
-def test_what_librdkafka_refuses_fails_at_start_naming_the_variable(name, value) -> None:
+def test_a_value_librdkafka_refuses_fails_at_start_naming_the_variable(name, value) -> None:
     with pytest.raises(SettingsError) as refused:
         load_settings(SECRET_KEY="k", MODEL_PROVIDER="offline", **{name: value})
     assert f"{name}: refused by librdkafka" in str(refused.value)
+
+
+def test_variables_that_are_not_librdkafka_properties_are_left_out_with_one_warning(caplog) -> None:
+    with caplog.at_level(logging.WARNING, logger="adapters.kafka"):
+        kafka = kafka_settings({
+            "KAFKA_HEAP_OPTS": "-Xmx1G -Xms1G",  # a Kafka image's own variables
+            "KAFKA_LOG4J_OPTS": "-Dlog4j.configuration=file:/opt/log4j.properties",
+            "KAFKA_LINGER_MS": "7",
+        }, BOOTSTRAP)
+    assert producer_config(kafka)["linger.ms"] == "7"
+    assert "heap.opts" not in admin_config(kafka) and "log4j.opts" not in producer_config(kafka)
+    warnings = [r.getMessage() for r in caplog.records if r.name == "adapters.kafka"]
+    assert len(warnings) == 1, warnings
+    assert "KAFKA_HEAP_OPTS" in warnings[0] and "KAFKA_LOG4J_OPTS" in warnings[0]
+    assert "Xmx" not in warnings[0] and "log4j.properties" not in warnings[0]  # no values
+    assert load_settings(SECRET_KEY="k", MODEL_PROVIDER="offline", KAFKA_JVM_PERFORMANCE_OPTS="-server")
+
+
+def test_a_file_variable_that_is_a_property_itself_passes_through(tmp_path) -> None:
+    key = tmp_path / "assertion.key"
+    key.write_text("-----BEGIN PRIVATE KEY-----\n")
+    kafka = kafka_settings({
+        "KAFKA_SASL_OAUTHBEARER_ASSERTION_PRIVATE_KEY_FILE": str(key),  # a path librdkafka reads
+        "KAFKA_SASL_PASSWORD_FILE": str(key),  # sasl.password.file: no such property, a secret file
+    }, BOOTSTRAP)
+    config = admin_config(kafka)
+    assert config["sasl.oauthbearer.assertion.private.key.file"] == str(key)
+    assert "sasl.oauthbearer.assertion.private.key" not in config
+    assert config["sasl.password"] == "-----BEGIN PRIVATE KEY-----"
+
+
+def test_a_bad_kafka_variable_is_reported_with_the_other_settings_problems(monkeypatch, tmp_path) -> None:
+    monkeypatch.chdir(tmp_path)  # no stray .env
+    monkeypatch.delenv("SECRET_KEY", raising=False)
+    with pytest.raises(SettingsError) as refused:
+        load_settings(MODEL_PROVIDER="offline", KAFKA_ACKS="most")
+    assert "KAFKA_ACKS: refused by librdkafka" in str(refused.value)
+    assert "SECRET_KEY is not set" in str(refused.value)
 
 
 def test_the_worker_own_settings_are_not_overridden() -> None:
@@ -138,12 +177,23 @@ def test_the_worker_own_settings_are_not_overridden() -> None:
         kafka_settings({"KAFKA_ENABLE_AUTO_COMMIT": "true"}, BOOTSTRAP)
 
 
-def test_kubernetes_service_links_and_blank_variables_are_not_properties() -> None:
-    kafka = kafka_settings({
+def test_kubernetes_service_links_and_blank_variables_are_not_properties(caplog) -> None:
+    links = {  # Services named kafka, kafka-ui, kafka-exporter, kafka-kafka-bootstrap (Strimzi)
         "KAFKA_PORT": "tcp://10.0.0.7:9092", "KAFKA_PORT_9092_TCP_ADDR": "10.0.0.7",
-        "KAFKA_SERVICE_HOST": "10.0.0.7", "KAFKA_SERVICE_PORT": "9092", "KAFKA_LINGER_MS": " ",
-    }, BOOTSTRAP)
+        "KAFKA_SERVICE_HOST": "10.0.0.7", "KAFKA_SERVICE_PORT": "9092",
+        "KAFKA_SERVICE_PORT_TCP_CLIENTS": "9092",
+        "KAFKA_UI_SERVICE_HOST": "10.0.0.8", "KAFKA_UI_PORT": "tcp://10.0.0.8:8080",
+        "KAFKA_UI_PORT_8080_TCP_PROTO": "tcp",
+        "KAFKA_EXPORTER_SERVICE_PORT": "9308", "KAFKA_EXPORTER_SERVICE_PORT_METRICS": "9308",
+        "KAFKA_KAFKA_BOOTSTRAP_PORT_9092_TCP_ADDR": "10.0.0.9",
+        "KAFKA_KAFKA_BOOTSTRAP_PORT_9093_UDP": "udp://10.0.0.9:9093",
+        "KAFKA_KAFKA_BOOTSTRAP_PORT_9094_SCTP_PORT": "9094",
+    }
+    with caplog.at_level(logging.WARNING, logger="adapters.kafka"):
+        kafka = kafka_settings({**links, "KAFKA_LINGER_MS": " "}, BOOTSTRAP)
     assert set(admin_config(kafka)) == {"bootstrap.servers", "client.id", "log.connection.close"}
+    assert not [r for r in caplog.records if r.name == "adapters.kafka"]  # skipped, not warned about
+    assert load_settings(SECRET_KEY="k", MODEL_PROVIDER="offline", **links).KAFKA is not None
 
 
 def test_kafka_bootstrap_servers_is_bootstrap_server_other_name(monkeypatch) -> None:

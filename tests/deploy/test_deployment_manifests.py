@@ -63,6 +63,16 @@ def test_the_worker_deployment_is_probed_limited_and_keeps_secrets_out():
     ]
     assert "value" not in env["SECRET_KEY"] and "value" not in env["DATABASE_URL"]
     assert pod["securityContext"]["runAsNonRoot"] is True
+    # No KAFKA_*_SERVICE_HOST… variables from the namespace's kafka-… Services.
+    assert pod["enableServiceLinks"] is False
+
+
+def test_the_operator_turns_service_links_off_even_with_a_template_of_its_own():
+    template = load_template()
+    del template["spec"]["template"]["spec"]["enableServiceLinks"]
+    deployment = deployment_for("bot", "default", {"bootstrapServer": "kafka:9092"}, template)
+    kubernetes_validate.validate(deployment, KUBERNETES, strict=True)
+    assert deployment["spec"]["template"]["spec"]["enableServiceLinks"] is False
 
 
 def test_a_chatergpt_becomes_a_valid_deployment_with_its_settings():
