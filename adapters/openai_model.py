@@ -213,6 +213,33 @@ def _duration(text: str) -> float:
     return sum(float(number) * scale[unit] for number, unit in parts)
 
 
+# OpenAI's 403 for the place the calls come from: every call of the account is refused.
+_ACCOUNT_REFUSED_CODES = {"unsupported_country_region_territory"}
+_ACCOUNT_WORDS = re.compile(r"\b(organi[sz]ation|project)s?\b", re.IGNORECASE)
+_MODEL_WORD = re.compile(r"\bmodels?\b", re.IGNORECASE)
+
+
+def _message_of(error: openai.OpenAIError) -> str:
+    """The provider's own message: the `message` of its error body (not the SDK's
+    text, which quotes the whole body)."""
+    body = getattr(error, "body", None)
+    message = body.get("message") if isinstance(body, dict) else None
+    return message if isinstance(message, str) else ""
+
+
+def _refuses_the_account(error: openai.OpenAIError, code: str) -> bool:
+    """Whether a 403 refuses the account as a whole: OpenAI's code for an unsupported
+    country, region or territory, or a message about the organisation or project
+    that names no model ("Your organization must be verified to use the model ..."
+    is about that model). Anything else (a 403 with no OpenAI error body, from a
+    gateway in front of the API, say) is the one request's error: pausing every
+    model for it would let one request pause the service again and again."""
+    if code in _ACCOUNT_REFUSED_CODES:
+        return True
+    message = _message_of(error)
+    return bool(_ACCOUNT_WORDS.search(message)) and not _MODEL_WORD.search(message)
+
+
 def translate(error: openai.OpenAIError, model: str) -> ModelError:
     """Map an SDK error to the contract's error types, without leaking internals."""
     mapped = _translate(error, model)
@@ -238,20 +265,24 @@ def _translate(error: openai.OpenAIError, model: str) -> ModelError:
         return ModelError("upstream_error", "The model did not answer in time.", True)
     if isinstance(error, openai.APIConnectionError):
         return ModelError("upstream_error", "The model provider could not be reached.", True)
-    # A refused key (once a re-read did not cure it) or a 403 for the organisation,
-    # project or region refuses every call of the account alike.
+    # A refused key (once a re-read did not cure it) refuses every call of the account alike.
     if isinstance(error, openai.AuthenticationError):
         return ModelError(
             "upstream_error", "The service is not allowed to use the model provider.",
             pause="api_key_refused",
         )
     if isinstance(error, openai.PermissionDeniedError):
-        if code == "model_not_found":  # this model only (a project's allowed models)
+        if _refuses_the_account(error, code):
+            return ModelError(
+                "upstream_error", "The service is not allowed to use the model provider.",
+                pause="permission_denied",
+            )
+        if code == "model_not_found" or _MODEL_WORD.search(_message_of(error)):
+            # This model only (a project's allowed models, one that needs a verified organisation).
             return ModelError("invalid_request", f"The model '{model}' is not available.")
-        return ModelError(
-            "upstream_error", "The service is not allowed to use the model provider.",
-            pause="permission_denied",
-        )
+        # About this request only (a gateway or firewall in front of OPENAI_BASE_URL, say):
+        # its own error, which pauses nothing and is not retried.
+        return ModelError("upstream_error", "The model provider refused the request (HTTP 403).")
     if isinstance(error, openai.NotFoundError):
         return ModelError("invalid_request", f"The model '{model}' is not available.")
     if isinstance(error, openai.BadRequestError):

@@ -174,15 +174,20 @@ class CircuitBreaker:
         self.pause_reason = reason
         if probe or gate.opened_at is None:  # the next probe one interval from now
             gate.opened_at = self.monotonic()
-        gate.probing = False
+        if probe:  # another call's refusal (sent before) leaves the running probe alone
+            gate.probing = False
         gate.notify()
 
     def _probed(self, error: ModelError) -> None:
         """The pause's probe got another error: an answer about the call itself (a
         bad request, a rate limit) shows the account works again; an outage says
-        nothing about it, and the pause goes on."""
+        nothing about it, and the pause goes on: the next probe one interval from
+        now, not every waiting call at once."""
         if error.retryable and error.error_type != "rate_limited":
-            self._release(self._provider, True)
+            gate = self._provider
+            if gate.opened_at is not None:
+                gate.opened_at = self.monotonic()
+            self._release(gate, True)
         else:
             self._resume()
 

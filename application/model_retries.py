@@ -85,7 +85,6 @@ class RetryingModel:
         while True:
             if not paced and self.pace is not None:
                 await self.pace()
-            paced = False
             try:
                 return await self.model.complete(call)
             except ModelError as error:
@@ -97,11 +96,11 @@ class RetryingModel:
                 attempt += 1
                 log.info("%s: %s; retry %d in %.2fs", call.model, error.error_type, attempt, delay)
                 await self.sleep(delay)
-                if not paced and self.pace is not None:
-                    await self.pace()
-                paced = True  # paced for this retry already
                 if until_open and self.holds_back(call.model):
-                    raise  # it opened while this call waited: the fallback answers now
+                    # It opened while this call waited: the fallback answers now, and
+                    # takes the rate limiter's token for itself (none taken here).
+                    raise
+                paced = False  # the retry takes its own token, at the top
 
     def delay(self, attempt: int, error: ModelError) -> float:
         """The provider's word if it gave one, else exponential backoff with full jitter."""

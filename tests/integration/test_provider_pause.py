@@ -138,6 +138,12 @@ def test_a_primary_answering_503_has_every_request_answered_by_the_fallback_with
         ({"status": 403, "body": {"error": {"message": "no access to model", "type": "invalid_request_error",
                                             "code": "model_not_found"}}},
          None, "invalid_request"),
+        # A model that needs a verified organisation: that model's error, not the account's.
+        ({"status": 403, "body": {"error": {"message": "Your organization must be verified to use the model",
+                                            "type": "invalid_request_error", "code": None}}},
+         None, "invalid_request"),
+        # A 403 naming neither (a gateway in front of the API, say): that request's error.
+        ({"status": 403, "body": {"message": "Forbidden"}}, None, "upstream_error"),
         ({"status": 429}, None, "rate_limited"),  # a rate limit is no refusal of the account
         ({"status": 400}, None, "invalid_request"),  # one request's error stays its own
     ],

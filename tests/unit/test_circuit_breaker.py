@@ -161,3 +161,85 @@ def test_holds_back_while_open_until_the_probe_is_due():
     assert not breaker.holds_back("gpt-4o-mini")
     circuit.probing = True
     assert breaker.holds_back("gpt-4o-mini")
+
+
+async def test_a_probe_meeting_an_outage_lets_the_next_probe_go_one_interval_later_not_every_call_at_once():
+    fake = FakeModel()
+    fake.script = [QUOTA, DOWN]  # the first call is refused; its probe meets an outage
+    now = [0.0]
+    breaker = CircuitBreaker(fake, probe_interval=1.0, monotonic=lambda: now[0])
+    first = asyncio.create_task(breaker.complete(CALL))
+    await asyncio.sleep(0.01)
+    assert breaker.paused() == "insufficient_quota"
+    others = [asyncio.create_task(breaker.complete(CALL)) for _ in range(3)]
+    await asyncio.sleep(0.01)
+    now[0] = 1.0  # the probe is due
+    breaker._provider.notify()  # wake the waiters as their timers would
+    with pytest.raises(ModelError, match="down"):
+        await asyncio.wait_for(first, 1)
+    await asyncio.sleep(0.05)
+    # Still paused, and no other call went out as a probe at once.
+    assert breaker.paused() == "insufficient_quota" and len(fake.calls) == 2
+    assert not any(t.done() for t in others)
+    now[0] = 2.0  # one interval later: one probe, answered, and all resume
+    breaker._provider.notify()
+    replies = await asyncio.wait_for(asyncio.gather(*others), 2)
+    assert len(replies) == 3 and len(fake.calls) == 2 + 3 and breaker.paused() is None
+
+
+async def test_another_calls_refusal_does_not_let_a_second_probe_run_beside_the_first():
+    from dataclasses import replace
+
+    fake = FakeModel()
+    now = [0.0]
+    breaker = CircuitBreaker(fake, probe_interval=1.0, monotonic=lambda: now[0])
+    released = asyncio.Event()
+    complete = fake.complete
+    sent: list[str] = []
+
+    async def model(call: ModelCall):
+        text = call.messages[-1].text
+        sent.append(text)
+        if text == "probe":
+            await released.wait()  # the probe is under way
+        elif len(sent) == 1:
+            raise QUOTA
+        return await complete(call)
+
+    fake.complete = model
+
+    def asking(text: str) -> ModelCall:
+        return replace(CALL, messages=[ChatMessage("user", text)])
+
+    first = asyncio.create_task(breaker.complete(asking("first")))
+    await asyncio.sleep(0.01)
+    assert breaker.paused() == "insufficient_quota"
+    now[0] = 1.0  # due: the next call goes as the probe
+    probe = asyncio.create_task(breaker.complete(asking("probe")))
+    await asyncio.sleep(0.01)
+    assert sent == ["first", "probe"] and breaker._provider.probing
+    # A call sent before the pause comes back refused while the probe runs.
+    breaker._pause("insufficient_quota", probe=False)
+    await asyncio.sleep(0.05)
+    assert sent == ["first", "probe"]  # no second probe beside the first
+    assert breaker._provider.probing
+    released.set()
+    assert (await asyncio.wait_for(probe, 1)).text == "answer to probe"
+    assert (await asyncio.wait_for(first, 1)).text == "answer to first"
+    assert breaker.paused() is None
+
+
+async def test_a_call_refused_on_every_probe_ends_at_its_deadline_and_lets_the_others_probe():
+    fake = FakeModel()
+    fake.script = [QUOTA] * 100
+    breaker = CircuitBreaker(fake, probe_interval=0.05)
+    call = ModelCall("gpt-4o-mini", [ChatMessage("user", "hi")], 10, 0.5)
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.3):  # the request's deadline, as the use case sets it
+            await breaker.complete(call)
+    assert not call.progress.sent  # refused every time: nothing billed
+    assert 2 <= len(fake.calls) <= 0.3 / 0.05 + 2  # one probe per interval, not more
+    assert not breaker._provider.probing and breaker.paused_waiting() == 0
+    fake.script = []
+    assert (await asyncio.wait_for(breaker.complete(CALL), 2)).text == "answer to hi"
+    assert breaker.paused() is None

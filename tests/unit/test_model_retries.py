@@ -168,3 +168,24 @@ async def test_when_the_circuit_opens_while_a_retry_sleeps_the_fallback_answers_
                           holds_back=held.__contains__)
     reply = await model.complete(CALL)
     assert reply.model == "gpt-4.1" and [c.model for c in fake.calls] == ["gpt-4o-mini", "gpt-4.1"]
+
+
+async def test_a_retry_that_goes_to_the_fallback_takes_one_rate_limit_token_not_two():
+    """The primary's circuit opens during the backoff: the fallback answers, and only
+    the call actually made takes a token."""
+    fake = FakeModel()
+    fake.script = [ModelError("upstream_error", "down", True)]
+    held: set[str] = set()
+    paced: list[int] = []
+
+    async def pace() -> None:
+        paced.append(len(fake.calls))
+
+    async def sleep(seconds: float) -> None:
+        held.add("gpt-4o-mini")  # it opened while this call waited
+
+    model = RetryingModel(fake, max_retries=3, fallback_model="gpt-4.1", sleep=sleep,
+                          pace=pace, holds_back=held.__contains__)
+    reply = await model.complete(CALL)
+    assert reply.model == "gpt-4.1" and [c.model for c in fake.calls] == ["gpt-4o-mini", "gpt-4.1"]
+    assert paced == [1]  # the fallback's token only
