@@ -30,7 +30,13 @@ _KEY_SALT = b"chater-gpt/event-store/v1"
 
 
 class DatabaseUrlError(ValueError):
-    """DATABASE_URL is not one this service can use."""
+    """DATABASE_URL is not one this service can use (its text never quotes the URL)."""
+
+
+UNREADABLE_URL = (
+    "could not be read as a URL; percent-encode special characters in the password "
+    "(/ ? # @ : as %2F %3F %23 %40 %3A)"
+)
 
 
 def cipher_key(secret_key: str) -> str:
@@ -48,7 +54,19 @@ class FastZlibCompressor(ZlibCompressor):
 
 
 def persistence_env(database_url: str) -> dict[str, str]:
-    """eventsourcing settings for `sqlite:///file`, `postgresql://…` or `memory://`."""
+    """eventsourcing settings for `sqlite:///file`, `postgresql://…` or `memory://`.
+    A DatabaseUrlError never quotes the URL: a password with an unencoded `/`,
+    `?` or `#` is read by a URL parser as the host, port, path or query, so such
+    a URL is refused as a whole, without naming any of its parts."""
+    try:
+        return _persistence_env(database_url)
+    except DatabaseUrlError:
+        raise
+    except ValueError:  # "Port could not be cast to integer value as '<password>'"
+        raise DatabaseUrlError(UNREADABLE_URL) from None
+
+
+def _persistence_env(database_url: str) -> dict[str, str]:
     url = urlparse(database_url)
     if url.scheme == "sqlite":
         path = unquote(url.path.removeprefix("/"))
@@ -62,6 +80,10 @@ def persistence_env(database_url: str) -> dict[str, str]:
             "SQLITE_LOCK_TIMEOUT": "10",
         }
     if url.scheme in {"postgres", "postgresql", "postgresql+psycopg"}:
+        if "@" in url.path + url.query + url.fragment or url.fragment:
+            # The credentials end at the last `@`: one past the host means the
+            # parser stopped early, at a `/`, `?` or `#` of the password.
+            raise DatabaseUrlError(UNREADABLE_URL)
         if not url.path.strip("/"):
             raise DatabaseUrlError("a postgresql DATABASE_URL needs a database name")
         try:  # sslmode, sslrootcert, application_name, …: libpq's environment

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import signal
 import sys
 from collections.abc import AsyncIterator, Iterator
@@ -43,7 +44,27 @@ def _configure_logging(level: str, json_lines: bool = False, content: bool = Fal
             logging.getLogger(chatty).setLevel(max(logging.WARNING, logging.getLevelName(level)))
 
 
+def _exit_at_once(signum: int, frame: object) -> None:
+    """SIGTERM or SIGINT before the worker's loop handles them: nothing is open
+    yet (no store, no consumer), so the process ends here, with status 0."""
+    with contextlib.suppress(OSError):
+        os.write(2, f"chater-gpt: stopped during start-up ({signal.Signals(signum).name})\n".encode())
+    os._exit(0)
+
+
 def run_worker() -> int:
+    # Until the loop installs its own handlers (in _start_and_serve), a stop
+    # request ends the process at once: without this, a SIGTERM while the settings
+    # load would kill it by the default action (status -15, no line).
+    previous = {sig: signal.signal(sig, _exit_at_once) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        return _run_worker()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _run_worker() -> int:
     from entrypoints.worker import WorkerFailed
 
     settings = load_settings()
@@ -72,7 +93,7 @@ async def _start_and_serve(settings: Settings) -> int:
     """Start (waiting for the database, then the broker, one line per attempt) and
     run the worker, until SIGINT or SIGTERM, which also end any wait of the start."""
     from adapters.postgres_setup import mask_password
-    from entrypoints.startup import in_daemon_thread, unless_stopped, wait_for_database
+    from entrypoints.startup import first_line, in_daemon_thread, unless_stopped, wait_for_database
     from entrypoints.worker_runtime import WorkerRuntime
 
     stop = asyncio.Event()
@@ -89,7 +110,7 @@ async def _start_and_serve(settings: Settings) -> int:
         except Exception as error:
             raise StoreUnavailable(
                 f"cannot open the event store at DATABASE_URL="
-                f"{mask_password(settings.DATABASE_URL)}: {_first_line(error)}"
+                f"{mask_password(settings.DATABASE_URL)}: {first_line(error)}"
             ) from None
     if not opened or runtime is None:
         logging.getLogger("chater-gpt").info("stopped during start-up")
@@ -97,11 +118,6 @@ async def _start_and_serve(settings: Settings) -> int:
     with runtime:  # the usage view's catch-up; all closed after the worker stopped
         await runtime.run(stop)
     return 0
-
-
-def _first_line(error: BaseException) -> str:
-    lines = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {lines[0].strip()}" if lines else type(error).__name__
 
 
 @contextlib.asynccontextmanager

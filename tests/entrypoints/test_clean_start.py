@@ -72,3 +72,92 @@ def test_worker_help_says_where_settings_come_from(capsys):
     text = " ".join(capsys.readouterr().out.split())
     assert "environment variable" in text
     assert "Configuration table of the README" in text
+
+
+# Passwords with an unencoded `/`, `?` or `#`: a URL parser reads part of them as
+# the host, the port or the path (`chater:12/34x@db` is host `chater`, port 12).
+BROKEN_URLS = (
+    "postgresql://chater:12/34x@db/chat",
+    "postgresql://chater:ab/cd@db/chat",
+    "postgresql://chater:hun?ter2@db:5432/chat?sslmode=require",
+    "postgresql://chater:hun#ter2@db/chat",
+    "postgresql://chater:a@b/c@db/chat",
+)
+
+
+@pytest.mark.parametrize("url", BROKEN_URLS)
+def test_a_password_that_breaks_url_parsing_is_still_masked(url):
+    masked = mask_password(url)
+    assert masked.startswith("postgresql://chater:***@")
+    password = url.removeprefix("postgresql://chater:").rpartition("@")[0]
+    assert password not in masked
+    assert masked.endswith(url.rpartition("@")[2])
+
+
+@pytest.mark.parametrize("url", BROKEN_URLS)
+def test_a_database_url_that_cannot_be_read_is_refused_without_quoting_it(monkeypatch, url):
+    monkeypatch.setenv("DATABASE_URL", url)
+    monkeypatch.setenv("MODEL_PROVIDER", "offline")
+    monkeypatch.setenv("SECRET_KEY", "s3cret")
+    with pytest.raises(SettingsError) as caught:
+        load_settings()
+    message = str(caught.value)
+    # The whole line: it says what is wrong and quotes no part of the URL.
+    assert message.splitlines()[1:] == [
+        "  DATABASE_URL: could not be read as a URL; percent-encode special characters in "
+        "the password (/ ? # @ : as %2F %3F %23 %40 %3A)"
+    ]
+
+
+def test_an_encoded_password_is_read():
+    env = persistence_env("postgresql://chater:12%2F34x%3F%23@db/chat")
+    assert (env["POSTGRES_HOST"], env["POSTGRES_PASSWORD"]) == ("db", "12/34x?#")
+
+
+def test_libpq_options_do_not_carry_over_from_one_url_to_the_next(monkeypatch):
+    import os
+
+    from adapters.postgres_setup import export_libpq_options
+
+    monkeypatch.setenv("PGCONNECT_TIMEOUT", "7")  # the operator's own, not the URL's
+    for name in ("PGSSLMODE", "PGAPPNAME", "PGSSLROOTCERT"):
+        monkeypatch.delenv(name, raising=False)
+    try:
+        export_libpq_options(persistence_env(
+            "postgresql://db/chat?sslmode=verify-full&sslrootcert=/ca.pem&connect_timeout=2"
+        ))
+        assert (os.environ["PGSSLMODE"], os.environ["PGCONNECT_TIMEOUT"]) == ("verify-full", "2")
+        export_libpq_options(persistence_env("postgresql://db/chat?application_name=next"))
+        assert os.environ["PGAPPNAME"] == "next"
+        assert "PGSSLMODE" not in os.environ and "PGSSLROOTCERT" not in os.environ
+        assert os.environ["PGCONNECT_TIMEOUT"] == "7"  # given back
+    finally:
+        export_libpq_options({})
+    assert "PGAPPNAME" not in os.environ
+
+
+def test_sigterm_while_the_settings_load_ends_the_worker_with_status_0(tmp_path):
+    """A stop request before the worker's loop handles signals (here while the
+    settings load) ends the process at once with 0, not by the default action."""
+    import subprocess
+    import sys
+    import time
+
+    script = (
+        "import os, signal, sys, time\n"
+        "import entrypoints.cli as cli\n"
+        "def loading(**overrides):\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)\n"
+        "    time.sleep(30)\n"
+        "    raise SystemExit(3)\n"
+        "cli.load_settings = loading\n"
+        "sys.exit(cli.main(['worker']))\n"
+    )
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=60,
+                          cwd=tmp_path, env={**__import__("os").environ,
+                                             "PYTHONPATH": str(__import__("pathlib").Path(
+                                                 __file__).resolve().parents[2])})
+    assert done.returncode == 0, done.stderr.decode()
+    assert time.monotonic() - started < 20
+    assert b"stopped during start-up (SIGTERM)" in done.stderr

@@ -103,7 +103,19 @@ def test_sigterm_ends_an_attempt_that_hangs(tmp_path):
             tmp_path, DATABASE_URL=f"postgresql://chater@127.0.0.1:{port}/chat",
             BOOTSTRAP_SERVER=f"127.0.0.1:{free_loopback_port()}",
         )
-        time.sleep(1.5)  # inside the first attempt
+        # Inside the first attempt (3 s): /healthz answers once the loop handles
+        # signals, which is just before the wait for the database begins. No fixed
+        # sleep: on a loaded machine the start can take longer than any guess.
+        deadline = time.monotonic() + 60
+        while True:
+            assert process.poll() is None, worker.log()
+            try:
+                if worker.liveness(timeout=1)[0] == 200:
+                    break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, worker.log()
+            time.sleep(0.1)
         process.send_signal(signal.SIGTERM)
         asked = time.monotonic()
         assert process.wait(10) == 0, worker.log()
@@ -111,6 +123,49 @@ def test_sigterm_ends_an_attempt_that_hangs(tmp_path):
         assert "Traceback" not in worker.log()
     finally:
         silent.close()
+
+
+def test_a_replica_waits_for_the_schema_lock_with_a_line_per_try(postgres, caplog):
+    """Another replica holds the lock (and hangs): the start waits, says so on each
+    try, and goes on once the lock is free. The lock is a transaction's: behind a
+    transaction-pooling PgBouncer it cannot outlive the block."""
+    import logging
+
+    from adapters.event_store import persistence_env
+    from adapters.postgres_setup import SCHEMA_LOCK_KEY, schema_lock
+
+    database = f"chat_lock_{os.getpid()}_{int(time.time())}"
+    postgres.create_database(database)
+    env = persistence_env(postgres.url(database))
+    inside = threading.Event()
+    failures: list[BaseException] = []
+
+    def replica() -> None:
+        try:
+            with schema_lock(env):
+                inside.set()
+        except BaseException as error:
+            failures.append(error)
+
+    caplog.set_level(logging.INFO, logger="chater-gpt")
+    with psycopg.connect(postgres.dsn(database), autocommit=True) as other:
+        other.execute("SELECT pg_advisory_lock(%s)", (SCHEMA_LOCK_KEY,))
+        waiting = threading.Thread(target=replica, daemon=True)
+        waiting.start()
+        deadline = time.monotonic() + 20
+        while sum("waiting for another replica" in r.getMessage() for r in caplog.records) < 2:
+            assert time.monotonic() < deadline, caplog.text
+            assert waiting.is_alive(), failures
+            time.sleep(0.1)
+        assert not inside.is_set()
+        other.execute("SELECT pg_advisory_unlock(%s)", (SCHEMA_LOCK_KEY,))
+        waiting.join(20)
+        assert inside.is_set() and not failures, failures
+        # Released with the block's transaction: another session takes it at once.
+        assert other.execute("SELECT pg_try_advisory_lock(%s)", (SCHEMA_LOCK_KEY,)).fetchone()[0]
+        other.execute("SELECT pg_advisory_unlock(%s)", (SCHEMA_LOCK_KEY,))
+    lines = [r.getMessage() for r in caplog.records if "advisory lock" in r.getMessage()]
+    assert lines and all("attempt" in line for line in lines)
 
 
 def test_replicas_started_at_once_on_an_empty_database_all_come_up(
