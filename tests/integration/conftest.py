@@ -50,3 +50,14 @@ def worker(worker_env, tmp_path) -> Iterator[WorkerProcess]:
     yield process
     if process.process is not None:
         process.stop(signal.SIGKILL)
+
+
+@pytest.fixture
+def in_process_settings(fake_openai, tmp_path) -> dict[str, object]:
+    """Settings for an in-process RunningWorker (tests/support/worker.py): the local
+    model server and a SQLite store of the test's own."""
+    return {
+        "OPENAI_API_KEY": "test-key",
+        "OPENAI_BASE_URL": fake_openai.base_url,
+        "DATABASE_URL": f"sqlite:///{tmp_path}/events.sqlite",
+    }

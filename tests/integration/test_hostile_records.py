@@ -23,19 +23,10 @@ def opened(value: bytes | None) -> bytes | None:
     return None if value is None else DeadLetterSeal("test-secret").open(value)
 
 
-@pytest.fixture
-def settings(fake_openai, tmp_path) -> dict[str, object]:
-    return {
-        "OPENAI_API_KEY": "test-key",
-        "OPENAI_BASE_URL": fake_openai.base_url,
-        "DATABASE_URL": f"sqlite:///{tmp_path}/events.sqlite",
-    }
-
-
-def test_an_oversized_key_and_a_large_invalid_record_are_dead_lettered_whole(broker, settings):
+def test_an_oversized_key_and_a_large_invalid_record_are_dead_lettered_whole(broker, in_process_settings):
     huge_key = b"k" * 1_000_000
     garbage = b"{" + b"x" * 3_000_000  # invalid JSON, under MAX_REQUEST_BYTES
-    with RunningWorker(broker.bootstrap_server, **settings) as worker:
+    with RunningWorker(broker.bootstrap_server, **in_process_settings) as worker:
         worker.send(huge_key, ask("ada@example.com", "hello"))
         worker.send("garbage", garbage)
         worker.send("after", ask("ada@example.com", "still there?"))
@@ -55,12 +46,12 @@ def test_an_oversized_key_and_a_large_invalid_record_are_dead_lettered_whole(bro
 
 
 def test_a_response_the_cluster_refuses_becomes_an_error_and_a_dead_letter(
-    broker, fake_openai, settings
+    broker, fake_openai, in_process_settings
 ):
     # Records beyond MAX_REQUEST_BYTES + MAX_KEY_BYTES + 64 KiB (and 1,000,000 bytes)
     # are refused by the producer, as a broker would refuse them: a 1.5 MB answer is one.
     fake_openai.script([{"match": "long one", "reply": "word " * 300_000}])
-    with RunningWorker(broker.bootstrap_server, MAX_REQUEST_BYTES=1000, **settings) as worker:
+    with RunningWorker(broker.bootstrap_server, MAX_REQUEST_BYTES=1000, **in_process_settings) as worker:
         worker.send("long", ask("ada@example.com", "the long one, please"))
         worker.send("short", ask("ada@example.com", "and a short one"))
         responses = dict(worker.responses(2, timeout=60))
@@ -78,9 +69,9 @@ def test_a_response_the_cluster_refuses_becomes_an_error_and_a_dead_letter(
     assert headers["reason"] == b"the response could not be produced: MSG_SIZE_TOO_LARGE"
 
 
-def test_a_request_id_too_long_in_an_envelope_is_refused_without_a_response(broker, settings):
+def test_a_request_id_too_long_in_an_envelope_is_refused_without_a_response(broker, in_process_settings):
     envelope = json.dumps({"key": "e" * 5000, "value": {"user_email": "a@b.co", "message": "x"}})
-    with RunningWorker(broker.bootstrap_server, **settings) as worker:
+    with RunningWorker(broker.bootstrap_server, **in_process_settings) as worker:
         worker.send(None, envelope.encode())
         worker.send("after", ask("ada@example.com", "hello"))
         (key, _), = worker.responses(1, timeout=60)
@@ -90,8 +81,8 @@ def test_a_request_id_too_long_in_an_envelope_is_refused_without_a_response(brok
     assert opened(value) == envelope.encode()
 
 
-def test_a_record_the_service_fails_on_every_time_ends_alone(broker, settings):
-    with RunningWorker(broker.bootstrap_server, **settings) as worker:
+def test_a_record_the_service_fails_on_every_time_ends_alone(broker, in_process_settings):
+    with RunningWorker(broker.bootstrap_server, **in_process_settings) as worker:
         service = worker.worker.service
         answer = service.handle
 
@@ -116,9 +107,9 @@ def test_a_record_the_service_fails_on_every_time_ends_alone(broker, settings):
     assert headers["error_type"] == b"internal_error"
 
 
-def test_a_lane_that_makes_no_progress_is_reported_and_the_worker_not_alive(broker, settings):
+def test_a_lane_that_makes_no_progress_is_reported_and_the_worker_not_alive(broker, in_process_settings):
     with RunningWorker(
-        broker.bootstrap_server, REQUEST_DEADLINE=1, STALL_GRACE=1, SHUTDOWN_TIMEOUT=1, **settings
+        broker.bootstrap_server, REQUEST_DEADLINE=1, STALL_GRACE=1, SHUTDOWN_TIMEOUT=1, **in_process_settings
     ) as worker:
         service = worker.worker.service
         answer = service.handle

@@ -20,15 +20,6 @@ from tests.support.worker import RunningWorker
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture
-def settings(fake_openai, tmp_path) -> dict[str, object]:
-    return {
-        "OPENAI_API_KEY": "test-key",
-        "OPENAI_BASE_URL": fake_openai.base_url,
-        "DATABASE_URL": f"sqlite:///{tmp_path}/events.sqlite",
-    }
-
-
 def ask(user: str, message: str) -> dict[str, str]:
     return {"user_email": user, "message": message}
 
@@ -52,9 +43,9 @@ def read_with_kafka_python(bootstrap_server: str, topic: str, count: int) -> lis
         consumer.close()
 
 
-def test_kafka_python_without_lz4_reads_the_responses_and_the_dead_letters(broker, settings) -> None:
+def test_kafka_python_without_lz4_reads_the_responses_and_the_dead_letters(broker, in_process_settings) -> None:
     assert importlib.util.find_spec("lz4") is None  # as a platform's reader would have it
-    with RunningWorker(broker.bootstrap_server, **settings) as worker:
+    with RunningWorker(broker.bootstrap_server, **in_process_settings) as worker:
         worker.send("req-1", ask("ada@example.com", "hello"))
         worker.send("req-bad", b"this is not JSON")
         [(key, response)] = [r for r in worker.responses(2, timeout=60) if r[0] == b"req-1"]
@@ -87,12 +78,12 @@ def tls_broker(tmp_path_factory) -> Iterator[TlsBroker]:
         broker.stop()
 
 
-def test_a_worker_reaches_its_broker_over_tls(tls_broker, settings) -> None:
+def test_a_worker_reaches_its_broker_over_tls(tls_broker, in_process_settings) -> None:
     with RunningWorker(
         tls_broker.bootstrap_server,
         KAFKA_SECURITY_PROTOCOL="SSL",
         KAFKA_SSL_CA_LOCATION=str(tls_broker.ca_location),
-        **settings,
+        **in_process_settings,
     ) as worker:
         worker.send("tls-1", ask("ada@example.com", "hello over TLS"))
         [(key, response)] = worker.responses(1, timeout=60)

@@ -17,7 +17,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from devkit.embedded_broker import EmbeddedBroker, free_loopback_port
+from devkit.embedded_broker import free_loopback_port
+from tests.support.broker_outage import ProxiedBroker
 
 _LOOPBACK = "127.0.0.1"
 
@@ -129,29 +130,12 @@ async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
             writer.close()
 
 
-class TlsBroker(EmbeddedBroker):
-    """Tansu reachable only through TLS: it advertises the proxy's port, and
-    `bootstrap_server` is the proxy. `ca_location` is the CA clients trust."""
+class TlsBroker(ProxiedBroker):
+    """Tansu reachable only through TLS: a ProxiedBroker whose proxy terminates TLS
+    (it advertises the proxy's port, and `bootstrap_server` is the proxy).
+    `ca_location` is the CA clients trust."""
 
     def __init__(self, folder: Path) -> None:
         super().__init__()
         self.ca_location, certificate, key = make_certificates(folder)
         self.proxy = TlsProxy(self.port, certificate, key)
-
-    @property
-    def bootstrap_server(self) -> str:
-        return self.proxy.address
-
-    def start(self) -> TlsBroker:
-        self.proxy.start()
-        self._advertised_port = self.proxy.listen_port
-        try:
-            super().start()
-        except BaseException:
-            self.proxy.stop()
-            raise
-        return self
-
-    def stop(self, grace: float = 5.0) -> None:
-        self.proxy.stop()
-        super().stop(grace)
