@@ -65,7 +65,7 @@ def request_id_of(key: bytes | None, max_key_bytes: int = DEFAULT_MAX_KEY_BYTES)
 
 
 # C0 controls and DEL, except tab, line feed and carriage return.
-CONTROL_CHARACTERS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
 def parse_request(
@@ -132,8 +132,8 @@ def _unwrap_envelope(
     if isinstance(key, int) and not -(2**63) <= key < 2**63:
         raise InvalidRequest("the envelope's key is too large a number", request_id)
     envelope_key = str(key)
-    if _unreadable(envelope_key):
-        raise InvalidRequest(f"the envelope's key {_unreadable(envelope_key)}", request_id)
+    if unreadable(envelope_key):
+        raise InvalidRequest(f"the envelope's key {unreadable(envelope_key)}", request_id)
     if not envelope_key.isprintable():
         raise InvalidRequest("the envelope's key must be printable text", request_id)
     if len(envelope_key.encode()) > max_key_bytes:
@@ -151,8 +151,8 @@ def _build(request_id: str, body: dict[str, Any]) -> ChatRequest:
     user_email = body.get("user_email")
     if not isinstance(user_email, str) or not user_email.strip():
         raise fail("'user_email' is required and must be a non-empty string")
-    if _unreadable(user_email):
-        raise fail(f"'user_email' {_unreadable(user_email)}")
+    if unreadable(user_email):
+        raise fail(f"'user_email' {unreadable(user_email)}")
     if not EMAIL_SHAPE.match(user_email.strip()):  # never quoted: it may be anything
         raise fail("'user_email' must be an e-mail address")
     try:  # one person, one address: what cannot be compared safely is refused
@@ -172,8 +172,8 @@ def _build(request_id: str, body: dict[str, Any]) -> ChatRequest:
         raise fail("'message' is required and must be a string")
     if not message.strip() and not images:
         raise fail("'message' may be empty only when images are given")
-    if _unreadable(message):
-        raise fail(f"'message' {_unreadable(message)}")
+    if unreadable(message):
+        raise fail(f"'message' {unreadable(message)}")
 
     max_tokens = body.get("max_tokens")
     if max_tokens is not None and (
@@ -230,18 +230,18 @@ def _optional_text(
         return None
     if not isinstance(value, str) or (non_empty and not value.strip()):
         raise fail(f"'{name}' must be a{' non-empty' if non_empty else ''} string")
-    if _unreadable(value):
-        raise fail(f"'{name}' {_unreadable(value)}")
+    if unreadable(value):
+        raise fail(f"'{name}' {unreadable(value)}")
     return value.strip() if non_empty else (value or None)
 
 
-def _unreadable(text: str) -> str | None:
+def unreadable(text: str) -> str | None:
     """Why the text cannot be passed on, or None when it can."""
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:  # lone surrogates: JSON allows them, UTF-8 does not
         return "is not valid text"
-    if CONTROL_CHARACTERS.search(text):
+    if _CONTROL.search(text):
         return "contains control characters"
     return None
 

@@ -20,7 +20,7 @@ from uuid import NAMESPACE_URL, UUID, uuid5
 from eventsourcing.application import AggregateNotFoundError
 from eventsourcing.domain import Aggregate, event
 
-from application.contract import CONTROL_CHARACTERS, EMAIL_SHAPE, iso_timestamp_of
+from application.contract import EMAIL_SHAPE, iso_timestamp_of, unreadable
 from application.ports import AggregateStore, Clock, DataKeys, ResponseCache
 from domain.addresses import InvalidAddress, legacy_form, normalise_email
 from domain.conversation import CONVERSATION_NAMESPACE, Conversation, data_owner
@@ -237,11 +237,7 @@ def _compared(address: str) -> str | None:
 def _taken_before(user_email: str) -> bool:
     """Whether versions before domain.addresses took the address (their contract's
     shape, valid text without control characters)."""
-    try:
-        user_email.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return bool(EMAIL_SHAPE.match(user_email.strip())) and not CONTROL_CHARACTERS.search(user_email)
+    return unreadable(user_email) is None and bool(EMAIL_SHAPE.match(user_email.strip()))
 
 
 def _legacy_owner(user_email: str) -> str:
