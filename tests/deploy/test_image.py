@@ -5,6 +5,7 @@ native library for tiktoken's encodings (they ship with the sources)."""
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -87,9 +88,13 @@ def test_token_counting_needs_neither_the_network_nor_bpe_openai():
 def test_the_built_package_carries_the_encodings(tmp_path):
     # What the image installs is the package built from the sources (not this checkout):
     # it must hold the encoding files, or counting would reach for the network.
+    # Built from a copy of the checkout: an in-tree build would leave build/ in it.
+    source = tmp_path / "src"
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(
+        ".git", ".venv", "__pycache__", "build", "*.egg-info", "*.sqlite*"))
     out = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
-         "--disable-pip-version-check", "-q", "-w", str(tmp_path), str(ROOT)],
+         "--disable-pip-version-check", "-q", "-w", str(tmp_path), str(source)],
         capture_output=True, text=True,
     )
     assert out.returncode == 0, out.stderr[-2000:]
