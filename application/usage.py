@@ -24,7 +24,7 @@ from eventsourcing.persistence import IntegrityError, Tracking, TrackingRecorder
 from eventsourcing.projection import Projection
 from eventsourcing.utils import get_topic
 
-from domain.conversation import Conversation, normalise_email, readable
+from domain.conversation import Conversation, compared_or_legacy, readable
 
 Grouping = Literal["user", "model", "day"]
 GROUPINGS: tuple[Grouping, ...] = ("user", "model", "day")
@@ -33,7 +33,7 @@ CATCH_UP_BATCH = 500  # notifications per transaction
 
 def user_hash(secret_key: str, email: str) -> str:
     """The same user gives the same hash, which says nothing without SECRET_KEY."""
-    return hmac.new(secret_key.encode(), normalise_email(email).encode(), "sha256").hexdigest()[:16]
+    return hmac.new(secret_key.encode(), compared_or_legacy(email).encode(), "sha256").hexdigest()[:16]
 
 
 def sortable_time(at: datetime) -> str:

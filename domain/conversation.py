@@ -10,7 +10,7 @@ from uuid import NAMESPACE_URL, UUID, uuid5
 from eventsourcing.domain import Aggregate, event
 
 from domain.addresses import InvalidAddress, legacy_form
-from domain.addresses import normalise_email as _normalise_email
+from domain.addresses import normalise_email
 
 CONVERSATION_NAMESPACE = uuid5(NAMESPACE_URL, "chater-gpt/conversation")
 
@@ -51,14 +51,14 @@ def readable(content: object) -> bool:
     return content is not None and not isinstance(content, Shredded)
 
 
-def normalise_email(user_email: str) -> str:
+def compared_or_legacy(user_email: str) -> str:
     """The address as it is compared: `domain.addresses.normalise_email` (validate
     with that one: this one never raises for text). An address that rule refuses
     (the contract turns such requests away) can only come from a Started event an
     earlier version stored, and replaying an event must never raise: it is read in
     the form that version gave it (`legacy_form`), and so is its data owner."""
     try:
-        return _normalise_email(user_email)
+        return normalise_email(user_email)
     except InvalidAddress:
         return legacy_form(user_email)
 
@@ -156,7 +156,7 @@ class Conversation(Aggregate):
     def __init__(self, user_email: str, thread: str | None = None) -> None:
         # Shredded when replayed after the user's data key was destroyed.
         self.user_email: str | Shredded = (
-            normalise_email(user_email) if isinstance(user_email, str) else user_email
+            compared_or_legacy(user_email) if isinstance(user_email, str) else user_email
         )
         self.thread = thread
         self.turns: list[Turn] = []
@@ -450,12 +450,12 @@ def _digest_form(digest: str) -> str:
 def data_owner(user_email: str) -> str:
     """Who owns the data keys of a user's conversations: stable across SECRET_KEY
     rotations, and no more revealing than the conversation ids already are."""
-    return str(uuid5(CONVERSATION_NAMESPACE, f"owner\n{normalise_email(user_email)}"))
+    return str(uuid5(CONVERSATION_NAMESPACE, f"owner\n{compared_or_legacy(user_email)}"))
 
 
 def conversation_id(user_email: str, thread: str | None = None) -> UUID:
     """Derive the id so that any worker finds a conversation without a lookup."""
-    return uuid5(CONVERSATION_NAMESPACE, f"{normalise_email(user_email)}\n{thread or ''}")
+    return uuid5(CONVERSATION_NAMESPACE, f"{compared_or_legacy(user_email)}\n{thread or ''}")
 
 
 def turn_tokens(turn: Turn, count_tokens: Callable[[str], int]) -> int:

@@ -10,7 +10,7 @@ import pytest
 from application.contract import EMAIL_SHAPE
 from domain.addresses import InvalidAddress, legacy_form, normalise_email
 from domain.conversation import Conversation, conversation_id, data_owner
-from domain.conversation import normalise_email as compared_or_legacy
+from domain.conversation import compared_or_legacy
 
 # Pairs that look alike, or that str.lower(), casefold() or NFC/NFKC would merge:
 # different mailboxes, so different people.

@@ -22,7 +22,7 @@ KARL = "karl@example.com"
 async def said_by_an_earlier_version(service, monkeypatch, request_id, email, message):
     """A turn recorded the way versions before domain.addresses did (legacy form)."""
     with monkeypatch.context() as earlier:
-        earlier.setattr(domain.conversation, "normalise_email", legacy_form)
+        earlier.setattr(domain.conversation, "compared_or_legacy", legacy_form)
         assert "error" not in await wire(service, ask(request_id, message, user_email=email))
 
 
