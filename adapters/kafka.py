@@ -384,6 +384,20 @@ def topic_max_message_bytes(kafka: KafkaSettings | str, topic: str) -> int | Non
     return int(entry.value) if entry is not None and str(entry.value).isdigit() else None
 
 
+def partition_count(kafka: KafkaSettings | str, topic: str) -> int | None:
+    """How many partitions the topic has; None when it does not exist (or no
+    broker answered within 10 s)."""
+    admin = AdminClient(admin_config(kafka))
+    try:
+        about = admin.list_topics(topic, timeout=10).topics.get(topic)
+    except KafkaException as error:
+        log.debug("partitions of %s unknown: %s", topic, error)
+        return None
+    if about is None or about.error is not None:
+        return None
+    return len(about.partitions)
+
+
 def ensure_topics(
     kafka: KafkaSettings | str,
     names: Iterable[str],

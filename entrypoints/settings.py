@@ -40,7 +40,10 @@ class Settings(BaseSettings):
     LOG_LEVEL: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     MAX_RETRIES: int = Field(3, ge=0)
     TIMEOUT: float = Field(30, gt=0)
-    REQUESTS_PER_MINUTE: int = Field(60, ge=0, description="0 turns the limit off")
+    REQUESTS_PER_MINUTE: int = Field(
+        60, ge=0, description="model calls in any sliding minute, for all replicas together "
+        "when REDIS_URL is set (else per process); 0 turns the limit off"
+    )
     DAILY_TOKEN_LIMIT: int = Field(1_000_000, gt=0)
 
     # Settings this service adds, named in the same style.
@@ -71,7 +74,21 @@ class Settings(BaseSettings):
     RESPONSE_TOPIC: str = "gpt-response"
     DLQ_TOPIC: str = "gpt-send.dlq"
     CREATE_TOPICS: bool = True
-    TOPIC_PARTITIONS: int = Field(1, gt=0)
+    TOPIC_PARTITIONS: int = Field(
+        12, gt=0,
+        description="partitions of the topics the service creates (the request topic's "
+        "and its repartition topic's): at least the number of worker replicas",
+    )
+    REPARTITION_TOPIC: str | None = Field(
+        None,
+        description="the internal topic the requests are handed over to, keyed by "
+        "conversation; default: <CONSUMER_GROUP>-<REQUEST_TOPIC>-repartition",
+    )
+    ORDER_WINDOW: float = Field(
+        0.5, ge=0, le=60,
+        description="seconds a turn waits after it was produced, so that an earlier turn "
+        "of its conversation, produced to another partition, is answered first",
+    )
     CONTEXT_MAX_TOKENS: int = Field(8000, gt=0)
     CONTEXT_MAX_TURNS: int = Field(10, ge=0)
     MAX_BATCH: int = Field(500, gt=0)
@@ -106,7 +123,14 @@ class Settings(BaseSettings):
     RETENTION_INTERVAL: float = Field(
         3600, gt=0, description="seconds between the worker's retention runs"
     )
-    REDIS_URL: str | None = Field(None, description="the response cache; no cache when unset")
+    REDIS_URL: str | None = Field(
+        None, description="the response cache, and REQUESTS_PER_MINUTE and TOKENS_PER_MINUTE "
+        "shared by all replicas; unset: no cache, and those limits hold per process"
+    )
+    TOKENS_PER_MINUTE: int = Field(
+        0, ge=0, description="tokens of prompt + completion in any sliding minute, for all "
+        "replicas together when REDIS_URL is set (else per process); 0 turns the limit off"
+    )
     CACHE_TTL: float = Field(3600, gt=0, description="seconds a cached reply is reused")
     CACHE_ANY_TEMPERATURE: bool = Field(
         False, description="cache (and share) replies of any temperature, not only of 0"
@@ -140,12 +164,23 @@ class Settings(BaseSettings):
 
     @field_validator(
         "OPENAI_API_KEY_FILE", "SECRET_KEY_PREVIOUS", "REDIS_URL", "BATCH_PRIORITY", "STALL_GRACE",
-        "HEALTH_HOST", mode="before",
+        "HEALTH_HOST", "REPARTITION_TOPIC", mode="before",
     )
     @classmethod
     def blank_is_unset(cls, value: object) -> object:
         # A manifest that sets the variable to "" means "not set".
         return None if isinstance(value, str) and not value.strip() else value
+
+    @property
+    def repartition_topic(self) -> str:
+        """The topic the requests are handed over to, keyed by conversation."""
+        return self.REPARTITION_TOPIC or f"{self.CONSUMER_GROUP}-{self.REQUEST_TOPIC}-repartition"
+
+    @property
+    def answering_group(self) -> str:
+        """The consumer group of the answering stage (the repartition topic's readers);
+        CONSUMER_GROUP itself reads REQUEST_TOPIC and hands its records over."""
+        return f"{self.CONSUMER_GROUP}-answering"
 
     @field_validator("REDIS_URL")
     @classmethod

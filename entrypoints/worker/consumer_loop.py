@@ -15,7 +15,7 @@ from typing import Any
 from confluent_kafka import Consumer, Message, TopicPartition
 from opentelemetry import trace
 
-from adapters.kafka import consumer_config, ensure_topics, topic_max_message_bytes
+from adapters.kafka import consumer_config, ensure_topics, partition_count, topic_max_message_bytes
 from adapters.kafka_offsets import OffsetTracker
 from application.chat import ChatService
 from application.contract import ChatResponse
@@ -24,9 +24,11 @@ from application.privacy import Privacy
 from entrypoints.settings import Settings
 from entrypoints.worker.conversation_lanes import ConversationLanes
 from entrypoints.worker.erasure_listener import ErasureListener
+from entrypoints.worker.handover import Forwarded
 from entrypoints.worker.held_records import HeldRecord, HeldRecords, WorkerStats, usable
 from entrypoints.worker.offset_commits import OffsetCommits
 from entrypoints.worker.persevere import GaveUp
+from entrypoints.worker.repartitioner import Repartitioner
 from entrypoints.worker.request_accounting import RequestAccounting
 from entrypoints.worker.request_intake import RequestIntake
 from entrypoints.worker.responder import Responder, largest_record
@@ -77,11 +79,12 @@ class KafkaWorker:
         self._responder = Responder(settings, self._held, tracer, self._fail)
         self._lanes = ConversationLanes(
             service, self._held, self._respond, self._stopping, self._fail,
-            self._unanswerable,
+            self._unanswerable, settings.ORDER_WINDOW,
         )
         self._intake = RequestIntake(
             service, settings, clock, self._held, self._accounting, self._lanes, self._responder
         )
+        self._repartitioner = Repartitioner(settings, self._fail_from_thread)
         self._privacy = privacy
         self._erasures: ErasureListener | None = None
         self._retention: RetentionRuns | None = None
@@ -107,6 +110,7 @@ class KafkaWorker:
         self._responder.open()
         consumer = self._subscribe()
         deliveries = asyncio.create_task(self._responder.serve_deliveries())
+        repartitioning = asyncio.ensure_future(asyncio.to_thread(self._repartitioner.run))
         erasures = asyncio.create_task(self._erasures.serve()) if self._erasures is not None else None
         try:
             last_commit = time.monotonic()
@@ -120,21 +124,26 @@ class KafkaWorker:
                     await self._between_fetches(consumer)
                     last_commit = time.monotonic()
         finally:
+            self._repartitioner.stop()
             deliveries.cancel()  # the final flush serves the last delivery callbacks
             if erasures is not None:
                 await asyncio.wait({erasures})
             if self._retention is not None:
                 await self._retention.finish()
             await self._shut_down(consumer)
+            await repartitioning
         if self._fatal is not None:
             raise WorkerFailed("the worker stopped after an unexpected error") from self._fatal
 
     async def _prepare_topics(self) -> None:
-        """Create the missing topics (CREATE_TOPICS), and warn when the dead-letter
-        topic cannot take the largest dead letter whole."""
+        """Create the missing topics (CREATE_TOPICS) and the repartition topic, and
+        warn when the dead-letter topic cannot take the largest dead letter whole."""
         settings = self.settings
         if settings.CREATE_TOPICS:
             await self._create_missing_topics()
+        # The service's own topic, created whatever CREATE_TOPICS says (as Kafka
+        # Streams creates its internal topics).
+        await self._create_repartition_topic()
         allowed = await asyncio.to_thread(
             topic_max_message_bytes, settings.KAFKA, settings.DLQ_TOPIC
         )
@@ -162,21 +171,36 @@ class KafkaWorker:
         if self._erasures is not None:
             await asyncio.to_thread(ensure_topics, settings.KAFKA, [settings.ERASE_TOPIC])
 
+    async def _create_repartition_topic(self) -> None:
+        """The repartition topic, with the request topic's partitions (or TOPIC_PARTITIONS,
+        whichever is more), taking every record the request topic may hold."""
+        settings = self.settings
+        partitions = max(
+            settings.TOPIC_PARTITIONS,
+            await asyncio.to_thread(partition_count, settings.KAFKA, settings.REQUEST_TOPIC) or 0,
+        )
+        await asyncio.to_thread(
+            ensure_topics, settings.KAFKA, [settings.repartition_topic], partitions,
+            {"max.message.bytes": str(largest_record(settings))},
+        )
+
     def _subscribe(self) -> Consumer:
         settings = self.settings
         consumer = Consumer({
-            **consumer_config(settings.KAFKA, settings.CONSUMER_GROUP),
+            **consumer_config(settings.KAFKA, settings.answering_group),
             "on_commit": self._commits.on_commit,
             "statistics.interval.ms": LAG_REPORT_INTERVAL_MS,
             "stats_cb": self._on_statistics,
         })
         consumer.subscribe(
-            [settings.REQUEST_TOPIC],
+            [settings.repartition_topic],
             on_assign=self._on_assign,
             on_revoke=self._on_revoke,
             on_lost=self._on_lost,
         )
-        log.info("worker consuming %s as group %s", settings.REQUEST_TOPIC, settings.CONSUMER_GROUP)
+        log.info("worker handing %s over to %s as group %s, answering it as group %s",
+                 settings.REQUEST_TOPIC, settings.repartition_topic, settings.CONSUMER_GROUP,
+                 settings.answering_group)
         return consumer
 
     async def _between_fetches(self, consumer: Consumer) -> None:
@@ -208,6 +232,9 @@ class KafkaWorker:
 
     def _stopping(self) -> bool:
         return self._stop.is_set()
+
+    def _fail_from_thread(self, error: BaseException) -> None:
+        self._loop.call_soon_threadsafe(self._fail, error)
 
     def _fail(self, error: BaseException) -> None:
         """Stop the worker: what is not committed is fetched again by its successor."""
@@ -281,7 +308,7 @@ class KafkaWorker:
 
     # Fetching (the polling thread) ----------------------------------------------
 
-    def _fetch(self, consumer: Consumer) -> list[tuple[Message, int | None]]:
+    def _fetch(self, consumer: Consumer) -> list[tuple[Forwarded, int | None]]:
         """Wait briefly for one record, then take what else is ready (room allowing).
 
         Each record is tagged with its partition's assignment at once, in this
@@ -296,9 +323,9 @@ class KafkaWorker:
             batch += self._tag(consumer.consume(min(room, self.settings.MAX_BATCH), 0))
         return batch
 
-    def _tag(self, messages: list[Message]) -> list[tuple[Message, int | None]]:
+    def _tag(self, messages: list[Message]) -> list[tuple[Forwarded, int | None]]:
         return [
-            (m, self._offsets.add((m.topic(), m.partition()), m.offset()))
+            (Forwarded(m), self._offsets.add((m.topic(), m.partition()), m.offset()))
             for m in messages
             if usable(m)
         ]

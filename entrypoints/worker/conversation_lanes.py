@@ -1,10 +1,11 @@
 """Per-conversation lanes: one conversation's records one after another, in the
-order they were fetched; different conversations concurrently."""
+order they were produced; different conversations concurrently."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from collections.abc import Callable
 
@@ -23,6 +24,14 @@ class ConversationLanes:
     """A queue per conversation and one runner task that answers it, for as long
     as it has records.
 
+    The queue is in the order the records were produced (their timestamps): the
+    platform's producers key requests by request id, so two turns of one
+    conversation may reach the repartition topic out of order, by way of two
+    partitions and two repartitioning replicas. A record waits until
+    `order_window` seconds after it was produced before it is answered, so that an
+    earlier turn arriving meanwhile goes first; a record already being answered
+    is never overtaken.
+
     `answered` takes each response of a record whose partition is still ours;
     the records of a partition revoked or lost are dropped for their new owner.
     An unexpected error with one record goes to `unanswerable` (that record's
@@ -38,8 +47,10 @@ class ConversationLanes:
         stopping: Callable[[], bool],
         fail: Callable[[BaseException], None],
         unanswerable: Callable[[HeldRecord, Exception], None],
+        order_window: float = 0.0,
     ) -> None:
         self.service = service
+        self.order_window = order_window
         self.held = held
         self.answered = answered
         self.unanswerable = unanswerable
@@ -49,14 +60,22 @@ class ConversationLanes:
         self._runners: set[asyncio.Task[None]] = set()
 
     def add(self, conversation: str, record: HeldRecord) -> None:
-        """Queue the record behind those of its conversation (its lane starts if idle)."""
+        """Queue the record behind those of its conversation produced before it (its
+        lane starts if idle)."""
         queue = self._queues.get(conversation)
         if queue is None:
             queue = self._queues[conversation] = deque()
             runner = asyncio.create_task(self._run(conversation, queue))
             self._runners.add(runner)
             runner.add_done_callback(self._runners.discard)
-        queue.append(record)
+        place = len(queue)
+        while (
+            place > 0
+            and queue[place - 1].active_since is None  # not started: may be overtaken
+            and queue[place - 1].produced > record.produced
+        ):
+            place -= 1
+        queue.insert(place, record)
 
     async def finish(self, timeout: float) -> None:
         """At shutdown: let the lanes finish within `timeout`, then cancel the rest
@@ -90,10 +109,15 @@ class ConversationLanes:
                 record.answering.cancel()
 
     async def _run(self, conversation: str, queue: deque[HeldRecord]) -> None:
-        """Answer one conversation's records one after another, in fetch order."""
+        """Answer one conversation's records one after another, in the order produced."""
         try:
             while queue:
-                await self._take_turn(queue[0])
+                head = queue[0]
+                wait = head.produced + self.order_window - time.time()
+                if wait > 0:  # an earlier turn may still be on its way
+                    await asyncio.sleep(wait)
+                    continue
+                await self._take_turn(head)
                 queue.popleft()
         except (Stopping, asyncio.CancelledError):
             self._drop_all(queue)

@@ -14,6 +14,7 @@ from opentelemetry.trace import INVALID_SPAN, Span
 
 from adapters.kafka_offsets import OffsetTracker
 from application.contract import ChatRequest, ChatResponse
+from entrypoints.worker.handover import Forwarded
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +23,7 @@ log = logging.getLogger(__name__)
 class HeldRecord:
     """One fetched record on its way through the worker."""
 
-    message: Message
+    message: Message | Forwarded  # Forwarded: read from the repartition topic
     epoch: int | None
     request: ChatRequest | None = None
     deliveries: int = 0
@@ -39,6 +40,12 @@ class HeldRecord:
     @property
     def partition(self) -> tuple[str, int]:
         return (self.message.topic(), self.message.partition())
+
+    @property
+    def produced(self) -> float:
+        """When it was produced (epoch seconds); when it was fetched if it says
+        nothing, or says later (a producer clock running ahead)."""
+        return min(produced_at(self.message, self.held_at), self.held_at)
 
     def start(self) -> None:
         """Its turn came: from now on it must make progress."""

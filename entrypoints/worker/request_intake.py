@@ -21,6 +21,7 @@ from application.ports import Clock
 from domain.conversation import conversation_id
 from entrypoints.settings import Settings
 from entrypoints.worker.conversation_lanes import ConversationLanes
+from entrypoints.worker.handover import Forwarded
 from entrypoints.worker.held_records import HeldRecord, HeldRecords, produced_at
 from entrypoints.worker.request_accounting import RequestAccounting
 from entrypoints.worker.responder import Responder
@@ -49,7 +50,7 @@ class RequestIntake:
         self.lanes = lanes
         self.responder = responder
 
-    def take(self, message: Message, epoch: int | None) -> None:
+    def take(self, message: Message | Forwarded, epoch: int | None) -> None:
         """Hold the record and queue it in its conversation's lane (or reject it)."""
         record = self.held.hold(message, epoch, self.accounting.start_span(message))
         try:
@@ -70,11 +71,17 @@ class RequestIntake:
         self.accounting.describe(record)
         self.lanes.add(conversation, record)
 
-    def _read(self, message: Message) -> ChatRequest:
+    def _read(self, message: Message | Forwarded) -> ChatRequest:
         """The request, with its deadline: REQUEST_DEADLINE (BATCH_DEADLINE for one
         answered by the Batch API) after the record was produced (or fetched, if it
         has no time)."""
         settings = self.settings
+        if isinstance(message, Forwarded) and message.refused is not None:
+            raise InvalidRequest(
+                f"the record could not be handed over to its conversation ({message.refused}): "
+                "it is larger than the topics take",
+                request_id_of(message.key(), settings.MAX_KEY_BYTES),
+            )
         request = parse_request(
             message.key(), message.value(), settings.MAX_REQUEST_BYTES, settings.MAX_KEY_BYTES
         )

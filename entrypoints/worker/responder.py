@@ -24,6 +24,7 @@ from adapters.dead_letters import SEALED_HEADER, SEALED_WITH, DeadLetterSeal
 from adapters.kafka import producer_config
 from application.contract import ChatResponse, InvalidRequest, iso_timestamp_of
 from entrypoints.settings import Settings
+from entrypoints.worker.handover import Forwarded, source_of
 from entrypoints.worker.held_records import HeldRecord, HeldRecords
 
 log = logging.getLogger(__name__)
@@ -329,15 +330,25 @@ def largest_record(settings: Settings) -> int:
     )
 
 
-def dead_letter_headers(message: Message, reason: str, error_type: str = "invalid_request") -> Headers:
-    return [
+def dead_letter_headers(
+    message: Message | Forwarded, reason: str, error_type: str = "invalid_request"
+) -> Headers:
+    """Why, and where the platform produced the record (not the repartition topic)."""
+    topic, partition, offset = source_of(message)
+    headers = [
         (SEALED_HEADER, SEALED_WITH),
         ("error_type", error_type.encode()),
         ("reason", reason.encode()),
-        ("source_topic", (message.topic() or "").encode()),
-        ("source_partition", str(message.partition()).encode()),
-        ("source_offset", str(message.offset()).encode()),
+        ("source_topic", topic.encode()),
+        ("source_partition", str(partition).encode()),
+        ("source_offset", str(offset).encode()),
     ]
+    if isinstance(message, Forwarded) and message.refused is not None:
+        # Handed over without its value: the dead letter cannot have it either.
+        headers.append(("value_omitted", message.refused.encode()))
+        if message.value_sha256 is not None:
+            headers.append(("value_sha256", message.value_sha256))
+    return headers
 
 
 def undeliverable(error: KafkaError) -> bytes:

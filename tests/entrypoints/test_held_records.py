@@ -16,6 +16,9 @@ class Message:
     def __init__(self, offset: int) -> None:
         self._offset = offset
 
+    def timestamp(self) -> tuple[int, int]:
+        return (0, -1)  # none
+
     def topic(self) -> str:
         return "gpt-send"
 
