@@ -80,6 +80,17 @@ class OtelMetrics:
             "chater_gpt_model_call_duration", unit="s",
             description="One call to the model provider, by model and outcome",
         )
+        self._shared_limits_up: bool | None = None  # None: no shared limits (no REDIS_URL)
+        self._shared_limits_fallbacks = meter.create_counter(
+            "chater_gpt_shared_limits_fallbacks",
+            description="Times the rate limits shared by the replicas (Redis) could not be "
+            "reached and this process fell back to its own share of them",
+        )
+        meter.create_observable_gauge(
+            "chater_gpt_shared_limits_up", callbacks=[self._read_shared_limits],
+            description="1 while the rate limits shared by the replicas (Redis) hold, 0 while "
+            "this process holds its own share of them (Redis unreachable)",
+        )
 
     def request_finished(self, *, outcome: str, model: str, kind: str, seconds: float) -> None:
         labels = {"outcome": outcome, "model": self.model_label(model), "kind": kind}
@@ -106,6 +117,15 @@ class OtelMetrics:
             self._unpriced.add(1, {"model": model})
         else:
             self._cost.add(cost, {"model": model})
+
+    def shared_limits(self, *, up: bool) -> None:
+        if not up and self._shared_limits_up is not False:
+            self._shared_limits_fallbacks.add(1)
+        self._shared_limits_up = up
+
+    def _read_shared_limits(self, _: CallbackOptions) -> list[Observation]:
+        up = self._shared_limits_up
+        return [] if up is None else [Observation(1 if up else 0)]
 
     def watch(self, name: str, description: str, read: Reading) -> None:
         """A gauge whose values `read()` gives whenever metrics are collected."""

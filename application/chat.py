@@ -332,9 +332,11 @@ class ChatService:
             # whoever answers the request next holds and settles its tokens.
             reply = await self.batches.answer(job.cid, job.request_id, masked, plan.sent_in_batch)
         else:
-            async with self.slots.slot(job.request.priority):
+            plan.call.progress.tokens = plan.estimate  # what the rate limiter counts
+            async with self.slots.slot(job.request.priority, plan.call):
                 plan.call.progress.sent = True
                 reply = await self.model.complete(masked)
+            self.slots.settle(plan.call, reply)
             if reply.rate_limits is not None:
                 self.rate_limiter.observe(reply.rate_limits)
         if session is not None:  # the user sees their own data again
@@ -394,6 +396,7 @@ class ChatService:
         if self._recording:
             await asyncio.wait(set(self._recording), timeout=RECORDING_GRACE)
         await self.ledger.close()
+        await self.rate_limiter.close()
         await self.model.close()
         await self.sharing.close()
         await self.batches.close()

@@ -118,9 +118,11 @@ class Compactor:
                 async with asyncio.timeout(time_left):
                     await self.ledger.reserve(hold, estimate, max_wait=0)
                     masked, session = await self.masking.mask(call)
-                    async with self.slots.slot(request.priority):
+                    call.progress.tokens = estimate  # what the rate limiter counts
+                    async with self.slots.slot(request.priority, call):
                         call.progress.sent = True
                         reply = await self.model.complete(masked)
+                    self.slots.settle(call, reply)
             except (BudgetExceeded, ModelError, TimeoutError) as error:
                 self._give_back(hold, estimate, call.progress.sent and isinstance(error, TimeoutError))
                 log.warning("context not summarised (%s): the oldest turns are dropped",

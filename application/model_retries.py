@@ -39,7 +39,7 @@ class RetryingModel:
         base_delay: float = 0.5,
         max_delay: float = 60.0,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-        pace: Callable[[], Awaitable[None]] | None = None,
+        pace: Callable[[ModelCall], Awaitable[None]] | None = None,
         holds_back: Callable[[str], bool] | None = None,
     ) -> None:
         self.model = model
@@ -48,9 +48,9 @@ class RetryingModel:
         self.base_delay = base_delay
         self.max_delay = max_delay
         self.sleep = sleep
-        # Awaited before each call this class adds (retries, the fallback), so that
-        # they count against REQUESTS_PER_MINUTE like the first call, which the
-        # use case paces itself.
+        # Awaited with the call before each call this class adds (retries, the
+        # fallback), so that they count against REQUESTS_PER_MINUTE and
+        # TOKENS_PER_MINUTE like the first call, which the use case paces itself.
         self.pace = pace
         # Whether a model's circuit would hold a call back now (the circuit breaker's).
         self.holds_back = holds_back or (lambda model: False)
@@ -84,7 +84,7 @@ class RetryingModel:
         attempt = 0
         while True:
             if not paced and self.pace is not None:
-                await self.pace()
+                await self.pace(call)
             try:
                 return await self.model.complete(call)
             except ModelError as error:

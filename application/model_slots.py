@@ -30,6 +30,12 @@ conversation.
 A waiter that is cancelled (its request was abandoned) leaves the order without
 taking a slot or holding up the others, also when it is cancelled at the head,
 inside the rate limiter's wait.
+
+Tokens: a call counts its worst case (`call.progress.tokens`, set by whoever
+planned it) against the tokens per minute when admitted; `settle` counts what it
+used instead once it answered. Retries and the fallback call are admitted by
+`admit` (RetryingModel's pace hook), each with the same worst case, and the
+attempt that answered is the one settled.
 """
 
 from __future__ import annotations
@@ -42,7 +48,13 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
-from application.ports import RateLimiter
+from application.ports import ModelCall, ModelReply, RateLimiter
+
+
+async def admit(rate_limiter: RateLimiter, call: ModelCall) -> None:
+    """One attempt of `call` admitted by the rate limiter (kept on the call, for
+    `ModelSlots.settle`)."""
+    call.progress.admission = await rate_limiter.acquire(call.progress.tokens)
 
 
 @dataclass(order=True)
@@ -92,9 +104,10 @@ class ModelSlots:
         return self._in_use
 
     @asynccontextmanager
-    async def slot(self, priority: int = 0) -> AsyncIterator[None]:
-        """Wait for this request's turn, a free slot and the rate limiter's leave;
-        hold the slot for the body (given back on exit, error or cancellation)."""
+    async def slot(self, priority: int = 0, call: ModelCall | None = None) -> AsyncIterator[None]:
+        """Wait for this request's turn, a free slot and the rate limiter's leave
+        (for `call`'s worst case in tokens, if given); hold the slot for the body
+        (given back on exit, error or cancellation)."""
         waiter = _Waiter(
             self._monotonic() / self._aging - priority,
             next(self._arrivals),
@@ -108,7 +121,10 @@ class ModelSlots:
             while self._concurrency and self._in_use >= self._concurrency:
                 self._freed.clear()
                 await self._freed.wait()
-            await self._rate_limiter.acquire()
+            if call is None:
+                await self._rate_limiter.acquire()
+            else:
+                await admit(self._rate_limiter, call)
         except BaseException:
             self._waiting -= 1
             if self._head is waiter:
@@ -129,6 +145,13 @@ class ModelSlots:
         finally:
             self._in_use -= 1
             self._freed.set()
+
+    def settle(self, call: ModelCall, reply: ModelReply) -> None:
+        """The call answered: the rate limiter counts what it used, not its worst case."""
+        if call.progress.admission is not None:
+            self._rate_limiter.settle(
+                call.progress.admission, reply.prompt_tokens + reply.completion_tokens
+            )
 
     def _advance(self) -> None:
         """Make the first waiter in the order the head, if there is none."""

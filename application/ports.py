@@ -30,6 +30,12 @@ class CallProgress:
     costs nothing. Shared by the copies of a call (masked, for a fallback model)."""
 
     sent: bool = False
+    # The call's worst case in tokens (prompt + max_tokens), counted by the rate
+    # limiter's tokens per minute until the reply says what it used; and the rate
+    # limiter's admission of its latest attempt (retries and the fallback take
+    # their own), which that reply settles.
+    tokens: int = 0
+    admission: object = None
 
 
 @dataclass(frozen=True)
@@ -104,12 +110,21 @@ class TokenCounter(Protocol):
 
 
 class RateLimiter(Protocol):
-    async def acquire(self) -> None:
-        """Wait until one more model call is allowed."""
+    async def acquire(self, tokens: int = 0) -> object:
+        """Wait until one more model call is allowed, counting `tokens` (its worst
+        case, prompt + completion) against the tokens per minute; its admission."""
+        ...
+
+    def settle(self, admission: object, tokens: int) -> None:
+        """The admitted call used `tokens` in fact: count them instead of its
+        estimate. Never waits, never raises."""
         ...
 
     def observe(self, status: RateLimitStatus) -> None:
         """Take the provider's own account of its limits into the pacing."""
+        ...
+
+    async def close(self) -> None:
         ...
 
 
@@ -198,6 +213,11 @@ class Metrics(Protocol):
         cost: float | None,
     ) -> None:
         """What one answered call used; `cost` in dollars, None when unpriced."""
+        ...
+
+    def shared_limits(self, *, up: bool) -> None:
+        """Whether the rate limits shared by all replicas (in Redis) hold now; False:
+        this process holds its own share of them (an outage)."""
         ...
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 
 from dependency_injector import containers, providers
 
@@ -17,6 +18,7 @@ from adapters.otel_tracing import OtelTracing
 from adapters.pii_detector import LibraryPiiDetector
 from adapters.price_file import PriceFileError, price_table
 from adapters.rate_limiter import SlidingWindowRateLimiter
+from adapters.redis_rate_limiter import RedisRateLimiter
 from adapters.redis_cache import RedisResponseCache
 from adapters.secret_file import api_key_source
 from adapters.system_clock import SystemClock
@@ -28,7 +30,7 @@ from application.chat_policy import ChatPolicy
 from application.circuit_breaker import CircuitBreaker
 from application.model_names import ModelNames
 from application.model_retries import RetryingModel
-from application.model_slots import ModelSlots
+from application.model_slots import ModelSlots, admit
 from application.pii import PiiMasker
 from application.privacy import Privacy
 from domain.pricing import PriceTable
@@ -46,6 +48,19 @@ def _response_cache(settings: Settings) -> RedisResponseCache | None:
     if not settings.REDIS_URL:
         return None
     return RedisResponseCache(settings.REDIS_URL, secret_key=_secret(settings.SECRET_KEY) or "")
+
+
+def _rate_limiter(
+    settings: Settings, metrics: OtelMetrics
+) -> SlidingWindowRateLimiter | RedisRateLimiter:
+    """REQUESTS_PER_MINUTE and TOKENS_PER_MINUTE for all replicas together (one
+    consumer group) when REDIS_URL is set; for this process alone otherwise."""
+    if not settings.REDIS_URL:
+        return SlidingWindowRateLimiter(settings.REQUESTS_PER_MINUTE, settings.TOKENS_PER_MINUTE)
+    return RedisRateLimiter(
+        settings.REDIS_URL, settings.REQUESTS_PER_MINUTE, settings.TOKENS_PER_MINUTE,
+        prefix=f"chater-gpt:{{limits:{settings.CONSUMER_GROUP}}}", metrics=metrics,
+    )
 
 
 def _summary_model(settings: Settings, prices: PriceTable) -> str:
@@ -84,9 +99,7 @@ class Container(containers.DeclarativeContainer):
     tracing = providers.Singleton(OtelTracing)
     tracer = tracing.provided.tracer
     token_counter = providers.Singleton(TiktokenCounter)
-    rate_limiter = providers.Singleton(
-        SlidingWindowRateLimiter, per_minute=settings.provided.REQUESTS_PER_MINUTE
-    )
+    rate_limiter = providers.Singleton(_rate_limiter, settings=settings, metrics=metrics)
     records = providers.Singleton(
         ChatRecords,
         env=providers.Callable(
@@ -129,7 +142,7 @@ class Container(containers.DeclarativeContainer):
         model=circuit_breaker,
         max_retries=settings.provided.MAX_RETRIES,
         fallback_model=settings.provided.FALLBACK_MODEL,
-        pace=rate_limiter.provided.acquire,
+        pace=providers.Callable(partial, admit, rate_limiter),  # each retry's own admission
         holds_back=circuit_breaker.provided.holds_back,
     )
     policy = providers.Singleton(

@@ -71,3 +71,35 @@ async def test_pacing_ends_when_the_providers_window_resets():
     await limiter.acquire()
     await limiter.acquire()
     assert time.slept == []
+
+
+async def test_tokens_count_their_estimate_until_settled_with_what_was_used():
+    time = FakeTime()
+    limiter = SlidingWindowRateLimiter(0, 100, monotonic=time.monotonic, sleep=time.sleep)
+    first = await limiter.acquire(60)
+    time.now += 10
+    limiter.settle(first, 10)  # it used 10: 90 left in the window
+    await limiter.acquire(80)
+    assert time.slept == [] and limiter.tokens_in_window == 90
+    await limiter.acquire(20)  # 110 > 100: until the 10 leave (at 1060)
+    assert time.slept == [50.0] and limiter.tokens_in_window == 100
+
+
+async def test_a_call_larger_than_the_token_limit_waits_for_an_empty_window():
+    time = FakeTime()
+    limiter = SlidingWindowRateLimiter(0, 100, monotonic=time.monotonic, sleep=time.sleep)
+    await limiter.acquire(5)
+    time.now += 30
+    await limiter.acquire(500)
+    assert time.slept == [30.0]  # the 5 left at 1060: then it goes alone
+    limiter.settle(object(), 3)  # not one of its admissions: ignored
+
+
+async def test_settling_a_call_that_left_the_window_changes_nothing():
+    time = FakeTime()
+    limiter = SlidingWindowRateLimiter(10, 100, monotonic=time.monotonic, sleep=time.sleep)
+    late = await limiter.acquire(50)
+    time.now += 61
+    await limiter.acquire(30)
+    limiter.settle(late, 5)
+    assert limiter.tokens_in_window == 30

@@ -72,12 +72,22 @@ class FixedClock:
 class CountingLimiter:
     def __init__(self) -> None:
         self.acquired = 0
+        self.tokens: list[int] = []  # the worst case each call counted
+        self.settled: dict[object, int] = {}  # admission: tokens used
 
-    async def acquire(self) -> None:
+    async def acquire(self, tokens: int = 0) -> int:
         self.acquired += 1
+        self.tokens.append(tokens)
+        return len(self.tokens) - 1  # the admission: which call it was
+
+    def settle(self, admission: object, tokens: int) -> None:
+        self.settled[admission] = tokens
 
     def observe(self, status) -> None:  # type: ignore[no-untyped-def]
         self.observed = status
+
+    async def close(self) -> None:
+        pass
 
 
 class MemoryCache:

@@ -258,3 +258,11 @@ async def test_each_recorded_reply_carries_its_cost_and_unknown_models_are_unpri
         if type(e).__name__ == "ReplyRecorded"
     ]
     assert [(e.cached_tokens, e.cost) for e in replies] == [(400, priced["cost_usd"]), (0, None)]
+
+
+async def test_the_rate_limiter_counts_the_calls_worst_case_then_what_it_used():
+    service, _ = make_service(max_tokens=100)
+    payload = await wire(service, ask("r1", "one"))
+    # The same worst case the budget holds (1 + 4 + 3 + 100), then the reply's usage.
+    assert service.rate_limiter.tokens == [108]
+    assert service.rate_limiter.settled == {0: payload["usage"]["total_tokens"]}

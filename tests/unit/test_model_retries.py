@@ -61,7 +61,7 @@ async def test_every_call_it_adds_is_paced_like_the_first_one():
     fake.script = [ModelError("upstream_error", "down", True)] * 3
     paced: list[int] = []
 
-    async def pace() -> None:
+    async def pace(call) -> None:  # type: ignore[no-untyped-def]
         paced.append(len(fake.calls))  # how many calls had been made when it was asked
 
     model, _ = retrying(fake, max_retries=2, fallback_model="gpt-4.1", pace=pace)
@@ -178,7 +178,7 @@ async def test_a_retry_that_goes_to_the_fallback_takes_one_rate_limit_token_not_
     held: set[str] = set()
     paced: list[int] = []
 
-    async def pace() -> None:
+    async def pace(call) -> None:  # type: ignore[no-untyped-def]
         paced.append(len(fake.calls))
 
     async def sleep(seconds: float) -> None:

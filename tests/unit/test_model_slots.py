@@ -16,7 +16,7 @@ class GateLimiter:
         self.granted = 0
         self.most_waiting = 0
 
-    async def acquire(self) -> None:
+    async def acquire(self, tokens: int = 0) -> None:
         future = asyncio.get_running_loop().create_future()
         self.pending.append(future)
         self.most_waiting = max(self.most_waiting, len(self.pending))
@@ -32,6 +32,9 @@ class GateLimiter:
     def observe(self, status: RateLimitStatus) -> None:
         pass
 
+    def settle(self, admission: object, tokens: int) -> None:
+        pass
+
 
 class OpenLimiter:
     """Lets everyone through at once."""
@@ -39,10 +42,13 @@ class OpenLimiter:
     def __init__(self) -> None:
         self.calls = 0
 
-    async def acquire(self) -> None:
+    async def acquire(self, tokens: int = 0) -> None:
         self.calls += 1
 
     def observe(self, status: RateLimitStatus) -> None:
+        pass
+
+    def settle(self, admission: object, tokens: int) -> None:
         pass
 
 
@@ -310,7 +316,7 @@ async def test_a_failing_body_gives_its_slot_back():
 
 async def test_a_failing_rate_limiter_passes_the_turn_on():
     class Flaky(OpenLimiter):
-        async def acquire(self) -> None:
+        async def acquire(self, tokens: int = 0) -> None:
             self.calls += 1
             if self.calls == 1:
                 raise RuntimeError("limiter broke")
@@ -363,3 +369,20 @@ def test_bad_settings_are_refused():
         ModelSlots(OpenLimiter(), concurrency=-1)
     with pytest.raises(ValueError):
         ModelSlots(OpenLimiter(), aging_seconds=0)
+
+
+async def test_a_call_counts_its_worst_case_until_its_reply_settles_it():
+    from application.model_slots import admit
+    from application.ports import ModelCall, ModelReply
+    from tests.unit.fakes import CountingLimiter
+
+    limiter = CountingLimiter()
+    slots = ModelSlots(limiter, monotonic=FakeClock())
+    call = ModelCall("gpt-4o-mini", [], max_tokens=100, temperature=0.0)
+    call.progress.tokens = 150
+    async with slots.slot(0, call):
+        pass
+    await admit(limiter, call)  # a retry: its own admission, the same worst case
+    slots.settle(call, ModelReply("hi", "gpt-4o-mini", prompt_tokens=40, completion_tokens=2))
+    assert limiter.tokens == [150, 150]
+    assert limiter.settled == {1: 42}  # the attempt that answered
