@@ -66,6 +66,7 @@ class SlidingWindowRateLimiter:
         self._calls: deque[Admission] = deque()
         self._tokens = 0  # the sum of the tokens of `_calls`
         self._lock = asyncio.Lock()
+        self._freed = asyncio.Event()  # a settled call counts for fewer tokens now
         self._spacing = 0.0  # seconds between calls while the provider runs low
         self._spacing_until = 0.0
         self._next_call = 0.0
@@ -90,7 +91,26 @@ class SlidingWindowRateLimiter:
                 admitted = self.try_acquire(tokens)
                 if isinstance(admitted, Admission):
                     return admitted
-                await self._sleep(admitted)
+                await self.wait(admitted)
+
+    async def wait(self, seconds: float) -> None:
+        """Sleep `seconds`, or less if a call settled meanwhile freed tokens (its
+        reply used less than its worst case): those are free at once, not in a minute."""
+        if self.tokens_per_minute <= 0:
+            await self._sleep(seconds)
+            return
+        self._freed.clear()
+        sleeping = asyncio.ensure_future(self._sleep(seconds))
+        freed = asyncio.ensure_future(self._freed.wait())
+        try:
+            await asyncio.wait({sleeping, freed}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            sleeping.cancel()
+            freed.cancel()
+
+    def wake(self) -> None:
+        """Tokens were freed (here, or in the limits shared with other replicas)."""
+        self._freed.set()
 
     def try_acquire(self, tokens: int = 0) -> Admission | float:
         """Let a call through now, or the seconds to wait before asking again."""
@@ -121,6 +141,8 @@ class SlidingWindowRateLimiter:
         tokens = max(tokens, 0)
         if admission.counted:
             self._tokens += tokens - admission.tokens
+            if tokens < admission.tokens:
+                self.wake()
         admission.tokens = tokens
 
     async def close(self) -> None:

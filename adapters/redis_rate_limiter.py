@@ -16,7 +16,9 @@ replicas' clocks do not matter):
 The script drops what left the window, and either counts the call (returning 0)
 or says how many ms to wait: until enough calls leave the window for one more
 (and its tokens), and until the next paced call is due. Callers wait, first come
-first served in this process; nothing is refused. `settle` replaces a call's
+first served in this process; nothing is refused. Waiting for tokens, the first
+waiter asks again every `poll_seconds` (replies elsewhere free tokens as they
+settle), and at once when a reply in this process freed some. `settle` replaces a call's
 estimate by what it used (another script: the member is renamed, the sum
 corrected); it and `observe` run in the background and never hold a call up.
 
@@ -181,6 +183,7 @@ class RedisRateLimiter:
         socket_timeout: float = 0.25,
         retry_after: float = 5.0,
         heartbeat_seconds: float = 10.0,
+        poll_seconds: float = 0.5,
         replica_id: str | None = None,
         monotonic: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
@@ -191,6 +194,7 @@ class RedisRateLimiter:
         self._window_ms = max(int(window_seconds * 1000), 1)
         self._alive_ms = int(3 * heartbeat_seconds * 1000)  # three beats missed: gone
         self._heartbeat_seconds = heartbeat_seconds
+        self._poll_seconds = poll_seconds
         self._retry_after = retry_after
         self._call_timeout = max(4 * socket_timeout, 1.0)
         self._metrics = metrics
@@ -250,13 +254,17 @@ class RedisRateLimiter:
                         self._is_up(int(replicas))
                         if int(admitted):
                             return SharedAdmission(member, tokens, self._local.record(tokens))
-                        await self._sleep(int(wait_ms) / 1000)
+                        wait = int(wait_ms) / 1000
+                        if self.tokens_per_minute > 0:
+                            # Replies of other replicas may free tokens any moment.
+                            wait = min(wait, self._poll_seconds)
+                        await self._local.wait(wait)  # or until a reply here freed tokens
                         continue
                 # An outage: this process's share, asking Redis again when it is due.
                 local = self._local.try_acquire(tokens)
                 if isinstance(local, Admission):
                     return SharedAdmission(None, tokens, local)
-                await self._sleep(min(local, max(self._retry_at - self._monotonic(), 0.01)))
+                await self._local.wait(min(local, max(self._retry_at - self._monotonic(), 0.01)))
 
     def settle(self, admission: object, tokens: int) -> None:
         if not isinstance(admission, SharedAdmission):
@@ -266,9 +274,10 @@ class RedisRateLimiter:
         if admission.member is None or tokens == admission.tokens:
             return
         renamed = f"{admission.member.rsplit(':', 1)[0]}:{tokens}"
+        freed = tokens < admission.tokens
         self._in_background(self._settle(
             keys=self._keys[:2], args=[admission.member, renamed, tokens - admission.tokens]
-        ))
+        ), then=self._local.wake if freed else None)
         admission.member, admission.tokens = renamed, tokens
 
     def observe(self, status: RateLimitStatus) -> None:
@@ -341,25 +350,32 @@ class RedisRateLimiter:
 
     # In the background ---------------------------------------------------------------
 
-    def _in_background(self, call: Coroutine[Any, Any, Any]) -> None:
-        """Send a correction to Redis without holding anyone up (skipped in an outage)."""
+    def _in_background(
+        self, call: Coroutine[Any, Any, Any], then: Callable[[], None] | None = None
+    ) -> None:
+        """Send a correction to Redis without holding anyone up (skipped in an outage);
+        `then` once it is done."""
         if not self.shared:
             call.close()
             return
         try:
-            task = asyncio.ensure_future(self._quietly(call))
+            task = asyncio.ensure_future(self._quietly(call, then))
         except RuntimeError:  # no running loop
             call.close()
             return
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    async def _quietly(self, call: Coroutine[Any, Any, Any]) -> None:
+    async def _quietly(
+        self, call: Coroutine[Any, Any, Any], then: Callable[[], None] | None
+    ) -> None:
         try:
             async with asyncio.timeout(self._call_timeout):
                 await call
         except _FAILURES as error:
             self._went_down(error)
+        if then is not None:
+            then()
 
     def _start_heartbeat(self) -> None:
         if self._heartbeat is None or self._heartbeat.done():

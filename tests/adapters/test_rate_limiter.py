@@ -103,3 +103,14 @@ async def test_settling_a_call_that_left_the_window_changes_nothing():
     await limiter.acquire(30)
     limiter.settle(late, 5)
     assert limiter.tokens_in_window == 30
+
+
+async def test_a_reply_using_less_than_its_worst_case_frees_tokens_at_once():
+    limiter = SlidingWindowRateLimiter(0, 100)  # the real clock: a minute's wait otherwise
+    first = await limiter.acquire(80)
+    waiting = asyncio.ensure_future(limiter.acquire(50))
+    await asyncio.sleep(0.05)
+    assert not waiting.done()
+    limiter.settle(first, 10)
+    await asyncio.wait_for(waiting, 1)
+    assert limiter.tokens_in_window == 60
