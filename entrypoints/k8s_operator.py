@@ -25,6 +25,15 @@ TEMPLATE = Path(
     )
 )
 DEFAULTS = {"model": "gpt-4o-mini", "visionModel": "gpt-4o-latest", "replicas": 1}
+# The topics the service creates get this many partitions, and more for more
+# replicas: every replica then owns at least one (1, 2, 3, 4, 6 and 12 replicas
+# share 12 partitions evenly).
+MIN_PARTITIONS = 12
+
+
+def partitions_for(replicas: int) -> int:
+    """TOPIC_PARTITIONS for a service of `replicas` replicas."""
+    return max(MIN_PARTITIONS, replicas)
 
 
 def load_template(path: Path = TEMPLATE) -> dict[str, Any]:
@@ -59,6 +68,7 @@ def deployment_for(
         "VISION_MODEL": spec["visionModel"],
         # Each ChaterGpt is its own service: its own consumer group.
         "CONSUMER_GROUP": f"{name}-group",
+        "TOPIC_PARTITIONS": partitions_for(int(spec["replicas"])),
     }
     for container in pod["spec"]["containers"]:
         env = [item for item in container.get("env", []) if item["name"] not in settings]

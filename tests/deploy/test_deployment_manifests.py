@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from entrypoints.k8s_operator import deployment_for, load_template
+from entrypoints.settings import Settings
 
 MANIFESTS = Path(__file__).resolve().parents[2] / "deploy" / "kubernetes"
 KUBERNETES = "1.31.0"
@@ -89,6 +90,8 @@ def test_a_chatergpt_becomes_a_valid_deployment_with_its_settings():
     assert (env["MODEL"], env["VISION_MODEL"]) == ("gpt-4o-mini", "gpt-4o-latest")
     assert env["CONSUMER_GROUP"] == "chater-gpt-group"
     assert [n for n in env].count("BOOTSTRAP_SERVER") == 1  # replaced, not added twice
+    assert env["TOPIC_PARTITIONS"] == "12"  # at least the replicas: every one gets partitions
+    assert [n for n in env].count("TOPIC_PARTITIONS") == 1
     selector = deployment["spec"]["selector"]["matchLabels"]
     assert selector.items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
     assert worker["readinessProbe"]["httpGet"]["path"] == "/readyz"  # the rest is the template's
@@ -148,3 +151,18 @@ def test_reconcile_creates_the_deployment_then_patches_it(monkeypatch):
     assert created["metadata"]["ownerReferences"][0]["kind"] == "ChaterGpt"  # deleted with it
     k8s_operator.reconcile(spec={**resource["spec"], "replicas": 5}, **arguments)
     assert FakeApps.deployments[("chater", "chater-gpt")]["spec"]["replicas"] == 5
+
+
+def test_the_manifests_and_the_operator_give_every_replica_partitions():
+    """The rule the README states: TOPIC_PARTITIONS = max(12, replicas)."""
+    with open(MANIFESTS / "deployment.yaml") as file:
+        deployment = yaml.safe_load(file)
+    (worker,) = deployment["spec"]["template"]["spec"]["containers"]
+    env = {item["name"]: item.get("value") for item in worker["env"]}
+    assert int(env["TOPIC_PARTITIONS"]) == 12 >= deployment["spec"]["replicas"]
+    assert Settings.model_fields["TOPIC_PARTITIONS"].default == 12
+    for replicas, partitions in [(1, 12), (3, 12), (12, 12), (20, 20)]:
+        rendered = deployment_for("bot", "chater", {"bootstrapServer": "k:9092", "replicas": replicas})
+        (worker,) = rendered["spec"]["template"]["spec"]["containers"]
+        env = {item["name"]: item.get("value") for item in worker["env"]}
+        assert int(env["TOPIC_PARTITIONS"]) == partitions >= rendered["spec"]["replicas"]

@@ -190,23 +190,20 @@ def test_nothing_lost_nothing_paid_twice_through_every_fault(
                 valid[key] = (conversation, turn)
                 body = {"user_email": f"user{conversation}@example.com",
                         "message": f"{key}: question {turn} of conversation {conversation}"}
-                # A conversation's records share a partition, as a producer keeping order would.
-                producer.produce(topics["REQUEST_TOPIC"], json.dumps(body).encode(), key.encode(),
-                                 partition=conversation % 2)
+                # The platform's keying: by request id, the default partitioner.
+                producer.produce(topics["REQUEST_TOPIC"], json.dumps(body).encode(), key.encode())
             for kind, key, value in poison_records(turn) if turn < 2 else []:
                 poison_kinds[kind] += 1
                 if key is not None:
                     poison[key] = kind
-                producer.produce(topics["REQUEST_TOPIC"], value, key.encode() if key else None,
-                                 partition=turn % 2)
+                producer.produce(topics["REQUEST_TOPIC"], value, key.encode() if key else None)
             if turn == 0:
                 for n in range(2):
                     key = f"f-unknown-{n}"
                     poison[key] = "unknown model"
                     body = {"user_email": "curious@example.com", "message": f"{key}: hi",
                             "model": "gpt-nonexistent"}
-                    producer.produce(topics["REQUEST_TOPIC"], json.dumps(body).encode(), key.encode(),
-                                     partition=0)
+                    producer.produce(topics["REQUEST_TOPIC"], json.dumps(body).encode(), key.encode())
             producer.flush(30)
             time.sleep(3.0)
 

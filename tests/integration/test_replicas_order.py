@@ -1,0 +1,120 @@
+"""One conversation, one order, any number of replicas: requests keyed by request id
+through the default partitioner (the platform's keying) land on every partition,
+and still each conversation's turns reach the model in turn order, each with the
+whole earlier conversation, while all three replicas answer."""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+import signal
+import time
+import uuid
+from collections import Counter
+
+import pytest
+from confluent_kafka import Producer
+
+from tests.support.records import private_topics, read_until_all
+from tests.support.worker import WorkerProcess
+
+pytestmark = pytest.mark.integration
+
+WORKERS, PARTITIONS, CONVERSATIONS, TURNS = 3, 6, 40, 4
+
+
+def text(conversation: int, turn: int) -> str:
+    return f"c{conversation}-t{turn}: question {turn} of conversation {conversation}"
+
+
+OWNERSHIP = re.compile(r'"message": "(assigned|revoked|repartitioning|no longer repartitioning) (\[.*?\])"')
+
+
+def owned(worker: WorkerProcess) -> tuple[set[str], set[str]]:
+    """The partitions a worker's two stages own now, as its log tells."""
+    answering: set[str] = set()
+    repartitioning: set[str] = set()
+    for change, partitions in OWNERSHIP.findall(worker.log()):
+        names = set(ast.literal_eval(partitions))
+        if change == "assigned":
+            answering |= names
+        elif change == "revoked":
+            answering -= names
+        elif change == "repartitioning":
+            repartitioning |= names
+        else:
+            repartitioning -= names
+    return answering, repartitioning
+
+
+def settled(workers: list[WorkerProcess]) -> bool:
+    stages = [owned(w) for w in workers]
+    return all(a and r for a, r in stages) and all(
+        len(set().union(*(stage[n] for stage in stages))) == PARTITIONS
+        and sum(len(stage[n]) for stage in stages) == PARTITIONS
+        for n in (0, 1)
+    )
+
+
+@pytest.mark.timeout(240)
+def test_three_replicas_answer_every_conversation_in_order_with_its_whole_history(
+    broker, fake_openai, worker_env, tmp_path, request
+):
+    topics = private_topics(broker.bootstrap_server, request_partitions=PARTITIONS)
+    env = {**worker_env, **topics, "TOPIC_PARTITIONS": str(PARTITIONS), "LOG_FORMAT": "json"}
+    workers = [WorkerProcess(env, tmp_path / f"worker{n}.log") for n in range(WORKERS)]
+    request.addfinalizer(lambda: [w.stop(signal.SIGKILL) for w in workers if w.process])
+    for worker in workers:
+        worker.start()
+    # Both stages of every replica own partitions, and every partition has its
+    # owner, before anything is produced: the groups have settled.
+    deadline = time.monotonic() + 90
+    while not settled(workers):
+        assert time.monotonic() < deadline, [w.log()[-2000:] for w in workers]
+        time.sleep(0.2)
+    fake_openai.set_latency(0.2)
+
+    producer = Producer({"bootstrap.servers": broker.bootstrap_server})
+    keys: dict[str, tuple[int, int]] = {}
+    partitions_used: set[int] = set()
+
+    def delivered(error, message) -> None:
+        assert error is None, error
+        partitions_used.add(message.partition())
+
+    for turn in range(TURNS):  # back to back: nobody waits for an answer
+        for conversation in range(CONVERSATIONS):
+            key = uuid.uuid4().hex  # the platform's keying: a random request id
+            keys[key] = (conversation, turn)
+            body = {"user_email": f"user{conversation}@example.com", "message": text(conversation, turn)}
+            producer.produce(topics["REQUEST_TOPIC"], json.dumps(body).encode(), key.encode(),
+                             on_delivery=delivered)
+        producer.flush(10)
+        time.sleep(0.005)  # turns of one conversation a few milliseconds apart, at least
+    assert partitions_used == set(range(PARTITIONS))
+
+    responses = read_until_all(broker, topics["RESPONSE_TOPIC"], set(keys), timeout=150)
+    answered = Counter(key for key, _ in responses)
+    assert set(answered) == set(keys) and max(answered.values()) == 1
+    assert all(json.loads(value).get("error") is None for _, value in responses)
+
+    calls = fake_openai.requests()
+    assert len(calls) == CONVERSATIONS * TURNS  # none twice
+    order: dict[int, list[int]] = {}
+    for call in calls:
+        users = [m["content"] for m in call["messages"] if m["role"] == "user"]
+        replies = [m["content"] for m in call["messages"] if m["role"] == "assistant"]
+        conversation, turn = map(int, re.match(r"c(\d+)-t(\d+):", users[-1]).groups())
+        order.setdefault(conversation, []).append(turn)
+        # The whole earlier conversation: every earlier turn, and the reply to each.
+        assert users == [text(conversation, t) for t in range(turn + 1)], users
+        assert len(replies) == turn and all(text(conversation, t) in replies[t] for t in range(turn))
+    print(f"model calls in turn order: {sum(o == sorted(o) for o in order.values())} "
+          f"of {CONVERSATIONS} conversations")
+    assert all(turns == list(range(TURNS)) for turns in order.values()), order
+
+    shares = [w.log().count('"request done"') for w in workers]
+    print(f"answered per replica: {shares}")
+    assert sum(shares) == CONVERSATIONS * TURNS
+    assert all(share >= CONVERSATIONS * TURNS / 10 for share in shares), shares
