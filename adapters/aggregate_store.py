@@ -167,3 +167,8 @@ class StoreOfRecords:
         self.ledgers: EventSourcedStore[Aggregate] = EventSourcedStore(
             records, partial(_stored, records), self.writer, self.outages, 1, "key ledger",
         )
+        # Requests parked in the provider's batches (domain.parked_batches): never
+        # kept between changes, since every replica's poller changes them.
+        self.batches: EventSourcedStore[Aggregate] = EventSourcedStore(
+            records, partial(_stored, records), self.writer, self.outages, 0, "parked batch",
+        )

@@ -23,6 +23,7 @@ from adapters.data_keys import SqlDataKeys, master_keys_env, open_data_keys
 from adapters.personal_data import PersonalDataMapper
 from adapters.postgres_setup import export_libpq_options, libpq_environment, schema_lock
 from domain.conversation import Answer, Conversation, Failure, Shredded, Turn, data_owner
+from domain.parked_batches import ParkedBatches
 from domain.token_budget import TokenBudget
 
 # Fixed on purpose: the same SECRET_KEY must give the same key on every worker.
@@ -164,7 +165,7 @@ class ChatRecords(Application):
     name = "chatergpt"
     # Loading replays from the latest snapshot, so a busy day's budget or a long
     # conversation does not make every request slower than the one before.
-    snapshotting_intervals = {Conversation: 50, TokenBudget: 20}
+    snapshotting_intervals = {Conversation: 50, TokenBudget: 20, ParkedBatches: 50}
 
     def __init__(self, env: Mapping[str, str] | None = None) -> None:
         # The URL's connection options where libpq reads them; the tables created

@@ -1,25 +1,25 @@
-"""Requests answered through the provider's Batch API: collected for a while, sent
-as one batch per model, and polled until the batch ends.
+"""Requests answered through the provider's Batch API: collected for a while and
+sent as one batch per model.
 
-The batch's id is recorded on each request's conversation (BatchSubmitted) as
-soon as the batch exists, so a worker that takes over a request after a restart
-or a rebalance waits for the same batch instead of paying again; polling needs
-only the batch id (the adapter reads the custom ids back from the batch's input
-file). A request withdrawn before its batch is sent leaves nothing behind.
+Once the provider has created a batch, `on_created` records which requests it
+holds (the tickets given with each call) before any caller learns the batch's
+id; from then on the batch is found in the store and polled by any replica (see
+application.batch_answers). A request withdrawn before its batch is sent leaves
+nothing behind.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
-from application.ports import BatchModel, BatchState, ModelCall, ModelError, ModelReply
+from application.ports import BatchModel, ModelCall, ModelError
 
 log = logging.getLogger(__name__)
 
-POLL_RETRY_MAX_DELAY = 300.0
-ENDED_KEPT_SECONDS = 3600.0  # an ended batch's results stay for redeliveries this long
 # OpenAI takes batch input files of up to 200 MB: a batch is sent before it gets near.
 MAX_BATCH_BYTES = 150 * 1024 * 1024
 
@@ -29,6 +29,12 @@ class _Entry:
     custom_id: str
     call: ModelCall
     sent: asyncio.Future[str]  # the batch id, once the batch exists
+    ticket: Any = None  # what on_created records of it
+
+
+# Called with (batch id, model, [(custom id, ticket)]) once a batch exists and
+# before its callers learn its id; raising fails them all.
+OnCreated = Callable[[str, str, list[tuple[str, Any]]], Awaitable[None]]
 
 
 @dataclass
@@ -50,8 +56,8 @@ def call_size(call: ModelCall) -> int:
 
 class BatchCollector:
     """Collects calls for `window` seconds (or until `max_requests`, or the input
-    file's size limit), submits them as one batch per model, and polls each batch
-    every `poll_interval` seconds for as long as anyone waits for it."""
+    file's size limit) and submits them as one batch per model. `poll_interval`
+    is how often the batches' pollers ask the provider about them."""
 
     def __init__(
         self,
@@ -67,10 +73,15 @@ class BatchCollector:
         self.poll_interval = poll_interval
         self.max_bytes = max_bytes
         self._collecting: dict[str, _Collecting] = {}  # by model: a batch has one model
-        self._polls: dict[str, asyncio.Task[BatchState]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self.on_created: OnCreated | None = None
 
-    async def submit(self, custom_id: str, call: ModelCall) -> str:
+    @property
+    def collecting(self) -> int:
+        """Calls waiting for their batch to be sent."""
+        return sum(len(c.entries) for c in self._collecting.values())
+
+    async def submit(self, custom_id: str, call: ModelCall, ticket: Any = None) -> str:
         """Add a call to its model's next batch; the batch's id once it was created.
         Raises ModelError when the batch could not be created. Cancelled before the
         batch is sent, the call is taken out of it."""
@@ -83,7 +94,7 @@ class BatchCollector:
         if collecting is None:
             collecting = self._collecting[call.model] = _Collecting()
             collecting.flush = loop.call_later(self.window, self._send, call.model)
-        entry = collecting.entries[custom_id] = _Entry(custom_id, call, loop.create_future())
+        entry = collecting.entries[custom_id] = _Entry(custom_id, call, loop.create_future(), ticket)
         collecting.size += size
         if len(collecting.entries) >= self.max_requests:
             self._send(call.model)
@@ -131,7 +142,7 @@ class BatchCollector:
             )
         else:
             log.info("batch %s created with %d request(s)", batch_id, len(entries))
-            outcome = batch_id
+            outcome = await self._created(batch_id, entries)
         for entry in entries:
             if entry.sent.done():
                 continue
@@ -141,45 +152,24 @@ class BatchCollector:
             else:
                 entry.sent.set_result(outcome)
 
-    async def result(self, batch_id: str, custom_id: str) -> ModelReply:
-        """The reply to one call of a batch, once the batch ended; raises its ModelError."""
-        poll = self._polls.get(batch_id)
-        if poll is None or poll.done() and poll.exception() is not None:
-            poll = self._polls[batch_id] = asyncio.ensure_future(self._until_ended(batch_id))
-        state = await asyncio.shield(poll)
-        assert state.results is not None
-        outcome = state.results.get(custom_id) or ModelError(
-            "upstream_error", "The batch ended without an answer to this request."
-        )
-        if isinstance(outcome, ModelError):
-            raise outcome
-        return outcome
-
-    async def _until_ended(self, batch_id: str) -> BatchState:
-        delay = self.poll_interval
-        while True:
-            try:
-                state = await self.model.poll(batch_id)
-                delay = self.poll_interval
-            except ModelError as error:
-                log.warning("batch %s could not be polled (%s); again in %.0fs",
-                            batch_id, error.error_type, delay)
-                state = None
-                delay = min(delay * 2, POLL_RETRY_MAX_DELAY)
-            if state is not None and state.ended:
-                log.info("batch %s ended: %s", batch_id, state.status)
-                asyncio.get_running_loop().call_later(
-                    ENDED_KEPT_SECONDS, self._polls.pop, batch_id, None
-                )
-                return state
-            await asyncio.sleep(delay)
+    async def _created(self, batch_id: str, entries: list[_Entry]) -> str | ModelError:
+        """The batch's id once on_created has recorded it; an error when it could not."""
+        if self.on_created is None:
+            return batch_id
+        try:
+            await self.on_created(batch_id, entries[0].call.model,
+                                  [(e.custom_id, e.ticket) for e in entries])
+        except Exception:
+            log.exception("batch %s could not be recorded; its requests fail", batch_id)
+            return ModelError("upstream_error", "The batch could not be recorded.", True)
+        return batch_id
 
     async def close(self) -> None:
-        """Stop collecting and polling (batches go on at the provider; they are found
-        again by id); calls not yet sent are withdrawn."""
+        """Stop collecting (batches go on at the provider; they are found again in
+        the store); calls not yet sent are withdrawn."""
         for model in list(self._collecting):
             for entry in self._drop(model).entries.values():  # type: ignore[union-attr]
                 entry.sent.cancel()
-        for task in [*self._polls.values(), *self._tasks]:
+        for task in self._tasks:
             task.cancel()
         await self.model.close()

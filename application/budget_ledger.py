@@ -142,6 +142,48 @@ class BudgetLedger:
         """Give back what a request held that ended without using the model."""
         self.settle(reservation_id, 0)
 
+    # Holds apart from the leases: a batch request's worst case, for up to a day --
+
+    async def hold_apart(
+        self, reservation_id: str, tokens: int, max_wait: float | None = None
+    ) -> str:
+        """Reserve tokens directly in today's TokenBudget, outside any lease, for a
+        request answered hours later (a Batch API request); the day it is held in.
+
+        Such a hold never expires and never keeps a lease open: it is settled
+        (`settle_apart`) or released (`release_apart`) on its own, by whichever
+        replica concludes the request. Holding it again changes nothing (same id).
+        Waits while holds of requests in flight fill the budget, as `reserve`.
+        """
+        wait, waited = 0.02, 0.0
+        patience = self.max_wait if max_wait is None else max_wait
+        while True:
+            day = self.clock.now().date().isoformat()
+            try:
+                await self._change_budget(day, partial(self._hold, reservation_id, tokens))
+                return day
+            except BudgetBusy:
+                pass
+            if waited >= patience:
+                raise BudgetExceeded(
+                    f"{tokens} tokens requested; the rest of today's budget has been held "
+                    f"for {waited:.0f}s by requests in flight"
+                )
+            await asyncio.sleep(wait)
+            waited += wait
+            wait = min(wait * 2, 1.0)
+
+    async def settle_apart(self, day: str, reservation_id: str, tokens: int) -> None:
+        """Count what a hold apart really used (once; again changes nothing)."""
+        await self._change_budget(day, partial(_settle_in, reservation_id, tokens))
+
+    async def release_apart(self, day: str, reservation_id: str) -> None:
+        """Give back a hold apart whose request ended without using the model."""
+        await self._change_budget(day, partial(_release_in, reservation_id))
+
+    def _hold(self, reservation_id: str, tokens: int, budget: TokenBudget) -> None:
+        budget.reserve(reservation_id, tokens, self.daily_limit)
+
     async def housekeeping(self) -> None:
         """Retire a lease held too long, write the spent ones and renew the ones
         still in use; called now and then."""
@@ -256,3 +298,11 @@ class BudgetLedger:
         result = decide(budget)
         self._remaining = {day: budget.remaining(self.daily_limit)}  # only the latest day's
         return result
+
+
+def _settle_in(reservation_id: str, tokens: int, budget: TokenBudget) -> None:
+    budget.settle(reservation_id, tokens)
+
+
+def _release_in(reservation_id: str, budget: TokenBudget) -> None:
+    budget.release(reservation_id)

@@ -29,7 +29,7 @@ from uuid import UUID
 
 from opentelemetry import trace
 
-from application.batch_answers import BatchAnswers
+from application.batch_answers import BatchAnswers, BatchHold
 from application.batching import BatchCollector
 from application.budget_ledger import BudgetLedger
 from application.call_masking import CallMasking
@@ -77,6 +77,10 @@ class _Job:
     request: ChatRequest
     cid: UUID
     started: float
+    # Through the Batch API, parked in a batch (decided once, at its hold), and
+    # its worst case held apart in the day's budget.
+    parking: bool | None = None
+    batch_hold: BatchHold | None = None
 
     @property
     def request_id(self) -> str:
@@ -127,6 +131,8 @@ class ChatService:
         slots: ModelSlots | None = None,
         batches: BatchCollector | None = None,
         metrics: Metrics | None = None,
+        batch_records: AggregateStore[Any] | None = None,
+        max_parked: int = 10_000,
     ) -> None:
         self.conversations = conversations
         self.ledger = ledger
@@ -143,7 +149,10 @@ class ChatService:
         # Paid replies being recorded, and batch submissions: they outlive a
         # cancelled request, and the service waits for them when it closes.
         self._recording: set[asyncio.Future[Any]] = set()
-        self.batches = BatchAnswers(batches, conversations, clock, policy, self._recording)
+        self.batches = BatchAnswers(
+            batches, conversations, clock, policy, self._recording,
+            parked=batch_records, ledger=ledger, metrics=metrics, max_parked=max_parked,
+        )
         self.recorder = OutcomeRecorder(clock, policy.prices)
         self.compactor = Compactor(
             policy, self.window, ledger, self.masking, self.slots, model, clock, self.tracer
@@ -189,6 +198,9 @@ class ChatService:
         if outcome is not None:
             log.info("request %s already answered; replaying", rid)
             return _Plan(ChatResponse.of(outcome))
+        if conversation.is_pending(rid) and conversation.pending_batch(rid) is not None:
+            log.info("request %s is parked in its batch; it is answered when the batch ends", rid)
+            return _Plan(ChatResponse.parked_in_batch(self.clock.now(), job.started))
         count = self.window.counting(request)
         misfit = self.window.misfit(request, count, self.ledger.daily_limit)
         if misfit is not None:  # the caller's mistake, every time: not recorded ...
@@ -240,9 +252,7 @@ class ChatService:
         try:
             # While the model is down, holds of requests waiting for it fill the
             # budget; wait for them as long as this request may wait at all.
-            await self.ledger.reserve(
-                job.reservation, planned.estimate, max_wait=self._time_left(request)
-            )
+            await self._hold(job, planned.estimate)
         except BudgetExceeded as error:
             log.warning("request %s refused: %s", rid, error)
             response = self.recorder.failure(
@@ -251,8 +261,24 @@ class ChatService:
             return _Plan(response, summarised=summarised)
         return _Plan(
             call=planned.call, estimate=planned.estimate, share=share, summarised=summarised,
-            sent_in_batch=conversation.pending_batch(rid),
         )
+
+    async def _hold(self, job: _Job, tokens: int) -> None:
+        """Hold the request's worst case: apart in the day's budget for a request
+        parked in a batch (it must not keep a lease open for hours), in this
+        worker's lease otherwise. A batch request with no room left among the
+        parked ones (BATCH_MAX_WAITING) is answered live."""
+        if job.parking is None:  # decided once: a conflict decides again the same way
+            job.parking = self.batches.batched(job.request) and self.batches.has_room()
+        if job.parking:
+            # Also when a conflict makes `_prepare` end otherwise (another worker
+            # answered or parked it meanwhile), this hold is left to whoever
+            # concludes the request: it is the same hold on every replica.
+            job.batch_hold = await self.batches.hold(
+                job.cid, job.request_id, tokens, self._time_left(job.request)
+            )
+        else:
+            await self.ledger.reserve(job.reservation, tokens, max_wait=self._time_left(job.request))
 
     def _rejection(self, job: _Job, message: str) -> ChatResponse:
         """An invalid_request response, recorded nowhere."""
@@ -261,10 +287,12 @@ class ChatService:
     # 2. Ask ------------------------------------------------------------------------
 
     async def _ask(self, job: _Job, plan: _Plan) -> ChatResponse:
-        """The model's answer (or an identical call's), recorded."""
-        batched = self.batched(job.request)
-        if plan.share is None or batched:
-            response, _ = await self._call_once(job, plan, batched)
+        """The model's answer (or an identical call's), recorded; or, for a batch
+        request, the call sent in a batch and the request parked."""
+        if job.parking:
+            return await self._park(job, plan)
+        if plan.share is None:
+            response, _ = await self._call_once(job, plan, batched=False)
             return response
         lead = await self.sharing.lead(plan.share, partial(self._time_left, job.request))
         if lead.reply is not None:
@@ -273,6 +301,42 @@ class ChatService:
                 self.recorder.reply, job.request_id, job.started, lead.reply, "shared"
             ))
         return await self._call_sharing(job, plan, lead)
+
+    async def _park(self, job: _Job, plan: _Plan) -> ChatResponse:
+        """Send the call in the next batch and park the request: its record is
+        finished, and whichever replica sees its batch end answers it (see
+        BatchAnswers). A call in which personal data was masked is answered live
+        instead: the placeholders' values are never stored, so nobody could put
+        them back in a reply that comes hours later."""
+        assert plan.call is not None and job.batch_hold is not None
+        hold = job.batch_hold
+        if self._time_left(job.request) == 0:
+            log.warning("request %s passed its deadline", job.request_id)
+            await self.batches.give_back(hold)
+            return await self._fail(job, "upstream_error", TOO_LATE)
+        masked, session = await self.masking.mask(plan.call)
+        if session is not None:
+            return await self._answer_live_instead(job, plan, hold)
+        try:
+            await self.batches.park(job.cid, job.request_id, masked, hold, job.request.deadline)
+        except ModelError as error:  # the batch was not created: nothing is paid
+            await self.batches.give_back(hold)
+            return await self._fail(job, *self._failure_of(job, error, False))
+        log.info("request %s parked in a batch", job.request_id)
+        return ChatResponse.parked_in_batch(self.clock.now(), job.started)
+
+    async def _answer_live_instead(self, job: _Job, plan: _Plan, hold: BatchHold) -> ChatResponse:
+        await self.batches.give_back(hold)
+        job.batch_hold = None
+        try:
+            await self.ledger.reserve(
+                job.reservation, plan.estimate, max_wait=self._time_left(job.request)
+            )
+        except BudgetExceeded as error:
+            log.warning("request %s refused: %s", job.request_id, error)
+            return await self._fail(job, "budget_exceeded", BUDGET_EXHAUSTED)
+        response, _ = await self._call_once(job, plan, batched=False)
+        return response
 
     async def _call_sharing(self, job: _Job, plan: _Plan, lead: Lead) -> ChatResponse:
         """A call whose reply others may share: it lands this request's flight (and
@@ -327,10 +391,8 @@ class ChatService:
     async def _model_reply(self, job: _Job, plan: _Plan, batched: bool) -> ModelReply:
         assert plan.call is not None
         masked, session = await self.masking.mask(plan.call)
-        if batched:
-            # Cut short, a batched call is not counted here: its batch goes on, and
-            # whoever answers the request next holds and settles its tokens.
-            reply = await self.batches.answer(job.cid, job.request_id, masked, plan.sent_in_batch)
+        if batched:  # a batch request is parked (`_park`), its reply recorded by a poller
+            raise AssertionError("a batch request's call is never awaited here")
         else:
             plan.call.progress.tokens = plan.estimate  # what the rate limiter counts
             async with self.slots.slot(job.request.priority, plan.call):

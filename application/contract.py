@@ -273,6 +273,9 @@ class ChatResponse:
     error_message: str | None = None
     # The answer's text was erased (or expired) in the store: `text` says so.
     withheld: bool = False
+    # Not a response at all: the request was parked in a Batch API batch, and its
+    # response is produced when the batch ends (nothing goes out for it now).
+    parked: bool = False
 
     @classmethod
     def of(cls, outcome: Outcome) -> ChatResponse:
@@ -305,6 +308,11 @@ class ChatResponse:
         cls, error_type: str, message: str, timestamp: str, processing_time: float
     ) -> ChatResponse:
         return cls(timestamp, processing_time, error_type=error_type, error_message=message)
+
+    @classmethod
+    def parked_in_batch(cls, at: datetime, started: float) -> ChatResponse:
+        """The request waits in a batch: its record is finished without a response."""
+        return cls(iso_timestamp_of(at), round(time.perf_counter() - started, 3), parked=True)
 
     @property
     def ok(self) -> bool:

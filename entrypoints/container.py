@@ -195,6 +195,8 @@ class Container(containers.DeclarativeContainer):
         slots=model_slots,
         batches=batches,
         metrics=metrics,
+        batch_records=stores.provided.batches,
+        max_parked=settings.provided.BATCH_MAX_WAITING,
     )
     privacy = providers.Singleton(
         Privacy,

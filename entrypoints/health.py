@@ -173,7 +173,8 @@ def observe_worker(metrics: Any, worker: Any, circuit_breaker: Any, ledger: Any)
     lags, what is left of the day's budget, and each model's circuit."""
     gauges = WorkerGauges(metrics, worker, circuit_breaker, ledger)
     metrics.watch("chater_gpt_in_flight", "Records held by the worker now", gauges.in_flight)
-    metrics.watch("chater_gpt_batch_waiting", "Records held waiting for a Batch API batch",
+    metrics.watch("chater_gpt_batch_waiting",
+                  "Requests parked in open Batch API batches (all replicas, as last polled)",
                   gauges.batch_waiting)
     metrics.watch("chater_gpt_consumer_lag", "Records not yet fetched, per partition",
                   gauges.consumer_lag)

@@ -156,7 +156,8 @@ class Settings(BaseSettings):
     BATCH_MAX_REQUESTS: int = Field(1000, gt=0, le=50_000, description="requests per batch")
     BATCH_POLL_INTERVAL: float = Field(30, gt=0, description="seconds between batch polls")
     BATCH_MAX_WAITING: int = Field(
-        10_000, gt=0, description="records waiting for batches; beyond it fetching pauses"
+        10_000, gt=0,
+        description="requests parked in open batches (all replicas); beyond it batch requests go live",
     )
     BATCH_DEADLINE: float = Field(
         26 * 3600, gt=0, description="seconds from a batch request's timestamp to give up"

@@ -22,6 +22,7 @@ from application.contract import ChatResponse
 from application.ports import Clock, Metrics
 from application.privacy import Privacy
 from entrypoints.settings import Settings
+from entrypoints.worker.batch_completions import BatchCompletions
 from entrypoints.worker.conversation_lanes import ConversationLanes
 from entrypoints.worker.erasure_listener import ErasureListener
 from entrypoints.worker.handover import Forwarded
@@ -77,6 +78,9 @@ class KafkaWorker:
         self._commits = OffsetCommits(self._offsets, self.stats)
         self._accounting = RequestAccounting(service, settings, self.stats, tracer, metrics, model_label)
         self._responder = Responder(settings, self._held, tracer, self._fail)
+        self._batch_completions = BatchCompletions(
+            service, settings, self._responder, self.stats, self._stopping, metrics, model_label
+        )
         self._lanes = ConversationLanes(
             service, self._held, self._respond, self._stopping, self._fail,
             self._unanswerable, settings.ORDER_WINDOW,
@@ -112,6 +116,11 @@ class KafkaWorker:
         deliveries = asyncio.create_task(self._responder.serve_deliveries())
         repartitioning = asyncio.ensure_future(asyncio.to_thread(self._repartitioner.run))
         erasures = asyncio.create_task(self._erasures.serve()) if self._erasures is not None else None
+        # Parked batch requests' answers, produced by whichever replica records them.
+        completions = (
+            asyncio.create_task(self._batch_completions.serve())
+            if self._batch_completions.active else None
+        )
         try:
             last_commit = time.monotonic()
             while not stop.is_set():
@@ -125,6 +134,9 @@ class KafkaWorker:
                     last_commit = time.monotonic()
         finally:
             self._repartitioner.stop()
+            if completions is not None:  # an answer recorded, not delivered: see DELIVERY_GRACE
+                completions.cancel()
+                await asyncio.wait({completions})
             deliveries.cancel()  # the final flush serves the last delivery callbacks
             if erasures is not None:
                 await asyncio.wait({erasures})
@@ -214,7 +226,11 @@ class KafkaWorker:
             self._retention.start_if_due()
 
     def _respond(self, record: HeldRecord, response: ChatResponse) -> None:
-        """A lane's answer to a record whose partition is still ours."""
+        """A lane's answer to a record whose partition is still ours (none for a
+        request parked in a batch: its record is finished now)."""
+        if response.parked:
+            self._held.park(record)
+            return
         self._accounting.account_for(record, response)
         self._responder.respond(record, response)
 
@@ -264,7 +280,7 @@ class KafkaWorker:
         later, by more than STALL_GRACE (by default every attempt of a model call
         and of its fallback at TIMEOUT, and a minute to record it). A lane whose
         head is one makes no progress; records queued behind a head are not
-        counted (a batch request may hold its lane for hours, by design)."""
+        counted."""
         settings = self.settings
         grace = settings.STALL_GRACE or (
             settings.TIMEOUT * (settings.MAX_RETRIES + 1) * 2 + STALL_MARGIN
@@ -285,6 +301,8 @@ class KafkaWorker:
             "in_flight": self.stats.in_flight,
             "max_in_flight": self.settings.MAX_IN_FLIGHT,
             "batch_waiting": self.stats.batch_waiting,
+            "batch_parked_here": self.stats.parked,
+            "batch_collecting": self.stats.batch_collecting,
             "paused": self._paused,
             "consumer_lag": dict(self._lag),
         }
@@ -331,20 +349,17 @@ class KafkaWorker:
         ]
 
     def _apply_backpressure(self, consumer: Consumer) -> None:
+        # Parked batch requests hold nothing here: BATCH_MAX_WAITING sends batch
+        # requests beyond it live instead (see ChatService._hold).
         in_flight, limit = self.stats.in_flight, self.settings.MAX_IN_FLIGHT
-        batched, batch_limit = self.stats.batch_waiting, self.settings.BATCH_MAX_WAITING
-        if in_flight >= limit or batched >= batch_limit:
+        if in_flight >= limit:
             if not self._paused:
                 self.stats.pauses += 1
                 log.debug("%d records in flight: pausing fetches", in_flight)
             # Again each time: partitions assigned meanwhile must pause too.
             consumer.pause(consumer.assignment())
             self._paused = True
-        elif (
-            self._paused
-            and in_flight <= limit * RESUME_FRACTION
-            and batched <= batch_limit * RESUME_FRACTION
-        ):
+        elif self._paused and in_flight <= limit * RESUME_FRACTION:
             consumer.resume(consumer.assignment())
             self._paused = False
 

@@ -28,7 +28,10 @@ class HeldRecord:
     request: ChatRequest | None = None
     deliveries: int = 0
     answering: asyncio.Task[ChatResponse] | None = None
-    # Waiting for a Batch API batch (hours, maybe): counted apart from MAX_IN_FLIGHT.
+    # A Batch API request waiting for its batch to be sent (up to BATCH_WINDOW),
+    # to be parked then: counted apart from MAX_IN_FLIGHT, so that a burst of them
+    # fills its batch instead of pausing the live requests (BATCH_MAX_WAITING
+    # bounds them).
     batched: bool = False
     # From consume to the last delivery of what it produced (W3C trace context).
     span: Span = INVALID_SPAN
@@ -71,7 +74,14 @@ class WorkerStats:
     dropped: int = 0
     in_flight: int = 0
     peak_in_flight: int = 0
+    # Batch API requests: held while their batch is collected, parked by this
+    # worker (their records finished without a response), parked in the open
+    # batches of all replicas (as last polled), and answered by this worker when
+    # their batch ended.
+    batch_collecting: int = 0
+    parked: int = 0
     batch_waiting: int = 0
+    batch_answered: int = 0
     pauses: int = 0
     committed: dict[tuple[str, int], int] = field(default_factory=dict)
 
@@ -105,12 +115,19 @@ class HeldRecords:
         oldest = next(iter(self._held.values()), None)  # held in fetch order
         return max(0.0, now - oldest.held_at) if oldest is not None else 0.0
 
-    def wait_for_batch(self, record: HeldRecord) -> None:
-        """The record waits for its batch, maybe for hours: it must not take a slot
-        of MAX_IN_FLIGHT from the requests answered now."""
+    def collect_for_batch(self, record: HeldRecord) -> None:
+        """The record goes into a batch (then it is parked): while its batch is
+        collected it takes no slot of MAX_IN_FLIGHT from the requests answered now."""
         record.batched = True
         self.stats.in_flight -= 1
-        self.stats.batch_waiting += 1
+        self.stats.batch_collecting += 1
+
+    def park(self, record: HeldRecord) -> None:
+        """Parked in a Batch API batch (recorded in the store): finished without a
+        response; whichever replica sees its batch end produces it."""
+        self.stats.parked += 1
+        record.span.set_attribute("chater.parked_in_batch", True)
+        self.finish(record)
 
     def is_current(self, record: HeldRecord) -> bool:
         """False once the record's partition was revoked or lost."""
@@ -132,7 +149,7 @@ class HeldRecords:
     def _release(self, record: HeldRecord) -> None:
         self._held.pop(id(record), None)
         if record.batched:
-            self.stats.batch_waiting -= 1
+            self.stats.batch_collecting -= 1
         else:
             self.stats.in_flight -= 1
 

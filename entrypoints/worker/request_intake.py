@@ -66,8 +66,10 @@ class RequestIntake:
                 request_id_of(message.key(), self.settings.MAX_KEY_BYTES),
             ))
             return
-        if self.service.batched(record.request):
-            self.held.wait_for_batch(record)
+        if self.service.batched(record.request) and self.service.batches.has_room(
+            self.held.stats.batch_collecting
+        ):  # to be parked: see HeldRecord.batched
+            self.held.collect_for_batch(record)
         self.accounting.describe(record)
         self.lanes.add(conversation, record)
 

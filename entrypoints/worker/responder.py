@@ -177,6 +177,56 @@ class Responder:
         send(self._sealed(message))
         return done
 
+    def publish(self, key: bytes, value: bytes) -> asyncio.Future[None]:
+        """A response produced for no held record (a parked batch request's, once its
+        batch ended), sent again when delivery fails, with a send span of its own.
+        The future is done once it is delivered; its exception is the
+        KafkaException of a delivery that failed DELIVERY_ATTEMPTS times (the
+        caller tries again later: nothing marked it delivered)."""
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        topic = self.settings.RESPONSE_TOPIC
+        span = self.tracer.start_span(
+            f"send {topic}", kind=SpanKind.PRODUCER,
+            attributes={"messaging.system": "kafka", "messaging.destination.name": topic,
+                        "messaging.operation.type": "send"},
+        )
+        carrier: dict[str, str] = {}
+        propagate.inject(carrier, context=trace.set_span_in_context(span))
+        headers = [(name, text.encode()) for name, text in carrier.items()]
+        attempts = 0
+
+        def send() -> None:
+            nonlocal attempts
+            attempts += 1
+            try:
+                self.produce(topic, key, value, headers, on_delivery)
+            except KafkaException as error:
+                finish(error.args[0])
+
+        def finish(error: KafkaError | None) -> None:
+            if error is not None:
+                span.set_status(Status(StatusCode.ERROR, error.name()))
+            span.end()
+            if done.done():
+                return
+            if error is None:
+                done.set_result(None)
+            else:
+                done.set_exception(KafkaException(error))
+
+        def on_delivery(error: KafkaError | None, _message: Message) -> None:
+            if error is None or error.code() in REFUSED_RECORD or error.fatal():
+                finish(error)
+            elif attempts >= DELIVERY_ATTEMPTS:
+                log.error("delivery to %s failed %d times (%s)", topic, attempts, error)
+                finish(error)
+            else:
+                log.warning("delivery to %s failed (%s); sending again", topic, error)
+                send()
+
+        send()
+        return done
+
     def delivered(self, record: HeldRecord) -> None:
         """One thing the record produced is delivered; the last one finishes it."""
         record.deliveries -= 1

@@ -46,7 +46,7 @@ def test_a_record_being_answered_is_stalled_only_past_its_deadline_and_the_grace
 
 
 def test_a_record_queued_behind_its_lanes_head_is_never_stalled():
-    # A batch request may hold its lane for hours: those behind it wait, by design.
+    # A head may take long (the model down, say): those behind it are not stalled.
     held = held_records()
     head = held.hold(Message(0), None, span=INVALID_SPAN)
     head.request = replace(REQUEST, batch=True, deadline=1000.0 + 26 * 3600)
@@ -76,3 +76,18 @@ def test_a_finished_or_dropped_record_is_no_longer_held():
     assert held.stalled(grace=1, now=10.0) == [record]
     held.drop(record)
     assert held.stalled(grace=1, now=10.0) == [] and held.oldest_age(now=10.0) == 0.0
+
+
+def test_a_batch_request_is_held_apart_while_collected_then_parked_and_finished():
+    stats = WorkerStats()
+    offsets = OffsetTracker()
+    offsets.assign([("gpt-send", 0)])
+    held = HeldRecords(stats, offsets)
+    epoch = offsets.add(("gpt-send", 0), 7)
+    record = held.hold(Message(7), epoch, span=INVALID_SPAN)
+    held.collect_for_batch(record)
+    assert (stats.in_flight, stats.batch_collecting) == (0, 1)  # no slot of MAX_IN_FLIGHT
+    held.park(record)
+    assert (stats.in_flight, stats.batch_collecting, stats.parked) == (0, 0, 1)
+    assert offsets.to_commit() == [(("gpt-send", 0), 8)]  # nothing pins its offset
+    assert held.oldest_age() == 0.0

@@ -127,10 +127,13 @@ def test_batch_requests_go_through_the_batch_api_at_half_price(broker, fake_open
         events = [type(e).__name__ for e in worker.container.records().events.get(
             conversation_id("ada@example.com"))]
         stats = worker.worker.stats
-        deadline = time.monotonic() + 5  # the last delivery reports come in
+        deadline = time.monotonic() + 5  # the last delivery reports come in, the index is polled
         while (stats.batch_waiting, stats.in_flight) != (0, 0) and time.monotonic() < deadline:
             time.sleep(0.05)
+        # Parked (their records finished without a response), then answered by the
+        # poller; nothing held, nothing parked any more.
         assert (stats.batch_waiting, stats.in_flight) == (0, 0)
+        assert (stats.parked, stats.batch_answered) == (3, 3)
     assert order[0] == "now"
     batches = fake_openai.batches()
     assert len(batches) == 1 and len(set(batches[0]["custom_ids"])) == 3

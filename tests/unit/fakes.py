@@ -192,7 +192,7 @@ def make_service(
         rate_limiter=CountingLimiter(),
         clock=clock,
         policy=ChatPolicy(**policy),  # type: ignore[arg-type]
-        **(service_parts or {}),  # type: ignore[arg-type]
+        **{"batch_records": stores.batches, **(service_parts or {})},  # type: ignore[arg-type]
     )
     service.records = records  # type: ignore[attr-defined]
     service.stores = stores  # type: ignore[attr-defined]

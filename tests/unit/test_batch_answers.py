@@ -1,19 +1,19 @@
 """Answers through the Batch API (application/batch_answers.py): which requests go by
-batch, the call sent once under an id that tells nothing of the user, its batch
-recorded so that a redelivery waits for it, at half the price."""
+batch, the call sent once under an id that tells nothing of the user, the request
+parked (its batch recorded in the store) instead of held, its budget held apart,
+and its answer recorded and delivered exactly once, by whichever replica's poll
+records it, at half the price."""
 
 import asyncio
-from uuid import uuid4
 
-import pytest
-
-from application.batch_answers import BatchAnswers
+from application.batch_answers import DELIVERY_GRACE, BatchAnswers
 from application.batching import BatchCollector
 from application.chat_policy import ChatPolicy
-from application.ports import ChatMessage, ModelCall, ModelError, ModelReply
-from domain.conversation import Conversation
+from application.contract import ChatResponse
+from application.ports import ModelError
+from domain.parked_batches import PARKED_INDEX_ID, ParkedBatch, ParkedBatches, parked_batch_id
 from domain.pricing import DEFAULT_PRICES, PriceTable
-from tests.support.conversations import receive
+from domain.token_budget import SERVICE_SCOPE
 from tests.unit.fakes import (
     FakeBatchModel,
     FakeModel,
@@ -22,128 +22,253 @@ from tests.unit.fakes import (
     event_names,
     make_service,
     used_tokens,
-    wire,
 )
 
-CALL = ModelCall("gpt-4o-mini", [ChatMessage("user", "later is fine")], 100, 0.7)
+DAY = "2026-11-25"
 
 
-class Conversations:
-    """An AggregateStore of conversations in a dict: no conflicts, no outages."""
+class Delivered:
+    """The responses a replica produced, by request id."""
 
-    def __init__(self, *conversations: Conversation) -> None:
-        self.by_id = {conversation.id: conversation for conversation in conversations}
+    def __init__(self) -> None:
+        self.responses: list[tuple[str, ChatResponse]] = []
 
-    async def change(self, aggregate_id, decide, create=None, wait_out_outages=True):
-        return decide(self.by_id[aggregate_id])
+    async def __call__(self, request_id: str, response: ChatResponse) -> None:
+        self.responses.append((request_id, response))
 
-
-def answers_with(collector: BatchCollector | None, *conversations: Conversation,
-                 **policy) -> BatchAnswers:
-    return BatchAnswers(collector, Conversations(*conversations), FixedClock(),
-                        ChatPolicy(**policy), set())
+    @property
+    def keys(self) -> list[str]:
+        return [key for key, _ in self.responses]
 
 
-# Through the service -----------------------------------------------------------------
+def batch_service(batches: FakeBatchModel, model: FakeModel, records=None, clock=None, **policy):
+    collector = BatchCollector(batches, window=0.01, poll_interval=0.01)
+    service, _ = make_service(model, service_parts={"batches": collector}, records=records,
+                              clock=clock, **policy)
+    return service
 
 
-async def test_a_batch_request_is_answered_when_its_batch_ends_at_half_the_price():
+def budget(service):
+    return service.records.budget(SERVICE_SCOPE, DAY)
+
+
+def parked_index(service) -> ParkedBatches:
+    return service.records.repository.get(PARKED_INDEX_ID)
+
+
+def parked_batch(service, batch_id: str) -> ParkedBatch:
+    return service.records.repository.get(parked_batch_id(batch_id))
+
+
+# Parking ---------------------------------------------------------------------------
+
+
+async def test_a_batch_request_is_parked_once_its_batch_is_recorded_and_answered_by_a_poll():
     model = FakeModel()
     batches = FakeBatchModel(model)
-    collector = BatchCollector(batches, window=0.01, poll_interval=0.01)
-    service, _ = make_service(model, service_parts={"batches": collector},
-                              prices=PriceTable(DEFAULT_PRICES))
-    answering = asyncio.ensure_future(wire(service, ask("r1", "later is fine", batch=True)))
-    while not batches.batches:
-        await asyncio.sleep(0.01)
-    await asyncio.sleep(0.05)
-    assert not answering.done() and event_names(service)[-1] == "BatchSubmitted"
+    service = batch_service(batches, model, prices=PriceTable(DEFAULT_PRICES))
+
+    response = await service.handle(ask("r1", "later is fine", batch=True))
+
+    # Nothing to send now: the request waits in its batch, held by nobody.
+    assert response.parked
+    assert event_names(service) == ["Started", "UserMessageReceived", "BatchSubmitted"]
+    [(custom_id, _)] = batches.batches["batch_1"]
+    assert len(custom_id) == 32 and int(custom_id, 16) >= 0  # random: nothing of the user
+    entry = parked_batch(service, "batch_1").requests[custom_id]
+    assert entry["request_id"] == "r1" and entry["day"] == DAY
+    assert parked_index(service).open == {"batch_1": 1}
+    # Its worst case is held apart in the day's budget, not in a lease.
+    held = budget(service).reservations
+    assert held == {entry["hold"]: entry["tokens"]} and entry["hold"].startswith("batch:")
+    assert service.ledger.leases_opened == 0
+
+    delivered = Delivered()
+    assert await service.batches.poll(delivered) == 0  # not ended yet
     await batches.finish("batch_1")
-    answer = await answering
-    assert answer["response"] == "answer to later is fine" and answer["batch"] is True
-    usage = answer["usage"]
+    assert await service.batches.poll(delivered) == 1
+
+    [(key, answer)] = delivered.responses
+    wire = answer.to_json()
+    assert key == "r1" and wire["response"] == "answer to later is fine" and wire["batch"] is True
+    usage = wire["usage"]
     full = DEFAULT_PRICES["gpt-4o-mini"].cost(usage["prompt_tokens"], 0, usage["completion_tokens"])
-    assert abs(answer["cost_usd"] - full / 2) < 1e-12
+    assert abs(wire["cost_usd"] - full / 2) < 1e-12
     assert event_names(service) == [
         "Started", "UserMessageReceived", "BatchSubmitted", "ReplyRecorded"
     ]
+    # Settled with the real usage; the batch is done and no longer listed.
+    assert budget(service).reservations == {} and used_tokens(service) == usage["total_tokens"]
+    assert parked_batch(service, "batch_1").closed and parked_index(service).open == {}
+    assert await service.batches.poll(delivered) == 0 and len(delivered.responses) == 1
+    await service.close()
 
 
-async def test_a_redelivered_batch_request_waits_for_its_batch_instead_of_paying_again():
+async def test_a_redelivered_parked_request_stays_parked_and_pays_nothing_again():
     model = FakeModel()
     batches = FakeBatchModel(model)
-    service, _ = make_service(model, service_parts={
-        "batches": BatchCollector(batches, window=0.01, poll_interval=0.01)
-    })
-    first = asyncio.ensure_future(wire(service, ask("r1", "slow please", batch=True)))
-    while "BatchSubmitted" not in event_names(service):
-        await asyncio.sleep(0.01)
-    first.cancel()  # the worker lost the partition, say
-    await asyncio.gather(first, return_exceptions=True)
+    service = batch_service(batches, model)
+    assert (await service.handle(ask("r1", "slow please", batch=True))).parked
 
     # Another worker (a fresh service on the same store) gets the record again.
-    other, _ = make_service(model, service_parts={
-        "batches": BatchCollector(batches, window=0.01, poll_interval=0.01)
-    }, records=service.records)
-    again = asyncio.ensure_future(wire(other, ask("r1", "slow please", batch=True)))
+    other = batch_service(batches, model, records=service.records)
+    again = await other.handle(ask("r1", "slow please", batch=True))
+
+    assert again.parked and len(batches.batches) == 1 and model.calls == []
+    assert len(budget(service).reservations) == 1
+
+
+async def test_one_replica_records_and_delivers_each_answer_the_others_nothing():
+    model = FakeModel()
+    batches = FakeBatchModel(model)
+    first = batch_service(batches, model)
+    for n in range(5):
+        response = await first.handle(ask(f"r{n}", f"question {n}", batch=True,
+                                          user_email=f"u{n}@example.com"))
+        assert response.parked
     await asyncio.sleep(0.05)
-    await batches.finish("batch_1")
-    answer = await again
-    assert answer["response"] == "answer to slow please"
-    assert len(batches.batches) == 1 and len(model.calls) == 1
+    second = batch_service(batches, model, records=first.records)
+    third = batch_service(batches, model, records=first.records)
+    for batch_id in list(batches.batches):
+        await batches.finish(batch_id)
+
+    outs = [Delivered(), Delivered(), Delivered()]
+    await asyncio.gather(*(
+        service.batches.poll(out) for service, out in zip((second, third, first), outs)
+    ))
+    keys = [key for out in outs for key in out.keys]
+    assert sorted(keys) == [f"r{n}" for n in range(5)]  # each exactly once
+    for n in range(5):
+        assert event_names(first, f"u{n}@example.com").count("ReplyRecorded") == 1
+    assert budget(first).reservations == {}
 
 
-async def test_priority_below_the_batch_threshold_goes_by_batch_and_failures_are_recorded():
+async def test_a_failed_batch_is_each_requests_error_and_its_hold_is_released():
     model = FakeModel()
     model.script = [ModelError("invalid_request", "bad")]
     batches = FakeBatchModel(model)
-    service, _ = make_service(model, service_parts={
-        "batches": BatchCollector(batches, window=0.01, poll_interval=0.01)
-    }, batch_priority=0)
+    service = batch_service(batches, model, batch_priority=0)
     assert service.batched(ask("x", "y", priority=-1)) and not service.batched(ask("x", "y"))
-    answering = asyncio.ensure_future(wire(service, ask("r1", "low", priority=-5)))
-    while not batches.batches:
-        await asyncio.sleep(0.01)
+    assert (await service.handle(ask("r1", "low", priority=-5))).parked
     await batches.finish("batch_1")
-    answer = await answering
-    assert answer["error"]["type"] == "invalid_request"
-    await service.close()
-    assert used_tokens(service) == 0
+    delivered = Delivered()
+    await service.batches.poll(delivered)
+    [(key, response)] = delivered.responses
+    assert key == "r1" and response.error_type == "invalid_request"
+    assert budget(service).reservations == {} and used_tokens(service) == 0
 
 
-async def test_one_batch_per_model_and_a_call_withdrawn_before_sending_costs_nothing():
+async def test_a_request_past_its_deadline_ends_as_an_error_counted_in_full():
+    model = FakeModel()
+    batches = FakeBatchModel(model)
+    clock = FixedClock()
+    service = batch_service(batches, model, clock=clock)
+    deadline = clock.now().timestamp() + 3600
+    assert (await service.handle(ask("r1", "whenever", batch=True, deadline=deadline))).parked
+    held = next(iter(budget(service).reservations.values()))
+
+    delivered = Delivered()
+    clock.advance(hours=2)
+    await service.batches.poll(delivered)
+
+    [(key, response)] = delivered.responses
+    assert key == "r1" and response.error_type == "upstream_error"
+    assert "deadline" in (response.error_message or "")
+    # The batch goes on and may bill it: its worst case counts.
+    assert used_tokens(service) == held and budget(service).reservations == {}
+    await batches.finish("batch_1")  # answered after all: nothing more goes out
+    await service.batches.poll(delivered)
+    assert len(delivered.responses) == 1
+
+
+async def test_an_outcome_recorded_by_a_replica_that_stopped_is_delivered_by_another_later():
+    model = FakeModel()
+    batches = FakeBatchModel(model)
+    clock = FixedClock()
+    service = batch_service(batches, model, clock=clock)
+    assert (await service.handle(ask("r1", "hello", batch=True))).parked
+    await batches.finish("batch_1")
+
+    async def broken(request_id, response):
+        raise RuntimeError("the broker went away")
+
+    await service.batches.poll(broken)  # recorded, not delivered; then it stops
+    assert event_names(service)[-1] == "ReplyRecorded"
+
+    other = batch_service(batches, model, records=service.records, clock=clock)
+    delivered = Delivered()
+    await other.batches.poll(delivered)
+    assert delivered.responses == []  # its recorder may still deliver it
+    clock.advance(seconds=DELIVERY_GRACE + 1)
+    await other.batches.poll(delivered)
+    assert delivered.keys == ["r1"] and delivered.responses[0][1].text == "answer to hello"
+
+
+async def test_beyond_the_parking_bound_a_batch_request_is_answered_live():
+    model = FakeModel()
+    batches = FakeBatchModel(model)
+    collector = BatchCollector(batches, window=0.01, poll_interval=0.01)
+    service, _ = make_service(model, service_parts={"batches": collector, "max_parked": 2})
+    assert (await service.handle(ask("r1", "one", batch=True, user_email="a@example.com"))).parked
+    assert (await service.handle(ask("r2", "two", batch=True, user_email="b@example.com"))).parked
+    live = await service.handle(ask("r3", "three", batch=True, user_email="c@example.com"))
+    assert not live.parked and live.text == "answer to three" and live.source == "model"
+    assert service.batches.parked_seen == 2
+
+
+async def test_a_call_withdrawn_before_its_batch_is_sent_costs_nothing_and_holds_nothing():
     model = FakeModel()
     batches = FakeBatchModel(model)
     service, _ = make_service(model, service_parts={
         "batches": BatchCollector(batches, window=0.2, poll_interval=0.01)
     })
-    gone = asyncio.ensure_future(wire(service, ask("g1", "never mind", batch=True,
-                                                     user_email="gone@example.com")))
+    gone = asyncio.ensure_future(service.handle(ask("g1", "never mind", batch=True)))
     await asyncio.sleep(0.05)
     gone.cancel()  # still collecting: taken out of the batch
     await asyncio.gather(gone, return_exceptions=True)
-    answers = [
-        asyncio.ensure_future(wire(service, ask("m1", "mini", batch=True))),
-        asyncio.ensure_future(wire(service, ask("m2", "big", batch=True, model="gpt-4.1",
-                                                 user_email="bob@example.com"))),
-    ]
-    while len(batches.batches) < 2:
-        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.05)
+    assert batches.batches == {} and budget(service).reservations == {}
+    await service.close()
+
+
+async def test_one_batch_per_model():
+    model = FakeModel()
+    batches = FakeBatchModel(model)
+    service = batch_service(batches, model)
+    parked = await asyncio.gather(
+        service.handle(ask("m1", "mini", batch=True)),
+        service.handle(ask("m2", "big", batch=True, model="gpt-4.1", user_email="bob@example.com")),
+    )
+    assert all(p.parked for p in parked)
     assert sorted(
         [call.model for _, call in entries] for entries in batches.batches.values()
     ) == [["gpt-4.1"], ["gpt-4o-mini"]]
-    for batch_id in list(batches.batches):
-        await batches.finish(batch_id)
-    done = await asyncio.gather(*answers)
-    assert {a["response"] for a in done} == {"answer to mini", "answer to big"}
-    custom_ids = [cid for entries in batches.batches.values() for cid, _ in entries]
-    assert all(len(cid) == 32 and "@" not in cid for cid in custom_ids)  # nothing of the user
-    await service.close()
-    # The withdrawn request's hold was given back: only the two answers are spent.
-    assert used_tokens(service) == sum(a["usage"]["total_tokens"] for a in done)
 
 
-# Batch answers themselves --------------------------------------------------------------
+async def test_a_batch_not_created_fails_its_requests_and_releases_their_holds():
+    class Refusing(FakeBatchModel):
+        async def submit(self, entries):
+            raise ModelError("rate_limited", "Enqueued token limit reached.", True)
+
+    model = FakeModel()
+    service = batch_service(Refusing(model), model)
+    response = await service.handle(ask("r1", "hi", batch=True))
+    assert response.error_type == "rate_limited"
+    assert budget(service).reservations == {} and parked_index_or_none(service) is None
+
+
+def parked_index_or_none(service):
+    try:
+        return parked_index(service)
+    except Exception:
+        return None
+
+
+# Which requests ------------------------------------------------------------------------
+
+
+def answers_with(collector: BatchCollector | None, **policy) -> BatchAnswers:
+    return BatchAnswers(collector, None, FixedClock(), ChatPolicy(**policy), set())
 
 
 def test_a_request_is_batched_when_it_asks_and_there_is_a_batch_model():
@@ -162,32 +287,9 @@ def test_a_request_below_the_priority_threshold_is_batched():
     assert answers.batched(ask("r1", "hi", priority=3, batch=True))
 
 
-async def test_a_call_goes_in_the_next_batch_which_is_recorded_before_its_reply_comes():
-    batches = FakeBatchModel(FakeModel())
-    conversation = Conversation("ada@example.com")
-    receive(conversation, "r1", "later is fine")
-    answers = answers_with(BatchCollector(batches, window=0.01, poll_interval=0.01), conversation)
-    answering = asyncio.ensure_future(answers.answer(conversation.id, "r1", CALL, None))
-    while conversation.pending_batch("r1") is None:
-        await asyncio.sleep(0.01)
-    [(custom_id, sent)] = batches.batches["batch_1"]
-    assert sent == CALL and len(custom_id) == 32 and int(custom_id, 16) >= 0  # a random id
-    assert conversation.pending_batch("r1") == ("batch_1", custom_id)
-    assert not answering.done()
-    await batches.finish("batch_1")
-    assert (await answering).text == "answer to later is fine"
-    await answers.close()
-
-
-async def test_a_call_already_sent_waits_for_its_batch_and_is_not_sent_again():
-    model = FakeModel()
-    batches = FakeBatchModel(model)
-    reply = ModelReply("the answer", "gpt-4o-mini", 5, 2)
-    batches.finished["batch_7"] = {"c7": reply, "c8": ModelError("invalid_request", "bad")}
-    answers = answers_with(BatchCollector(batches, poll_interval=0.01))
-    assert await answers.answer(uuid4(), "r1", CALL, ("batch_7", "c7")) == reply
-    with pytest.raises(ModelError) as failed:
-        await answers.answer(uuid4(), "r2", CALL, ("batch_7", "c8"))
-    assert failed.value.error_type == "invalid_request"
-    assert batches.batches == {} and model.calls == []
-    await answers.close()
+def test_a_hold_id_is_the_same_on_every_replica_and_tells_nothing_of_the_user():
+    from uuid import uuid4
+    cid = uuid4()
+    assert BatchAnswers.hold_id(cid, "r1") == BatchAnswers.hold_id(cid, "r1")
+    assert BatchAnswers.hold_id(cid, "r1") != BatchAnswers.hold_id(cid, "r2")
+    assert str(cid) not in BatchAnswers.hold_id(cid, "r1")

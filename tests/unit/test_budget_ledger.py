@@ -191,3 +191,41 @@ async def test_a_live_workers_lease_is_renewed_and_never_expires_under_a_slow_re
     slow.settle("r1", 80)
     await slow.close()
     assert (stored(records).used, stored(records).reserved) == (80, 0)
+
+
+async def test_a_hold_apart_is_in_the_days_budget_itself_and_keeps_no_lease_open(records):
+    clock = FixedClock()
+    book = ledger(records, clock, limit=10_000)
+    other = ledger(records, clock, limit=10_000)
+    day = await book.hold_apart("batch:abc", 4_000)
+    assert day == "2026-11-25" and book.leases_opened == 0
+    assert await other.hold_apart("batch:abc", 4_000) == day  # the same hold, from any replica
+    assert stored(records).reservations == {"batch:abc": 4_000}
+    # Live requests lease and settle around it as usual.
+    await book.reserve("r1", 500)
+    book.settle("r1", 100)
+    await book.close()
+    assert (stored(records).used, stored(records).reserved) == (100, 4_000)
+    # Held for hours, it never expires, however long a lease may live.
+    clock.advance(hours=20)
+    await other.reserve("r2", 10)
+    assert "batch:abc" in stored(records).reservations
+    # Settled once with what was used, by whoever concludes the request.
+    await other.settle_apart(day, "batch:abc", 1_200)
+    await book.settle_apart(day, "batch:abc", 1_200)
+    assert stored(records).reservations.get("batch:abc") is None
+    await other.close()
+    assert stored(records).used == 100 + 1_200
+
+
+async def test_a_hold_apart_is_refused_beyond_the_day_and_released_on_failure(records):
+    clock = FixedClock()
+    book = ledger(records, clock, limit=1_000)
+    with pytest.raises(BudgetExceeded):
+        await book.hold_apart("batch:big", 1_001, max_wait=0)
+    day = await book.hold_apart("batch:x", 900)
+    with pytest.raises(BudgetExceeded):  # held by a request in flight, waited for a while
+        await book.hold_apart("batch:y", 200, max_wait=0.05)
+    await book.release_apart(day, "batch:x")
+    assert await book.hold_apart("batch:y", 200) == day
+    assert stored(records).used == 0
