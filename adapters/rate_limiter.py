@@ -145,6 +145,9 @@ class SlidingWindowRateLimiter:
                 self.wake()
         admission.tokens = tokens
 
+    def keep_alive(self) -> None:
+        pass  # no one else to tell
+
     async def close(self) -> None:
         pass
 

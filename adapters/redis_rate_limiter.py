@@ -291,6 +291,11 @@ class RedisRateLimiter:
             args=[round(spacing * 1000), round(lasts * 1000), self._window_ms],
         ))
 
+    def keep_alive(self) -> None:
+        """Keep the heartbeat going (from the worker's housekeeping): a replica with no
+        calls yet counts among the replicas too."""
+        self._start_heartbeat()
+
     async def settled(self) -> None:
         """Wait for the corrections and pacing sent to Redis in the background."""
         while self._background:
@@ -385,8 +390,8 @@ class RedisRateLimiter:
         """Say this process is alive, so that the others count it in their shares;
         in an outage, this is also what notices that Redis is back."""
         while True:
-            await asyncio.sleep(self._heartbeat_seconds)
             if not self._redis_due():
+                await asyncio.sleep(self._heartbeat_seconds)
                 continue
             try:
                 async with asyncio.timeout(self._call_timeout):
@@ -398,3 +403,4 @@ class RedisRateLimiter:
                 self._went_down(error)
             else:
                 self._is_up(int(replicas))
+            await asyncio.sleep(self._heartbeat_seconds)

@@ -449,7 +449,9 @@ class ChatService:
         return max(request.deadline - self.clock.now().timestamp(), 0.0)
 
     async def housekeeping(self) -> None:
-        """Called now and then by the driver: budget leases held too long or spent."""
+        """Called now and then by the driver: budget leases held too long or spent;
+        the rate limiter hears this replica is alive (also while it is idle)."""
+        self.rate_limiter.keep_alive()
         await self.ledger.housekeeping()
 
     async def close(self) -> None:

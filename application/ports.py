@@ -124,6 +124,11 @@ class RateLimiter(Protocol):
         """Take the provider's own account of its limits into the pacing."""
         ...
 
+    def keep_alive(self) -> None:
+        """Called now and then, also while no calls are made: limits shared by
+        several replicas count this one among them."""
+        ...
+
     async def close(self) -> None:
         ...
 

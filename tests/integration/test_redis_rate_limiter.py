@@ -184,10 +184,15 @@ async def test_a_hung_redis_costs_a_call_a_short_timeout_once(redis_url, redis_s
 
 async def test_replicas_alive_are_counted_and_a_closed_one_leaves(redis_url):
     replicas = [limiter(redis_url, per_minute=10) for _ in range(3)]
+    idle = limiter(redis_url, per_minute=10)
+    idle.keep_alive()  # the worker's housekeeping: alive before any call
+    await asyncio.sleep(0.2)
+    assert idle.shared and idle.replicas == 1
     for replica in replicas:
         await replica.acquire()
-    assert replicas[-1].replicas == 3
+    assert replicas[-1].replicas == 4
     await replicas[0].close()
+    await idle.close()
     await replicas[2].acquire()
     assert replicas[2].replicas == 2
     for replica in replicas[1:]:

@@ -83,6 +83,9 @@ class CountingLimiter:
     def settle(self, admission: object, tokens: int) -> None:
         self.settled[admission] = tokens
 
+    def keep_alive(self) -> None:
+        pass
+
     def observe(self, status) -> None:  # type: ignore[no-untyped-def]
         self.observed = status
 
