@@ -187,10 +187,11 @@ class KafkaWorker:
         """The repartition topic, with the request topic's partitions (or TOPIC_PARTITIONS,
         whichever is more), taking every record the request topic may hold."""
         settings = self.settings
-        partitions = max(
-            settings.TOPIC_PARTITIONS,
-            await asyncio.to_thread(partition_count, settings.KAFKA, settings.REQUEST_TOPIC) or 0,
-        )
+        requests = await asyncio.to_thread(partition_count, settings.KAFKA, settings.REQUEST_TOPIC)
+        if requests == 1:
+            # All turns come by way of one partition, in the order produced: no need to wait.
+            self._lanes.order_window = 0.0
+        partitions = max(settings.TOPIC_PARTITIONS, requests or 0)
         await asyncio.to_thread(
             ensure_topics, settings.KAFKA, [settings.repartition_topic], partitions,
             {"max.message.bytes": str(largest_record(settings))},
@@ -304,6 +305,7 @@ class KafkaWorker:
             "batch_parked_here": self.stats.parked,
             "batch_collecting": self.stats.batch_collecting,
             "paused": self._paused,
+            "handed_over": self._repartitioner.handed_over,
             "consumer_lag": dict(self._lag),
         }
 

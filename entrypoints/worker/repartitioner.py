@@ -57,7 +57,8 @@ def conversation_key(message: Message, settings: Settings) -> bytes | None:
         )
         return str(conversation_id(request.user_email, request.conversation_id)).encode()
     except Exception:  # whatever it is, it is handed over: the answering stage says why
-        return message.key()
+        key = message.key()  # (travelling in a header as well: not twice when too long)
+        return key if key is not None and len(key) <= settings.MAX_KEY_BYTES else None
 
 
 class Repartitioner:
@@ -154,9 +155,9 @@ class Repartitioner:
         offsets = [TopicPartition(t, p, end) for (t, p), end in ends.items()]
         self._retrying("committing offsets", lambda: producer.send_offsets_to_transaction(
             offsets, consumer.consumer_group_metadata(), TRANSACTION_TIMEOUT
-        ), retriable_only=True)
+        ))
         self._retrying("committing a transaction",
-                       lambda: producer.commit_transaction(TRANSACTION_TIMEOUT), retriable_only=True)
+                       lambda: producer.commit_transaction(TRANSACTION_TIMEOUT))
         for message in records:
             self._refused.pop((message.topic(), message.partition(), message.offset()), None)
 
@@ -192,7 +193,7 @@ class Repartitioner:
                           "over without its value", *where, error.name())
                 refused = error.name()
 
-    def _retrying(self, what: str, call: Callable[[], object], retriable_only: bool = False) -> None:
+    def _retrying(self, what: str, call: Callable[[], object]) -> None:
         """`call` until it succeeds, while it fails with retriable errors."""
         pause = RETRY_PAUSE
         while True:
@@ -203,8 +204,7 @@ class Repartitioner:
                 error: KafkaError = exception.args[0]
                 if not error.retriable() or self._stop.is_set():
                     raise
-                if not retriable_only:
-                    log.warning("%s failed (%s); trying again", what, error)
+                log.warning("%s failed (%s); trying again", what, error)
                 time.sleep(pause)
                 pause = min(pause * 2, RETRY_PAUSE_MAX)
 

@@ -4,6 +4,7 @@ a large invalid record, a response the cluster refuses, and a stalled lane."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import time
 
@@ -43,6 +44,29 @@ def test_an_oversized_key_and_a_large_invalid_record_are_dead_lettered_whole(bro
     assert key == huge_key and opened(value) == ask("ada@example.com", "hello")
     key, value = by_reason["the record value is not valid JSON"]
     assert key == b"garbage" and opened(value) == garbage
+
+
+def test_a_record_the_repartition_topic_refuses_ends_as_an_error_and_a_dead_letter(
+    broker, in_process_settings
+):
+    # With MAX_REQUEST_BYTES=1000 the worker produces records of at most 1,000,000
+    # bytes: a 1.2 MB record on gpt-send cannot be handed over whole.
+    huge = b"{" + b"x" * 1_200_000
+    with RunningWorker(broker.bootstrap_server, MAX_REQUEST_BYTES=1000, **in_process_settings) as worker:
+        worker.send("huge", huge)
+        worker.send("after", ask("ada@example.com", "still there?"))
+        responses = dict(worker.responses(2, timeout=60))
+        (key, value, headers), = worker.dead_letters(1, timeout=60)
+        assert worker.worker.alive()
+
+    assert responses[b"huge"]["error"]["type"] == "invalid_request"
+    assert "could not be handed over" in responses[b"huge"]["error"]["message"]
+    assert "response" in responses[b"after"]
+    assert key == b"huge" and value is None
+    assert headers["value_omitted"] == b"MSG_SIZE_TOO_LARGE"
+    assert headers["value_sha256"] == hashlib.sha256(huge).hexdigest().encode()
+    assert headers["source_topic"] == worker.settings.REQUEST_TOPIC.encode()
+    assert headers["source_offset"] == b"0"
 
 
 def test_a_response_the_cluster_refuses_becomes_an_error_and_a_dead_letter(
