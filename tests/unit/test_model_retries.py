@@ -189,3 +189,25 @@ async def test_a_retry_that_goes_to_the_fallback_takes_one_rate_limit_token_not_
     reply = await model.complete(CALL)
     assert reply.model == "gpt-4.1" and [c.model for c in fake.calls] == ["gpt-4o-mini", "gpt-4.1"]
     assert paced == [1]  # the fallback's token only
+
+
+async def test_each_attempt_counts_the_calls_worst_case_and_the_one_that_answered_is_settled():
+    """As the container wires it: the retries and the fallback each take the rate
+    limiter's admission with the call's tokens; the reply settles the last one."""
+    from functools import partial
+
+    from application.model_slots import ModelSlots, admit
+    from tests.unit.fakes import CountingLimiter
+
+    fake = FakeModel()
+    fake.script = [ModelError("upstream_error", "down", True)] * 2
+    limiter = CountingLimiter()
+    slots = ModelSlots(limiter)
+    model, _ = retrying(fake, max_retries=1, fallback_model="gpt-4.1", pace=partial(admit, limiter))
+    call = ModelCall("gpt-4o-mini", [ChatMessage("user", "hi")], 10, 0.5)  # a progress of its own
+    call.progress.tokens = 40
+    async with slots.slot(0, call):
+        reply = await model.complete(call)
+    slots.settle(call, reply)
+    assert limiter.tokens == [40, 40, 40]  # the call, its retry, the fallback
+    assert limiter.settled == {2: reply.prompt_tokens + reply.completion_tokens}
