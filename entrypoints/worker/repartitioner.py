@@ -69,7 +69,6 @@ class Repartitioner:
         self.settings = settings
         self.fail = fail
         self.handed_over = 0
-        self.assigned = threading.Event()
         self._stop = threading.Event()
         # Records the repartition topic refused: handed over without their value
         # when their transaction is tried again.
@@ -109,9 +108,9 @@ class Repartitioner:
             consumer.close()
             producer.flush(5)
 
-    def _on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+    @staticmethod
+    def _on_assign(_consumer: Consumer, partitions: list[TopicPartition]) -> None:
         log.info("repartitioning %s", [f"{p.topic}[{p.partition}]" for p in partitions])
-        self.assigned.set()
 
     @staticmethod
     def _on_revoke(_consumer: Consumer, partitions: list[TopicPartition]) -> None:
