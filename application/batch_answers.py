@@ -140,7 +140,9 @@ class BatchAnswers:
         """Hold a batch request's worst case apart in today's budget (BudgetExceeded)."""
         assert self.ledger is not None
         reservation = self.hold_id(cid, request_id)
-        day = await self.ledger.hold_apart(reservation, tokens, max_wait=max_wait)
+        # Not for as long as a batch request may wait (a day): its lane waits meanwhile.
+        patience = self.ledger.max_wait if max_wait is None else min(max_wait, self.ledger.max_wait)
+        day = await self.ledger.hold_apart(reservation, tokens, max_wait=patience)
         return BatchHold(reservation, day, tokens)
 
     async def give_back(self, hold: BatchHold) -> None:
@@ -208,6 +210,28 @@ class BatchAnswers:
             PARKED_INDEX_ID, partial(_list, batch_id, len(requests)), create=ParkedBatches
         )
         self.parked_seen += len(requests)
+
+    async def adopt(
+        self, cid: UUID, request_id: str, sent: tuple[str, str], deadline: float | None
+    ) -> None:
+        """A redelivered request parked in `sent` (batch id, custom id): make sure its
+        batch is polled. Requests parked by a version that held them instead of
+        recording a ParkedBatch are found so (their budget was held in a lease of
+        that version's, counted in full when it expired: none is held here)."""
+        if self.parked is None:
+            return
+        batch_id, custom_id = sent
+        entry = {"conversation_id": str(cid), "request_id": request_id, "hold": None,
+                 "day": None, "tokens": 0, "deadline": deadline}
+        at = iso_timestamp_of(self.clock.now())
+        adopted = await self.parked.change(
+            parked_batch_id(batch_id), partial(_adopt, custom_id, entry, at),
+            create=partial(ParkedBatch, batch_id, "", {}, at),
+        )
+        if adopted:
+            log.info("a request parked in batch %s is polled from now on", batch_id)
+            await self.parked.change(PARKED_INDEX_ID, partial(_list, batch_id, 1),
+                                     create=ParkedBatches)
 
     # Polling ------------------------------------------------------------------------
 
@@ -343,7 +367,9 @@ class BatchAnswers:
         """Settle the request's hold (once, whoever does it) and deliver its response."""
         assert verdict.response is not None and self.ledger is not None
         entry, response = verdict.entry, verdict.response
-        if response.ok:
+        if entry.get("hold") is None:  # adopted: no hold of its own (see `adopt`)
+            pass
+        elif response.ok:
             used = response.usage.total_tokens if response.usage is not None else 0
             await self.ledger.settle_apart(entry["day"], entry["hold"], used)
         elif batch_ended:  # a failed line is not billed
@@ -373,6 +399,10 @@ def _unchanged(aggregate: Any) -> None:
 
 def _unchanged_self(aggregate: Any) -> Any:
     return aggregate
+
+
+def _adopt(custom_id: str, entry: dict[str, Any], at: str, batch: ParkedBatch) -> bool:
+    return batch.adopt(custom_id, entry, at)
 
 
 def _open_batches(index: ParkedBatches) -> dict[str, int]:

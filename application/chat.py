@@ -176,6 +176,10 @@ class ChatService:
             if plan.summarised is not None:
                 self.compactor.saved(plan.summarised)
             if plan.response is not None:
+                if plan.sent_in_batch is not None:  # parked already: is its batch polled?
+                    await self.batches.adopt(
+                        job.cid, job.request_id, plan.sent_in_batch, request.deadline
+                    )
                 return plan.response
             return await self._ask(job, plan)
         finally:
@@ -200,7 +204,10 @@ class ChatService:
             return _Plan(ChatResponse.of(outcome))
         if conversation.is_pending(rid) and conversation.pending_batch(rid) is not None:
             log.info("request %s is parked in its batch; it is answered when the batch ends", rid)
-            return _Plan(ChatResponse.parked_in_batch(self.clock.now(), job.started))
+            return _Plan(
+                ChatResponse.parked_in_batch(self.clock.now(), job.started),
+                sent_in_batch=conversation.pending_batch(rid),
+            )
         count = self.window.counting(request)
         misfit = self.window.misfit(request, count, self.ledger.daily_limit)
         if misfit is not None:  # the caller's mistake, every time: not recorded ...

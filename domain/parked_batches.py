@@ -53,6 +53,19 @@ class ParkedBatch(Aggregate):
         if new:
             self._deliver(custom_ids=new, at=at)
 
+    @event("RequestAdopted")
+    def _adopt(self, custom_id: str, request: dict[str, Any], at: str) -> None:
+        self.requests[custom_id] = request
+        self.closed = False
+
+    def adopt(self, custom_id: str, request: dict[str, Any], at: str) -> bool:
+        """A request found parked in this batch by its conversation alone (sent by a
+        version that kept no ParkedBatch): polled from now on. Whether it was new."""
+        if custom_id in self.requests:
+            return False
+        self._adopt(custom_id=custom_id, request=request, at=at)
+        return True
+
     @event("BatchClosed")
     def _close(self, status: str, at: str) -> None:
         self.closed = True

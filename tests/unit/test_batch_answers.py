@@ -293,3 +293,32 @@ def test_a_hold_id_is_the_same_on_every_replica_and_tells_nothing_of_the_user():
     assert BatchAnswers.hold_id(cid, "r1") == BatchAnswers.hold_id(cid, "r1")
     assert BatchAnswers.hold_id(cid, "r1") != BatchAnswers.hold_id(cid, "r2")
     assert str(cid) not in BatchAnswers.hold_id(cid, "r1")
+
+
+async def test_a_request_an_older_version_left_waiting_in_its_batch_is_adopted_and_answered():
+    from application.ports import ChatMessage, ModelCall
+    from domain.conversation import Conversation
+    from tests.support.conversations import receive
+
+    model = FakeModel()
+    batches = FakeBatchModel(model)
+    service = batch_service(batches, model)
+    # What an older version recorded: BatchSubmitted on the conversation, nothing else.
+    conversation = Conversation("ada@example.com")
+    receive(conversation, "old-1", "from before")
+    conversation.submit_to_batch("old-1", "batch_old", "c" * 32, "2026-11-25T11:00:00.000Z")
+    service.records.save(conversation)
+    batches.batches["batch_old"] = [
+        ("c" * 32, ModelCall("gpt-4o-mini", [ChatMessage("user", "from before")], 100, 0.7))
+    ]
+
+    redelivered = await service.handle(ask("old-1", "from before", batch=True))
+    assert redelivered.parked and parked_index(service).open == {"batch_old": 1}
+    assert await service.handle(ask("old-1", "from before", batch=True))  # adopted once
+    assert len(parked_batch(service, "batch_old").requests) == 1
+
+    await batches.finish("batch_old")
+    delivered = Delivered()
+    await service.batches.poll(delivered)
+    assert delivered.keys == ["old-1"] and delivered.responses[0][1].text == "answer to from before"
+    assert parked_index(service).open == {}
