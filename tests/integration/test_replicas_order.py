@@ -9,12 +9,13 @@ import ast
 import json
 import re
 import signal
+import threading
 import time
 import uuid
 from collections import Counter
 
 import pytest
-from confluent_kafka import Producer
+from confluent_kafka import Consumer, Producer, TopicPartition
 
 from tests.support.records import private_topics, read_until_all
 from tests.support.worker import WorkerProcess
@@ -118,3 +119,58 @@ def test_three_replicas_answer_every_conversation_in_order_with_its_whole_histor
     print(f"answered per replica: {shares}")
     assert sum(shares) == CONVERSATIONS * TURNS
     assert all(share >= CONVERSATIONS * TURNS / 10 for share in shares), shares
+
+
+@pytest.mark.timeout(180)
+def test_a_worker_killed_while_handing_over_hands_every_record_over_exactly_once(
+    broker, fake_openai, worker_env, tmp_path, request
+):
+    topics = private_topics(broker.bootstrap_server, request_partitions=PARTITIONS)
+    env = {**worker_env, **topics, "TOPIC_PARTITIONS": str(PARTITIONS), "MODEL_PROVIDER": "offline"}
+    worker = WorkerProcess(env, tmp_path / "worker.log")
+    request.addfinalizer(lambda: worker.process and worker.stop(signal.SIGKILL))
+    worker.start()
+    repartition = f"{topics['CONSUMER_GROUP']}-{topics['REQUEST_TOPIC']}-repartition"
+    producer = Producer({"bootstrap.servers": broker.bootstrap_server, "linger.ms": 5})
+    total = 3000
+
+    def produce() -> None:
+        for n in range(total):
+            body = {"user_email": f"user{n % 50}@example.com", "message": f"m{n}"}
+            producer.produce(topics["REQUEST_TOPIC"], json.dumps(body).encode(), uuid.uuid4().hex.encode())
+            if n % 100 == 99:
+                producer.flush(10)
+                time.sleep(0.05)
+        producer.flush(10)
+
+    feeder = threading.Thread(target=produce)
+    feeder.start()
+    time.sleep(1.0)  # records are being handed over ...
+    worker.stop(signal.SIGKILL)  # ... when the worker dies
+    worker.start()
+    feeder.join(60)
+
+    # What the answering stage can read (committed transactions only): every record
+    # of gpt-send exactly once, under its conversation's key.
+    reader = Consumer({"bootstrap.servers": broker.bootstrap_server, "group.id": f"r-{uuid.uuid4().hex}",
+                       "isolation.level": "read_committed", "enable.auto.commit": False})
+    reader.assign([TopicPartition(repartition, p, 0) for p in range(PARTITIONS)])
+    sources: Counter[tuple[int, int]] = Counter()
+    keys_by_user: dict[str, set[bytes]] = {}
+    deadline, last_new = time.monotonic() + 90, time.monotonic()
+    try:
+        while time.monotonic() < deadline and (len(sources) < total or time.monotonic() - last_new < 3):
+            message = reader.poll(0.2)
+            if message is None or message.error():
+                continue
+            headers = dict(message.headers())
+            sources[(int(headers["chater.source_partition"]), int(headers["chater.source_offset"]))] += 1
+            user = json.loads(message.value())["user_email"]
+            keys_by_user.setdefault(user, set()).add(message.key())
+            last_new = time.monotonic()
+    finally:
+        reader.close()
+    print(f"handed over: {len(sources)} of {total} records, "
+          f"{sum(n - 1 for n in sources.values())} twice")
+    assert len(sources) == total and max(sources.values()) == 1
+    assert all(len(keys) == 1 for keys in keys_by_user.values())  # one key per conversation
