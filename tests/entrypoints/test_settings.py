@@ -208,3 +208,34 @@ def test_cache_and_batch_settings_are_checked_and_blank_means_unset(monkeypatch)
     assert "REDIS_URL: must be a redis://" in message
     assert "CACHE_SCOPE:" in message and "CONTEXT_STRATEGY:" in message
     assert "cache-host" not in message  # inputs are never echoed
+
+
+def test_tokens_per_minute_is_off_by_default_and_never_negative(monkeypatch):
+    monkeypatch.setenv("MODEL_PROVIDER", "offline")
+    monkeypatch.setenv("SECRET_KEY", "s3cret")
+    assert load_settings().TOKENS_PER_MINUTE == 0
+    assert load_settings(TOKENS_PER_MINUTE=90_000).TOKENS_PER_MINUTE == 90_000
+    with pytest.raises(SettingsError, match="TOKENS_PER_MINUTE"):
+        load_settings(TOKENS_PER_MINUTE=-1)
+
+
+async def test_with_redis_the_rate_limits_are_shared_by_the_services_replicas_else_per_process():
+    from adapters.rate_limiter import SlidingWindowRateLimiter
+    from adapters.redis_rate_limiter import RedisRateLimiter
+    from entrypoints.container import build_container
+
+    common = dict(MODEL_PROVIDER="offline", SECRET_KEY="s3cret", REQUESTS_PER_MINUTE=30,
+                  TOKENS_PER_MINUTE=9000, CONSUMER_GROUP="bots")
+    alone = build_container(load_settings(**common)).rate_limiter()
+    assert isinstance(alone, SlidingWindowRateLimiter)
+    assert (alone.per_minute, alone.tokens_per_minute) == (30, 9000)
+    container = build_container(load_settings(REDIS_URL="redis://127.0.0.1:1/0", **common))
+    shared = container.rate_limiter()
+    try:
+        assert isinstance(shared, RedisRateLimiter)
+        assert (shared.per_minute, shared.tokens_per_minute) == (30, 9000)
+        assert shared._keys[0] == "chater-gpt:{limits:bots}:calls"  # one service: one group
+        assert container.chat_service().rate_limiter is shared
+        assert container.language_model().pace.args == (shared,)  # retries take admissions too
+    finally:
+        await shared.close()
