@@ -23,9 +23,10 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from datetime import datetime
 from functools import cached_property, partial
 from typing import Any
-from uuid import UUID
+from uuid import UUID, uuid4
 
 from opentelemetry import trace
 
@@ -42,6 +43,7 @@ from application.outcome_recorder import OutcomeRecorder
 from application.pii import PiiMasker
 from application.ports import (
     AggregateStore,
+    CallProgress,
     Clock,
     LanguageModel,
     Metrics,
@@ -68,6 +70,10 @@ REQUEST_ID_REUSED = "request id already used for a different request"
 TOO_LATE = "The model could not answer before the request's deadline."
 UNEXPECTED = "The model call failed unexpectedly."
 RECORDING_GRACE = 10.0  # seconds a closing service waits for paid replies to be recorded
+# Following another worker's model call: the store is read again after this wait,
+# doubling up to the longest.
+FOLLOW_FIRST_WAIT = 0.2
+FOLLOW_LONGEST_WAIT = 2.0
 
 
 @dataclass
@@ -81,6 +87,7 @@ class _Job:
     # its worst case held apart in the day's budget.
     parking: bool | None = None
     batch_hold: BatchHold | None = None
+    landed: bool = False  # the model's reply is in hand (being recorded)
 
     @property
     def request_id(self) -> str:
@@ -106,6 +113,9 @@ class _Plan:
     share: Share | None = None
     summarised: str | None = None  # the digest of a summary saved with it
     sent_in_batch: tuple[str, str] | None = None
+    # Another call for the request may still land until then (epoch seconds):
+    # the store is read again meanwhile.
+    other_call_until: float | None = None
 
 
 class ChatService:
@@ -133,8 +143,14 @@ class ChatService:
         metrics: Metrics | None = None,
         batch_records: AggregateStore[Any] | None = None,
         max_parked: int = 10_000,
+        worker: str | None = None,
     ) -> None:
         self.conversations = conversations
+        # Who this worker process is, in the conversations: requests it received
+        # (or took over) are called for by it, and it knows which of those calls
+        # are still out (`_calling`: request id -> its call's progress).
+        self.worker = worker or uuid4().hex
+        self._calling: dict[str, CallProgress] = {}
         self.ledger = ledger
         self.model = model
         self.rate_limiter = rate_limiter
@@ -169,10 +185,7 @@ class ChatService:
         cid = conversation_id(request.user_email, request.conversation_id)
         job = _Job(request, cid, time.perf_counter())
         try:
-            plan: _Plan = await self.conversations.change(
-                cid, partial(self._prepare, job),  # type: ignore[arg-type]
-                create=partial(Conversation, request.user_email, request.conversation_id),
-            )
+            plan = await self._plan(job)
             if plan.summarised is not None:
                 self.compactor.saved(plan.summarised)
             if plan.response is not None:
@@ -181,11 +194,74 @@ class ChatService:
                         job.cid, job.request_id, plan.sent_in_batch, request.deadline
                     )
                 return plan.response
-            return await self._ask(job, plan)
+            return await self._ask_from_here(job, plan)
         finally:
             # Whatever happened (an error, a cancellation at shutdown), a hold
             # still open is given back; a settled one is not touched again.
             self.ledger.release(job.reservation)
+
+    async def _plan(self, job: _Job) -> _Plan:
+        """`_prepare`d; while another worker's model call for the request may still
+        land (its partition moved here meanwhile, say), the store is read again
+        now and then until that call's outcome is recorded (then answered from
+        it) or its time is up (then this worker calls)."""
+        request, wait = job.request, FOLLOW_FIRST_WAIT
+        while True:
+            plan: _Plan = await self.conversations.change(
+                job.cid, partial(self._prepare, job),  # type: ignore[arg-type]
+                create=partial(Conversation, request.user_email, request.conversation_id),
+            )
+            if plan.other_call_until is None:
+                return plan
+            if wait == FOLLOW_FIRST_WAIT:
+                log.info("request %s: a call for it made elsewhere may still land; "
+                         "waiting for its outcome", request.request_id)
+            left = plan.other_call_until - self.clock.now().timestamp()
+            await asyncio.sleep(max(min(wait, left), 0.0))
+            wait = min(wait * 2, FOLLOW_LONGEST_WAIT)
+            self.conversations.evict([job.cid])  # what the other worker recorded
+
+    async def _ask_from_here(self, job: _Job, plan: _Plan) -> ChatResponse:
+        """`_ask`, known to be out from this worker while it is; cut short before
+        its reply came, it is recorded as abandoned, so that whoever answers the
+        request next does not wait for it."""
+        assert plan.call is not None
+        rid = job.request_id
+        self._calling[rid] = plan.call.progress
+        try:
+            return await self._ask(job, plan)
+        except asyncio.CancelledError:
+            if not job.landed and not self.batched(job.request):  # a batch goes on
+                self._record_in_background(self._abandoned(job))
+            raise
+        finally:
+            if self._calling.get(rid) is plan.call.progress:
+                del self._calling[rid]
+
+    def call_sent(self, request_id: str) -> bool:
+        """Whether this worker's model call for the request is out now (handed to
+        the provider, not held back before it): cut short, it may be paid for."""
+        progress = self._calling.get(request_id)
+        return progress is not None and progress.sent
+
+    async def _abandoned(self, job: _Job) -> None:
+        def record(conversation: Conversation) -> None:
+            rid = job.request_id
+            if conversation.is_pending(rid):
+                call = conversation.pending_call(rid)
+                if call is not None and call[1] == self.worker:
+                    conversation.abandon_call(rid, self.clock.now().isoformat())
+
+        try:
+            await self.conversations.change(job.cid, record)
+        except Exception:  # then the next owner waits for the call's time to be up
+            log.warning("could not record that the call for %s was abandoned", job.request_id)
+
+    def _record_in_background(self, work: Any) -> None:
+        """Recording that outlives a cancelled request; `close` waits for it."""
+        recording = asyncio.ensure_future(work)
+        self._recording.add(recording)
+        recording.add_done_callback(self._recording.discard)
 
     # 1. Prepare --------------------------------------------------------------------
 
@@ -208,6 +284,9 @@ class ChatService:
                 ChatResponse.parked_in_batch(self.clock.now(), job.started),
                 sent_in_batch=conversation.pending_batch(rid),
             )
+        other_call_until = self._other_call_until(job, conversation)
+        if other_call_until is not None:
+            return _Plan(other_call_until=other_call_until)
         count = self.window.counting(request)
         misfit = self.window.misfit(request, count, self.ledger.daily_limit)
         if misfit is not None:  # the caller's mistake, every time: not recorded ...
@@ -249,7 +328,13 @@ class ChatService:
                 caller_context=request.context,
                 history_turns=planned.history_turns,
                 request_digest=job.digest,
+                received_at=self.clock.now().isoformat(),
+                worker=self.worker,
             )
+        elif not self.batched(request) and conversation.pending_batch(rid) is None:
+            # Received before (by another worker, or by this one before it
+            # abandoned the call): this worker's call is the one out from now.
+            conversation.take_over_call(rid, self.clock.now().isoformat(), self.worker)
         if share is not None and fresh:
             shared = await self.sharing.find(share, self._time_left(request))
             if shared is not None:  # no model call: no budget, no cost
@@ -286,6 +371,33 @@ class ChatService:
             )
         else:
             await self.ledger.reserve(job.reservation, tokens, max_wait=self._time_left(job.request))
+
+    def _other_call_until(self, job: _Job, conversation: Conversation) -> float | None:
+        """Until when (epoch seconds) a model call for this pending request may still
+        land, made by another worker (or by this one, still out): from when it may
+        have gone out, the call's whole time, bounded by the request's deadline.
+        None when there is none to wait for: the request is not pending, a batch
+        has it (its own path), or this worker's own call ended without a reply."""
+        rid = job.request_id
+        if (
+            not conversation.is_pending(rid)
+            or conversation.pending_batch(rid) is not None
+            or self.batched(job.request)
+        ):
+            return None
+        call = conversation.pending_call(rid)
+        if call is None:
+            return None
+        since, worker = call
+        if worker == self.worker and rid not in self._calling:
+            return None
+        try:
+            until = datetime.fromisoformat(since).timestamp() + self.policy.call_budget
+        except ValueError:
+            return None
+        if job.request.deadline is not None:
+            until = min(until, job.request.deadline)
+        return until if self.clock.now().timestamp() < until else None
 
     def _rejection(self, job: _Job, message: str) -> ChatResponse:
         """An invalid_request response, recorded nowhere."""
@@ -380,6 +492,7 @@ class ChatService:
         except Exception as error:
             self.ledger.release(job.reservation)
             return await self._fail(job, *self._failure_of(job, error, deadline.expired())), None
+        job.landed = True
         self.ledger.settle(job.reservation, reply.prompt_tokens + reply.completion_tokens)
         if batched:
             self._count_batch_spending(reply)

@@ -117,8 +117,9 @@ class Conversation(Aggregate):
     """
 
     # Version 2 keeps outcomes as Answer and Failure values (dicts before);
-    # version 3 the digests of the requests' content.
-    class_version = 3
+    # version 3 the digests of the requests' content; version 4 when and by
+    # which worker each pending request's model call went out.
+    class_version = 4
 
     # Defaults for state restored from snapshots taken before compaction existed.
     summary: str | Shredded | None = None
@@ -149,6 +150,14 @@ class Conversation(Aggregate):
         state.setdefault("digests", {})
 
     @staticmethod
+    def upcast_v3_v4(state: dict[str, Any]) -> None:
+        """Pending requests did not say when their model call went out: not after
+        the snapshot's last change, by a worker no longer known."""
+        since = _iso(state.get("_modified_on"))
+        for asked in state.get("pending", {}).values():
+            asked.setdefault("call", [since, ""])
+
+    @staticmethod
     def create_id(user_email: str, thread: str | None = None) -> UUID:
         return conversation_id(user_email, thread)
 
@@ -174,7 +183,33 @@ class Conversation(Aggregate):
 
     # Commands: each body is both the decision and the state change of its event.
 
-    @event("UserMessageReceived")
+    class UserMessageReceived(Aggregate.Event):
+        """Version 2 added when it was received (ISO UTC) and by which worker (the
+        id of one worker process): that worker calls the model for it next."""
+
+        class_version = 2
+
+        request_id: str
+        message: str
+        image_digests: list[str]
+        model: str
+        max_tokens: int
+        temperature: float
+        system_prompt: str | None
+        caller_context: str | None
+        history_turns: int
+        request_digest: str | Shredded | None = None
+        received_at: str = ""
+        worker: str = ""
+
+        @staticmethod
+        def upcast_v1_v2(state: dict[str, Any]) -> None:
+            # Received by a version that did not say when: the event's own time
+            # (the moment it was recorded), by a worker that is no longer known.
+            state["received_at"] = _iso(state.get("timestamp"))
+            state["worker"] = ""
+
+    @event(UserMessageReceived)
     def receive_message(
         self,
         request_id: str,
@@ -187,12 +222,34 @@ class Conversation(Aggregate):
         caller_context: str | None,
         history_turns: int,
         request_digest: str | Shredded | None = None,
+        received_at: str = "",
+        worker: str = "",
     ) -> None:
         """Record the user's message and exactly what will be sent along with it,
-        and the digest of what the request asked (none before digests were kept)."""
+        and the digest of what the request asked (none before digests were kept);
+        `worker` (received at `received_at`, ISO UTC) calls the model for it next."""
         self.check_not_seen(request_id)
-        self.pending[request_id] = {"message": message, "image_count": len(image_digests)}
+        self.pending[request_id] = {
+            "message": message, "image_count": len(image_digests),
+            "call": [received_at, worker],
+        }
         self._keep_digest(request_id, request_digest)
+
+    @event("ModelCallTakenOver")
+    def take_over_call(self, request_id: str, taken_at: str, worker: str) -> None:
+        """Another worker calls the model for a pending request from `taken_at`
+        (ISO UTC): the call of whoever received it can no longer land, or never
+        went out."""
+        self.check_pending(request_id)
+        self.pending[request_id]["call"] = [taken_at, worker]
+
+    @event("ModelCallAbandoned")
+    def abandon_call(self, request_id: str, abandoned_at: str) -> None:
+        """The worker calling the model for a pending request gave up before a reply
+        came (its partition moved, it stopped): no call of it can land any more,
+        so whoever answers the request next calls the model at once."""
+        self.check_pending(request_id)
+        self.pending[request_id]["call"] = None
 
     class ReplyRecorded(Aggregate.Event):
         """Version 2 added what a reply cost: cached prompt tokens and dollars;
@@ -353,6 +410,16 @@ class Conversation(Aggregate):
         message: str | Shredded = self.pending[request_id]["message"]
         return message
 
+    def pending_call(self, request_id: str) -> tuple[str, str] | None:
+        """(since when, ISO UTC, by which worker) the model may have been called for
+        a pending request: the worker that received it or took its call over ("":
+        one no longer known), whose call may land until that call's time is up.
+        None when no call can be out (abandoned, or received without saying when)."""
+        call = self.pending[request_id].get("call")
+        if not call or not call[0]:
+            return None
+        return call[0], call[1]
+
     def pending_batch(self, request_id: str) -> tuple[str, str] | None:
         """(batch id, custom id) of the provider's batch a pending request was sent
         in, if it was."""
@@ -439,6 +506,13 @@ def _outcome_from_v1(outcome: dict[str, Any]) -> Outcome:
     return Answer(from_legacy(outcome["response"]), outcome["model"], usage["prompt_tokens"],
                   usage["completion_tokens"], outcome.get("cost_usd"), outcome["finish_reason"],
                   outcome["timestamp"], outcome["processing_time"], source)
+
+
+def _iso(moment: Any) -> str:
+    """A stored moment (a datetime, or already its text) as ISO text; "" if none."""
+    if moment is None:
+        return ""
+    return moment if isinstance(moment, str) else moment.isoformat()
 
 
 def _digest_form(digest: str) -> str:

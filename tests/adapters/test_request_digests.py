@@ -132,7 +132,7 @@ def test_a_snapshot_taken_before_digests_were_kept_loads_without_them():
     recorder = app.snapshots.recorder
     stored = recorder.select_events(conversation.id)[-1]
     state = app.mapper.transcoder.decode(stored.state)
-    assert state["state"]["class_version"] == 3 and state["state"]["digests"] == {"r1": "request-v1:abc"}
+    assert state["state"]["class_version"] == 4 and state["state"]["digests"] == {"r1": "request-v1:abc"}
     state["state"]["class_version"] = 2
     del state["state"]["digests"]
     recorder._stored_events[-1] = type(stored)(

@@ -123,3 +123,72 @@ def test_a_recorded_reply_carries_its_cost():
     answer(conversation, "r1", "hi")
     assert conversation.outcome("r1").cost == 0.0000045
 
+
+
+def _receive_by(conversation, request_id, received_at, worker):
+    conversation.receive_message(
+        request_id=request_id, message="hello", image_digests=[], model="gpt-4o-mini",
+        max_tokens=100, temperature=0.7, system_prompt=None, caller_context=None,
+        history_turns=0, received_at=received_at, worker=worker,
+    )
+
+
+def test_a_pending_request_says_since_when_and_by_which_worker_its_call_may_be_out():
+    conversation = Conversation("ada@example.com")
+    _receive_by(conversation, "r1", "2026-01-01T00:00:00+00:00", "worker-a")
+    assert conversation.pending_call("r1") == ("2026-01-01T00:00:00+00:00", "worker-a")
+    conversation.take_over_call("r1", "2026-01-01T00:02:00+00:00", "worker-b")
+    assert conversation.pending_call("r1") == ("2026-01-01T00:02:00+00:00", "worker-b")
+    with pytest.raises(RequestNotPending):
+        conversation.take_over_call("r2", "2026-01-01T00:02:00+00:00", "worker-b")
+    conversation.abandon_call("r1", "2026-01-01T00:02:30+00:00")
+    assert conversation.pending_call("r1") is None and conversation.is_pending("r1")
+    receive(conversation, "r3", "without saying when")
+    assert conversation.pending_call("r3") is None
+
+
+def test_a_request_received_by_an_earlier_version_says_it_was_received_when_recorded():
+    """A version 1 UserMessageReceived (no time, no worker) is upcast: its call may
+    have gone out from the moment it was recorded, by a worker no longer known."""
+    app = Application(env={"PERSISTENCE_MODULE": "eventsourcing.popo"})
+    conversation = Conversation("old@example.com")
+    receive(conversation, "r1", "hello")
+    app.save(conversation)
+    recorder = app.recorder
+    received = recorder.select_events(conversation.id)[-1]
+    state = app.mapper.transcoder.decode(received.state)
+    del state["received_at"], state["worker"]
+    state.pop("class_version", None)
+    recorder._stored_events[-1] = type(received)(
+        originator_id=received.originator_id, originator_version=received.originator_version,
+        topic=received.topic, state=app.mapper.transcoder.encode(state),
+    )
+    app.repository.cache = None
+
+    replayed = app.repository.get(conversation.id)
+    since, worker = replayed.pending_call("r1")
+    assert since == state["timestamp"].isoformat() and worker == ""
+
+
+def test_a_snapshot_taken_before_calls_were_recorded_says_its_last_change_instead():
+    from adapters.event_store import ChatRecords
+
+    app = ChatRecords(env={"PERSISTENCE_MODULE": "eventsourcing.popo"})
+    conversation = Conversation("old@example.com")
+    _receive_by(conversation, "r1", "2026-01-01T00:00:00+00:00", "worker-a")
+    app.save(conversation)
+    app.take_snapshot(conversation.id)
+    recorder = app.snapshots.recorder
+    stored = recorder.select_events(conversation.id)[-1]
+    state = app.mapper.transcoder.decode(stored.state)
+    assert state["state"]["class_version"] == 4
+    state["state"]["class_version"] = 3
+    del state["state"]["pending"]["r1"]["call"]
+    recorder._stored_events[-1] = type(stored)(
+        originator_id=stored.originator_id, originator_version=stored.originator_version,
+        topic=stored.topic, state=app.mapper.transcoder.encode(state),
+    )
+    app.repository.cache = None
+
+    loaded = app.repository.get(conversation.id)
+    assert loaded.pending_call("r1") == (state["state"]["_modified_on"].isoformat(), "")

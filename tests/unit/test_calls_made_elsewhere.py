@@ -1,0 +1,115 @@
+"""A request whose model call another worker made (its partition moved meanwhile,
+or that worker stopped or crashed) is not sent to the model again while that
+call can still land: the worker waits for its outcome and answers from it, and
+calls the model itself only once that call was abandoned or its time is up
+(ChatPolicy.call_budget, bounded by the request's deadline).
+
+Two ChatServices on one event store stand for two worker processes; the clock is
+the real one, because the waits are."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import UTC, datetime
+
+from adapters.event_store import ChatRecords
+from adapters.system_clock import SystemClock
+from domain.conversation import Conversation, conversation_id
+from tests.unit.fakes import FakeModel, ask, make_service, wire
+
+
+def two_workers(call_budget: float = 60.0, delay: float = 0.0):
+    records = ChatRecords(env={"PERSISTENCE_MODULE": "eventsourcing.popo"})
+    clock = SystemClock()
+    first, first_model = make_service(
+        FakeModel(delay), records=records, clock=clock, call_budget=call_budget
+    )
+    second, second_model = make_service(records=records, clock=clock, call_budget=call_budget)
+    return records, (first, first_model), (second, second_model)
+
+
+async def until(condition, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.01)
+
+
+def received_elsewhere(records: ChatRecords, request_id: str, message: str, worker: str) -> None:
+    """A request received by a worker that is gone now (crashed: nothing more of
+    its call is recorded), just now."""
+    conversation = Conversation("ada@example.com")
+    conversation.receive_message(
+        request_id=request_id, message=message, image_digests=[], model="gpt-4o-mini",
+        max_tokens=4000, temperature=0.7, system_prompt=None, caller_context=None,
+        history_turns=0, received_at=datetime.now(UTC).isoformat(), worker=worker,
+    )
+    records.save(conversation)
+
+
+async def test_a_call_out_from_another_worker_is_waited_for_and_its_reply_is_the_answer():
+    _, (first, first_model), (second, second_model) = two_workers(delay=1.0)
+    first_answer = asyncio.create_task(wire(first, ask("r1", "hello")))
+    await until(lambda: first_model.calls)  # the first worker's call is out ...
+    second_answer = await wire(second, ask("r1", "hello"))  # ... when the record moves
+    assert second_answer == await first_answer
+    assert second_answer["response"] == "answer to hello"
+    assert len(first_model.calls) == 1 and second_model.calls == []
+
+
+async def test_a_call_that_can_no_longer_land_is_made_again_once_its_time_is_up():
+    records, _, (second, second_model) = two_workers(call_budget=0.6)
+    received_elsewhere(records, "r1", "hello", worker="crashed-worker")
+    started = time.monotonic()
+    answer = await wire(second, ask("r1", "hello"))
+    assert time.monotonic() - started >= 0.5  # it waited for the other call's time
+    assert answer["response"] == "answer to hello" and len(second_model.calls) == 1
+    events = records.events.get(conversation_id("ada@example.com"))
+    assert [type(e).__name__ for e in events][-2:] == ["ModelCallTakenOver", "ReplyRecorded"]
+
+
+async def test_a_worker_that_took_a_call_over_is_waited_for_in_turn():
+    """The taken-over call is the one out now: a third worker waits for it, not
+    for the first call's (long past) time."""
+    records, _, (second, second_model) = two_workers(call_budget=0.6)
+    received_elsewhere(records, "r1", "hello", worker="crashed-worker")
+    second_model.delay = 1.5
+    second_answer = asyncio.create_task(wire(second, ask("r1", "hello")))
+    await until(lambda: second_model.calls, timeout=3)
+    third, third_model = make_service(records=records, clock=SystemClock(), call_budget=5.0)
+    assert await wire(third, ask("r1", "hello")) == await second_answer
+    assert third_model.calls == [] and len(second_model.calls) == 1
+
+
+async def test_a_call_its_worker_abandoned_is_made_again_at_once():
+    _, (first, first_model), (second, second_model) = two_workers(delay=30.0)
+    first_answer = asyncio.create_task(wire(first, ask("r1", "hello")))
+    await until(lambda: first_model.calls)
+    first_answer.cancel()  # its partition moved before it was sent, or the worker stopped
+    await asyncio.gather(first_answer, return_exceptions=True)
+    started = time.monotonic()
+    answer = await wire(second, ask("r1", "hello"))
+    assert time.monotonic() - started < 2.0  # not the call's 60 s
+    assert answer["response"] == "answer to hello" and len(second_model.calls) == 1
+    await first.close()
+
+
+async def test_a_call_this_worker_made_and_that_ended_is_not_waited_for():
+    """Received by this very worker, whose call for it is no longer out (a
+    conflict, a cancellation whose record was lost): nothing can land, no wait."""
+    records, _, (second, second_model) = two_workers()
+    received_elsewhere(records, "r1", "hello", worker=second.worker)
+    started = time.monotonic()
+    answer = await wire(second, ask("r1", "hello"))
+    assert time.monotonic() - started < 1.0
+    assert answer["response"] == "answer to hello" and len(second_model.calls) == 1
+
+
+async def test_the_wait_ends_at_the_requests_deadline():
+    records, _, (second, second_model) = two_workers(call_budget=60.0)
+    received_elsewhere(records, "r1", "hello", worker="crashed-worker")
+    started = time.monotonic()
+    answer = await wire(second, ask("r1", "hello", deadline=time.time() + 0.5))
+    assert 0.4 <= time.monotonic() - started < 3.0
+    assert answer["error"]["type"] == "upstream_error" and second_model.calls == []
