@@ -283,19 +283,10 @@ class BatchAnswers:
                 self._conclude(batch_id, custom_id, entry, outcome, started)
                 for custom_id, entry, outcome in due[start:start + CONCLUDED_AT_ONCE]
             ))
-        finished: list[str] = []
-        delivered = 0
-        for verdict in verdicts:
-            if verdict.response is not None:
-                try:
-                    await self._hand_out(verdict, batch_ended=results is not None, deliver=deliver)
-                except Exception as error:  # the store or the broker: again next round
-                    log.warning("the answer to a batch request could not be delivered yet: %s", error)
-                    continue
-                delivered += 1
-                verdict.done = True
-            if verdict.done:
-                finished.append(verdict.custom_id)
+        delivered = await self._hand_out(
+            [v for v in verdicts if v.response is not None], results is not None, deliver
+        )
+        finished = [verdict.custom_id for verdict in verdicts if verdict.done]
         if finished or not waiting:
             at = iso_timestamp_of(self.clock.now())
             closed = await self.parked.change(
@@ -363,20 +354,42 @@ class BatchAnswers:
                 self._count_spending(verdict.reply)
         return verdict
 
-    async def _hand_out(self, verdict: _Verdict, batch_ended: bool, deliver: Deliver) -> None:
-        """Settle the request's hold (once, whoever does it) and deliver its response."""
-        assert verdict.response is not None and self.ledger is not None
-        entry, response = verdict.entry, verdict.response
-        if entry.get("hold") is None:  # adopted: no hold of its own (see `adopt`)
-            pass
-        elif response.ok:
-            used = response.usage.total_tokens if response.usage is not None else 0
-            await self.ledger.settle_apart(entry["day"], entry["hold"], used)
-        elif batch_ended:  # a failed line is not billed
-            await self.ledger.release_apart(entry["day"], entry["hold"])
-        else:  # given up while its batch goes on: it may be billed, counted in full
-            await self.ledger.settle_apart(entry["day"], entry["hold"], int(entry["tokens"]))
-        await deliver(entry["request_id"], response)
+    async def _hand_out(self, ready: list[_Verdict], batch_ended: bool, deliver: Deliver) -> int:
+        """Settle the requests' holds (once, whoever does it; one write of each
+        day's budget) and deliver their responses; how many were delivered. What
+        fails (the store, the broker) is tried again at the next poll."""
+        assert self.ledger is not None
+        by_day: dict[str, dict[str, int | None]] = {}
+        for verdict in ready:
+            entry, response = verdict.entry, verdict.response
+            assert response is not None
+            if entry.get("hold") is None:  # adopted: no hold of its own (see `adopt`)
+                continue
+            if response.ok:
+                used: int | None = response.usage.total_tokens if response.usage is not None else 0
+            elif batch_ended:  # a failed line is not billed
+                used = None
+            else:  # given up while its batch goes on: it may be billed, counted in full
+                used = int(entry["tokens"])
+            by_day.setdefault(entry["day"], {})[entry["hold"]] = used
+        try:
+            for day, used_by_hold in by_day.items():
+                await self.ledger.conclude_apart(day, used_by_hold)
+        except Exception as error:
+            log.warning("batch requests' budget holds could not be settled yet: %s", error)
+            return 0
+        sent = await asyncio.gather(
+            *(deliver(v.entry["request_id"], v.response) for v in ready if v.response is not None),
+            return_exceptions=True,
+        )
+        delivered = 0
+        for verdict, outcome in zip(ready, sent):
+            if isinstance(outcome, BaseException):
+                log.warning("the answer to a batch request could not be delivered yet: %s", outcome)
+                continue
+            verdict.done = True
+            delivered += 1
+        return delivered
 
     def _count_spending(self, reply: ModelReply) -> None:
         if self.metrics is None:

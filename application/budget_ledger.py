@@ -79,6 +79,9 @@ class BudgetLedger:
         self._spent: list[_Lease] = []  # retired, every request ended, not yet written
         self._lock = asyncio.Lock()
         self._flushing = asyncio.Lock()
+        # Holds apart waiting for the next write of the budget, and that write.
+        self._apart: list[tuple[str, int, asyncio.Future[str | Exception]]] = []
+        self._holding: asyncio.Future[None] | None = None
         self.leases_opened = 0
 
     async def reserve(
@@ -150,20 +153,21 @@ class BudgetLedger:
         """Reserve tokens directly in today's TokenBudget, outside any lease, for a
         request answered hours later (a Batch API request); the day it is held in.
 
-        Such a hold never expires and never keeps a lease open: it is settled
-        (`settle_apart`) or released (`release_apart`) on its own, by whichever
-        replica concludes the request. Holding it again changes nothing (same id).
-        Waits while holds of requests in flight fill the budget, as `reserve`.
+        Such a hold never expires and never keeps a lease open: it is settled or
+        released (`conclude_apart`) on its own, by whichever replica concludes the
+        request. Holding it again changes nothing (same id). The holds asked for
+        while one is being written go together in the next write (one change of
+        the budget, not one conflict after another). Waits while holds of
+        requests in flight fill the budget, as `reserve`.
         """
         wait, waited = 0.02, 0.0
         patience = self.max_wait if max_wait is None else max_wait
         while True:
-            day = self.clock.now().date().isoformat()
-            try:
-                await self._change_budget(day, partial(self._hold, reservation_id, tokens))
-                return day
-            except BudgetBusy:
-                pass
+            outcome = await self._hold_with_others(reservation_id, tokens)
+            if isinstance(outcome, str):
+                return outcome
+            if isinstance(outcome, BudgetExceeded):
+                raise outcome
             if waited >= patience:
                 raise BudgetExceeded(
                     f"{tokens} tokens requested; the rest of today's budget has been held "
@@ -173,16 +177,53 @@ class BudgetLedger:
             waited += wait
             wait = min(wait * 2, 1.0)
 
+    async def _hold_with_others(self, reservation_id: str, tokens: int) -> str | Exception:
+        """The day the hold is in, or why not (BudgetBusy, BudgetExceeded)."""
+        future: asyncio.Future[str | Exception] = asyncio.get_running_loop().create_future()
+        self._apart.append((reservation_id, tokens, future))
+        if self._holding is None or self._holding.done():
+            self._holding = asyncio.ensure_future(self._hold_waiting())
+        return await asyncio.shield(future)
+
+    async def _hold_waiting(self) -> None:
+        while self._apart:
+            taken, self._apart = self._apart, []
+            day = self.clock.now().date().isoformat()
+            outcomes: dict[str, str | Exception] = {}
+
+            def decide(budget: TokenBudget) -> None:
+                outcomes.clear()  # decided again after a conflict
+                for reservation_id, tokens, _ in taken:
+                    try:
+                        budget.reserve(reservation_id, tokens, self.daily_limit)
+                        outcomes[reservation_id] = day
+                    except (BudgetBusy, BudgetExceeded) as refused:
+                        outcomes[reservation_id] = refused
+
+            try:
+                await self._change_budget(day, decide)
+            except Exception as error:  # the store: each caller's own retries decide
+                for _, _, future in taken:
+                    if not future.done():
+                        future.set_exception(error)
+                continue
+            for reservation_id, _, future in taken:
+                if not future.done():
+                    future.set_result(outcomes[reservation_id])
+
+    async def conclude_apart(self, day: str, used: dict[str, int | None]) -> None:
+        """Settle holds apart of one day with the tokens their requests used (None:
+        released, the request ended without using the model), in one write; a
+        hold settled or released already is not touched again."""
+        await self._change_budget(day, partial(_conclude_in, used))
+
     async def settle_apart(self, day: str, reservation_id: str, tokens: int) -> None:
         """Count what a hold apart really used (once; again changes nothing)."""
-        await self._change_budget(day, partial(_settle_in, reservation_id, tokens))
+        await self.conclude_apart(day, {reservation_id: tokens})
 
     async def release_apart(self, day: str, reservation_id: str) -> None:
         """Give back a hold apart whose request ended without using the model."""
-        await self._change_budget(day, partial(_release_in, reservation_id))
-
-    def _hold(self, reservation_id: str, tokens: int, budget: TokenBudget) -> None:
-        budget.reserve(reservation_id, tokens, self.daily_limit)
+        await self.conclude_apart(day, {reservation_id: None})
 
     async def housekeeping(self) -> None:
         """Retire a lease held too long, write the spent ones and renew the ones
@@ -300,9 +341,9 @@ class BudgetLedger:
         return result
 
 
-def _settle_in(reservation_id: str, tokens: int, budget: TokenBudget) -> None:
-    budget.settle(reservation_id, tokens)
-
-
-def _release_in(reservation_id: str, budget: TokenBudget) -> None:
-    budget.release(reservation_id)
+def _conclude_in(used: dict[str, int | None], budget: TokenBudget) -> None:
+    for reservation_id, tokens in used.items():
+        if tokens is None:
+            budget.release(reservation_id)
+        else:
+            budget.settle(reservation_id, tokens)

@@ -53,7 +53,8 @@ def test_parked_batch_requests_hold_back_nothing_and_are_answered_once(
     broker, fake_openai, topics, worker_env, tmp_path
 ):
     fake_openai.batch_settings(delay=BATCH_SECONDS)
-    env = {**worker_env, "BATCH_WINDOW": "1.5", "BATCH_POLL_INTERVAL": "0.5"}
+    # A window long enough for all thirty to be read and prepared on a busy machine.
+    env = {**worker_env, "BATCH_WINDOW": "5", "BATCH_POLL_INTERVAL": "0.5"}
     worker = WorkerProcess(env, tmp_path / "worker.log")
     batched = [(f"batch-{n}", ask(f"user{n}@example.com", f"no hurry {n}", batch=True))
                for n in range(BATCHED)]
@@ -71,7 +72,10 @@ def test_parked_batch_requests_hold_back_nothing_and_are_answered_once(
         assert {key for key, _ in first} == {key for key, _ in live}
         assert all("error" not in body and "batch" not in body for _, body in first)
         assert time.monotonic() - started < BATCH_SECONDS / 2
-        [created] = fake_openai.batches()
+        created_batches = fake_openai.batches()
+        assert len(created_batches) == 1, (
+            [len(b["custom_ids"]) for b in created_batches], worker.log()[-5000:])
+        [created] = created_batches
         assert created["status"] not in ("completed", "expired", "failed")
         assert len(created["custom_ids"]) == BATCHED
 

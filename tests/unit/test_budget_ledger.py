@@ -229,3 +229,22 @@ async def test_a_hold_apart_is_refused_beyond_the_day_and_released_on_failure(re
     await book.release_apart(day, "batch:x")
     assert await book.hold_apart("batch:y", 200) == day
     assert stored(records).used == 0
+
+
+async def test_holds_apart_asked_together_go_in_one_write_of_the_budget(records):
+    clock = FixedClock()
+    book = ledger(records, clock, limit=100_000)
+    changes = 0
+    change = book.budgets.change
+
+    async def counted(*args, **kwargs):
+        nonlocal changes
+        changes += 1
+        return await change(*args, **kwargs)
+
+    book.budgets.change = counted
+    days = await asyncio.gather(*(book.hold_apart(f"batch:{n}", 100) for n in range(30)))
+    assert set(days) == {"2026-11-25"} and len(stored(records).reservations) == 30
+    assert changes <= 3  # the first alone, then the others together
+    await book.conclude_apart("2026-11-25", {f"batch:{n}": 10 if n % 2 else None for n in range(30)})
+    assert (stored(records).used, stored(records).reserved) == (150, 0)
