@@ -11,6 +11,7 @@ only hand its result to the Kubernetes API (create, or patch when it exists).
 from __future__ import annotations
 
 import copy
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,22 @@ MIN_PARTITIONS = 12
 def partitions_for(replicas: int) -> int:
     """TOPIC_PARTITIONS for a service of `replicas` replicas."""
     return max(MIN_PARTITIONS, replicas)
+
+
+def termination_grace(pod: dict[str, Any]) -> int:
+    """terminationGracePeriodSeconds for the pod: what it says, but at least its
+    workers' SHUTDOWN_TIMEOUT (their env's, or the default) plus SHUTDOWN_MARGIN,
+    so that a stopping worker finishes its model calls before it is killed."""
+    from entrypoints.settings import SHUTDOWN_MARGIN, Settings
+
+    needed = 0
+    for container in pod["spec"]["containers"]:
+        timeout = Settings.model_fields["SHUTDOWN_TIMEOUT"].default
+        for item in container.get("env", []):
+            if item["name"] == "SHUTDOWN_TIMEOUT" and "value" in item:
+                timeout = float(item["value"])
+        needed = max(needed, math.ceil(timeout) + SHUTDOWN_MARGIN)
+    return max(int(pod["spec"].get("terminationGracePeriodSeconds", 30)), needed)
 
 
 def load_template(path: Path = TEMPLATE) -> dict[str, Any]:
@@ -73,6 +90,7 @@ def deployment_for(
     for container in pod["spec"]["containers"]:
         env = [item for item in container.get("env", []) if item["name"] not in settings]
         container["env"] = [{"name": k, "value": str(v)} for k, v in settings.items()] + env
+    pod["spec"]["terminationGracePeriodSeconds"] = termination_grace(pod)
     return deployment
 
 

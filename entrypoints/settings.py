@@ -13,6 +13,12 @@ from adapters.kafka import KafkaSettings, kafka_settings, with_kafka_variables
 from adapters.secret_file import SecretFileError, read_secret_file
 
 
+# Seconds a stopping worker needs after SHUTDOWN_TIMEOUT (the last deliveries, the
+# final commit, recording calls it cut short, leaving the groups): a pod's termination
+# grace is at least SHUTDOWN_TIMEOUT plus this.
+SHUTDOWN_MARGIN = 30
+
+
 class Settings(BaseSettings):
     """Every field is read from the environment variable of the same name."""
 
@@ -102,7 +108,13 @@ class Settings(BaseSettings):
         "carry it, the dead letter keeps it",
     )
     MAX_IN_FLIGHT: int = Field(1000, gt=0)
-    SHUTDOWN_TIMEOUT: float = Field(30, ge=0)
+    SHUTDOWN_TIMEOUT: float = Field(
+        60, ge=0,
+        description="seconds the requests in flight get to finish when the worker stops, and "
+        "when their partition moves to another worker (then at most half of "
+        "max.poll.interval.ms); the pod's termination grace must exceed it by "
+        "SHUTDOWN_MARGIN",
+    )
     BUDGET_CHUNK_TOKENS: int = Field(100_000, gt=0)
     BUDGET_LEASE_EXPIRY: float = Field(60, gt=0, description="seconds an unsettled lease holds")
     LOG_FORMAT: Literal["json", "text"] = "json"

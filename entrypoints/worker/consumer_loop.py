@@ -40,9 +40,22 @@ log = logging.getLogger(__name__)
 COMMIT_INTERVAL = 0.2
 POLL_TIMEOUT = 0.1
 RESUME_FRACTION = 0.75
-REVOKE_GRACE_MAX = 10.0
+# The revoke grace is SHUTDOWN_TIMEOUT, but at most this share of max.poll.interval.ms:
+# the revoke callback holds the poll thread, and a consumer that does not poll within
+# that interval leaves the group.
+REVOKE_GRACE_SHARE_OF_POLL_INTERVAL = 0.5
 STALL_MARGIN = 60.0
 LAG_REPORT_INTERVAL_MS = 5000
+
+
+def revoke_grace(settings: Settings) -> float:
+    """Seconds a revoked partition's records in flight get to finish, answered and
+    committed by this worker, before the partition goes: SHUTDOWN_TIMEOUT (what a
+    pod stopping gives them too), at most half of max.poll.interval.ms, since
+    the poll thread waits meanwhile (the group's rebalance does too)."""
+    config = consumer_config(settings.KAFKA, settings.answering_group)
+    poll_interval = float(config.get("max.poll.interval.ms", 300_000)) / 1000
+    return max(min(settings.SHUTDOWN_TIMEOUT, poll_interval * REVOKE_GRACE_SHARE_OF_POLL_INTERVAL), 0.0)
 
 
 class WorkerFailed(RuntimeError):
@@ -381,10 +394,11 @@ class KafkaWorker:
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         log.info("revoked %s", [f"{p.topic}[{p.partition}]" for p in partitions])
-        # Let the records in flight finish first (bounded): their new owner would
-        # find them pending and pay the model for them a second time.
+        # Let the records in flight finish first (see `revoke_grace`); calls still
+        # out after that are left to land (`ConversationLanes.abandon`), and their
+        # new owner waits for their outcome instead of paying the model again.
         # (When the worker is stopping, its runners have finished or been cancelled.)
-        grace = 0.0 if self._stop.is_set() else min(self.settings.SHUTDOWN_TIMEOUT, REVOKE_GRACE_MAX)
+        grace = 0.0 if self._stop.is_set() else revoke_grace(self.settings)
         self._commits.commit_revoked(consumer, [(p.topic, p.partition) for p in partitions], grace)
         self._loop.call_soon_threadsafe(self._lanes.abandon)
 

@@ -95,7 +95,10 @@ class ConversationLanes:
         A record can wait long (an open circuit, the rate limit, the budget); once
         its partition is another worker's, that worker answers it, so going on
         would pay the model twice. A reply already received is still recorded
-        (the use case shields it), so the new owner finds it answered.
+        (the use case shields it), so the new owner finds it answered. A model
+        call already out is left to land and be recorded (cut short, it might be
+        paid for and could not be recorded): the new owner waits for its outcome
+        (ChatService: a call made elsewhere), and this worker responds to nothing.
         """
         for queue in self._queues.values():
             record = queue[0] if queue else None
@@ -105,7 +108,12 @@ class ConversationLanes:
                 and not self.held.is_current(record)
             ):
                 assert record.request is not None
-                log.info("abandoning %s: its partition is no longer ours", record.request.request_id)
+                request_id = record.request.request_id
+                if self.service.call_sent(request_id):
+                    log.info("leaving %s's model call to land: its partition is no longer "
+                             "ours, its new owner waits for the outcome", request_id)
+                    continue
+                log.info("abandoning %s: its partition is no longer ours", request_id)
                 record.answering.cancel()
 
     async def _run(self, conversation: str, queue: deque[HeldRecord]) -> None:

@@ -166,3 +166,26 @@ def test_the_manifests_and_the_operator_give_every_replica_partitions():
         (worker,) = rendered["spec"]["template"]["spec"]["containers"]
         env = {item["name"]: item.get("value") for item in worker["env"]}
         assert int(env["TOPIC_PARTITIONS"]) == partitions >= rendered["spec"]["replicas"]
+
+
+def test_the_pod_outlives_the_workers_shutdown_timeout():
+    """A stopping worker gets SHUTDOWN_TIMEOUT for its model calls and then
+    SHUTDOWN_MARGIN to deliver and commit: the termination grace covers both, in
+    the manifest and in what the operator renders, also from a template that
+    sets a longer SHUTDOWN_TIMEOUT or a shorter grace."""
+    from entrypoints.settings import SHUTDOWN_MARGIN
+
+    with open(MANIFESTS / "deployment.yaml") as file:
+        deployment = yaml.safe_load(file)
+    shutdown = Settings.model_fields["SHUTDOWN_TIMEOUT"].default
+    grace = deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+    assert grace >= shutdown + SHUTDOWN_MARGIN
+    rendered = deployment_for("bot", "chater", {"bootstrapServer": "k:9092"})
+    assert rendered["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == grace
+
+    template = load_template()
+    pod = template["spec"]["template"]["spec"]
+    pod["terminationGracePeriodSeconds"] = 10
+    pod["containers"][0]["env"].append({"name": "SHUTDOWN_TIMEOUT", "value": "150"})
+    rendered = deployment_for("bot", "chater", {"bootstrapServer": "k:9092"}, template)
+    assert rendered["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 150 + SHUTDOWN_MARGIN
