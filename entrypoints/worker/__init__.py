@@ -17,7 +17,10 @@ One record's way through the modules of this package:
 - `conversation_lanes`: queued behind its conversation's records and answered
   (`persevere`: through store outages), unless its partition is taken away.
 - `responder`: the response (or the dead letter) produced, with trace headers
-  and delivery retries; the last delivery finishes the record.
+  and delivery retries; the last delivery finishes the record. A Batch API
+  request is finished without a response once it is parked in its batch.
+- `batch_completions`: beside the records, the poll of the parked batches; the
+  responses whose outcome this replica recorded, produced when a batch ends.
 - `erasure_listener` and `retention_runs`: the privacy work beside the requests.
 """
 
