@@ -133,3 +133,27 @@ def read_all(broker, topic: str) -> list[tuple[str, dict]]:
     finally:
         consumer.close()
     return seen
+
+
+def test_two_replicas_poll_the_same_batch_and_each_request_is_answered_once(
+    broker, fake_openai, topics, worker_env, tmp_path
+):
+    fake_openai.batch_settings(delay=8.0)
+    env = {**worker_env, "BATCH_WINDOW": "3", "BATCH_POLL_INTERVAL": "0.2"}
+    replicas = [WorkerProcess(env, tmp_path / f"worker-{n}.log") for n in range(2)]
+    batched = [(f"batch-{n}", ask(f"user{n}@example.com", f"later {n}", batch=True))
+               for n in range(20)]
+    for replica in replicas:
+        replica.start()
+    try:
+        produce(broker, topics["REQUEST_TOPIC"],
+                [(key, json.dumps(value).encode()) for key, value in batched])
+        read(broker, topics["RESPONSE_TOPIC"], len(batched), timeout=90)
+        time.sleep(3.0)  # both replicas keep polling: anything answered twice comes now
+        responses = read_all(broker, topics["RESPONSE_TOPIC"])
+    finally:
+        for replica in replicas:
+            replica.stop()
+    assert Counter(key for key, _ in responses) == Counter({key: 1 for key, _ in batched})
+    assert all(body["batch"] is True for _, body in responses)
+    assert sum(len(b["custom_ids"]) for b in fake_openai.batches()) == len(batched)
