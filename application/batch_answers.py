@@ -52,6 +52,7 @@ NO_ANSWER = "The batch ended without an answer to this request."
 # (the one that recorded it stopped before its response went out).
 DELIVERY_GRACE = 120.0
 CONCLUDED_AT_ONCE = 50  # conversation changes of one poll under way together
+ENDED_KEPT = 8  # ended batches whose outcomes are kept while requests of them wait
 
 # Produces a response on the response topic (key: the request id); done once delivered.
 Deliver = Callable[[str, ChatResponse], Awaitable[None]]
@@ -108,6 +109,9 @@ class BatchAnswers:
         self._submitting = 0
         # Outcomes this replica recorded whose response is not delivered yet.
         self._owned: dict[str, ChatResponse] = {}
+        # The outcomes of the latest batches seen ended, while some of their
+        # requests are still to be answered.
+        self._ended: dict[str, tuple[str, dict[str, ModelReply | ModelError]]] = {}
         if collector is not None and parked is not None:
             collector.on_created = self._opened
 
@@ -257,12 +261,19 @@ class BatchAnswers:
         waiting = batch.undelivered()
         results: dict[str, ModelReply | ModelError] | None = None
         status = "open"
-        if waiting:
+        ended = self._ended.get(batch_id)
+        if ended is not None:  # its files were read already: not again each round
+            status, results = ended
+        elif waiting:
             try:
                 state = await self.collector.model.poll(batch_id)
                 results, status = state.results, state.status
             except ModelError as error:
                 log.warning("batch %s could not be polled (%s)", batch_id, error.error_type)
+            if results is not None:
+                self._ended[batch_id] = (status, results)
+                while len(self._ended) > ENDED_KEPT:
+                    self._ended.pop(next(iter(self._ended)))
         now = self.clock.now()
         started = time.perf_counter() - max(
             0.0, (now - datetime.fromisoformat(batch.opened_at.replace("Z", "+00:00"))).total_seconds()
@@ -295,6 +306,7 @@ class BatchAnswers:
             for custom_id in finished:
                 self._owned.pop(custom_id, None)
             if closed:
+                self._ended.pop(batch_id, None)
                 await self.parked.change(PARKED_INDEX_ID, partial(_unlist, batch_id))
                 log.info("batch %s: every request answered", batch_id)
         return delivered

@@ -197,11 +197,13 @@ async def test_an_outcome_recorded_by_a_replica_that_stopped_is_delivered_by_ano
 
     other = batch_service(batches, model, records=service.records, clock=clock)
     delivered = Delivered()
+    polls = batches.polls
     await other.batches.poll(delivered)
     assert delivered.responses == []  # its recorder may still deliver it
     clock.advance(seconds=DELIVERY_GRACE + 1)
     await other.batches.poll(delivered)
     assert delivered.keys == ["r1"] and delivered.responses[0][1].text == "answer to hello"
+    assert batches.polls == polls + 1  # an ended batch's outcome is read once
 
 
 async def test_beyond_the_parking_bound_a_batch_request_is_answered_live():
