@@ -1,5 +1,8 @@
 """A request waiting at an open circuit when its partition moves to another worker
-is left to that worker: the model is asked once, not once by each."""
+is left to that worker: the model is asked once, not once by each. Its call was not
+out (held back), so it is abandoned and recorded so: the new owner calls at once
+instead of waiting for that call's time (test_rebalance_slow_calls.py has calls
+that are out when their partition moves)."""
 
 from __future__ import annotations
 
