@@ -74,6 +74,14 @@ RECORDING_GRACE = 10.0  # seconds a closing service waits for paid replies to be
 # doubling up to the longest.
 FOLLOW_FIRST_WAIT = 0.2
 FOLLOW_LONGEST_WAIT = 2.0
+# A call sent later than this after it was recorded as out (it waited for its turn)
+# is recorded again as sent then, so that others wait for it from then.
+SEND_SLACK = 1.0
+
+
+class _TakenOver(Exception):
+    """Another worker took this worker's call over before it was sent (it waited
+    for its turn longer than a call may take): it is not sent."""
 
 
 @dataclass
@@ -88,6 +96,7 @@ class _Job:
     parking: bool | None = None
     batch_hold: BatchHold | None = None
     landed: bool = False  # the model's reply is in hand (being recorded)
+    call_since: float | None = None  # epoch seconds the conversation says its call is out since
 
     @property
     def request_id(self) -> str:
@@ -185,16 +194,21 @@ class ChatService:
         cid = conversation_id(request.user_email, request.conversation_id)
         job = _Job(request, cid, time.perf_counter())
         try:
-            plan = await self._plan(job)
-            if plan.summarised is not None:
-                self.compactor.saved(plan.summarised)
-            if plan.response is not None:
-                if plan.sent_in_batch is not None:  # parked already: is its batch polled?
-                    await self.batches.adopt(
-                        job.cid, job.request_id, plan.sent_in_batch, request.deadline
-                    )
-                return plan.response
-            return await self._ask_from_here(job, plan)
+            while True:
+                plan = await self._plan(job)
+                if plan.summarised is not None:
+                    self.compactor.saved(plan.summarised)
+                if plan.response is not None:
+                    if plan.sent_in_batch is not None:  # parked already: is its batch polled?
+                        await self.batches.adopt(
+                            job.cid, job.request_id, plan.sent_in_batch, request.deadline
+                        )
+                    return plan.response
+                try:
+                    return await self._ask_from_here(job, plan)
+                except _TakenOver:  # then its outcome is waited for, or found
+                    log.info("request %s: another worker took its call over", job.request_id)
+                    self.conversations.evict([job.cid])
         finally:
             # Whatever happened (an error, a cancellation at shutdown), a hold
             # still open is given back; a settled one is not touched again.
@@ -331,10 +345,12 @@ class ChatService:
                 received_at=self.clock.now().isoformat(),
                 worker=self.worker,
             )
+            job.call_since = self.clock.now().timestamp()
         elif not self.batched(request) and conversation.pending_batch(rid) is None:
             # Received before (by another worker, or by this one before it
             # abandoned the call): this worker's call is the one out from now.
             conversation.take_over_call(rid, self.clock.now().isoformat(), self.worker)
+            job.call_since = self.clock.now().timestamp()
         if share is not None and fresh:
             shared = await self.sharing.find(share, self._time_left(request))
             if shared is not None:  # no model call: no budget, no cost
@@ -489,6 +505,9 @@ class ChatService:
                     # The provider may bill a call cut short: count it as its estimate.
                     self.ledger.settle(job.reservation, plan.estimate)
                 raise
+        except _TakenOver:
+            self.ledger.release(job.reservation)
+            raise
         except Exception as error:
             self.ledger.release(job.reservation)
             return await self._fail(job, *self._failure_of(job, error, deadline.expired())), None
@@ -516,6 +535,7 @@ class ChatService:
         else:
             plan.call.progress.tokens = plan.estimate  # what the rate limiter counts
             async with self.slots.slot(job.request.priority, plan.call):
+                await self._note_late_send(job)
                 plan.call.progress.sent = True
                 reply = await self.model.complete(masked)
             self.slots.settle(plan.call, reply)
@@ -524,6 +544,31 @@ class ChatService:
         if session is not None:  # the user sees their own data again
             reply = replace(reply, text=session.unmask(reply.text))
         return reply
+
+    async def _note_late_send(self, job: _Job) -> None:
+        """A call that waited for its turn well after it was recorded as out is
+        recorded as sent now, before it goes: whoever finds the request pending
+        waits for it the call's whole time from now, not from when it was
+        received. Unless another worker took the call over meanwhile (or answered
+        the request): then it does not go (_TakenOver). The store's optimistic
+        concurrency decides which of the two came first."""
+        now = self.clock.now()
+        if job.call_since is None or now.timestamp() - job.call_since <= SEND_SLACK:
+            return
+
+        def record(conversation: Conversation) -> bool:
+            rid = job.request_id
+            if not conversation.is_pending(rid):
+                return False
+            call = conversation.pending_call(rid)
+            if call is None or call[1] != self.worker:
+                return False
+            conversation.send_call(rid, now.isoformat(), self.worker)
+            return True
+
+        if not await self.conversations.change(job.cid, record):
+            raise _TakenOver(job.request_id)
+        job.call_since = now.timestamp()
 
     @staticmethod
     def _failure_of(job: _Job, error: Exception, past_deadline: bool) -> tuple[str, str]:

@@ -243,6 +243,15 @@ class Conversation(Aggregate):
         self.check_pending(request_id)
         self.pending[request_id]["call"] = [taken_at, worker]
 
+    @event("ModelCallSent")
+    def send_call(self, request_id: str, sent_at: str, worker: str) -> None:
+        """The worker calling the model for a pending request sends its call only at
+        `sent_at` (ISO UTC), well after it received the request (it waited for its
+        turn: the rate limit, the concurrency limit): the call may land until its
+        time from then is up."""
+        self.check_pending(request_id)
+        self.pending[request_id]["call"] = [sent_at, worker]
+
     @event("ModelCallAbandoned")
     def abandon_call(self, request_id: str, abandoned_at: str) -> None:
         """The worker calling the model for a pending request gave up before a reply

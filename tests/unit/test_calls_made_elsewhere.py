@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 
 from adapters.event_store import ChatRecords
@@ -113,3 +114,60 @@ async def test_the_wait_ends_at_the_requests_deadline():
     answer = await wire(second, ask("r1", "hello", deadline=time.time() + 0.5))
     assert 0.4 <= time.monotonic() - started < 3.0
     assert answer["error"]["type"] == "upstream_error" and second_model.calls == []
+
+
+class LateSlots:
+    """Every call waits `wait` seconds for its turn (the rate limit, say)."""
+
+    def __init__(self, wait: float) -> None:
+        self.wait = wait
+
+    @asynccontextmanager
+    async def slot(self, priority=0, call=None):
+        await asyncio.sleep(self.wait)
+        yield
+
+    def settle(self, call, reply) -> None:
+        pass
+
+
+async def test_a_call_sent_well_after_it_was_received_is_waited_for_from_when_it_was_sent():
+    """Received at t, sent at t + 1.1 (it waited for its turn), answered at t + 2.1:
+    with calls of at most 1.5 s, a call counted from t would be over at t + 1.5."""
+    records = ChatRecords(env={"PERSISTENCE_MODULE": "eventsourcing.popo"})
+    clock = SystemClock()
+    first, first_model = make_service(
+        FakeModel(1.0), service_parts={"slots": LateSlots(1.1)}, records=records, clock=clock,
+        call_budget=1.5,
+    )
+    second, second_model = make_service(records=records, clock=clock, call_budget=1.5)
+    first_answer = asyncio.create_task(wire(first, ask("r1", "hello")))
+    await until(lambda: records.conversation(conversation_id("ada@example.com")) is not None)
+    second_answer = await wire(second, ask("r1", "hello"))
+    assert second_answer == await first_answer
+    assert len(first_model.calls) == 1 and second_model.calls == []
+    events = records.events.get(conversation_id("ada@example.com"))
+    assert [type(e).__name__ for e in events][-3:] == [
+        "UserMessageReceived", "ModelCallSent", "ReplyRecorded"
+    ]
+
+
+async def test_a_call_still_waiting_for_its_turn_when_another_worker_took_it_over_is_not_sent():
+    """Received at t, still waiting for its turn at t + 1.2, when its time as
+    counted from t is up: the worker that took it over calls, and this one,
+    its turn come at t + 1.5, sends nothing and answers from that call."""
+    records = ChatRecords(env={"PERSISTENCE_MODULE": "eventsourcing.popo"})
+    clock = SystemClock()
+    first, first_model = make_service(
+        service_parts={"slots": LateSlots(1.5)}, records=records, clock=clock, call_budget=1.2,
+    )
+    second, second_model = make_service(FakeModel(0.5), records=records, clock=clock, call_budget=1.2)
+    first_answer = asyncio.create_task(wire(first, ask("r1", "hello")))
+    await until(lambda: records.conversation(conversation_id("ada@example.com")) is not None)
+    second_answer = await wire(second, ask("r1", "hello"))
+    assert await first_answer == second_answer
+    assert first_model.calls == [] and len(second_model.calls) == 1
+    events = records.events.get(conversation_id("ada@example.com"))
+    assert [type(e).__name__ for e in events][-3:] == [
+        "UserMessageReceived", "ModelCallTakenOver", "ReplyRecorded"
+    ]
