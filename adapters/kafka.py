@@ -372,17 +372,21 @@ def producer_config(kafka: KafkaSettings | str, max_message_bytes: int | None = 
     return config
 
 
-def topic_max_message_bytes(kafka: KafkaSettings | str, topic: str) -> int | None:
-    """The topic's `max.message.bytes`, or None when the cluster does not say
-    (no such topic, no permission to describe it, no answer within 10 s)."""
+def topic_number(kafka: KafkaSettings | str, topic: str, name: str) -> int | None:
+    """A numeric setting of the topic (`max.message.bytes`, `retention.ms`…), or None
+    when the cluster does not say (no such topic, no permission to describe it, no
+    answer within 10 s)."""
     admin = AdminClient(admin_config(kafka))
     try:
         [future] = admin.describe_configs([ConfigResource("topic", topic)]).values()
-        entry = future.result(timeout=10).get("max.message.bytes")
+        entry = future.result(timeout=10).get(name)
     except Exception as error:  # best effort: only ever a warning depends on it
-        log.debug("max.message.bytes of %s unknown: %s", topic, error)
+        log.debug("%s of %s unknown: %s", name, topic, error)
         return None
-    return int(entry.value) if entry is not None and str(entry.value).isdigit() else None
+    try:
+        return int(entry.value) if entry is not None else None
+    except (TypeError, ValueError):
+        return None
 
 
 def partition_count(kafka: KafkaSettings | str, topic: str) -> int | None:

@@ -132,6 +132,16 @@ class Settings(BaseSettings):
     )
     ERASE_TOPIC: str = Field("gpt-erase", description="erasure requests: {\"user_email\": ...}")
     RETENTION_DAYS: int = Field(30, gt=0, description="days conversation content is kept")
+    TOPIC_RETENTION_DAYS: float | None = Field(
+        None, gt=0,
+        description="days the request, response, repartition and erasure topics the service "
+        "creates keep records (retention.ms); default and at most RETENTION_DAYS",
+    )
+    DLQ_RETENTION_DAYS: float | None = Field(
+        None, gt=0,
+        description="days the dead-letter topic the service creates keeps records; default "
+        "and at most RETENTION_DAYS",
+    )
     RETENTION_INTERVAL: float = Field(
         3600, gt=0, description="seconds between the worker's retention runs"
     )
@@ -177,7 +187,8 @@ class Settings(BaseSettings):
 
     @field_validator(
         "OPENAI_API_KEY_FILE", "SECRET_KEY_PREVIOUS", "REDIS_URL", "BATCH_PRIORITY", "STALL_GRACE",
-        "HEALTH_HOST", "REPARTITION_TOPIC", mode="before",
+        "HEALTH_HOST", "REPARTITION_TOPIC", "TOPIC_RETENTION_DAYS", "DLQ_RETENTION_DAYS",
+        mode="before",
     )
     @classmethod
     def blank_is_unset(cls, value: object) -> object:
@@ -188,6 +199,16 @@ class Settings(BaseSettings):
     def repartition_topic(self) -> str:
         """The topic the requests are handed over to, keyed by conversation."""
         return self.REPARTITION_TOPIC or f"{self.CONSUMER_GROUP}-{self.REQUEST_TOPIC}-repartition"
+
+    @property
+    def topic_retention_ms(self) -> int:
+        """retention.ms of the request, response, repartition and erasure topics."""
+        return round((self.TOPIC_RETENTION_DAYS or self.RETENTION_DAYS) * 86_400_000)
+
+    @property
+    def dlq_retention_ms(self) -> int:
+        """retention.ms of the dead-letter topic."""
+        return round((self.DLQ_RETENTION_DAYS or self.RETENTION_DAYS) * 86_400_000)
 
     @property
     def answering_group(self) -> str:
@@ -223,7 +244,7 @@ class Settings(BaseSettings):
         return kafka_settings(value or {}, info.data.get("BOOTSTRAP_SERVER"))  # type: ignore[arg-type]
 
     @model_validator(mode="after")
-    def check_credentials(self) -> Settings:
+    def check_across_settings(self) -> Settings:
         problems = []  # all of them at once, not one per start
         if self.MODEL_PROVIDER == "openai":
             if self.OPENAI_API_KEY_FILE is not None:
@@ -251,6 +272,13 @@ class Settings(BaseSettings):
                 "SECRET_KEY_PREVIOUS is the same as SECRET_KEY: during a rotation it holds "
                 "the key being replaced; leave it unset otherwise"
             )
+        for name in ("TOPIC_RETENTION_DAYS", "DLQ_RETENTION_DAYS"):
+            days = getattr(self, name)
+            if days is not None and days > self.RETENTION_DAYS:
+                problems.append(
+                    f"{name} is {days:g} days, longer than RETENTION_DAYS ({self.RETENTION_DAYS}): "
+                    "the brokers would keep what the store has forgotten"
+                )
         if problems:
             raise ValueError("\n  ".join(problems))
         return self

@@ -15,7 +15,7 @@ from typing import Any
 from confluent_kafka import Consumer, Message, TopicPartition
 from opentelemetry import trace
 
-from adapters.kafka import consumer_config, ensure_topics, partition_count, topic_max_message_bytes
+from adapters.kafka import consumer_config
 from adapters.kafka_offsets import OffsetTracker
 from application.chat import ChatService
 from application.contract import ChatResponse
@@ -32,8 +32,9 @@ from entrypoints.worker.persevere import GaveUp
 from entrypoints.worker.repartitioner import Repartitioner
 from entrypoints.worker.request_accounting import RequestAccounting
 from entrypoints.worker.request_intake import RequestIntake
-from entrypoints.worker.responder import Responder, largest_record
+from entrypoints.worker.responder import Responder
 from entrypoints.worker.retention_runs import RetentionRuns
+from entrypoints.worker.topics import prepare_topics
 
 log = logging.getLogger(__name__)
 
@@ -161,54 +162,10 @@ class KafkaWorker:
             raise WorkerFailed("the worker stopped after an unexpected error") from self._fatal
 
     async def _prepare_topics(self) -> None:
-        """Create the missing topics (CREATE_TOPICS) and the repartition topic, and
-        warn when the dead-letter topic cannot take the largest dead letter whole."""
-        settings = self.settings
-        if settings.CREATE_TOPICS:
-            await self._create_missing_topics()
-        # The service's own topic, created whatever CREATE_TOPICS says (as Kafka
-        # Streams creates its internal topics).
-        await self._create_repartition_topic()
-        allowed = await asyncio.to_thread(
-            topic_max_message_bytes, settings.KAFKA, settings.DLQ_TOPIC
-        )
-        needed = largest_record(settings)
-        if allowed is not None and allowed < needed:
-            log.warning(
-                "topic %s takes records of at most %d bytes (max.message.bytes); dead letters "
-                "of records at MAX_REQUEST_BYTES and MAX_KEY_BYTES need %d: larger ones are "
-                "kept without their value", settings.DLQ_TOPIC, allowed, needed,
-            )
-
-    async def _create_missing_topics(self) -> None:
-        settings = self.settings
-        await asyncio.to_thread(
-            ensure_topics,
-            settings.KAFKA,
-            [settings.REQUEST_TOPIC, settings.RESPONSE_TOPIC],
-            settings.TOPIC_PARTITIONS,
-        )
-        # Dead letters keep refused records whole, up to both bounds.
-        await asyncio.to_thread(
-            ensure_topics, settings.KAFKA, [settings.DLQ_TOPIC], settings.TOPIC_PARTITIONS,
-            {"max.message.bytes": str(largest_record(settings))},
-        )
-        if self._erasures is not None:
-            await asyncio.to_thread(ensure_topics, settings.KAFKA, [settings.ERASE_TOPIC])
-
-    async def _create_repartition_topic(self) -> None:
-        """The repartition topic, with the request topic's partitions (or TOPIC_PARTITIONS,
-        whichever is more), taking every record the request topic may hold."""
-        settings = self.settings
-        requests = await asyncio.to_thread(partition_count, settings.KAFKA, settings.REQUEST_TOPIC)
+        requests = await prepare_topics(self.settings, erasures=self._erasures is not None)
         if requests == 1:
             # All turns come by way of one partition, in the order produced: no need to wait.
             self._lanes.order_window = 0.0
-        partitions = max(settings.TOPIC_PARTITIONS, requests or 0)
-        await asyncio.to_thread(
-            ensure_topics, settings.KAFKA, [settings.repartition_topic], partitions,
-            {"max.message.bytes": str(largest_record(settings))},
-        )
 
     def _subscribe(self) -> Consumer:
         settings = self.settings

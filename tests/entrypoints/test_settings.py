@@ -219,6 +219,19 @@ def test_tokens_per_minute_is_off_by_default_and_never_negative(monkeypatch):
         load_settings(TOKENS_PER_MINUTE=-1)
 
 
+def test_topics_keep_records_no_longer_than_the_store_keeps_content(monkeypatch):
+    monkeypatch.setenv("MODEL_PROVIDER", "offline")
+    monkeypatch.setenv("SECRET_KEY", "s3cret")
+    settings = load_settings(RETENTION_DAYS=30, DLQ_RETENTION_DAYS=" ")
+    assert settings.topic_retention_ms == settings.dlq_retention_ms == 30 * 86_400_000
+    settings = load_settings(RETENTION_DAYS=30, TOPIC_RETENTION_DAYS=0.5, DLQ_RETENTION_DAYS=14)
+    assert (settings.topic_retention_ms, settings.dlq_retention_ms) == (43_200_000, 14 * 86_400_000)
+    with pytest.raises(SettingsError) as caught:
+        load_settings(RETENTION_DAYS=30, TOPIC_RETENTION_DAYS=31, DLQ_RETENTION_DAYS=90)
+    assert "TOPIC_RETENTION_DAYS is 31 days, longer than RETENTION_DAYS (30)" in str(caught.value)
+    assert "DLQ_RETENTION_DAYS is 90 days" in str(caught.value)
+
+
 async def test_with_redis_the_rate_limits_are_shared_by_the_services_replicas_else_per_process():
     from adapters.rate_limiter import SlidingWindowRateLimiter
     from adapters.redis_rate_limiter import RedisRateLimiter

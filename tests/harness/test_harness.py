@@ -11,7 +11,7 @@ import psycopg
 import pytest
 from confluent_kafka import Consumer, Producer
 
-from adapters.kafka import ensure_topics, topic_max_message_bytes
+from adapters.kafka import ensure_topics, topic_number
 from devkit.embedded_broker import EmbeddedBroker
 from tests.support.fake_openai import FakeOpenAIServer
 from tests.support.postgres import PostgresServer
@@ -171,4 +171,4 @@ def test_fake_openai_reset_clears_script_and_requests(fake_openai: FakeOpenAISer
 def test_a_topic_says_how_large_its_records_may_be(broker):
     topic = f"sized-{uuid.uuid4().hex[:8]}"
     ensure_topics(broker.bootstrap_server, [topic], 1, {"max.message.bytes": "123456"})
-    assert topic_max_message_bytes(broker.bootstrap_server, topic) == 123456
+    assert topic_number(broker.bootstrap_server, topic, "max.message.bytes") == 123456
