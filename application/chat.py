@@ -3,7 +3,10 @@
 Per request, in order:
 1. `_prepare`, one change of the conversation: a request id recorded for other
    content is refused; a request that already ended is answered from its
-   recorded outcome (a redelivered record never reaches the model twice); a
+   recorded outcome (a redelivered record never reaches the model twice); one
+   whose model call another worker may still land waits for that call's outcome
+   (`_plan`: its partition moved, that worker stopped or died) and then is
+   answered from it, or takes the call over once that call's time is up; a
    request that can never fit its model or the day's budget is refused (neither
    refusal is recorded, but for one received already, which then ends); personal data is refused (PII_MODE=block); the history is
    compacted when it no longer fits; the call is planned; the message is
@@ -408,7 +411,8 @@ class ChatService:
         if worker == self.worker and rid not in self._calling:
             return None
         try:
-            until = datetime.fromisoformat(since).timestamp() + self.policy.call_budget
+            until = (datetime.fromisoformat(since).timestamp()
+                     + self.policy.call_timeout + self.policy.call_slack)
         except ValueError:
             return None
         if job.request.deadline is not None:
@@ -534,6 +538,7 @@ class ChatService:
             raise AssertionError("a batch request's call is never awaited here")
         else:
             plan.call.progress.tokens = plan.estimate  # what the rate limiter counts
+            plan.call.progress.resending = partial(self._note_late_send, job)
             async with self.slots.slot(job.request.priority, plan.call):
                 await self._note_late_send(job)
                 plan.call.progress.sent = True
@@ -546,14 +551,16 @@ class ChatService:
         return reply
 
     async def _note_late_send(self, job: _Job) -> None:
-        """A call that waited for its turn well after it was recorded as out is
+        """A call that waited (for its turn, an open circuit, a retry's backoff)
+        and goes more than SEND_SLACK after it was last recorded as out is
         recorded as sent now, before it goes: whoever finds the request pending
         waits for it the call's whole time from now, not from when it was
         received. Unless another worker took the call over meanwhile (or answered
         the request): then it does not go (_TakenOver). The store's optimistic
         concurrency decides which of the two came first."""
         now = self.clock.now()
-        if job.call_since is None or now.timestamp() - job.call_since <= SEND_SLACK:
+        slack = min(SEND_SLACK, self.policy.call_slack)  # within what others allow
+        if job.call_since is None or now.timestamp() - job.call_since <= slack:
             return
 
         def record(conversation: Conversation) -> bool:

@@ -37,10 +37,12 @@ class ChatPolicy:
     summary_model: str = "gpt-4o-mini"
     # Requests below this priority (or asking for it) go through the Batch API.
     batch_priority: int | None = None
-    # Seconds a model call may take once out (model_retries.call_budget: every
-    # attempt, the backoff, the fallback): a request another worker may have called
-    # the model for is not called for again before that call's time is up.
-    call_budget: float = 123.5  # TIMEOUT 30, MAX_RETRIES 3, no fallback
+    # A request another worker may have called the model for is not called for
+    # again before that call's time is up: `call_timeout` (TIMEOUT, one attempt;
+    # a retry or the fallback is recorded when it goes) plus `call_slack` (the
+    # moments before a call goes, an HTTP timeout's overshoot, recording the reply).
+    call_timeout: float = 30.0
+    call_slack: float = 5.0
 
     def shareable(self, call: ModelCall) -> bool:
         """Whether identical calls may get one reply: only a deterministic one."""

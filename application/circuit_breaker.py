@@ -102,9 +102,12 @@ class CircuitBreaker:
     async def complete(self, call: ModelCall) -> ModelReply:
         circuit = self._circuits.setdefault(call.model, _Circuit())
         while True:
+            held = self._provider.opened_at is not None or circuit.opened_at is not None
             provider_probe = await self._admit(self._provider, call)
             probe = False if provider_probe else await self._admit(circuit, call)
             try:
+                if held:  # it goes later than it was meant to
+                    await call.progress.going_again()
                 reply = await self.model.complete(call)
             except ModelError as error:
                 if error.pause is not None:  # refused, not billed: wait with the others

@@ -30,19 +30,6 @@ log = logging.getLogger(__name__)
 FALLBACK_ON = {"upstream_error", "rate_limited"}
 
 
-def call_budget(
-    timeout: float, max_retries: int, fallback_model: str | None = None,
-    base_delay: float = 0.5, max_delay: float = 60.0,
-) -> float:
-    """Seconds a model call may take from going out to its reply, with every
-    attempt at `timeout`, the backoff between them (at its longest without a
-    provider's Retry-After) and the fallback model's attempts: until then a call
-    another worker sent may still land. A request's deadline bounds it too."""
-    backoff = sum(min(base_delay * 2**attempt, max_delay) for attempt in range(max_retries))
-    one_model = timeout * (max_retries + 1) + backoff
-    return one_model * (2 if fallback_model else 1)
-
-
 class RetryingModel:
     def __init__(
         self,
@@ -96,8 +83,10 @@ class RetryingModel:
         answers then, rather than a retry waiting at the circuit)."""
         attempt = 0
         while True:
-            if not paced and self.pace is not None:
-                await self.pace(call)
+            if not paced:
+                if self.pace is not None:
+                    await self.pace(call)
+                await call.progress.going_again()  # a retry, or the fallback
             try:
                 return await self.model.complete(call)
             except ModelError as error:

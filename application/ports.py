@@ -36,6 +36,14 @@ class CallProgress:
     # their own), which that reply settles.
     tokens: int = 0
     admission: object = None
+    # Awaited just before the call goes again after a wait of its own (a retry, the
+    # fallback, an open circuit): the use case records when it goes, so that another
+    # worker waits for it from then, or stops it by raising (that worker took it over).
+    resending: Callable[[], Awaitable[None]] | None = None
+
+    async def going_again(self) -> None:
+        if self.resending is not None:
+            await self.resending()
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ from application.chat import ChatService
 from application.chat_policy import ChatPolicy
 from application.circuit_breaker import CircuitBreaker
 from application.model_names import ModelNames
-from application.model_retries import RetryingModel, call_budget
+from application.model_retries import RetryingModel
 from application.model_slots import ModelSlots, admit
 from application.pii import PiiMasker
 from application.privacy import Privacy
@@ -162,10 +162,7 @@ class Container(containers.DeclarativeContainer):
         context_strategy=settings.provided.CONTEXT_STRATEGY,
         summary_model=providers.Callable(_summary_model, settings=settings, prices=prices),
         batch_priority=settings.provided.BATCH_PRIORITY,
-        call_budget=providers.Callable(
-            call_budget, settings.provided.TIMEOUT, settings.provided.MAX_RETRIES,
-            settings.provided.FALLBACK_MODEL,
-        ),
+        call_timeout=settings.provided.TIMEOUT,
     )
     response_cache = providers.Singleton(_response_cache, settings=settings)
     model_slots = providers.Singleton(

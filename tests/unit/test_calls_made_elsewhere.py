@@ -2,7 +2,8 @@
 or that worker stopped or crashed) is not sent to the model again while that
 call can still land: the worker waits for its outcome and answers from it, and
 calls the model itself only once that call was abandoned or its time is up
-(ChatPolicy.call_budget, bounded by the request's deadline).
+(ChatPolicy.call_timeout and call_slack from when the call last went out,
+bounded by the request's deadline).
 
 Two ChatServices on one event store stand for two worker processes; the clock is
 the real one, because the waits are."""
@@ -20,13 +21,18 @@ from domain.conversation import Conversation, conversation_id
 from tests.unit.fakes import FakeModel, ask, make_service, wire
 
 
-def two_workers(call_budget: float = 60.0, delay: float = 0.0):
+SLACK = 1.0  # ChatPolicy.call_slack here (5 s by default)
+
+
+def two_workers(call_timeout: float = 60.0, delay: float = 0.0):
     records = ChatRecords(env={"PERSISTENCE_MODULE": "eventsourcing.popo"})
     clock = SystemClock()
     first, first_model = make_service(
-        FakeModel(delay), records=records, clock=clock, call_budget=call_budget
+        FakeModel(delay), records=records, clock=clock, call_timeout=call_timeout, call_slack=SLACK
     )
-    second, second_model = make_service(records=records, clock=clock, call_budget=call_budget)
+    second, second_model = make_service(
+        records=records, clock=clock, call_timeout=call_timeout, call_slack=SLACK
+    )
     return records, (first, first_model), (second, second_model)
 
 
@@ -60,11 +66,11 @@ async def test_a_call_out_from_another_worker_is_waited_for_and_its_reply_is_the
 
 
 async def test_a_call_that_can_no_longer_land_is_made_again_once_its_time_is_up():
-    records, _, (second, second_model) = two_workers(call_budget=0.6)
+    records, _, (second, second_model) = two_workers(call_timeout=0.6)
     received_elsewhere(records, "r1", "hello", worker="crashed-worker")
     started = time.monotonic()
     answer = await wire(second, ask("r1", "hello"))
-    assert time.monotonic() - started >= 0.5  # it waited for the other call's time
+    assert time.monotonic() - started >= 1.5  # it waited for the other call's time
     assert answer["response"] == "answer to hello" and len(second_model.calls) == 1
     events = records.events.get(conversation_id("ada@example.com"))
     assert [type(e).__name__ for e in events][-2:] == ["ModelCallTakenOver", "ReplyRecorded"]
@@ -73,12 +79,14 @@ async def test_a_call_that_can_no_longer_land_is_made_again_once_its_time_is_up(
 async def test_a_worker_that_took_a_call_over_is_waited_for_in_turn():
     """The taken-over call is the one out now: a third worker waits for it, not
     for the first call's (long past) time."""
-    records, _, (second, second_model) = two_workers(call_budget=0.6)
+    records, _, (second, second_model) = two_workers(call_timeout=0.6)
     received_elsewhere(records, "r1", "hello", worker="crashed-worker")
     second_model.delay = 1.5
     second_answer = asyncio.create_task(wire(second, ask("r1", "hello")))
     await until(lambda: second_model.calls, timeout=3)
-    third, third_model = make_service(records=records, clock=SystemClock(), call_budget=5.0)
+    third, third_model = make_service(
+        records=records, clock=SystemClock(), call_timeout=5.0, call_slack=SLACK
+    )
     assert await wire(third, ask("r1", "hello")) == await second_answer
     assert third_model.calls == [] and len(second_model.calls) == 1
 
@@ -108,7 +116,7 @@ async def test_a_call_this_worker_made_and_that_ended_is_not_waited_for():
 
 
 async def test_the_wait_ends_at_the_requests_deadline():
-    records, _, (second, second_model) = two_workers(call_budget=60.0)
+    records, _, (second, second_model) = two_workers(call_timeout=60.0)
     received_elsewhere(records, "r1", "hello", worker="crashed-worker")
     started = time.monotonic()
     answer = await wire(second, ask("r1", "hello", deadline=time.time() + 0.5))
@@ -132,15 +140,18 @@ class LateSlots:
 
 
 async def test_a_call_sent_well_after_it_was_received_is_waited_for_from_when_it_was_sent():
-    """Received at t, sent at t + 1.1 (it waited for its turn), answered at t + 2.1:
-    with calls of at most 1.5 s, a call counted from t would be over at t + 1.5."""
+    """Received at t, sent at t + 1.3 (it waited for its turn), answered at t + 2.5:
+    with calls of at most 1.25 s (and 1 s of slack), a call counted from t would
+    be over at t + 2.25."""
     records = ChatRecords(env={"PERSISTENCE_MODULE": "eventsourcing.popo"})
     clock = SystemClock()
     first, first_model = make_service(
-        FakeModel(1.0), service_parts={"slots": LateSlots(1.1)}, records=records, clock=clock,
-        call_budget=1.5,
+        FakeModel(1.2), service_parts={"slots": LateSlots(1.3)}, records=records, clock=clock,
+        call_timeout=1.25, call_slack=SLACK,
     )
-    second, second_model = make_service(records=records, clock=clock, call_budget=1.5)
+    second, second_model = make_service(
+        records=records, clock=clock, call_timeout=1.25, call_slack=SLACK
+    )
     first_answer = asyncio.create_task(wire(first, ask("r1", "hello")))
     await until(lambda: records.conversation(conversation_id("ada@example.com")) is not None)
     second_answer = await wire(second, ask("r1", "hello"))
@@ -153,15 +164,18 @@ async def test_a_call_sent_well_after_it_was_received_is_waited_for_from_when_it
 
 
 async def test_a_call_still_waiting_for_its_turn_when_another_worker_took_it_over_is_not_sent():
-    """Received at t, still waiting for its turn at t + 1.2, when its time as
+    """Received at t, still waiting for its turn at t + 1.5, when its time as
     counted from t is up: the worker that took it over calls, and this one,
-    its turn come at t + 1.5, sends nothing and answers from that call."""
+    its turn come at t + 2, sends nothing and answers from that call."""
     records = ChatRecords(env={"PERSISTENCE_MODULE": "eventsourcing.popo"})
     clock = SystemClock()
     first, first_model = make_service(
-        service_parts={"slots": LateSlots(1.5)}, records=records, clock=clock, call_budget=1.2,
+        service_parts={"slots": LateSlots(2.0)}, records=records, clock=clock,
+        call_timeout=0.5, call_slack=SLACK,
     )
-    second, second_model = make_service(FakeModel(0.5), records=records, clock=clock, call_budget=1.2)
+    second, second_model = make_service(
+        FakeModel(0.3), records=records, clock=clock, call_timeout=0.5, call_slack=SLACK
+    )
     first_answer = asyncio.create_task(wire(first, ask("r1", "hello")))
     await until(lambda: records.conversation(conversation_id("ada@example.com")) is not None)
     second_answer = await wire(second, ask("r1", "hello"))
@@ -170,4 +184,29 @@ async def test_a_call_still_waiting_for_its_turn_when_another_worker_took_it_ove
     events = records.events.get(conversation_id("ada@example.com"))
     assert [type(e).__name__ for e in events][-3:] == [
         "UserMessageReceived", "ModelCallTakenOver", "ReplyRecorded"
+    ]
+
+
+async def test_a_retry_going_out_well_after_the_first_attempt_is_recorded_as_sent():
+    """The first attempt fails at once, the retry goes 1.2 s later: from then on,
+    others wait for the retry's whole time, not for the first attempt's."""
+    from application.model_retries import RetryingModel
+    from application.ports import ModelError
+
+    records = ChatRecords(env={"PERSISTENCE_MODULE": "eventsourcing.popo"})
+    model = FakeModel()
+    model.script.append(ModelError("upstream_error", "try again", retryable=True))
+
+    async def backoff(_seconds: float) -> None:
+        await asyncio.sleep(1.2)
+
+    retrying = RetryingModel(model, max_retries=1, sleep=backoff)  # type: ignore[arg-type]
+    service, _ = make_service(
+        retrying, records=records, clock=SystemClock(), call_timeout=5.0, call_slack=SLACK
+    )
+    answer = await wire(service, ask("r1", "hello"))
+    assert answer["response"] == "answer to hello" and len(model.calls) == 2
+    events = records.events.get(conversation_id("ada@example.com"))
+    assert [type(e).__name__ for e in events][-3:] == [
+        "UserMessageReceived", "ModelCallSent", "ReplyRecorded"
     ]
