@@ -62,6 +62,11 @@ def describe(event: Any) -> tuple[str, str, str, str]:
         return event.model, tokens, usd(event.cost), detail
     if name == "BatchSubmitted":
         return "", "", "", f"request {event.request_id}: sent in batch {event.batch_id}"
+    if name in ("ModelCallSent", "ModelCallTakenOver"):
+        how = "sent (after waiting)" if name == "ModelCallSent" else "taken over"
+        return "", "", "", f"request {event.request_id}: model call {how} by worker {event.worker}"
+    if name == "ModelCallAbandoned":
+        return "", "", "", f"request {event.request_id}: model call abandoned before its reply"
     if name == "ContextCompacted":
         tokens = f"{event.prompt_tokens}+{event.completion_tokens}"
         detail = (f"{event.turns_covered} turn(s) up to request {event.through_request_id} "
