@@ -333,6 +333,7 @@ class ChatService:
             )
         planned = self.window.plan(request, conversation, count, not_before)
         share = self.sharing.share_of(request, planned.call)
+        now = self.clock.now()  # from when this worker's call may be out
         if fresh:
             conversation.receive_message(
                 request_id=rid,
@@ -345,15 +346,15 @@ class ChatService:
                 caller_context=request.context,
                 history_turns=planned.history_turns,
                 request_digest=job.digest,
-                received_at=self.clock.now().isoformat(),
+                received_at=now.isoformat(),
                 worker=self.worker,
             )
-            job.call_since = self.clock.now().timestamp()
+            job.call_since = now.timestamp()
         elif not self.batched(request) and conversation.pending_batch(rid) is None:
             # Received before (by another worker, or by this one before it
             # abandoned the call): this worker's call is the one out from now.
-            conversation.take_over_call(rid, self.clock.now().isoformat(), self.worker)
-            job.call_since = self.clock.now().timestamp()
+            conversation.take_over_call(rid, now.isoformat(), self.worker)
+            job.call_since = now.timestamp()
         if share is not None and fresh:
             shared = await self.sharing.find(share, self._time_left(request))
             if shared is not None:  # no model call: no budget, no cost
