@@ -210,3 +210,49 @@ async def test_a_retry_going_out_well_after_the_first_attempt_is_recorded_as_sen
     assert [type(e).__name__ for e in events][-3:] == [
         "UserMessageReceived", "ModelCallSent", "ReplyRecorded"
     ]
+
+
+async def test_a_call_held_back_at_an_open_circuit_says_so_before_it_goes():
+    """CallProgress.going_again is awaited when a held call finally goes (the use
+    case records it then), and may stop it (another worker took it over)."""
+    from application.circuit_breaker import CircuitBreaker
+    from application.ports import ChatMessage, ModelCall, ModelError
+
+    model = FakeModel()
+    model.script.append(ModelError("upstream_error", "down", retryable=True))
+    breaker = CircuitBreaker(model, failure_threshold=1, probe_interval=0.2)  # type: ignore[arg-type]
+    first = ModelCall("gpt-4o-mini", [ChatMessage("user", "a")], 10, 0.7)
+    try:
+        await breaker.complete(first)
+    except ModelError:
+        pass  # the circuit is open now
+    held = ModelCall("gpt-4o-mini", [ChatMessage("user", "b")], 10, 0.7)
+    going = []
+
+    async def note() -> None:
+        going.append(len(model.calls))
+
+    held.progress.resending = note
+    await breaker.complete(held)  # waits for the probe interval, then goes as the probe
+    assert going == [1] and len(model.calls) == 2
+
+    class TakenOver(Exception):
+        pass
+
+    async def stop() -> None:
+        raise TakenOver
+
+    model.script.append(ModelError("upstream_error", "down", retryable=True))
+    try:
+        await breaker.complete(ModelCall("gpt-4o-mini", [ChatMessage("user", "c")], 10, 0.7))
+    except ModelError:
+        pass  # open again
+    stopped = ModelCall("gpt-4o-mini", [ChatMessage("user", "d")], 10, 0.7)
+    stopped.progress.resending = stop
+    try:
+        await breaker.complete(stopped)
+        raise AssertionError("it went")
+    except TakenOver:
+        pass
+    assert len(model.calls) == 3  # it did not go; and the next probe may go
+    assert await breaker.complete(ModelCall("gpt-4o-mini", [ChatMessage("user", "e")], 10, 0.7))
