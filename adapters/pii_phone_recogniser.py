@@ -20,7 +20,7 @@ from functools import lru_cache
 import phonenumbers
 from phonenumbers import Leniency, PhoneMetadata, PhoneNumberMatcher
 
-from adapters.pii_recognisers import has_context
+from adapters.pii_recognisers import is_isbn, phone_cue
 from application.pii import PHONE, Detection
 
 # National phone formats understood without a +CC: where the users write from.
@@ -30,18 +30,12 @@ DEFAULT_PHONE_REGIONS: tuple[str, ...] = (
     "PL", "PT", "BR", "IN", "IE", "SE", "MX", "AU",
 )
 
-_PHONE_CONTEXT = re.compile(
-    r"(?<!\w)(?:tel|tél|tlf|phone|telephone|call|calls|ring|mobile|mob|cell|cellphone|fax|"
-    r"whatsapp|signal|sms|text me|reach me|contact|hotline|"
-    r"telefon\w*|anruf\w*|ruf\w*|handy|mobil\w*|erreichbar|festnetz|"
-    r"téléphone|telephone|portable|appel\w*|joindre|"
-    r"teléfono|telefono|móvil|movil|llama\w*|celular|"
-    r"cellulare|chiama\w*|"
-    r"telefoon|bel|bellen|"
-    r"komórka|komorka|zadzwoń|zadzwon|"
-    r"telemóvel|telemovel|ligue|ligar|contato|contacto)(?!\w)",
-    re.IGNORECASE,
-)
+# An extension after a number: "x41865", "ext. 753", "#12", and the words of the
+# users' languages (Durchwahl, poste, extensión, interno, toestel, wewn., ramal, ankn.).
+_EXTENSION_RE = re.compile(
+    r"[ \t]?(?:x|ext\.?|extn\.?|extension|#|durchwahl|dw\.|poste|extensión|int\.|interno|"
+    r"toestel|tst\.|wewn\.|wew\.|ramal|ankn\.|anknytning)[ \t]?[.:]?[ \t]?\d{1,6}(?!\d)",
+    re.IGNORECASE)
 
 # Where a phone number could be: a digit run with the punctuation numbers are written with.
 _PHONE_WINDOW_RE = re.compile(r"[+(\d]\+?[\d \t\u00a0().\-/]{4,}\d")
@@ -89,36 +83,66 @@ class PhoneRecogniser:
                 digits = "".join(_DIGIT_RE.findall(text, start, end))
                 if not 6 <= len(digits) <= 17 or _DATE_RE.fullmatch(text, start, end):
                     continue
+                if "-" in text[start:end] or "isbn" in text[max(0, start - 12):start].lower():
+                    if is_isbn(text, start, end):
+                        continue  # 0-12-382057-X
+                last = index == len(pieces) - 1
+                extension = _EXTENSION_RE.match(text, end) if last else None
                 # A little of either side: the matcher looks at the neighbours of a number
                 # (a letter glued to it, the ":30" that makes "2024-01-15 10" a time). Where
-                # a window was cut between two numbers, blanks: not the other number.
+                # a window was cut between two numbers, or an extension follows, blanks.
                 before = text[max(0, start - 4):start] if index == 0 else "    "
-                after = text[end:end + 4] if index == len(pieces) - 1 else "    "
-                yield from self._phones_in(text, start, end, digits, before, after)
+                after = text[end:end + 4] if last and not extension else "    "
+                yield from self._phones_in(text, start, end, digits, before, after,
+                                           extension.end() if extension else None)
 
     def _phones_in(self, text: str, start: int, end: int, digits: str, before: str,
-                   after: str) -> Iterable[Detection]:
+                   after: str, extension_end: int | None) -> Iterable[Detection]:
         chunk = before + text[start:end] + after
         offset = start - len(before)
         international = text[start:end].lstrip("(").startswith("+") or digits.startswith("00")
-        for match_start, match_end, bare in self._match_window(
-                chunk, len(before), len(chunk) - len(after), digits, international):
+        cue: bool | None = None  # a word nearby says it is a phone number (looked up once)
+        found = self._match_window(chunk, len(before), len(chunk) - len(after), digits,
+                                   international, False)
+        if not international and not any(s <= len(before) and e >= len(chunk) - len(after)
+                                         for s, e, _ in found):
+            # Grouped otherwise than the country does ("(0360) 721729", "0898-780 11"):
+            # valid numbers are taken where a word says they are phone numbers.
+            cue = self._cue(text, start, end, extension_end)
+            if cue:
+                found = self._match_window(chunk, len(before), len(chunk) - len(after),
+                                           digits, international, True)
+        for match_start, match_end, bare in found:
             if match_start < len(before) or match_end > len(chunk) - len(after):
                 continue  # took in a neighbour
-            if bare and not has_context(text, offset + match_start, _PHONE_CONTEXT):
-                continue
-            yield Detection(PHONE, offset + match_start, offset + match_end,
-                            chunk[match_start:match_end])
+            if bare:
+                if cue is None:
+                    cue = self._cue(text, start, end, extension_end)
+                if not cue:
+                    continue
+            detection_end = offset + match_end
+            if extension_end is not None and detection_end == end:
+                detection_end = extension_end
+            yield Detection(PHONE, offset + match_start, detection_end,
+                            text[offset + match_start:detection_end])
+
+    @staticmethod
+    def _cue(text: str, start: int, end: int, extension_end: int | None) -> bool:
+        """A word before or after the number says it is a phone number, and no nearer one
+        says it is an order, an invoice, a parcel... (``phone_cue``)"""
+        return phone_cue(text, start, extension_end or end)
 
     def _match_window_uncached(self, chunk: str, at: int, stop: int, digits: str,
-                               international: bool) -> tuple[tuple[int, int, bool], ...]:
-        """The phone numbers in chunk[at:stop]: (start, end, written as a bare digit run)."""
+                               international: bool, lenient: bool,
+                               ) -> tuple[tuple[int, int, bool], ...]:
+        """The phone numbers in chunk[at:stop]: (start, end, written as a bare digit run).
+        ``lenient``: national numbers need only be valid, however they are grouped."""
         if international:  # "00": any region that dials abroad with 00 reads it
             regions: Iterable[str | None] = (None,) if "+" in chunk[at:at + 2] else ("DE",)
             leniency = self.international_leniency
         else:
             regions = (r.region for r in self._regions if r.could_be(digits))
-            leniency = self.national_leniency
+            leniency = Leniency.VALID if lenient else self.national_leniency
         found = []
         for region in regions:
             for match in PhoneNumberMatcher(chunk, region, leniency=leniency):

@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from stdnum import iban as stdnum_iban
+from stdnum import isbn as stdnum_isbn
 from stdnum import luhn
 from stdnum.be import nn as be_nn
 from stdnum.br import cpf as br_cpf
@@ -41,12 +42,74 @@ from stdnum.nl import bsn as nl_bsn
 from stdnum.pl import pesel as pl_pesel
 from stdnum.pt import cc as pt_cc
 from stdnum.pt import nif as pt_nif
+from stdnum.se import personnummer as se_personnummer
 from stdnum.us import ssn as us_ssn
 
 from application.pii import CARD, EMAIL, IBAN, IP, NATIONAL_ID, Detection
 
 # How far before a candidate (characters) a word naming it is looked for.
 CONTEXT_WINDOW = 48
+
+
+def _words(*words: str) -> re.Pattern[str]:
+    return re.compile(r"(?<!\w)(?:" + "|".join(words) + r")(?!\w)", re.IGNORECASE)
+
+
+# Words that say a number nearby (before or after it) is a phone number, in the
+# languages of the users: English, German, French, Spanish, Italian, Dutch, Polish,
+# Portuguese, Swedish.
+PHONE_CUES = _words(
+    r"tel", r"tél", r"tlf", r"phone\w*", r"telephone", r"call", r"calls", r"calling", r"ring",
+    r"dial", r"mobile", r"mob", r"cell\w*", r"landline", r"fax", r"whats ?app", r"signal",
+    r"sms", r"text me", r"reach me", r"reach", r"contact", r"hotline",
+    r"telefon\w*", r"anruf\w*", r"ruf\w*", r"handy\w*", r"mobil\w*", r"erreichbar",
+    r"erreichst", r"erreichen", r"festnetz\w*", r"durchwahl",
+    r"téléphone", r"portable", r"appel\w*", r"joindre", r"joignable",
+    r"teléfono", r"telefono", r"móvil", r"movil", r"llama\w*", r"celular",
+    r"localizar\w*",
+    r"cellulare", r"chiama\w*", r"raggiungibile", r"reperibile",
+    r"telefoon\w*", r"mobiel\w*", r"bel", r"bellen", r"bereik\w*",
+    r"komórk\w*", r"komork\w*", r"zadzwo\w*", r"dzwo\w*", r"skontaktować",
+    r"telemóvel", r"telemovel", r"ligue", r"liga", r"ligar", r"contato", r"contacto", r"fone",
+    r"ringa", r"ring mig", r"når", r"mobilnummer",
+)
+# The words for "number": a weaker cue ("Mon numéro, c'est le 0181000264"), which any
+# word of NOT_PERSONAL nearby overrides ("the routing number").
+NUMBER_WORDS = _words(r"number", r"nummer", r"numéro", r"numero", r"número", r"numer")
+
+# Words that say a number nearby is something else: an order, an invoice, a parcel, a
+# product, a gift card, a bank's routing number, a version. Looked for before it.
+NOT_PERSONAL = _words(
+    r"order\w*", r"invoice\w*", r"tracking", r"track", r"parcel", r"shipment", r"ref",
+    r"reference", r"ticket", r"serial", r"sku", r"isbn", r"ean", r"upc", r"gtin",
+    r"barcode", r"routing", r"aba", r"version", r"build", r"firmware", r"gift ?card",
+    r"voucher", r"coupon", r"customer", r"account", r"part", r"konto", r"bankleitzahl", r"blz",
+    r"bestell\w*", r"rechnung\w*", r"sendung\w*", r"kunden\w*", r"geschenkkarte\w*",
+    r"gutschein\w*", r"artikel\w*", r"aba-nummer", r"barcode",
+    r"commande", r"facture", r"colis", r"suivi", r"carte cadeau", r"code-barres",
+    r"pedido", r"factura", r"seguimiento", r"envío", r"tarjeta regalo", r"código de barras",
+    r"ordine", r"fattura", r"spedizione", r"carta regalo", r"codice a barre",
+    r"bestelling", r"factuur", r"zending", r"track-and-trace", r"cadeaukaart",
+    r"zamówieni\w*", r"faktur\w*", r"przesyłk\w*", r"karta podarunkowa", r"kod\w* kreskow\w*",
+    r"fatura", r"rastreio", r"encomenda", r"cartão-presente", r"código de barras",
+    r"beställning\w*", r"faktura\w*", r"kollinummer\w*", r"presentkort\w*",
+    r"streckkod\w*",
+)
+
+# Words shortly before a Luhn-valid number that say it is no payment card.
+_NOT_A_CARD = _words(
+    r"gift ?cards?", r"voucher", r"coupon", r"loyalty", r"membership", r"tracking",
+    r"order (?:number|no\.?|#)", r"geschenkkarte\w*", r"gutschein\w*", r"kundenkarte\w*",
+    r"sendungsnummer", r"carte cadeau", r"bon d'achat", r"tarjeta regalo", r"carta regalo",
+    r"buono", r"cadeaukaart\w*", r"cadeaubon\w*", r"karta podarunkowa", r"karty podarunkowej",
+    r"cartão-presente", r"cartão presente", r"vale-presente", r"presentkort\w*",
+)
+
+# Words before a dotted number that make it a version, not an IPv4 address.
+_VERSION_BEFORE = re.compile(
+    r"(?<!\w)(?:v|ver|version|versions|versión|versão|versione|versie|wersj[ai]|firmware|"
+    r"build|release|rev|kernel)\.?\s*[:#]?\s*$", re.IGNORECASE)
+
 
 # The local part takes letters, digits and . _ % + ' - : the other characters RFC 5322
 # allows (= / ! # ...) hardly occur in real addresses and would swallow "user=" of
@@ -65,7 +128,7 @@ _LOCAL_CHARS = frozenset("._%+'-")
 _IBAN_RE = re.compile(
     r"[A-Za-z](?<![\w-][A-Za-z])[A-Za-z]\d{2}(?:[ \-]?[A-Za-z0-9]){11,32}(?!\w)", re.ASCII
 )
-_CARD_RE = re.compile(r"[2-6](?<![\w+.,/-][2-6])\d{2}(?:[ \-]?\d){10,16}(?![\w]|[.,/-]\d)",
+_CARD_RE = re.compile(r"[1-6](?<![\w+.,/-][1-6])\d{2}(?:[ \-]?\d){10,16}(?![\w]|[.,/-]\d)",
                       re.ASCII)
 _IPV4_RE = re.compile(r"\d(?<![\w.]\d)\d{0,2}\.\d{1,3}\.\d{1,3}\.\d{1,3}(?![\w]|\.\d)", re.ASCII)
 # A run of hex digits, colons and dots (an IPv6 address, maybe with an IPv4 tail);
@@ -86,14 +149,14 @@ class NationalIdFormat:
     # True: it begins with a digit that begins a word, and is looked for where
     # _ID_START_RE finds one (with all such formats), not by a scan of its own.
     digit_first: bool = True
+    # With a context: True if it is taken without its name too, when its check digits
+    # hold and no word nearby says it is a phone number or some other kind of number
+    # (NOT_PERSONAL): a checksum that few random numbers pass (BSN, PESEL, CPF...).
+    bare: bool = False
     # Else a pattern that finds a distinctive part of it, ``finder_back`` characters
     # after its start (scanning for its first character visits every word).
     finder: re.Pattern[str] | None = None
     finder_back: int = 0
-
-
-def _words(*words: str) -> re.Pattern[str]:
-    return re.compile(r"(?<!\w)(?:" + "|".join(words) + r")(?!\w)", re.IGNORECASE)
 
 
 def _ssn_valid(number: str) -> bool:
@@ -112,6 +175,20 @@ _ID_START_RE = re.compile(r"\d(?<!\w\d)(?=(?:[ .\-]?[\dABab]){7})", re.ASCII)
 _CF_CORE_RE = re.compile(r"\d\d[A-EHLMPR-Ta-ehlmpr-t][0-9LMNP-Vlmnp-v]{2}[A-Za-z]", re.ASCII)
 _NINE_DIGITS = re.compile(r"\d(?<!\w\d)\d{8}(?!\w)", re.ASCII)
 _ELEVEN_DIGITS = re.compile(r"\d(?<!\w\d)\d{10}(?!\w)", re.ASCII)
+
+_NINO_FIRST = frozenset("ABCEGHJKLMNOPRSTWXYZ")
+_NINO_SECOND = frozenset("ABCEGHJKLMNPRSTWXYZ")
+_NINO_NEVER_ISSUED = frozenset({"BG", "GB", "KN", "NK", "NT", "TN", "ZZ"})
+
+
+def nino_valid(value: str) -> bool:
+    """A UK National Insurance number as HMRC allocates them: prefix letters not D, F,
+    I, Q, U or V (nor O second), not one of the prefixes never issued; suffix A-D."""
+    compact = value.replace(" ", "").upper()
+    return (len(compact) == 9 and compact[0] in _NINO_FIRST and compact[1] in _NINO_SECOND
+            and compact[:2] not in _NINO_NEVER_ISSUED and compact[2:8].isdigit()
+            and compact[8] in "ABCD")
+
 
 NATIONAL_ID_FORMATS: tuple[NationalIdFormat, ...] = (
     NationalIdFormat("us.ssn", re.compile(r"\d(?<![\w-]\d)\d\d([- ])\d{2}\1\d{4}(?![\w-])",
@@ -140,27 +217,52 @@ NATIONAL_ID_FORMATS: tuple[NationalIdFormat, ...] = (
     NationalIdFormat("de.idnr", re.compile(r"\d(?<!\w\d)\d ?\d{3} ?\d{3} ?\d{3}(?!\w)", re.ASCII),
                      de_idnr.is_valid,
                      _words(r"steuer-?id\w*", r"steuer-?identifikationsnummer", "idnr", "id-nr",
-                            r"identifikationsnummer", "tin", "tax id", r"steuerliche id\w*")),
+                            r"identifikationsnummer", "tin", "tax id", r"steuerliche id\w*"),
+                     bare=True),
     NationalIdFormat("nl.bsn", re.compile(r"\d(?<!\w\d)(?:\d{8}|\d{3}\.\d{2}\.\d{3})(?!\w)",
                                           re.ASCII), nl_bsn.is_valid,
                      _words("bsn", "burgerservicenummer", "sofinummer", "sofi-nummer",
-                            "citizen service number")),
-    NationalIdFormat("pl.pesel", _ELEVEN_DIGITS, pl_pesel.is_valid, _words("pesel")),
-    NationalIdFormat("br.cpf", _ELEVEN_DIGITS, br_cpf.is_valid, _words("cpf")),
+                            "citizen service number"), bare=True),
+    NationalIdFormat("pl.pesel", _ELEVEN_DIGITS, pl_pesel.is_valid, _words("pesel"), bare=True),
+    NationalIdFormat("br.cpf", _ELEVEN_DIGITS, br_cpf.is_valid, _words("cpf"), bare=True),
     NationalIdFormat("be.nn", _ELEVEN_DIGITS, be_nn.is_valid,
                      _words("rijksregisternummer", r"num[ée]ro national", "registre national",
-                            "national number", "insz", "niss")),
+                            "national number", "insz", "niss"), bare=True),
+    # Swedish personnummer: birth date, a dash (a plus past 100), four digits with a Luhn
+    # check; with the century (19640720-5324) too.
+    NationalIdFormat("se.personnummer", re.compile(
+        r"\d(?<![\w-]\d)\d(?:\d\d)?[01]\d[0-3]\d[-+]\d{4}(?![\w-])", re.ASCII),
+        se_personnummer.is_valid),
+    NationalIdFormat("se.personnummer", re.compile(
+        r"\d(?<!\w\d)\d(?:\d\d)?[01]\d[0-3]\d\d{4}(?!\w)", re.ASCII),
+        se_personnummer.is_valid, _words("personnummer", "personnr", "pnr")),
+    # UK National Insurance number: two letters, six digits, A-D (no stdnum module).
+    NationalIdFormat("gb.nino", re.compile(
+        r"[A-Z](?<![\w-][A-Z])[A-Z] ?\d{2} ?\d{2} ?\d{2} ?[A-D](?!\w)", re.ASCII),
+        lambda value: nino_valid(value), digit_first=False),
     NationalIdFormat("in.aadhaar", re.compile(r"[2-9](?<!\w[2-9])\d{3} ?\d{4} ?\d{4}(?!\w)",
                                               re.ASCII), in_aadhaar.is_valid,
                      _words("aadhaar", "aadhar", "uidai", "uid", "आधार")),
     NationalIdFormat("pt.nif", _NINE_DIGITS, pt_nif.is_valid,
-                     _words("nif", "contribuinte")),
+                     _words("nif", "contribuinte"), bare=True),
 )
 
 
-def has_context(text: str, start: int, words: re.Pattern[str]) -> bool:
-    """Whether one of ``words`` comes shortly (``CONTEXT_WINDOW``) before ``start``."""
-    return words.search(text, max(0, start - CONTEXT_WINDOW), start) is not None
+def has_context(text: str, start: int, words: re.Pattern[str],
+                window: int = CONTEXT_WINDOW) -> bool:
+    """Whether one of ``words`` comes shortly (``window``) before ``start``."""
+    return words.search(text, max(0, start - window), start) is not None
+
+
+def has_context_after(text: str, end: int, words: re.Pattern[str],
+                      window: int = CONTEXT_WINDOW) -> bool:
+    """Whether one of ``words`` comes shortly (``window``) after ``end``."""
+    return words.search(text, end, end + window) is not None
+
+
+def has_context_around(text: str, start: int, end: int, words: re.Pattern[str],
+                       window: int = CONTEXT_WINDOW) -> bool:
+    return has_context(text, start, words, window) or has_context_after(text, end, words, window)
 
 
 def find_emails(text: str) -> Iterable[Detection]:
@@ -180,21 +282,37 @@ def find_emails(text: str) -> Iterable[Detection]:
 
 
 def find_ibans(text: str) -> Iterable[Detection]:
-    for match in _IBAN_RE.finditer(text):
-        span = _longest_valid(text, match.start(), match.end(), _iban_valid)
-        if span:
-            yield Detection(IBAN, span[0], span[1], text[span[0]:span[1]])
+    for start, end in _valid_runs(_IBAN_RE, text, _iban_valid):
+        yield Detection(IBAN, start, end, text[start:end])
 
 
 def find_cards(text: str) -> Iterable[Detection]:
-    for match in _CARD_RE.finditer(text):
-        span = _longest_valid(text, match.start(), match.end(), _is_card)
+    for start, end in _valid_runs(_CARD_RE, text, _is_card):
+        # A gift card, a voucher or a tracking number that passes Luhn is no payment card.
+        if not has_context(text, start, _NOT_A_CARD, window=24):
+            yield Detection(CARD, start, end, text[start:end])
+
+
+def _valid_runs(pattern: re.Pattern[str], text: str, is_valid: Callable[[str], bool],
+                ) -> Iterable[tuple[int, int]]:
+    """The longest valid runs of whole pieces where ``pattern`` matches; the search
+    goes on where the valid run ended, not where the greedy match did (two IBANs in a
+    row: "NL87RCYB3990998171 Kun je checken of NL34 IFZF 7442 1235 75")."""
+    position = 0
+    while (match := pattern.search(text, position)) is not None:
+        span = _longest_valid(text, match.start(), match.end(), is_valid)
         if span:
-            yield Detection(CARD, span[0], span[1], text[span[0]:span[1]])
+            yield span
+            position = span[1]
+        else:
+            pieces = _tokens(text, match.start(), match.end())
+            position = pieces[0][1] if pieces else match.end()
 
 
 def find_ips(text: str) -> Iterable[Detection]:
     for match in _IPV4_RE.finditer(text):
+        if _VERSION_BEFORE.search(text, max(0, match.start() - 12), match.start()):
+            continue  # "version 12.17.6.20", "firmware 16.6.16.13": a version
         if _identifies(text, match.start(), match.end(), ipaddress.IPv4Address):
             yield Detection(IP, match.start(), match.end(), match.group(0))
     if ":" in text:
@@ -242,12 +360,66 @@ class NationalIdRecogniser:
                 continue
             value = match.group(0)
             for id_format in formats:
-                if id_format.context is not None and not has_context(
-                        text, position, id_format.context):
+                if id_format.context is None and id_format.digit_first and has_context(
+                        text, position, NOT_PERSONAL, 16):
+                    continue  # "Part no. 300-45-6789"
+                if id_format.context is not None and not has_context_around(
+                        text, position, match.end(), id_format.context) and not (
+                        id_format.bare and _bare_id_ok(text, position, match.end())):
                     continue
                 if id_format.is_valid(value):
                     yield Detection(NATIONAL_ID, position, match.end(), value)
                     return
+
+
+def _bare_id_ok(text: str, start: int, end: int) -> bool:
+    """Whether a number could be a national id written without its name: no word
+    nearby says it is a phone number, nor another kind of number."""
+    return (not has_context(text, start, NOT_PERSONAL)
+            and not has_context_after(text, end, NOT_PERSONAL, 24)
+            and not has_context_around(text, start, end, PHONE_CUES)
+            and not has_context_around(text, start, end, NUMBER_WORDS))
+
+
+def _nearest(text: str, start: int, end: int, words: re.Pattern[str],
+             window: int = CONTEXT_WINDOW, after: bool = True) -> int | None:
+    """How far (characters) the nearest of ``words`` is from text[start:end], within
+    ``window`` before it (and after it, unless not ``after``); None if none is."""
+    distances = [start - m.end() for m in words.finditer(text, max(0, start - window), start)]
+    following = words.search(text, end, end + window) if after else None
+    if following:
+        distances.append(following.start() - end)
+    return min(distances) if distances else None
+
+
+def phone_cue(text: str, start: int, end: int) -> bool:
+    """Whether the words around text[start:end] say it is a phone number: a word of
+    PHONE_CUES nearer than any of NOT_PERSONAL, or a word for "number" with none of
+    NOT_PERSONAL nearby."""
+    not_personal_before = _nearest(text, start, start, NOT_PERSONAL, 24, after=False)
+    if not_personal_before is not None:  # "An order number like 4151234567"
+        cue_before = _nearest(text, start, start, PHONE_CUES, after=False)
+        if cue_before is None or not_personal_before < cue_before:
+            return False
+    not_personal = _nearest(text, start, end, NOT_PERSONAL, 24)
+    cue = _nearest(text, start, end, PHONE_CUES)
+    if cue is not None and (not_personal is None or cue < not_personal):
+        return True
+    return not_personal is None and _nearest(text, start, end, NUMBER_WORDS) is not None
+
+
+def is_isbn(text: str, start: int, end: int) -> bool:
+    """Whether text[start:end], with an X check digit that may follow it, is an ISBN
+    written in its hyphenated groups (0-12-382057-X, 978-3-16-148410-0), or comes
+    right after the word ISBN."""
+    candidate = text[start:end]
+    tail = re.match(r"[- ][Xx](?!\w)", text[end:end + 3])
+    if tail:
+        candidate += tail.group(0)
+    if "isbn" in text[max(0, start - 12):start].lower():
+        return True
+    groups = re.split(r"[- ]", candidate)
+    return len(groups) in (4, 5) and stdnum_isbn.is_valid(candidate)
 
 
 def _iban_valid(candidate: str) -> bool:
@@ -259,24 +431,55 @@ def _iban_valid(candidate: str) -> bool:
 
 def _is_card(candidate: str) -> bool:
     digits = candidate.replace(" ", "").replace("-", "")
-    return 13 <= len(digits) <= 19 and _card_scheme_ok(digits) and luhn.is_valid(digits)
+    return (13 <= len(digits) <= 19 and _card_scheme_ok(digits)
+            and _card_grouping_ok(candidate, digits) and luhn.is_valid(digits))
 
 
 def _card_scheme_ok(digits: str) -> bool:
-    """Whether the digits start like a card of a payment scheme, at that scheme's length."""
+    """Whether the digits start like a card of a payment scheme (its issuer
+    identification number), at that scheme's length."""
     length = len(digits)
-    two, four = int(digits[:2]), int(digits[:4])
+    two, three, four = int(digits[:2]), int(digits[:3]), int(digits[:4])
+    six = int(digits[:6])
     if digits[0] == "4":  # Visa
         return length in (13, 16, 19)
     if 51 <= two <= 55 or 2221 <= four <= 2720:  # Mastercard
         return length == 16
     if two in (34, 37):  # American Express
         return length == 15
-    if 3528 <= four <= 3589 or two in (36, 38, 39) or 300 <= int(digits[:3]) <= 305:
-        return 14 <= length <= 19  # JCB, Diners Club
-    if digits[0] in "56":  # Maestro, Discover, UnionPay, RuPay
+    if four in (1800, 2131):  # JCB's old 15-digit ranges
+        return length == 15
+    if two == 35:  # JCB
+        return 16 <= length <= 19
+    if two in (36, 38, 39) or 300 <= three <= 305:  # Diners Club
+        return 14 <= length <= 19
+    if 2200 <= four <= 2204:  # Mir
+        return 16 <= length <= 19
+    if four == 6011 or 644 <= three <= 649 or two == 65:  # Discover (and RuPay's 65)
+        return 16 <= length <= 19
+    if two == 62 or two == 81:  # UnionPay
+        return 16 <= length <= 19
+    if (four in (5018, 5019, 5020, 5038, 5893, 6304, 6759, 6761, 6762, 6763)
+            or 508500 <= six <= 508999 or 606985 <= six <= 607984
+            or 608001 <= six <= 608500):  # Maestro, Dankort, RuPay
         return 13 <= length <= 19
     return False
+
+
+def _card_grouping_ok(candidate: str, digits: str) -> bool:
+    """Whether the digits are grouped the way cards are written: not at all, in fours
+    (the last group maybe shorter), or in the issuer's own groups (American Express
+    and Diners Club 4-6-5 and 4-6-4); with one kind of separator. An order number
+    (610-4914779-2469383) is grouped otherwise."""
+    if candidate == digits:
+        return True
+    separators = {c for c in candidate if not c.isdigit()}
+    if len(separators) != 1:
+        return False
+    groups = [len(g) for g in candidate.split(separators.pop())]
+    if groups in ([4, 6, 5], [4, 6, 4]):
+        return True
+    return all(g == 4 for g in groups[:-1]) and 1 <= groups[-1] <= 4
 
 
 def _tokens(text: str, start: int, end: int) -> list[tuple[int, int]]:
