@@ -20,7 +20,7 @@ from functools import lru_cache
 import phonenumbers
 from phonenumbers import Leniency, PhoneMetadata, PhoneNumberMatcher
 
-from adapters.pii_recognisers import is_isbn, phone_cue
+from adapters.pii_recognisers import is_isbn, other_number_before, phone_cue
 from application.pii import PHONE, Detection
 
 # National phone formats understood without a +CC: where the users write from.
@@ -115,6 +115,8 @@ class PhoneRecogniser:
         for match_start, match_end, bare in found:
             if match_start < len(before) or match_end > len(chunk) - len(after):
                 continue  # took in a neighbour
+            if not international and other_number_before(text, offset + match_start):
+                continue  # "Artikelnummer 0815-4711-23"
             if bare:
                 if cue is None:
                     cue = self._cue(text, start, end, extension_end)

@@ -392,6 +392,23 @@ def _nearest(text: str, start: int, end: int, words: re.Pattern[str],
     return min(distances) if distances else None
 
 
+# Before a number written in national form, words that say it is no phone number:
+# those of NOT_PERSONAL and the names of what is validated elsewhere.
+_NOT_A_PHONE = _words(NOT_PERSONAL.pattern[len("(?<!\\w)(?:"):-len(")(?!\\w)")],
+                      r"ssn", r"social security", r"iban", r"artikel\w*")
+
+
+def other_number_before(text: str, start: int) -> bool:
+    """Whether a word shortly before ``start`` says the number there is another kind
+    of number ("Artikelnummer 0815-4711-23", "IBAN NL91 ABNA 0417 1643 01") and no
+    word nearer to it says it is a phone number."""
+    other = _nearest(text, start, start, _NOT_A_PHONE, 24, after=False)
+    if other is None:
+        return False
+    cue = _nearest(text, start, start, PHONE_CUES, after=False)
+    return cue is None or other < cue
+
+
 def phone_cue(text: str, start: int, end: int) -> bool:
     """Whether the words around text[start:end] say it is a phone number: a word of
     PHONE_CUES nearer than any of NOT_PERSONAL, or a word for "number" with none of
