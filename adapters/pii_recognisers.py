@@ -305,8 +305,7 @@ def _valid_runs(pattern: re.Pattern[str], text: str, is_valid: Callable[[str], b
             yield span
             position = span[1]
         else:
-            pieces = _tokens(text, match.start(), match.end())
-            position = pieces[0][1] if pieces else match.end()
+            position = match.end()
 
 
 def find_ips(text: str) -> Iterable[Detection]:
@@ -425,17 +424,21 @@ def phone_cue(text: str, start: int, end: int) -> bool:
     return not_personal is None and _nearest(text, start, end, NUMBER_WORDS) is not None
 
 
+_ISBN_X_RE = re.compile(r"[- ][Xx](?!\w)")
+_ISBN_SEPARATOR_RE = re.compile(r"[- ]")
+
+
 def is_isbn(text: str, start: int, end: int) -> bool:
     """Whether text[start:end], with an X check digit that may follow it, is an ISBN
     written in its hyphenated groups (0-12-382057-X, 978-3-16-148410-0), or comes
     right after the word ISBN."""
-    candidate = text[start:end]
-    tail = re.match(r"[- ][Xx](?!\w)", text[end:end + 3])
-    if tail:
-        candidate += tail.group(0)
     if "isbn" in text[max(0, start - 12):start].lower():
         return True
-    groups = re.split(r"[- ]", candidate)
+    candidate = text[start:end]
+    tail = _ISBN_X_RE.match(text, end)
+    if tail:
+        candidate += tail.group(0)
+    groups = _ISBN_SEPARATOR_RE.split(candidate)
     return len(groups) in (4, 5) and stdnum_isbn.is_valid(candidate)
 
 
