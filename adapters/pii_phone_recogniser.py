@@ -40,6 +40,7 @@ _EXTENSION_RE = re.compile(
 # Where a phone number could be: a digit run with the punctuation numbers are written with.
 _PHONE_WINDOW_RE = re.compile(r"[+(\d]\+?[\d \t\u00a0().\-/]{4,}\d")
 _DIGIT_RE = re.compile(r"\d")
+_AREA_CODE_RE = re.compile(r"\(0\d{1,5}\)[ \t\u00a0/-]?\d")
 _SEPARATOR_RE = re.compile(r"[ \t\u00a0().\-/]")
 _NUMBER_LIST_RE = re.compile(r"\s+/\s+")
 # A window shaped like a date is not worth asking the phone matcher about.
@@ -106,10 +107,12 @@ class PhoneRecogniser:
                                    international, False)
         if not international and not any(s <= len(before) and e >= len(chunk) - len(after)
                                          for s, e, _ in found):
-            # Grouped otherwise than the country does ("(0360) 721729", "0898-780 11"):
-            # valid numbers are taken where a word says they are phone numbers.
+            # Grouped otherwise than the country does ("0898-780 11"): valid numbers are
+            # taken where a word says they are phone numbers, or where an area code
+            # with its trunk prefix stands in parentheses ("(0360) 721729"), as only
+            # phone numbers are written.
             cue = self._cue(text, start, end, extension_end)
-            if cue:
+            if cue or _AREA_CODE_RE.match(text, start):
                 found = self._match_window(chunk, len(before), len(chunk) - len(after),
                                            digits, international, True)
         for match_start, match_end, bare in found:

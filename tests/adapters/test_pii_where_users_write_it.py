@@ -21,6 +21,10 @@ from application.pii import CARD, EMAIL, ENTITY_TYPES, IBAN, IP, NATIONAL_ID, PH
 ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT / "tests" / "data"
 CORPORA = ("pii_corpus.jsonl", "pii_corpus_generated.jsonl", "pii_corpus_heldout.jsonl")
+# Other seeds and other sentences, some without any word that names the data: reported
+# by pii_bench.py, held to what the detector does (a bare digit run in a sentence
+# without a phone word is not taken: order numbers look the same).
+WORDING = "pii_corpus_heldout_wording.jsonl"
 
 DETECTOR = LibraryPiiDetector()
 
@@ -52,6 +56,8 @@ def test_phone_numbers_with_their_extension_are_masked_whole(text, value):
     ("Mi número es 612345678.", "612345678"),
     ("Mitt telefonnummer är 0701234567.", "0701234567"),
     ("(0360) 721729 is mijn mobiel.", "(0360) 721729"),  # valid, grouped otherwise
+    ("Kan du ringa 0898-780 11?", "0898-780 11"),
+    ("Die Zentrale: (02018) 85133", "(02018) 85133"),  # an area code in parentheses
 ])
 def test_numbers_without_spaces_with_a_cue_word_before_or_after(text, value):
     assert found(text) == [(PHONE, value)]
@@ -184,7 +190,18 @@ def test_quality_targets_on_each_corpus(name):
     assert false_alarms <= (0.05 if name == "pii_corpus.jsonl" else 0.03), false_alarms
 
 
-@pytest.mark.parametrize("name", CORPORA[1:])
+def test_quality_on_the_corpus_with_other_wording():
+    recall, precision, false_alarms = scores(load(WORDING))
+    assert recall[PHONE] >= 0.90, recall[PHONE]
+    for kind in (EMAIL, CARD, IBAN):
+        assert recall[kind] >= 0.95, (kind, recall[kind])
+    assert recall[NATIONAL_ID] >= 0.90, recall[NATIONAL_ID]
+    for kind in ENTITY_TYPES:
+        assert precision[kind] >= 0.95, (kind, precision[kind])
+    assert false_alarms <= 0.03, false_alarms
+
+
+@pytest.mark.parametrize("name", (*CORPORA[1:], WORDING))
 def test_the_generated_corpora_cover_ten_locales_and_look_alikes(name):
     rows = load(name)
     assert len(rows) >= 600

@@ -6,8 +6,11 @@ apart from the hand-written tuning corpus (tests/data/pii_corpus.jsonl).
 
 - tests/data/pii_corpus_generated.jsonl: seeds 1, 2, 3;
 - tests/data/pii_corpus_heldout.jsonl: seeds 11, 12, 13, a held-out set (looked at only
-  as figures, never snippet by snippet) that tells whether rules tuned on the first
-  set generalise.
+  as figures) that tells whether rules tuned on the first set generalise to other
+  values;
+- tests/data/pii_corpus_heldout_wording.jsonl: seeds 21, 22, 23 with other sentences
+  (T2, written after the detector was changed, some without any word that names the
+  data): whether the rules generalise to other wording.
 
 Ten locales (en_US, en_GB, de_DE, fr_FR, es_ES, it_IT, nl_NL, pl_PL, pt_BR, sv_SE). The
 values are Faker's, written as Faker writes them (phone numbers with their
@@ -52,9 +55,11 @@ from stdnum.se import personnummer
 from stdnum.us import ssn as us_ssn
 
 HERE = Path(__file__).resolve().parent
+# file: (seeds, sentences)
 SETS = {
-    "pii_corpus_generated.jsonl": (1, 2, 3),
-    "pii_corpus_heldout.jsonl": (11, 12, 13),
+    "pii_corpus_generated.jsonl": ((1, 2, 3), "T"),
+    "pii_corpus_heldout.jsonl": ((11, 12, 13), "T"),
+    "pii_corpus_heldout_wording.jsonl": ((21, 22, 23), "T2"),
 }
 LOCALES = ("en_US", "en_GB", "de_DE", "fr_FR", "es_ES", "it_IT", "nl_NL", "pl_PL", "pt_BR",
            "sv_SE")
@@ -218,6 +223,112 @@ T: dict[str, dict[str, list[str]]] = {
         "ip": ["Servern {A} svarar inte.", "Varför är {A} så långsam?"],
         "pair": ["Hälften till {I} och resten till {I2}.", "{I} Kan du kolla om {I2} stämmer?",
                  "Korten {C} och {C2} drogs.", "Ring {P} eller {P2}."],
+    },
+}
+
+# A second set of sentences, written after the detector was changed and never used to
+# change it: the held-out set "wording" tells whether the rules hold for other
+# sentences than those of T (some without any word that names the data).
+T2: dict[str, dict[str, list[str]]] = {
+    "en": {
+        "phone": ["Here's the number for the plumber: {P}", "{P} - that's the front desk.",
+                  "Could you format {P} nicely for my business card?",
+                  "whatsapp me {P} when you land", "The number you need is {P}, ask for Jo."],
+        "email": ["ping {E} if it breaks", "Reply-To: {E}"],
+        "card": ["Please use the card ending in the number {C} for the booking.",
+                 "visa {C} exp 11/29"],
+        "iban": ["Refund goes to {I} (my savings).", "bank details: {I}"],
+        "id": ["{name}: {N}", "my {name} {N}, don't share it", "For the form: {N}"],
+        "ip": ["blocked by firewall: {A}"],
+        "pair": ["old account {I}, new account {I2}", "home {P}, work {P2}"],
+    },
+    "de": {
+        "phone": ["Hier die Nummer vom Klempner: {P}", "{P} - das ist die Rezeption.",
+                  "Kannst du {P} schön für meine Visitenkarte formatieren?",
+                  "schreib mir auf WhatsApp {P}", "Die Nummer lautet {P}, frag nach Jo."],
+        "email": ["melde dich bei {E}, falls was klemmt", "Antwort an: {E}"],
+        "card": ["Bitte nimm für die Buchung die Karte {C}.", "Visa {C} gültig 11/29"],
+        "iban": ["Die Erstattung geht an {I} (Sparkonto).", "Bankverbindung: {I}"],
+        "id": ["{name}: {N}", "meine {name} {N}, nicht weitergeben", "Fürs Formular: {N}"],
+        "ip": ["von der Firewall geblockt: {A}"],
+        "pair": ["altes Konto {I}, neues Konto {I2}", "privat {P}, Büro {P2}"],
+    },
+    "fr": {
+        "phone": ["Voici le numéro du plombier : {P}", "{P} - c'est l'accueil.",
+                  "Tu peux mettre en forme {P} pour ma carte de visite ?",
+                  "écris-moi sur WhatsApp au {P}", "Le numéro à appeler : {P}, demande Jo."],
+        "email": ["écris à {E} si ça coince", "Répondre à : {E}"],
+        "card": ["Utilise la carte {C} pour la réservation.", "Visa {C} exp. 11/29"],
+        "iban": ["Le remboursement va sur {I} (livret).", "coordonnées bancaires : {I}"],
+        "id": ["{name} : {N}", "mon {name} {N}, ne le partage pas", "Pour le formulaire : {N}"],
+        "ip": ["bloqué par le pare-feu : {A}"],
+        "pair": ["ancien compte {I}, nouveau compte {I2}", "maison {P}, bureau {P2}"],
+    },
+    "es": {
+        "phone": ["Este es el número del fontanero: {P}", "{P} - es la recepción.",
+                  "¿Me das formato a {P} para mi tarjeta de visita?",
+                  "escríbeme por WhatsApp al {P}", "El número es {P}, pregunta por Jo."],
+        "email": ["escribe a {E} si falla", "Responder a: {E}"],
+        "card": ["Usa la tarjeta {C} para la reserva.", "visa {C} cad. 11/29"],
+        "iban": ["El reembolso va a {I} (ahorros).", "datos bancarios: {I}"],
+        "id": ["{name}: {N}", "mi {name} {N}, no lo compartas", "Para el formulario: {N}"],
+        "ip": ["bloqueada por el cortafuegos: {A}"],
+        "pair": ["cuenta antigua {I}, cuenta nueva {I2}", "casa {P}, trabajo {P2}"],
+    },
+    "it": {
+        "phone": ["Ecco il numero dell'idraulico: {P}", "{P} - è la reception.",
+                  "Puoi formattare {P} per il mio biglietto da visita?",
+                  "scrivimi su WhatsApp al {P}", "Il numero è {P}, chiedi di Jo."],
+        "email": ["scrivi a {E} se si blocca", "Rispondi a: {E}"],
+        "card": ["Usa la carta {C} per la prenotazione.", "visa {C} scad. 11/29"],
+        "iban": ["Il rimborso va su {I} (risparmi).", "coordinate bancarie: {I}"],
+        "id": ["{name}: {N}", "il mio {name} {N}, non condividerlo", "Per il modulo: {N}"],
+        "ip": ["bloccato dal firewall: {A}"],
+        "pair": ["vecchio conto {I}, nuovo conto {I2}", "casa {P}, ufficio {P2}"],
+    },
+    "nl": {
+        "phone": ["Hier is het nummer van de loodgieter: {P}", "{P} - dat is de receptie.",
+                  "Kun je {P} netjes opmaken voor mijn visitekaartje?",
+                  "app me op {P} als je geland bent", "Het nummer is {P}, vraag naar Jo."],
+        "email": ["mail {E} als het stukgaat", "Antwoord aan: {E}"],
+        "card": ["Gebruik de kaart {C} voor de boeking.", "visa {C} geldig 11/29"],
+        "iban": ["De terugbetaling gaat naar {I} (spaarrekening).", "bankgegevens: {I}"],
+        "id": ["{name}: {N}", "mijn {name} {N}, niet delen", "Voor het formulier: {N}"],
+        "ip": ["geblokkeerd door de firewall: {A}"],
+        "pair": ["oude rekening {I}, nieuwe rekening {I2}", "thuis {P}, werk {P2}"],
+    },
+    "pl": {
+        "phone": ["Oto numer do hydraulika: {P}", "{P} - to recepcja.",
+                  "Możesz ładnie sformatować {P} na wizytówkę?",
+                  "napisz na WhatsAppie {P}", "Numer to {P}, zapytaj o Jo."],
+        "email": ["pisz na {E}, jak coś nie działa", "Odpowiedz do: {E}"],
+        "card": ["Użyj karty {C} do rezerwacji.", "visa {C} ważna 11/29"],
+        "iban": ["Zwrot idzie na {I} (oszczędności).", "dane do przelewu: {I}"],
+        "id": ["{name}: {N}", "mój {name} {N}, nie udostępniaj", "Do formularza: {N}"],
+        "ip": ["zablokowany przez firewall: {A}"],
+        "pair": ["stare konto {I}, nowe konto {I2}", "dom {P}, praca {P2}"],
+    },
+    "pt": {
+        "phone": ["Aqui está o número do encanador: {P}", "{P} - é a recepção.",
+                  "Pode formatar {P} para o meu cartão de visita?",
+                  "me chama no WhatsApp {P}", "O número é {P}, pergunte pelo Jo."],
+        "email": ["escreve para {E} se der problema", "Responder para: {E}"],
+        "card": ["Use o cartão {C} para a reserva.", "visa {C} val. 11/29"],
+        "iban": ["O reembolso vai para {I} (poupança).", "dados bancários: {I}"],
+        "id": ["{name}: {N}", "meu {name} {N}, não compartilhe", "Para o formulário: {N}"],
+        "ip": ["bloqueado pelo firewall: {A}"],
+        "pair": ["conta antiga {I}, conta nova {I2}", "casa {P}, trabalho {P2}"],
+    },
+    "sv": {
+        "phone": ["Här är numret till rörmokaren: {P}", "{P} - det är receptionen.",
+                  "Kan du formatera {P} snyggt för mitt visitkort?",
+                  "skriv på WhatsApp till {P}", "Numret är {P}, fråga efter Jo."],
+        "email": ["mejla {E} om det krånglar", "Svara till: {E}"],
+        "card": ["Använd kortet {C} för bokningen.", "visa {C} giltigt 11/29"],
+        "iban": ["Återbetalningen går till {I} (sparkonto).", "bankuppgifter: {I}"],
+        "id": ["{name}: {N}", "mitt {name} {N}, dela det inte", "Till formuläret: {N}"],
+        "ip": ["blockerad av brandväggen: {A}"],
+        "pair": ["gammalt konto {I}, nytt konto {I2}", "hem {P}, jobb {P2}"],
     },
 }
 
@@ -457,11 +568,11 @@ def draw(fake: Faker, make, *args):
     raise RuntimeError(f"no valid value from {make.__name__}")
 
 
-def snippets(seed: int, locale_index: int, locale: str) -> list[dict]:
+def snippets(seed: int, locale_index: int, locale: str, sentences: str) -> list[dict]:
     fake = Faker(locale)
     fake.seed_instance(seed * 100 + locale_index)
     lang, region = locale[:2], locale[3:]
-    t = T[lang]
+    t = (T2 if sentences == "T2" else T)[lang]
     rows: list[tuple[str, list[str], str, dict]] = []
     name = ID_NAMES[locale]
 
@@ -474,8 +585,9 @@ def snippets(seed: int, locale_index: int, locale: str) -> list[dict]:
             "A": ("IP", draw(fake, ip)), "name": ("", name),
         }
 
-    for kind, count in (("phone", 5), ("email", 2), ("card", 2), ("iban", 2), ("id", 2),
-                        ("ip", 1), ("pair", 1)):
+    counts = (("phone", 5), ("email", 2), ("card", 2), ("iban", 2), ("id", 2), ("ip", 1),
+              ("pair", 1))
+    for kind, count in counts:
         for template in fake.random_elements(t[kind], length=count, unique=True):
             rows.append((kind, [kind], template, values()))
     for kind in fake.random_elements(list(L), length=6, unique=True):
@@ -489,9 +601,9 @@ def snippets(seed: int, locale_index: int, locale: str) -> list[dict]:
     return out
 
 
-def build(seeds: tuple[int, ...]) -> list[dict]:
+def build(seeds: tuple[int, ...], sentences: str) -> list[dict]:
     return [row for seed in seeds for index, locale in enumerate(LOCALES)
-            for row in snippets(seed, index, locale)]
+            for row in snippets(seed, index, locale, sentences)]
 
 
 def main() -> None:
@@ -499,8 +611,9 @@ def main() -> None:
     parser.add_argument("--check", action="store_true", help="compare, write nothing")
     args = parser.parse_args()
     stale = []
-    for name, seeds in SETS.items():
-        text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in build(seeds))
+    for name, (seeds, sentences) in SETS.items():
+        text = "".join(json.dumps(row, ensure_ascii=False) + "\n"
+                       for row in build(seeds, sentences))
         path = HERE / name
         if args.check:
             if not path.exists() or path.read_text(encoding="utf-8") != text:

@@ -11,7 +11,9 @@ hard negatives (snippets with no personal data) had something masked, for:
 - tests/data/pii_corpus_generated.jsonl, generated with Faker in ten locales
   (tests/data/pii_corpus_generated.make.py), with its look-alike snippets (versions,
   order numbers, ISBNs, dates, amounts, tracking numbers: no personal data);
-- tests/data/pii_corpus_heldout.jsonl, the same generator with other seeds: held out.
+- tests/data/pii_corpus_heldout.jsonl, the same generator with other seeds: held out;
+- tests/data/pii_corpus_heldout_wording.jsonl, other seeds and other sentences (some
+  without any word that names the data): held out too.
 
 ``--errors`` lists every miss and every false detection (``--corpus`` picks one).
 
@@ -44,6 +46,7 @@ CORPORA = {
     "hand-written": CORPUS,
     "generated": ROOT / "tests" / "data" / "pii_corpus_generated.jsonl",
     "held-out": ROOT / "tests" / "data" / "pii_corpus_heldout.jsonl",
+    "held-out-wording": ROOT / "tests" / "data" / "pii_corpus_heldout_wording.jsonl",
 }
 
 MESSAGE_WITH_PII = (
