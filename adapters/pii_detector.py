@@ -8,20 +8,30 @@ candidate is personal data is decided by the libraries:
   country (``Leniency.VALID``); and numbers in the national form of one of
   ``DEFAULT_PHONE_REGIONS``, which must also be grouped the way that country writes its
   numbers (``Leniency.STRICT_GROUPING``: "2024-118734" is a valid US number, but nobody
-  writes one like that). A national number written as one bare run of digits
-  (``612345678``) is only taken near a word that says it is a phone number: order and
-  customer numbers look just the same.
-- CARD: the Luhn checksum (``stdnum.luhn``), 13 to 19 digits, spaces or dashes allowed,
-  with the first digits of a card scheme.
+  writes one like that), unless a word before or after them says they are phone
+  numbers (in nine languages; the word for "number" too) or an area code stands in
+  parentheses. A national number written as one bare run of digits (``612345678``) is
+  only taken near such a word: order and customer numbers look just the same; and no
+  national number is taken right after a word naming another kind of number (order,
+  invoice, routing, IBAN...) unless a phone word stands nearer. An extension (``x41865``,
+  ``ext. 753``, ``#12``, ``Durchwahl 12``...) is part of the number. A hyphenated ISBN
+  with a valid check digit is not one.
+- CARD: the Luhn checksum (``stdnum.luhn``), 13 to 19 digits, with the prefix of a card
+  scheme at its length, written bare, in fours or in the issuer's groups (Amex 4-6-5,
+  Diners 4-6-4); not after a gift-card or voucher word.
 - IBAN: ``stdnum.iban`` (country, length, the country's format, ISO 7064 mod 97), in
-  capitals or not, grouped or not.
+  capitals or not, grouped or not; the search goes on where a valid one ended, so
+  adjacent IBANs (and cards) are each found.
 - NATIONAL_ID: the validators of ``stdnum`` for US SSN, DE Steuer-IdNr, FR NIR,
   ES DNI and NIE, IT codice fiscale, NL BSN, PL PESEL, BR CPF, IN Aadhaar, CH AHV,
-  BE national number, PT Cartão de Cidadão and NIF. Those whose own shape tells them
-  apart (letters, a fixed punctuation, a long checksum) are taken anywhere; those that
-  are a bare run of digits with a weak checksum only near their name (``BSN``, ``PESEL``).
-- IP: ``ipaddress`` (IPv4 and IPv6). Loopback and unspecified addresses and netmasks
-  identify nobody and are left alone.
+  BE national number, PT Cartão de Cidadão and NIF, SE personnummer, and a small
+  validator for UK National Insurance numbers. Those whose own shape tells them apart
+  (letters, a fixed punctuation, a long checksum) are taken anywhere; those that are a
+  bare run of digits near their name (before or after: ``BSN``, ``PESEL``), and those
+  with a fair checksum (BSN, PESEL, CPF, Steuer-ID, NIF, Belgian number) without it
+  too, unless a word nearby says they are a phone or another kind of number.
+- IP: ``ipaddress`` (IPv4 and IPv6). Loopback and unspecified addresses, netmasks and
+  versions (``version 12.17.6.20``, ``firmware 16.6.16.13``) are left alone.
 - EMAIL: a pattern (local part, ``@``, a domain of dotted labels ending in a TLD).
 
 The recognisers of each kind are in adapters/pii_recognisers.py and

@@ -5,9 +5,14 @@ Numbers in international form (``+CC`` or ``00CC``) of any country are taken whe
 for their country (``Leniency.VALID``); numbers in the national form of one of
 ``DEFAULT_PHONE_REGIONS`` must also be grouped the way that country writes its numbers
 (``Leniency.STRICT_GROUPING``: "2024-118734" is a valid US number, but nobody writes
-one like that). A national number written as one bare run of digits (``612345678``) is
-only taken near a word that says it is a phone number: order and customer numbers
-look just the same.
+one like that), unless a word before or after them says they are phone numbers
+(``phone_cue``) or their area code stands in parentheses. A national number written as
+one bare run of digits (``612345678``) is only taken near such a word: order and
+customer numbers look just the same. A national number right after a word naming
+another kind of number ("Artikelnummer", "order", "IBAN") is not taken unless a phone
+word stands nearer. An extension (``x41865``, ``ext. 753``, ``#12``, ``Durchwahl 12``,
+``poste 204``...) is masked with its number. A hyphenated ISBN with a valid check digit
+(``0-12-382057-X``) is not a phone number.
 """
 
 from __future__ import annotations

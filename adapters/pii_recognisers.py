@@ -6,17 +6,23 @@ the validator accepts (python-stdnum, ``ipaddress``); overlaps between them are 
 to ``LibraryPiiDetector``, which combines them (adapters/pii_detector.py). Phone
 numbers have a recogniser of their own (adapters/pii_phone_recogniser.py).
 
-- CARD: the Luhn checksum (``stdnum.luhn``), 13 to 19 digits, spaces or dashes allowed,
-  with the first digits of a card scheme.
+- CARD: the Luhn checksum (``stdnum.luhn``), 13 to 19 digits, with the prefix of a card
+  scheme at its length, written bare, in fours or in the issuer's groups; not after a
+  gift-card or voucher word.
 - IBAN: ``stdnum.iban`` (country, length, the country's format, ISO 7064 mod 97), in
   capitals or not, grouped or not.
-- NATIONAL_ID: the validators of ``stdnum`` (``NATIONAL_ID_FORMATS``). Those whose own
-  shape tells them apart (letters, a fixed punctuation, a long checksum) are taken
-  anywhere; those that are a bare run of digits with a weak checksum only near their
-  name (``BSN``, ``PESEL``).
-- IP: ``ipaddress`` (IPv4 and IPv6). Loopback and unspecified addresses and netmasks
-  identify nobody and are left alone.
+- NATIONAL_ID: the validators of ``stdnum`` (``NATIONAL_ID_FORMATS``) and ``nino_valid``.
+  Those whose own shape tells them apart (letters, a fixed punctuation, a long
+  checksum) are taken anywhere; those that are a bare run of digits with a weak
+  checksum only near their name (``BSN``, ``PESEL``), before or after them, or (``bare``)
+  where no word nearby says they are a phone or another kind of number.
+- IP: ``ipaddress`` (IPv4 and IPv6). Loopback and unspecified addresses, netmasks and
+  versions (after "version", "v", "firmware", "build") identify nobody and are left
+  alone.
 - EMAIL: a pattern (local part, ``@``, a domain of dotted labels ending in a TLD).
+
+The words that say what a number is (``PHONE_CUES``, ``NUMBER_WORDS``, ``NOT_PERSONAL``)
+are here too: the phone recogniser and the national ids share them.
 """
 
 from __future__ import annotations
