@@ -108,6 +108,7 @@ class PhoneRecogniser:
         offset = start - len(before)
         international = text[start:end].lstrip("(").startswith("+") or digits.startswith("00")
         cue: bool | None = None  # a word nearby says it is a phone number (looked up once)
+        lenient = False
         found = self._match_window(chunk, len(before), len(chunk) - len(after), digits,
                                    international, False)
         if not international and not any(s <= len(before) and e >= len(chunk) - len(after)
@@ -117,14 +118,19 @@ class PhoneRecogniser:
             # with its trunk prefix stands in parentheses ("(0360) 721729"), as only
             # phone numbers are written.
             cue = self._cue(text, start, end, extension_end)
-            if cue or _AREA_CODE_RE.match(text, start):
+            lenient = bool(cue or _AREA_CODE_RE.match(text, start))
+            if lenient:
                 found = self._match_window(chunk, len(before), len(chunk) - len(after),
                                            digits, international, True)
         for match_start, match_end, bare in found:
             if match_start < len(before) or match_end > len(chunk) - len(after):
                 continue  # took in a neighbour
-            if not international and other_number_before(text, offset + match_start):
-                continue  # "Artikelnummer 0815-4711-23"
+            # "Artikelnummer 0815-4711-23": a number grouped as the country does is
+            # another kind of number only right after its word ("Invoice questions:
+            # 020 7946 0959" is a phone number); others, shortly after it.
+            if not international and other_number_before(
+                    text, offset + match_start, 24 if bare or lenient else 6):
+                continue
             if bare:
                 if cue is None:
                     cue = self._cue(text, start, end, extension_end)

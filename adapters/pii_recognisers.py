@@ -390,7 +390,9 @@ def _nearest(text: str, start: int, end: int, words: re.Pattern[str],
              window: int = CONTEXT_WINDOW, after: bool = True) -> int | None:
     """How far (characters) the nearest of ``words`` is from text[start:end], within
     ``window`` before it (and after it, unless not ``after``); None if none is."""
-    distances = [start - m.end() for m in words.finditer(text, max(0, start - window), start)]
+    # (From a little further back: a word that ends within the window may begin before.)
+    distances = [start - m.end() for m in words.finditer(text, max(0, start - window - 24), start)
+                 if start - m.end() <= window]
     following = words.search(text, end, end + window) if after else None
     if following:
         distances.append(following.start() - end)
@@ -399,15 +401,17 @@ def _nearest(text: str, start: int, end: int, words: re.Pattern[str],
 
 # Before a number written in national form, words that say it is no phone number:
 # those of NOT_PERSONAL and the names of what is validated elsewhere.
-_NOT_A_PHONE = _words(NOT_PERSONAL.pattern[len("(?<!\\w)(?:"):-len(")(?!\\w)")],
-                      r"ssn", r"social security", r"iban", r"artikel\w*")
+# ("customer" and "account" not: "Customer service: 0800 123 456".)
+_NOT_A_PHONE = _words(*(word for word in NOT_PERSONAL.pattern[
+    len("(?<!\\w)(?:"):-len(")(?!\\w)")].split("|") if word not in ("customer", "account")),
+    r"ssn", r"social security", r"iban", r"artikel\w*")
 
 
-def other_number_before(text: str, start: int) -> bool:
-    """Whether a word shortly before ``start`` says the number there is another kind
-    of number ("Artikelnummer 0815-4711-23", "IBAN NL91 ABNA 0417 1643 01") and no
-    word nearer to it says it is a phone number."""
-    other = _nearest(text, start, start, _NOT_A_PHONE, 24, after=False)
+def other_number_before(text: str, start: int, window: int = 24) -> bool:
+    """Whether a word shortly (``window``) before ``start`` says the number there is
+    another kind of number ("Artikelnummer 0815-4711-23") and no word nearer to it says
+    it is a phone number."""
+    other = _nearest(text, start, start, _NOT_A_PHONE, window, after=False)
     if other is None:
         return False
     cue = _nearest(text, start, start, PHONE_CUES, after=False)
