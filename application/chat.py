@@ -168,7 +168,6 @@ class ChatService:
         self.rate_limiter = rate_limiter
         self.clock = clock
         self.policy = policy
-        self.metrics = metrics  # what batches use (live calls are measured by the model)
         self.tracer = tracer or trace.get_tracer(__name__)
         self.slots = slots or ModelSlots(rate_limiter)
         self.window = ContextWindow(policy, counter)
@@ -248,7 +247,7 @@ class ChatService:
         try:
             return await self._ask(job, plan)
         except asyncio.CancelledError:
-            if not job.landed and not self.batched(job.request):  # a batch goes on
+            if not job.landed and not job.parking:  # a batch goes on
                 self._record_in_background(self._abandoned(job))
             raise
         finally:
@@ -350,7 +349,7 @@ class ChatService:
                 worker=self.worker,
             )
             job.call_since = now.timestamp()
-        elif not self.batched(request) and conversation.pending_batch(rid) is None:
+        elif not self._parks(job) and conversation.pending_batch(rid) is None:
             # Received before (by another worker, or by this one before it
             # abandoned the call): this worker's call is the one out from now.
             conversation.take_over_call(rid, now.isoformat(), self.worker)
@@ -380,9 +379,7 @@ class ChatService:
         parked in a batch (it must not keep a lease open for hours), in this
         worker's lease otherwise. A batch request with no room left among the
         parked ones (BATCH_MAX_WAITING) is answered live."""
-        if job.parking is None:  # decided once: a conflict decides again the same way
-            job.parking = self.batches.batched(job.request) and self.batches.has_room()
-        if job.parking:
+        if self._parks(job):
             # Also when a conflict makes `_prepare` end otherwise (another worker
             # answered or parked it meanwhile), this hold is left to whoever
             # concludes the request: it is the same hold on every replica.
@@ -391,6 +388,14 @@ class ChatService:
             )
         else:
             await self.ledger.reserve(job.reservation, tokens, max_wait=self._time_left(job.request))
+
+    def _parks(self, job: _Job) -> bool:
+        """Whether the request is parked in a batch: a batch request, while there is
+        room among the parked ones; decided once (a conflict decides again the same
+        way). A batch request with no room is answered live, like any other."""
+        if job.parking is None:
+            job.parking = self.batches.batched(job.request) and self.batches.has_room()
+        return job.parking
 
     def _other_call_until(self, job: _Job, conversation: Conversation) -> float | None:
         """Until when (epoch seconds) a model call for this pending request may still
@@ -402,7 +407,7 @@ class ChatService:
         if (
             not conversation.is_pending(rid)
             or conversation.pending_batch(rid) is not None
-            or self.batched(job.request)
+            or self._parks(job)
         ):
             return None
         call = conversation.pending_call(rid)
@@ -432,7 +437,7 @@ class ChatService:
         if job.parking:
             return await self._park(job, plan)
         if plan.share is None:
-            response, _ = await self._call_once(job, plan, batched=False)
+            response, _ = await self._call_once(job, plan)
             return response
         lead = await self.sharing.lead(plan.share, partial(self._time_left, job.request))
         if lead.reply is not None:
@@ -475,7 +480,7 @@ class ChatService:
         except BudgetExceeded as error:
             log.warning("request %s refused: %s", job.request_id, error)
             return await self._fail(job, "budget_exceeded", BUDGET_EXHAUSTED)
-        response, _ = await self._call_once(job, plan, batched=False)
+        response, _ = await self._call_once(job, plan)
         return response
 
     async def _call_sharing(self, job: _Job, plan: _Plan, lead: Lead) -> ChatResponse:
@@ -485,17 +490,15 @@ class ChatService:
         response: ChatResponse | None = None
         reply: ModelReply | None = None
         try:
-            response, reply = await self._call_once(job, plan, batched=False)
+            response, reply = await self._call_once(job, plan)
             return response
         finally:
             # Not cached when the user was erased meanwhile.
             keep = response is not None and response.ok and not response.withheld
             await self.sharing.land(plan.share, lead, reply, keep)
 
-    async def _call_once(
-        self, job: _Job, plan: _Plan, batched: bool
-    ) -> tuple[ChatResponse, ModelReply | None]:
-        """Ask the model (live or in a batch) and record how it ended; the reply, if any."""
+    async def _call_once(self, job: _Job, plan: _Plan) -> tuple[ChatResponse, ModelReply | None]:
+        """Ask the model and record how it ended; the reply, if any."""
         assert plan.call is not None
         time_left = self._time_left(job.request)
         if time_left == 0:  # already past it (while following another's call, say)
@@ -504,7 +507,7 @@ class ChatService:
         try:
             try:
                 async with asyncio.timeout(time_left) as deadline:
-                    reply = await self._model_reply(job, plan, batched)
+                    reply = await self._model_reply(job, plan)
             except (TimeoutError, asyncio.CancelledError):
                 if plan.call.progress.sent:
                     # The provider may bill a call cut short: count it as its estimate.
@@ -518,35 +521,31 @@ class ChatService:
             return await self._fail(job, *self._failure_of(job, error, deadline.expired())), None
         job.landed = True
         self.ledger.settle(job.reservation, reply.prompt_tokens + reply.completion_tokens)
-        if batched:
-            self._count_batch_spending(reply)
         # A paid reply is recorded even if the caller gives up now (its partition
         # was taken away, say): whoever answers the request next finds it answered.
-        source = "batch" if batched else "model"
         recording = asyncio.ensure_future(
             self._conclude(job, partial(
-                self.recorder.reply, job.request_id, job.started, reply, source
+                self.recorder.reply, job.request_id, job.started, reply, "model"
             ))
         )
         self._recording.add(recording)
         recording.add_done_callback(self._recording.discard)
         return await asyncio.shield(recording), reply
 
-    async def _model_reply(self, job: _Job, plan: _Plan, batched: bool) -> ModelReply:
+    async def _model_reply(self, job: _Job, plan: _Plan) -> ModelReply:
+        """The live call's reply (a batch request is parked instead, `_park`, and its
+        reply recorded by a poller)."""
         assert plan.call is not None
         masked, session = await self.masking.mask(plan.call)
-        if batched:  # a batch request is parked (`_park`), its reply recorded by a poller
-            raise AssertionError("a batch request's call is never awaited here")
-        else:
-            plan.call.progress.tokens = plan.estimate  # what the rate limiter counts
-            plan.call.progress.resending = partial(self._note_late_send, job)
-            async with self.slots.slot(job.request.priority, plan.call):
-                await self._note_late_send(job)
-                plan.call.progress.sent = True
-                reply = await self.model.complete(masked)
-            self.slots.settle(plan.call, reply)
-            if reply.rate_limits is not None:
-                self.rate_limiter.observe(reply.rate_limits)
+        plan.call.progress.tokens = plan.estimate  # what the rate limiter counts
+        plan.call.progress.resending = partial(self._note_late_send, job)
+        async with self.slots.slot(job.request.priority, plan.call):
+            await self._note_late_send(job)
+            plan.call.progress.sent = True
+            reply = await self.model.complete(masked)
+        self.slots.settle(plan.call, reply)
+        if reply.rate_limits is not None:
+            self.rate_limiter.observe(reply.rate_limits)
         if session is not None:  # the user sees their own data again
             reply = replace(reply, text=session.unmask(reply.text))
         return reply
@@ -589,16 +588,6 @@ class ChatService:
             return error.error_type, error.message
         log.exception("model call failed unexpectedly for %s", job.request_id)
         return "upstream_error", UNEXPECTED
-
-    def _count_batch_spending(self, reply: ModelReply) -> None:
-        if self.metrics is None:
-            return
-        self.metrics.model_used(
-            model=reply.model, prompt_tokens=reply.prompt_tokens,
-            cached_tokens=reply.cached_tokens, completion_tokens=reply.completion_tokens,
-            cost=self.policy.prices.cost(reply.model, reply.prompt_tokens, reply.cached_tokens,
-                                         reply.completion_tokens, batch=True),
-        )
 
     # 3. Conclude -------------------------------------------------------------------
 
