@@ -18,7 +18,7 @@ import itertools
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import partial
@@ -93,31 +93,49 @@ class BudgetLedger:
         when the room stays held for max_wait (by leases of workers that stopped
         without settling, say: those count as spent once they expire).
         """
+        await self._patiently(
+            tokens, max_wait, partial(self._reserve_in_lease, reservation_id, tokens),
+            "requests in flight or by stopped workers",
+        )
+
+    async def _reserve_in_lease(self, reservation_id: str, tokens: int) -> bool | None:
+        """True once held in this worker's lease; None while the room is held."""
+        async with self._lock:
+            if reservation_id in self._leases:
+                return True
+            day = self.clock.now().date().isoformat()
+            lease = self._current
+            if lease is None or lease.day != day or lease.free < tokens or self._expired(lease):
+                if lease is not None:
+                    self._retire(lease)
+                await self.flush()
+                try:
+                    lease = await self._open_lease(day, tokens)
+                except BudgetBusy:
+                    lease = None
+                self._current = lease
+            if lease is None:
+                return None
+            lease.held[reservation_id] = tokens
+            self._leases[reservation_id] = lease
+            return True
+
+    async def _patiently(
+        self, tokens: int, max_wait: float | None, attempt: Callable[[], Awaitable[T | None]],
+        holders: str,
+    ) -> T:
+        """`attempt` until it gives a result, waiting (20 ms, doubling to 1 s) while
+        the room is held; BudgetExceeded once it has been held for max_wait."""
         wait, waited = 0.02, 0.0
         patience = self.max_wait if max_wait is None else max_wait
         while True:
-            async with self._lock:
-                if reservation_id in self._leases:
-                    return
-                day = self.clock.now().date().isoformat()
-                lease = self._current
-                if lease is None or lease.day != day or lease.free < tokens or self._expired(lease):
-                    if lease is not None:
-                        self._retire(lease)
-                    await self.flush()
-                    try:
-                        lease = await self._open_lease(day, tokens)
-                    except BudgetBusy:
-                        lease = None
-                    self._current = lease
-                if lease is not None:
-                    lease.held[reservation_id] = tokens
-                    self._leases[reservation_id] = lease
-                    return
+            outcome = await attempt()
+            if outcome is not None:
+                return outcome
             if waited >= patience:
                 raise BudgetExceeded(
                     f"{tokens} tokens requested; the rest of today's budget has been held "
-                    f"for {waited:.0f}s by requests in flight or by stopped workers"
+                    f"for {waited:.0f}s by {holders}"
                 )
             await asyncio.sleep(wait)
             waited += wait
@@ -160,22 +178,13 @@ class BudgetLedger:
         the budget, not one conflict after another). Waits while holds of
         requests in flight fill the budget, as `reserve`.
         """
-        wait, waited = 0.02, 0.0
-        patience = self.max_wait if max_wait is None else max_wait
-        while True:
+        async def attempt() -> str | None:
             outcome = await self._hold_with_others(reservation_id, tokens)
-            if isinstance(outcome, str):
-                return outcome
             if isinstance(outcome, BudgetExceeded):
                 raise outcome
-            if waited >= patience:
-                raise BudgetExceeded(
-                    f"{tokens} tokens requested; the rest of today's budget has been held "
-                    f"for {waited:.0f}s by requests in flight"
-                )
-            await asyncio.sleep(wait)
-            waited += wait
-            wait = min(wait * 2, 1.0)
+            return outcome if isinstance(outcome, str) else None
+
+        return await self._patiently(tokens, max_wait, attempt, "requests in flight")
 
     async def _hold_with_others(self, reservation_id: str, tokens: int) -> str | Exception:
         """The day the hold is in, or why not (BudgetBusy, BudgetExceeded)."""

@@ -17,7 +17,7 @@ import pytest
 
 from devkit.embedded_broker import free_loopback_port
 from tests.support.records import private_topics, produce, read
-from tests.support.worker import WorkerProcess
+from tests.support.worker import WorkerProcess, start_together
 
 pytestmark = pytest.mark.integration
 
@@ -185,21 +185,8 @@ def test_replicas_started_at_once_on_an_empty_database_all_come_up(
         "LOG_LEVEL": "INFO",
     }
     workers = [WorkerProcess(env, tmp_path / f"worker-{n}.log") for n in range(3)]
-    errors: list[BaseException] = []
-
-    def start(worker: WorkerProcess) -> None:
-        try:
-            worker.start()  # returns once the worker logged "assigned ["
-        except BaseException as error:
-            errors.append(error)
-
-    starting = [threading.Thread(target=start, args=(w,)) for w in workers]
     try:
-        for thread in starting:
-            thread.start()
-        for thread in starting:
-            thread.join(120)
-        assert not errors, errors
+        start_together(workers, 120)
         for worker in workers:
             assert worker.process is not None and worker.process.poll() is None, worker.log()
             assert "Traceback" not in worker.log() and "IntegrityError" not in worker.log()

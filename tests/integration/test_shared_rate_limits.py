@@ -11,14 +11,13 @@ from __future__ import annotations
 import json
 import os
 import signal
-import threading
 import time
 
 import pytest
 import redis
 
 from tests.support.records import private_topics, produce, read
-from tests.support.worker import WorkerProcess
+from tests.support.worker import WorkerProcess, start_together
 
 pytestmark = pytest.mark.integration
 
@@ -74,21 +73,8 @@ def test_three_replicas_stay_within_the_limits_together(
         REQUESTS_PER_MINUTE="0", TOKENS_PER_MINUTE="1500", MAX_TOKENS="60",
     )
     workers = calls_workers + tokens_workers
-    errors: list[BaseException] = []
-
-    def start(worker: WorkerProcess) -> None:
-        try:
-            worker.start()  # returns once the worker logged "assigned ["
-        except BaseException as error:
-            errors.append(error)
-
-    starting = [threading.Thread(target=start, args=(w,)) for w in workers]
     try:
-        for thread in starting:
-            thread.start()
-        for thread in starting:
-            thread.join(180)
-        assert not errors, errors
+        start_together(workers, 180)
         time.sleep(3)  # the groups settle before the records come
 
         keys = {

@@ -225,3 +225,22 @@ class WorkerProcess:
                 break
             time.sleep(0.1)
         raise AssertionError(f"worker never logged {text!r}:\n{self.log()[-3000:]}")
+
+
+def start_together(workers: list[WorkerProcess], timeout: float) -> None:
+    """Start the workers at once (as replicas of a Deployment do); returns once
+    each logged its first assignment, raises what any start raised."""
+    errors: list[BaseException] = []
+
+    def start(worker: WorkerProcess) -> None:
+        try:
+            worker.start()  # returns once the worker logged "assigned ["
+        except BaseException as error:
+            errors.append(error)
+
+    starting = [threading.Thread(target=start, args=(w,)) for w in workers]
+    for thread in starting:
+        thread.start()
+    for thread in starting:
+        thread.join(timeout)
+    assert not errors, errors
