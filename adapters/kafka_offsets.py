@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import itertools
 import threading
+import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
+
+STOP_CHECK_INTERVAL = 0.5  # seconds between looks at `stopping` while waiting
 
 TopicPartitionKey = tuple[str, int]
 
@@ -79,17 +83,23 @@ class OffsetTracker:
             if not state.pending:
                 self._finished.notify_all()
 
-    def wait_finished(self, partitions: list[TopicPartitionKey], timeout: float) -> bool:
-        """Wait until every fetched record of these partitions is finished."""
+    def wait_finished(
+        self,
+        partitions: list[TopicPartitionKey],
+        timeout: float,
+        stopping: Callable[[], bool] = lambda: False,
+    ) -> bool:
+        """Wait until every fetched record of these partitions is finished, for at
+        most `timeout` seconds, and no longer once `stopping` says so."""
+        deadline = time.monotonic() + timeout
         with self._lock:
-            return self._finished.wait_for(
-                lambda: all(
-                    not self._partitions[tp].pending
-                    for tp in partitions
-                    if tp in self._partitions
-                ),
-                timeout,
-            )
+            while True:
+                if all(not self._partitions[tp].pending for tp in partitions if tp in self._partitions):
+                    return True
+                left = deadline - time.monotonic()
+                if left <= 0 or stopping():
+                    return False
+                self._finished.wait(min(left, STOP_CHECK_INTERVAL))
 
     def is_current(self, tp: TopicPartitionKey, epoch: int | None) -> bool:
         with self._lock:

@@ -130,6 +130,7 @@ class SlidingWindowRateLimiter:
         if self.per_minute <= 0 and self.tokens_per_minute <= 0:
             admission.counted = False  # nothing to hold: nothing kept
             return admission
+        self._expire(admission.at)  # what left the window goes (only a minute is kept)
         self._calls.append(admission)
         self._tokens += admission.tokens
         return admission

@@ -514,7 +514,10 @@ class ChatService:
                     self.ledger.settle(job.reservation, plan.estimate)
                 raise
         except _TakenOver:
-            self.ledger.release(job.reservation)
+            if plan.call.progress.sent:  # an earlier attempt went out: it may be billed
+                self.ledger.settle(job.reservation, plan.estimate)
+            else:
+                self.ledger.release(job.reservation)
             raise
         except Exception as error:
             self.ledger.release(job.reservation)

@@ -356,7 +356,11 @@ class KafkaWorker:
         # new owner waits for their outcome instead of paying the model again.
         # (When the worker is stopping, its runners have finished or been cancelled.)
         grace = 0.0 if self._stop.is_set() else revoke_grace(self.settings)
-        self._commits.commit_revoked(consumer, [(p.topic, p.partition) for p in partitions], grace)
+        # A worker told to stop meanwhile stops waiting: its own shutdown gives the
+        # calls SHUTDOWN_TIMEOUT, within the pod's termination grace.
+        self._commits.commit_revoked(
+            consumer, [(p.topic, p.partition) for p in partitions], grace, self._stopping
+        )
         self._loop.call_soon_threadsafe(self._lanes.abandon)
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:

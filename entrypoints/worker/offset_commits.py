@@ -4,6 +4,7 @@ finished (answered and all it produced delivered) is committed."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
@@ -25,11 +26,15 @@ class OffsetCommits:
         self._commit(consumer, self.offsets.to_commit(), asynchronous)
 
     def commit_revoked(
-        self, consumer: Consumer, revoked: list[TopicPartitionKey], grace: float
+        self,
+        consumer: Consumer,
+        revoked: list[TopicPartitionKey],
+        grace: float,
+        stopping: Callable[[], bool] = lambda: False,
     ) -> None:
         """Partitions being revoked: let their records in flight finish first (for
         up to `grace` seconds), then commit them and forget the partitions."""
-        if not self.offsets.wait_finished(revoked, grace) and grace:
+        if not self.offsets.wait_finished(revoked, grace, stopping) and grace:
             log.warning("records of revoked partitions still in flight after %.0fs", grace)
         self._commit(consumer, self.offsets.revoke(revoked), asynchronous=False)
 

@@ -89,6 +89,9 @@ class Repartitioner:
     def _run(self) -> None:
         settings = self.settings
         producer = Producer({
+            # A transaction takes seconds at most: one a crashed process left open
+            # holds the partitions' readers back this long (librdkafka: 60 s).
+            "transaction.timeout.ms": 10_000,
             **producer_config(settings.KAFKA, largest_record(settings)),
             # Unique per process: a restarted process in the same pod (pid 1 again)
             # takes over, and aborts, what its predecessor left open.

@@ -62,3 +62,17 @@ def test_waiting_for_a_partition_to_finish():
     assert not tracker.wait_finished([TP], 0.05)
     threading.Timer(0.05, tracker.finish, (TP, 1, epoch)).start()
     assert tracker.wait_finished([TP], 5)
+
+
+def test_a_worker_told_to_stop_stops_waiting_for_a_revoked_partition():
+    import threading
+    import time
+
+    tracker = OffsetTracker()
+    tracker.assign([TP])
+    tracker.add(TP, 1)
+    stop = threading.Event()
+    threading.Timer(0.2, stop.set).start()
+    began = time.monotonic()
+    assert not tracker.wait_finished([TP], 60, stop.is_set)
+    assert time.monotonic() - began < 2  # not the whole minute: its shutdown takes over

@@ -114,3 +114,14 @@ async def test_a_reply_using_less_than_its_worst_case_frees_tokens_at_once():
     limiter.settle(first, 10)
     await asyncio.wait_for(waiting, 1)
     assert limiter.tokens_in_window == 60
+
+
+def test_calls_counted_for_the_shared_limits_are_kept_for_a_minute_only():
+    """The Redis limiter records every call it lets through here too (its share
+    during an outage): a day of calls must not pile up."""
+    time = FakeTime()
+    limiter = SlidingWindowRateLimiter(30, tokens_per_minute=1000, monotonic=time.monotonic, sleep=time.sleep)
+    for _ in range(10_000):
+        limiter.record(5)
+        time.now += 1
+    assert len(limiter._calls) <= 61 and limiter._tokens <= 61 * 5
