@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
 import json
 import logging
@@ -98,6 +99,7 @@ class OpenAIModel:
         max_connections: int = 1000,
     ) -> None:
         self.key_source = StaticSecret(api_key) if isinstance(api_key, str) else api_key
+        self.timeout = timeout
         limits = httpx2.Limits(
             max_connections=max_connections, max_keepalive_connections=max_connections
         )
@@ -112,11 +114,17 @@ class OpenAIModel:
     async def complete(self, call: ModelCall) -> ModelReply:
         body = chat_body(call)
         try:
-            response = await self._post(body)
+            # The SDK's timeout bounds each phase (a pooled connection, connecting,
+            # each read); this bounds the whole attempt, as those waiting for it
+            # (another replica, after a rebalance) count on.
+            async with asyncio.timeout(self.timeout):
+                response = await self._post(body)
             reply = reply_from_completion(json.loads(response.content), call.model)
             return replace(reply, rate_limits=rate_limit_status(response.headers))
         except openai.OpenAIError as error:
             raise translate(error, call.model) from None
+        except TimeoutError:
+            raise ModelError("upstream_error", "The model did not answer in time.", True) from None
         except (ValueError, KeyError, IndexError, TypeError, AttributeError):
             log.warning("unreadable completion from the model provider")
             raise ModelError(

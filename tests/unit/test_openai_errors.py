@@ -50,3 +50,26 @@ def test_a_403_refusing_the_account_pauses(body):
 def test_a_403_about_one_request_or_one_model_is_that_requests_error_and_pauses_nothing(body, error_type):
     mapped = translate(forbidden(body), "gpt-4o-mini")
     assert (mapped.pause, mapped.error_type, mapped.retryable) == (None, error_type, False)
+
+
+async def test_one_attempt_ends_at_the_timeout_whatever_part_of_it_is_slow():
+    """The SDK's timeout bounds each phase; a body trickling in slower than that
+    still ends the attempt at TIMEOUT, as other replicas waiting for it assume."""
+    import asyncio
+    import time
+
+    from adapters.openai_model import OpenAIModel
+    from application.ports import ChatMessage, ModelCall, ModelError
+
+    model = OpenAIModel("key", base_url="http://127.0.0.1:9", timeout=0.2)
+
+    async def trickling(body):
+        await asyncio.sleep(5)
+
+    model._post = trickling  # type: ignore[method-assign]
+    began = time.monotonic()
+    with pytest.raises(ModelError) as caught:
+        await model.complete(ModelCall("gpt-4o-mini", [ChatMessage("user", "hi")], 10, 0.7))
+    assert time.monotonic() - began < 1.5
+    assert caught.value.error_type == "upstream_error" and caught.value.retryable
+    await model.close()
