@@ -109,6 +109,10 @@ class BatchAnswers:
         self._submitting = 0
         # Outcomes this replica recorded whose response is not delivered yet.
         self._owned: dict[str, ChatResponse] = {}
+        # Requests whose response this replica delivered and whose batch has not
+        # recorded it yet (that write failed): marked at the next poll, never
+        # delivered again. Custom id -> batch id.
+        self._unmarked: dict[str, str] = {}
         # The outcomes of the latest batches seen ended, while some of their
         # requests are still to be answered.
         self._ended: dict[str, tuple[str, dict[str, ModelReply | ModelError]]] = {}
@@ -245,20 +249,28 @@ class BatchAnswers:
         responses. The number of responses this replica delivered."""
         if self.collector is None or self.parked is None:
             return 0
+        # Outcomes recorded since the poll started are not this poll's to redeliver
+        # (DELIVERY_GRACE), however long it takes.
+        poll_started = self.clock.now()
         index = await self.parked.change(PARKED_INDEX_ID, _open_batches, create=ParkedBatches)
         self.parked_seen = sum(index.values())
         delivered = 0
         for batch_id in index:
             try:
-                delivered += await self._poll_batch(batch_id, deliver)
+                delivered += await self._poll_batch(batch_id, deliver, poll_started)
             except Exception:  # one batch must not stop the others' answers
                 log.exception("batch %s could not be polled this time", batch_id)
         return delivered
 
-    async def _poll_batch(self, batch_id: str, deliver: Deliver) -> int:
+    async def _poll_batch(self, batch_id: str, deliver: Deliver, poll_started: datetime) -> int:
         assert self.collector is not None and self.parked is not None
         batch: ParkedBatch = await self.parked.change(parked_batch_id(batch_id), _unchanged_self)
         waiting = batch.undelivered()
+        for custom_id, of_batch in list(self._unmarked.items()):
+            if of_batch == batch_id and custom_id not in waiting:  # marked meanwhile
+                del self._unmarked[custom_id]
+        # Delivered by this replica already: only its mark is still to be written.
+        unmarked = [custom_id for custom_id in waiting if custom_id in self._unmarked]
         results: dict[str, ModelReply | ModelError] | None = None
         status = "open"
         ended = self._ended.get(batch_id)
@@ -281,6 +293,8 @@ class BatchAnswers:
         due = []
         for custom_id, entry in waiting.items():
             deadline = entry.get("deadline")
+            if custom_id in self._unmarked:
+                continue
             if results is not None:
                 due.append((custom_id, entry, results.get(custom_id) or ModelError(
                     "upstream_error", NO_ANSWER)))
@@ -291,13 +305,14 @@ class BatchAnswers:
         verdicts: list[_Verdict] = []
         for start in range(0, len(due), CONCLUDED_AT_ONCE):
             verdicts += await asyncio.gather(*(
-                self._conclude(batch_id, custom_id, entry, outcome, started)
+                self._conclude(batch_id, custom_id, entry, outcome, started, poll_started)
                 for custom_id, entry, outcome in due[start:start + CONCLUDED_AT_ONCE]
             ))
         delivered = await self._hand_out(
-            [v for v in verdicts if v.response is not None], results is not None, deliver
+            batch_id, [v for v in verdicts if v.response is not None], results is not None,
+            deliver,
         )
-        finished = [verdict.custom_id for verdict in verdicts if verdict.done]
+        finished = unmarked + [verdict.custom_id for verdict in verdicts if verdict.done]
         if finished or not waiting:
             at = iso_timestamp_of(self.clock.now())
             closed = await self.parked.change(
@@ -305,6 +320,7 @@ class BatchAnswers:
             )
             for custom_id in finished:
                 self._owned.pop(custom_id, None)
+                self._unmarked.pop(custom_id, None)
             if closed:
                 self._ended.pop(batch_id, None)
                 await self.parked.change(PARKED_INDEX_ID, partial(_unlist, batch_id))
@@ -313,7 +329,7 @@ class BatchAnswers:
 
     async def _conclude(
         self, batch_id: str, custom_id: str, entry: dict[str, Any],
-        outcome: ModelReply | ModelError | None, started: float,
+        outcome: ModelReply | ModelError | None, started: float, poll_started: datetime,
     ) -> _Verdict:
         """Record the request's outcome on its conversation, unless it was recorded
         (by another replica, say) or is not this batch's to give."""
@@ -349,7 +365,9 @@ class BatchAnswers:
                 verdict.done = True  # never received here: nothing to answer
                 return
             ended = recorded.answered_at if isinstance(recorded, Answer) else recorded.failed_at
-            age = self.clock.now().timestamp() - datetime.fromisoformat(
+            # Measured from the poll's start: what another replica recorded (and
+            # delivered) while this poll went on is not this poll's to deliver.
+            age = poll_started.timestamp() - datetime.fromisoformat(
                 ended.replace("Z", "+00:00")).timestamp()
             if age > DELIVERY_GRACE:  # its recorder stopped before delivering it
                 verdict.response = ChatResponse.of(recorded)
@@ -366,10 +384,13 @@ class BatchAnswers:
                 self._count_spending(verdict.reply)
         return verdict
 
-    async def _hand_out(self, ready: list[_Verdict], batch_ended: bool, deliver: Deliver) -> int:
+    async def _hand_out(
+        self, batch_id: str, ready: list[_Verdict], batch_ended: bool, deliver: Deliver
+    ) -> int:
         """Settle the requests' holds (once, whoever does it; one write of each
         day's budget) and deliver their responses; how many were delivered. What
-        fails (the store, the broker) is tried again at the next poll."""
+        fails (the store, the broker) is tried again at the next poll; a response
+        delivered is not delivered again, even if its batch's mark of it fails."""
         assert self.ledger is not None
         by_day: dict[str, dict[str, int | None]] = {}
         for verdict in ready:
@@ -400,6 +421,8 @@ class BatchAnswers:
                 log.warning("the answer to a batch request could not be delivered yet: %s", outcome)
                 continue
             verdict.done = True
+            self._owned.pop(verdict.custom_id, None)
+            self._unmarked[verdict.custom_id] = batch_id
             delivered += 1
         return delivered
 

@@ -4,8 +4,9 @@ sent as one batch per model.
 Once the provider has created a batch, `on_created` records which requests it
 holds (the tickets given with each call) before any caller learns the batch's
 id; from then on the batch is found in the store and polled by any replica (see
-application.batch_answers). A request withdrawn before its batch is sent leaves
-nothing behind.
+application.batch_answers). A batch that exists is billed: recording it is tried
+again until it is, never given up. A request withdrawn before its batch is sent
+leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -22,6 +23,10 @@ log = logging.getLogger(__name__)
 
 # OpenAI takes batch input files of up to 200 MB: a batch is sent before it gets near.
 MAX_BATCH_BYTES = 150 * 1024 * 1024
+# A created batch that could not be recorded is recorded again after this wait
+# (seconds), doubling up to the longest.
+RECORD_FIRST_WAIT = 0.5
+RECORD_LONGEST_WAIT = 30.0
 
 
 @dataclass
@@ -33,7 +38,8 @@ class _Entry:
 
 
 # Called with (batch id, model, [(custom id, ticket)]) once a batch exists and
-# before its callers learn its id; raising fails them all.
+# before its callers learn its id; called again while it raises (it must be
+# idempotent): the batch exists, so its callers wait for it to be recorded.
 OnCreated = Callable[[str, str, list[tuple[str, Any]]], Awaitable[None]]
 
 
@@ -152,17 +158,24 @@ class BatchCollector:
             else:
                 entry.sent.set_result(outcome)
 
-    async def _created(self, batch_id: str, entries: list[_Entry]) -> str | ModelError:
-        """The batch's id once on_created has recorded it; an error when it could not."""
+    async def _created(self, batch_id: str, entries: list[_Entry]) -> str:
+        """The batch's id once on_created has recorded it. The batch exists and is
+        billed, so its requests never fail for want of its record: recording it is
+        tried again (the store's outages are waited out, as everywhere) until it
+        is recorded, or until the collector closes."""
         if self.on_created is None:
             return batch_id
-        try:
-            await self.on_created(batch_id, entries[0].call.model,
-                                  [(e.custom_id, e.ticket) for e in entries])
-        except Exception:
-            log.exception("batch %s could not be recorded; its requests fail", batch_id)
-            return ModelError("upstream_error", "The batch could not be recorded.", True)
-        return batch_id
+        wait = RECORD_FIRST_WAIT
+        while True:
+            try:
+                await self.on_created(batch_id, entries[0].call.model,
+                                      [(e.custom_id, e.ticket) for e in entries])
+                return batch_id
+            except Exception:
+                log.exception("batch %s could not be recorded yet; trying again in %.1fs",
+                              batch_id, wait)
+            await asyncio.sleep(wait)
+            wait = min(wait * 2, RECORD_LONGEST_WAIT)
 
     async def close(self) -> None:
         """Stop collecting (batches go on at the provider; they are found again in

@@ -6,7 +6,8 @@ records it, at half the price."""
 
 import asyncio
 
-from application.batch_answers import DELIVERY_GRACE, BatchAnswers
+from application.batch_answers import DELIVERY_GRACE, BatchAnswers, _delivered
+from application import batching
 from application.batching import BatchCollector
 from application.chat_policy import ChatPolicy
 from application.contract import ChatResponse
@@ -324,3 +325,81 @@ async def test_a_request_an_older_version_left_waiting_in_its_batch_is_adopted_a
     await service.batches.poll(delivered)
     assert delivered.keys == ["old-1"] and delivered.responses[0][1].text == "answer to from before"
     assert parked_index(service).open == {}
+
+
+async def test_a_delivered_answer_whose_mark_failed_is_marked_later_never_delivered_again():
+    model = FakeModel()
+    batches = FakeBatchModel(model)
+    service = batch_service(batches, model)
+    assert (await service.handle(ask("r1", "hello", batch=True))).parked
+    await batches.finish("batch_1")
+    parked = service.batches.parked
+    change = parked.change
+    failed = []
+
+    async def failing_marks(aggregate_id, decide, *args, **kwargs):
+        if getattr(decide, "func", None) is _delivered and not failed:
+            failed.append(aggregate_id)
+            raise TimeoutError("the store did not answer")
+        return await change(aggregate_id, decide, *args, **kwargs)
+
+    parked.change = failing_marks
+    delivered = Delivered()
+    await service.batches.poll(delivered)
+    assert delivered.keys == ["r1"] and failed  # delivered, not marked
+    assert await service.batches.poll(delivered) == 0
+    assert delivered.keys == ["r1"]
+    assert parked_batch(service, "batch_1").closed and parked_index(service).open == {}
+
+
+async def test_an_answer_recorded_during_a_long_poll_is_not_redelivered_by_that_poll():
+    model = FakeModel()
+    batches = FakeBatchModel(model)
+    clock = FixedClock()
+    service = batch_service(batches, model, clock=clock)
+    assert (await service.handle(ask("r1", "hello", batch=True))).parked
+    await batches.finish("batch_1")
+
+    async def broken(request_id, response):
+        raise RuntimeError("not yet")
+
+    await service.batches.poll(broken)  # recorded now, its delivery under way
+    other = batch_service(batches, model, records=service.records, clock=clock)
+    change = other.batches.conversations.change
+
+    async def slow(*args, **kwargs):  # the poll goes on past DELIVERY_GRACE
+        clock.advance(seconds=DELIVERY_GRACE + 1)
+        return await change(*args, **kwargs)
+
+    other.batches.conversations.change = slow
+    delivered = Delivered()
+    await other.batches.poll(delivered)
+    assert delivered.responses == []  # recorded when this poll started: not old
+
+
+async def test_a_batch_created_but_not_recorded_at_first_is_recorded_and_keeps_its_hold(monkeypatch):
+    monkeypatch.setattr(batching, "RECORD_FIRST_WAIT", 0.01, raising=False)
+    model = FakeModel()
+    batches = FakeBatchModel(model)
+    service = batch_service(batches, model)
+    parked = service.batches.parked
+    change = parked.change
+    failures = []
+
+    async def failing_once(aggregate_id, *args, **kwargs):
+        if aggregate_id != PARKED_INDEX_ID and not failures:
+            failures.append(aggregate_id)
+            raise RuntimeError("the store refused the write")
+        return await change(aggregate_id, *args, **kwargs)
+
+    parked.change = failing_once
+    response = await service.handle(ask("r1", "later is fine", batch=True))
+
+    # The batch exists and is billed: its request stays parked, its hold held.
+    assert failures and response.parked and len(batches.batches) == 1
+    [entry] = parked_batch(service, "batch_1").requests.values()
+    assert budget(service).reservations == {entry["hold"]: entry["tokens"]}
+    assert parked_index(service).open == {"batch_1": 1}
+    await batches.finish("batch_1")
+    delivered = Delivered()
+    assert await service.batches.poll(delivered) == 1 and budget(service).reservations == {}
