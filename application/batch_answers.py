@@ -65,6 +65,9 @@ class BatchHold:
     reservation: str
     day: str
     tokens: int
+    # Whether this request's own try made the hold (False: another replica's try
+    # of the same request had held it already, and may still need it).
+    made: bool = False
 
 
 @dataclass
@@ -144,14 +147,19 @@ class BatchAnswers:
         replica, and nothing of the user (request ids are producers' keys)."""
         return "batch:" + hashlib.sha256(f"{cid}/{request_id}".encode()).hexdigest()[:32]
 
-    async def hold(self, cid: UUID, request_id: str, tokens: int, max_wait: float | None) -> BatchHold:
-        """Hold a batch request's worst case apart in today's budget (BudgetExceeded)."""
+    async def hold(
+        self, cid: UUID, request_id: str, tokens: int, max_wait: float | None,
+        day: str | None = None,
+    ) -> BatchHold:
+        """Hold a batch request's worst case apart in today's budget, or in `day`'s
+        (where an earlier try held it: a retry after midnight keeps its day).
+        BudgetExceeded when there is no room."""
         assert self.ledger is not None
         reservation = self.hold_id(cid, request_id)
         # Not for as long as a batch request may wait (a day): its lane waits meanwhile.
         patience = self.ledger.max_wait if max_wait is None else min(max_wait, self.ledger.max_wait)
-        day = await self.ledger.hold_apart(reservation, tokens, max_wait=patience)
-        return BatchHold(reservation, day, tokens)
+        held_in, made = await self.ledger.take_apart(reservation, tokens, max_wait=patience, day=day)
+        return BatchHold(reservation, held_in, tokens, made)
 
     async def give_back(self, hold: BatchHold) -> None:
         """Release a hold whose request ended without being parked."""

@@ -29,6 +29,8 @@ from domain.token_budget import SERVICE_SCOPE, BudgetBusy, BudgetExceeded, Token
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+# A hold apart: (the day it is in, whether this write made it), or why not.
+_Held = tuple[str, bool] | Exception
 
 
 @dataclass
@@ -79,8 +81,9 @@ class BudgetLedger:
         self._spent: list[_Lease] = []  # retired, every request ended, not yet written
         self._lock = asyncio.Lock()
         self._flushing = asyncio.Lock()
-        # Holds apart waiting for the next write of the budget, and that write.
-        self._apart: list[tuple[str, int, asyncio.Future[str | Exception]]] = []
+        # Holds apart waiting for the next write of their day's budget (None:
+        # today's), and that write.
+        self._apart: list[tuple[str, int, str | None, asyncio.Future[_Held]]] = []
         self._holding: asyncio.Future[None] | None = None
         self.leases_opened = 0
 
@@ -166,10 +169,12 @@ class BudgetLedger:
     # Holds apart from the leases: a batch request's worst case, for up to a day --
 
     async def hold_apart(
-        self, reservation_id: str, tokens: int, max_wait: float | None = None
+        self, reservation_id: str, tokens: int, max_wait: float | None = None,
+        day: str | None = None,
     ) -> str:
-        """Reserve tokens directly in today's TokenBudget, outside any lease, for a
-        request answered hours later (a Batch API request); the day it is held in.
+        """Reserve tokens directly in today's TokenBudget (or `day`'s: a hold
+        taken again keeps its first day), outside any lease, for a request
+        answered hours later (a Batch API request); the day it is held in.
 
         Such a hold never expires and never keeps a lease open: it is settled or
         released (`conclude_apart`) on its own, by whichever replica concludes the
@@ -178,18 +183,28 @@ class BudgetLedger:
         the budget, not one conflict after another). Waits while holds of
         requests in flight fill the budget, as `reserve`.
         """
-        async def attempt() -> str | None:
-            outcome = await self._hold_with_others(reservation_id, tokens)
+        held_in, _ = await self.take_apart(reservation_id, tokens, max_wait, day)
+        return held_in
+
+    async def take_apart(
+        self, reservation_id: str, tokens: int, max_wait: float | None = None,
+        day: str | None = None,
+    ) -> tuple[str, bool]:
+        """`hold_apart`: the day it is held in, and whether this call made the hold
+        (False: it was held already, by another replica for the same request, say)."""
+        async def attempt() -> tuple[str, bool] | None:
+            outcome = await self._hold_with_others(reservation_id, tokens, day)
             if isinstance(outcome, BudgetExceeded):
                 raise outcome
-            return outcome if isinstance(outcome, str) else None
+            return outcome if isinstance(outcome, tuple) else None
 
         return await self._patiently(tokens, max_wait, attempt, "requests in flight")
 
-    async def _hold_with_others(self, reservation_id: str, tokens: int) -> str | Exception:
-        """The day the hold is in, or why not (BudgetBusy, BudgetExceeded)."""
-        future: asyncio.Future[str | Exception] = asyncio.get_running_loop().create_future()
-        self._apart.append((reservation_id, tokens, future))
+    async def _hold_with_others(self, reservation_id: str, tokens: int, day: str | None) -> _Held:
+        """(the day the hold is in, whether made now), or why not (BudgetBusy,
+        BudgetExceeded)."""
+        future: asyncio.Future[_Held] = asyncio.get_running_loop().create_future()
+        self._apart.append((reservation_id, tokens, day, future))
         if self._holding is None or self._holding.done():
             self._holding = asyncio.ensure_future(self._hold_waiting())
         return await asyncio.shield(future)
@@ -197,28 +212,37 @@ class BudgetLedger:
     async def _hold_waiting(self) -> None:
         while self._apart:
             taken, self._apart = self._apart, []
-            day = self.clock.now().date().isoformat()
-            outcomes: dict[str, str | Exception] = {}
+            today = self.clock.now().date().isoformat()
+            by_day: dict[str, list[tuple[str, int, asyncio.Future[_Held]]]] = {}
+            for reservation_id, tokens, day, future in taken:
+                by_day.setdefault(day or today, []).append((reservation_id, tokens, future))
+            for day, of_day in by_day.items():
+                await self._hold_in(day, of_day)
 
-            def decide(budget: TokenBudget) -> None:
-                outcomes.clear()  # decided again after a conflict
-                for reservation_id, tokens, _ in taken:
-                    try:
-                        budget.reserve(reservation_id, tokens, self.daily_limit)
-                        outcomes[reservation_id] = day
-                    except (BudgetBusy, BudgetExceeded) as refused:
-                        outcomes[reservation_id] = refused
+    async def _hold_in(self, day: str, taken: list[tuple[str, int, asyncio.Future[_Held]]]) -> None:
+        """One write of a day's budget for the holds apart waiting for it."""
+        outcomes: dict[str, _Held] = {}
 
-            try:
-                await self._change_budget(day, decide)
-            except Exception as error:  # the store: each caller's own retries decide
-                for _, _, future in taken:
-                    if not future.done():
-                        future.set_exception(error)
-                continue
-            for reservation_id, _, future in taken:
+        def decide(budget: TokenBudget) -> None:
+            outcomes.clear()  # decided again after a conflict
+            for reservation_id, tokens, _ in taken:
+                held = reservation_id in budget.reservations
+                try:
+                    budget.reserve(reservation_id, tokens, self.daily_limit)
+                    outcomes[reservation_id] = (day, not held)
+                except (BudgetBusy, BudgetExceeded) as refused:
+                    outcomes[reservation_id] = refused
+
+        try:
+            await self._change_budget(day, decide)
+        except Exception as error:  # the store: each caller's own retries decide
+            for _, _, future in taken:
                 if not future.done():
-                    future.set_result(outcomes[reservation_id])
+                    future.set_exception(error)
+            return
+        for reservation_id, _, future in taken:
+            if not future.done():
+                future.set_result(outcomes[reservation_id])
 
     async def conclude_apart(self, day: str, used: dict[str, int | None]) -> None:
         """Settle holds apart of one day with the tokens their requests used (None:

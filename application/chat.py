@@ -202,6 +202,9 @@ class ChatService:
                     self.compactor.saved(plan.summarised)
                 if plan.response is not None:
                     if plan.sent_in_batch is not None:  # parked already: is its batch polled?
+                        # A hold this job took is that request's own (the same id):
+                        # its batch concludes it.
+                        job.batch_hold = None
                         await self.batches.adopt(
                             job.cid, job.request_id, plan.sent_in_batch, request.deadline
                         )
@@ -215,6 +218,11 @@ class ChatService:
             # Whatever happened (an error, a cancellation at shutdown), a hold
             # still open is given back; a settled one is not touched again.
             self.ledger.release(job.reservation)
+            if job.batch_hold is not None and job.batch_hold.made:
+                # Held apart by this job and not handed to a batch: a conflict
+                # made `_prepare` end otherwise (another replica answered the
+                # request), or it failed before parking. Nobody else concludes it.
+                self._record_in_background(self._give_back(job.batch_hold))
 
     async def _plan(self, job: _Job) -> _Plan:
         """`_prepare`d; while another worker's model call for the request may still
@@ -272,6 +280,12 @@ class ChatService:
             await self.conversations.change(job.cid, record)
         except Exception:  # then the next owner waits for the call's time to be up
             log.warning("could not record that the call for %s was abandoned", job.request_id)
+
+    async def _give_back(self, hold: BatchHold) -> None:
+        try:
+            await self.batches.give_back(hold)
+        except Exception as error:  # the store is down: the hold stays for the day
+            log.warning("could not give back a batch request's budget hold: %s", error)
 
     def _record_in_background(self, work: Any) -> None:
         """Recording that outlives a cancelled request; `close` waits for it."""
@@ -380,12 +394,20 @@ class ChatService:
         worker's lease otherwise. A batch request with no room left among the
         parked ones (BATCH_MAX_WAITING) is answered live."""
         if self._parks(job):
-            # Also when a conflict makes `_prepare` end otherwise (another worker
-            # answered or parked it meanwhile), this hold is left to whoever
-            # concludes the request: it is the same hold on every replica.
-            job.batch_hold = await self.batches.hold(
-                job.cid, job.request_id, tokens, self._time_left(job.request)
+            # The same hold on every replica. Taken again after a conflict, it
+            # stays in the day of this job's first hold (concluded there, also
+            # across midnight), and stays this job's if this job made it. When a
+            # conflict makes `_prepare` end otherwise, `handle` gives back a hold
+            # this job made (one parked meanwhile by another replica is that
+            # request's: its batch concludes it).
+            first = job.batch_hold
+            hold = await self.batches.hold(
+                job.cid, job.request_id, tokens, self._time_left(job.request),
+                day=first.day if first is not None else None,
             )
+            if first is not None and first.made and not hold.made:
+                hold = replace(hold, made=True)
+            job.batch_hold = hold
         else:
             await self.ledger.reserve(job.reservation, tokens, max_wait=self._time_left(job.request))
 
@@ -458,10 +480,12 @@ class ChatService:
         if self._time_left(job.request) == 0:
             log.warning("request %s passed its deadline", job.request_id)
             await self.batches.give_back(hold)
+            job.batch_hold = None
             return await self._fail(job, "upstream_error", TOO_LATE)
         masked, session = await self.masking.mask(plan.call)
         if session is not None:
             return await self._answer_live_instead(job, plan, hold)
+        job.batch_hold = None  # the batch's from now on (`park` gives it back if withdrawn)
         try:
             await self.batches.park(job.cid, job.request_id, masked, hold, job.request.deadline)
         except ModelError as error:  # the batch was not created: nothing is paid

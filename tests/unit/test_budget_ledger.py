@@ -248,3 +248,15 @@ async def test_holds_apart_asked_together_go_in_one_write_of_the_budget(records)
     assert changes <= 3  # the first alone, then the others together
     await book.conclude_apart("2026-11-25", {f"batch:{n}": 10 if n % 2 else None for n in range(30)})
     assert (stored(records).used, stored(records).reserved) == (150, 0)
+
+
+async def test_a_hold_apart_taken_again_keeps_its_day_and_tells_who_made_it(records):
+    clock = FixedClock()
+    book = ledger(records, clock, limit=10_000)
+    other = ledger(records, clock, limit=10_000)
+    assert await book.take_apart("batch:late", 300) == ("2026-11-25", True)
+    clock.advance(days=1)  # a retry after midnight: the hold stays in its first day
+    assert await other.take_apart("batch:late", 300, day="2026-11-25") == ("2026-11-25", False)
+    assert await book.hold_apart("batch:new", 100) == "2026-11-26"
+    assert stored(records).reservations == {"batch:late": 300}
+    assert stored(records, "2026-11-26").reservations == {"batch:new": 100}

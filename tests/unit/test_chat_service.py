@@ -5,12 +5,17 @@ Its collaborators have their own tests: test_context_window.py,
 test_compaction.py, test_reply_sharing.py, test_batch_answers.py and
 test_call_masking.py."""
 
+import asyncio
+from datetime import UTC, datetime
+
 import pytest
 
+from application.batching import BatchCollector
 from application.ports import ModelError, ModelReply
 from domain.conversation import conversation_id
+from domain.parked_batches import parked_batch_id
 from domain.token_budget import SERVICE_SCOPE
-from tests.unit.fakes import ask, make_service, wire
+from tests.unit.fakes import FakeBatchModel, FakeModel, FixedClock, ask, make_service, wire
 
 
 def budget_of(service):
@@ -266,3 +271,57 @@ async def test_the_rate_limiter_counts_the_calls_worst_case_then_what_it_used():
     # The same worst case the budget holds (1 + 4 + 3 + 100), then the reply's usage.
     assert service.rate_limiter.tokens == [108]
     assert service.rate_limiter.settled == {0: payload["usage"]["total_tokens"]}
+
+
+def batch_holds(service, day="2026-11-25"):
+    return {r: t for r, t in service.records.budget(SERVICE_SCOPE, day).reservations.items()
+            if r.startswith("batch:")}
+
+
+def parking_service(clock=None):
+    model = FakeModel()
+    collector = BatchCollector(FakeBatchModel(model), window=0.01, poll_interval=0.01)
+    service, _ = make_service(model, service_parts={"batches": collector}, clock=clock)
+    return service, model
+
+
+async def test_a_batch_hold_is_given_back_when_another_replica_answered_the_request_meanwhile():
+    service, model = parking_service()
+    other, _ = make_service(model, records=service.records)  # no Batch API: answers live
+    hold = service.batches.hold
+    answered = []
+
+    async def held_then_answered_elsewhere(*args, **kwargs):
+        held = await hold(*args, **kwargs)
+        if not answered:  # before this replica's change is saved: it conflicts
+            answered.append(await other.handle(ask("r1", "now or later", batch=True)))
+        return held
+
+    service.batches.hold = held_then_answered_elsewhere
+    response = await service.handle(ask("r1", "now or later", batch=True))
+
+    assert answered and response.text == answered[0].text == "answer to now or later"
+    await asyncio.gather(*service._recording)
+    assert batch_holds(service) == {}  # not held for the rest of the day
+
+
+async def test_a_batch_hold_taken_again_after_midnight_stays_in_the_day_it_was_first_taken():
+    clock = FixedClock(datetime(2026, 11, 25, 23, 59, 59, tzinfo=UTC))
+    service, model = parking_service(clock)
+    other, _ = make_service(model, records=service.records, clock=clock)
+    hold = service.batches.hold
+    conflicts = []
+
+    async def held_then_midnight(*args, **kwargs):
+        held = await hold(*args, **kwargs)
+        if not conflicts:  # another turn of the conversation is recorded meanwhile
+            clock.advance(seconds=2)
+            conflicts.append(await other.handle(ask("o1", "meanwhile")))
+        return held
+
+    service.batches.hold = held_then_midnight
+    assert (await service.handle(ask("r1", "later is fine", batch=True))).parked
+    [entry] = service.records.repository.get(parked_batch_id("batch_1")).requests.values()
+    assert conflicts and entry["day"] == "2026-11-25"
+    assert list(batch_holds(service)) == [entry["hold"]]
+    assert batch_holds(service, "2026-11-26") == {}
