@@ -48,7 +48,7 @@ _RESERVED = {
     "group.id": "the worker's consumer group is CONSUMER_GROUP",
     "enable.auto.commit": "the worker commits offsets itself, once a record is answered",
     "enable.auto.offset.store": "the worker commits offsets itself, once a record is answered",
-    "transactional.id": "the hand-over to the repartition topic sets one per worker process",
+    "transactional.id": "the worker's producers do not use transactions (one would refuse every send outside one)",
 }
 # Settings the new rebalance protocol (group.protocol=consumer, KIP-848) refuses:
 # the broker decides them.

@@ -39,6 +39,7 @@ from entrypoints.worker.topics import prepare_topics
 log = logging.getLogger(__name__)
 
 COMMIT_INTERVAL = 0.2
+REPARTITION_STOP_TIMEOUT = 15.0
 POLL_TIMEOUT = 0.1
 RESUME_FRACTION = 0.75
 # The revoke grace is SHUTDOWN_TIMEOUT, but at most this share of max.poll.interval.ms:
@@ -128,7 +129,7 @@ class KafkaWorker:
         self._responder.open()
         consumer = self._subscribe()
         deliveries = asyncio.create_task(self._responder.serve_deliveries())
-        repartitioning = asyncio.ensure_future(asyncio.to_thread(self._repartitioner.run))
+        repartitioning = self._repartitioner.start()
         erasures = asyncio.create_task(self._erasures.serve()) if self._erasures is not None else None
         # Parked batch requests' answers, produced by whichever replica records them.
         completions = (
@@ -157,7 +158,8 @@ class KafkaWorker:
             if self._retention is not None:
                 await self._retention.finish()
             await self._shut_down(consumer)
-            await repartitioning
+            # Its last transaction ends or is cut short within a few seconds.
+            await asyncio.wait({repartitioning}, timeout=REPARTITION_STOP_TIMEOUT)
         if self._fatal is not None:
             raise WorkerFailed("the worker stopped after an unexpected error") from self._fatal
 

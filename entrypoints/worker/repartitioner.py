@@ -1,5 +1,5 @@
 """The repartition stage: `gpt-send` records re-keyed by conversation onto the
-repartition topic, exactly once.
+repartition topic, at least once.
 
 The platform's producers key `gpt-send` by request id, so one conversation's turns
 land on different partitions, and so with different replicas. This stage (in every
@@ -7,26 +7,31 @@ worker, consumer group CONSUMER_GROUP) hands each record over to the repartition
 topic keyed by its conversation, so that the default partitioner puts all of a
 conversation's turns on one partition, read by one answering consumer in order.
 
-Handover is transactional (Kafka's exactly-once, KIP-447): the records handed over
-and the source offsets they consumed are committed in one transaction. A crash at
-any point either hands a record over and commits its offset, or does neither; the
-answering stage reads committed transactions only (librdkafka's default
-`isolation.level=read_committed`). A record that cannot be read is handed over
-under its own key: the answering stage gives it its error response and dead letter,
-as before. A record the repartition topic refuses (too large) is handed over
-without its value, saying why, and ends there as an error and a dead letter.
+Hand-over is at least once: a batch of records is produced (idempotent producer,
+`acks=all`, in order) and only once every one of them is delivered are the source
+offsets after them committed. A crash between the two hands that batch over again;
+the copies land on the same partition, behind the originals, in the same
+conversation lane, and are answered from the event store (the request's recorded
+outcome), so the model is never paid twice. Kafka transactions would also avoid the
+copies; they were tried and left out: after a broker outage,
+`send_offsets_to_transaction` blocked past its timeout on the embedded broker,
+stopping the stage, and a stage that cannot be stuck matters more than a copy
+answered from the store.
 
-It runs in a thread of its own: librdkafka's calls block, and it never waits for
-the event loop.
+A record that cannot be read is handed over under its own key: the answering
+stage gives it its error response and dead letter, as before. A record the
+repartition topic refuses (too large) is handed over without its value, saying
+why, and ends there as an error and a dead letter.
+
+It runs in a daemon thread of its own: librdkafka's calls block, and it never
+waits for the event loop.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-import os
-import socket
 import threading
-import time
 from collections.abc import Callable
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
@@ -42,7 +47,7 @@ from entrypoints.worker.responder import REFUSED_RECORD, largest_record
 log = logging.getLogger(__name__)
 
 POLL_TIMEOUT = 0.1
-TRANSACTION_TIMEOUT = 30.0  # seconds a transaction call may take before it is tried again
+FLUSH_SLICE = 0.5  # seconds per wait for deliveries, between looks at `stop`
 RETRY_PAUSE = 0.1
 RETRY_PAUSE_MAX = 5.0
 
@@ -63,16 +68,13 @@ def conversation_key(message: Message, settings: Settings) -> bytes | None:
 
 class Repartitioner:
     """Consumes REQUEST_TOPIC as CONSUMER_GROUP; hands every record over to the
-    repartition topic in transactions. `fail` stops the worker (from this thread)."""
+    repartition topic, then commits. `fail` stops the worker (from this thread)."""
 
     def __init__(self, settings: Settings, fail: Callable[[BaseException], None]) -> None:
         self.settings = settings
         self.fail = fail
         self.handed_over = 0
         self._stop = threading.Event()
-        # Records the repartition topic refused: handed over without their value
-        # when their transaction is tried again.
-        self._refused: dict[tuple[str, int, int], str] = {}
         self._pause = RETRY_PAUSE
 
     def stop(self) -> None:
@@ -83,21 +85,30 @@ class Repartitioner:
         try:
             self._run()
         except BaseException as error:  # noqa: BLE001 - reported to the worker, which stops
+            if self._stop.is_set():  # cut short while stopping: the next owner goes on
+                log.info("the repartition stage stopped before its last hand-over (%s)", error)
+                return
             log.exception("the repartition stage stopped")
             self.fail(error)
 
+    def start(self) -> asyncio.Future[None]:
+        """Run in a daemon thread (a hand-over stuck on an unreachable cluster must
+        not keep the process from exiting); the future is done when it ends."""
+        loop = asyncio.get_running_loop()
+        ended: asyncio.Future[None] = loop.create_future()
+
+        def run() -> None:
+            try:
+                self.run()
+            finally:
+                loop.call_soon_threadsafe(lambda: ended.done() or ended.set_result(None))
+
+        threading.Thread(target=run, name="repartition", daemon=True).start()
+        return ended
+
     def _run(self) -> None:
         settings = self.settings
-        producer = Producer({
-            # A transaction takes seconds at most: one a crashed process left open
-            # holds the partitions' readers back this long (librdkafka: 60 s).
-            "transaction.timeout.ms": 10_000,
-            **producer_config(settings.KAFKA, largest_record(settings)),
-            # Unique per process: a restarted process in the same pod (pid 1 again)
-            # takes over, and aborts, what its predecessor left open.
-            "transactional.id": f"{settings.CONSUMER_GROUP}-repartition-{socket.gethostname()}-{os.getpid()}",
-        })
-        self._retrying("starting transactions", lambda: producer.init_transactions(TRANSACTION_TIMEOUT))
+        producer = Producer(producer_config(settings.KAFKA, largest_record(settings)))
         consumer = Consumer(consumer_config(settings.KAFKA, settings.CONSUMER_GROUP))
         consumer.subscribe(
             [settings.REQUEST_TOPIC], on_assign=self._on_assign, on_revoke=self._on_revoke,
@@ -117,63 +128,75 @@ class Repartitioner:
 
     @staticmethod
     def _on_revoke(_consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        # Nothing is open: a transaction ends before the next consume.
+        # Nothing is half done: a batch is delivered and committed before the next consume.
         log.info("no longer repartitioning %s", [f"{p.topic}[{p.partition}]" for p in partitions])
 
     def _hand_over(self, consumer: Consumer, producer: Producer, records: list[Message]) -> None:
-        """One transaction: the records to the repartition topic and the offsets
-        after them. When it fails it is aborted and the partitions are rewound to
-        its first records: the next consume fetches them again (and serves a
-        rebalance first, if that is why it failed)."""
-        try:
-            self._transaction(consumer, producer, records)
-        except KafkaException as exception:
-            error: KafkaError = exception.args[0]
-            if error.fatal():
-                raise
-            log.warning("handing %d records over failed (%s); trying again", len(records), error)
-            try:
-                self._retrying("aborting a transaction",
-                               lambda: producer.abort_transaction(TRANSACTION_TIMEOUT))
-            except KafkaException as again:
-                if again.args[0].fatal():
-                    raise  # else none was open
+        """The records to the repartition topic, then the offsets after them. When a
+        delivery fails, the partitions are rewound to the batch's first records and
+        the next consume fetches them again."""
+        failed = self._deliver(producer, records)
+        if failed is not None:
+            if self._stop.is_set():
+                return  # not committed: whoever consumes the partitions next hands them over
+            log.warning("handing %d records over failed (%s); trying again", len(records), failed)
             self._rewind(consumer, records)
             self._stop.wait(self._pause)
             self._pause = min(self._pause * 2, RETRY_PAUSE_MAX)
             return
-        self.handed_over += len(records)
         self._pause = RETRY_PAUSE
-
-    def _transaction(self, consumer: Consumer, producer: Producer, records: list[Message]) -> None:
-        settings = self.settings
-        topic = settings.repartition_topic
-        producer.begin_transaction()
+        self.handed_over += len(records)
         ends: dict[tuple[str, int], int] = {}
         for message in records:
-            where = (message.topic(), message.partition(), message.offset())
-            self._produce(producer, topic, message, self._refused.get(where))
-            ends[where[:2]] = where[2] + 1
-        offsets = [TopicPartition(t, p, end) for (t, p), end in ends.items()]
-        self._retrying("committing offsets", lambda: producer.send_offsets_to_transaction(
-            offsets, consumer.consumer_group_metadata(), TRANSACTION_TIMEOUT
-        ))
-        self._retrying("committing a transaction",
-                       lambda: producer.commit_transaction(TRANSACTION_TIMEOUT))
-        for message in records:
-            self._refused.pop((message.topic(), message.partition(), message.offset()), None)
+            ends[(message.topic(), message.partition())] = message.offset() + 1
+        try:
+            consumer.commit(
+                offsets=[TopicPartition(t, p, end) for (t, p), end in ends.items()],
+                asynchronous=False,
+            )
+        except KafkaException as error:
+            # The partition moved (or the broker went away): its next owner starts
+            # from the last commit and hands these records over again.
+            log.warning("hand-over commit failed (%s): the records may be handed over twice",
+                        error.args[0])
 
-    def _produce(self, producer: Producer, topic: str, message: Message, refused: str | None) -> None:
+    def _deliver(self, producer: Producer, records: list[Message]) -> KafkaError | None:
+        """Produce the records (one the topic refuses, again without its value) and
+        wait until each is delivered; the first error that is not about the record
+        itself, if any (or a stop meanwhile)."""
+        topic = self.settings.repartition_topic
+        outcomes: dict[int, KafkaError | None] = {}
+        pending = set(range(len(records)))
+
+        def send(index: int, refused: str | None = None) -> None:
+            def delivered(error: KafkaError | None, _message: Message) -> None:
+                if error is not None and error.code() in REFUSED_RECORD and refused is None:
+                    send(index, error.name())  # the record goes on without its value
+                    return
+                outcomes[index] = error
+                pending.discard(index)
+
+            self._produce(producer, topic, records[index], refused, delivered)
+
+        for index in range(len(records)):
+            send(index)
+        while pending and not self._stop.is_set():
+            producer.flush(FLUSH_SLICE)
+        if pending:
+            return KafkaError(KafkaError._TIMED_OUT, "stopped while delivering")
+        return next((error for error in outcomes.values() if error is not None), None)
+
+    def _produce(
+        self,
+        producer: Producer,
+        topic: str,
+        message: Message,
+        refused: str | None,
+        on_delivery: Callable[[KafkaError | None, Message], None],
+    ) -> None:
         """The record, re-keyed; without its value when the topic refused it."""
         kind, millis = message.timestamp()
         timestamp = millis if kind and millis > 0 else 0
-        where = (message.topic(), message.partition(), message.offset())
-
-        def on_delivery(error: KafkaError | None, _message: Message) -> None:
-            if error is not None and error.code() in REFUSED_RECORD:
-                # The transaction fails; tried again, the record goes without its value.
-                self._refused[where] = error.name()
-
         while True:
             try:
                 producer.produce(
@@ -192,27 +215,13 @@ class Repartitioner:
                 if refused is not None or error.code() not in REFUSED_RECORD:
                     raise
                 log.error("record %s[%d]@%d refused by the repartition topic (%s); handing it "
-                          "over without its value", *where, error.name())
+                          "over without its value", message.topic(), message.partition(),
+                          message.offset(), error.name())
                 refused = error.name()
-
-    def _retrying(self, what: str, call: Callable[[], object]) -> None:
-        """`call` until it succeeds, while it fails with retriable errors."""
-        pause = RETRY_PAUSE
-        while True:
-            try:
-                call()
-                return
-            except KafkaException as exception:
-                error: KafkaError = exception.args[0]
-                if not error.retriable() or self._stop.is_set():
-                    raise
-                log.warning("%s failed (%s); trying again", what, error)
-                time.sleep(pause)
-                pause = min(pause * 2, RETRY_PAUSE_MAX)
 
     @staticmethod
     def _rewind(consumer: Consumer, records: list[Message]) -> None:
-        """Back to the first record not handed over, per partition."""
+        """Back to the batch's first record, per partition."""
         first: dict[tuple[str, int], int] = {}
         for message in records:
             first.setdefault((message.topic(), message.partition()), message.offset())

@@ -175,7 +175,7 @@ def test_the_worker_own_settings_are_not_overridden() -> None:
         kafka_settings({"KAFKA_GROUP_ID": "other"}, BOOTSTRAP)
     with pytest.raises(KafkaSettingsError, match="KAFKA_ENABLE_AUTO_COMMIT"):
         kafka_settings({"KAFKA_ENABLE_AUTO_COMMIT": "true"}, BOOTSTRAP)
-    with pytest.raises(KafkaSettingsError, match="KAFKA_TRANSACTIONAL_ID: not settable .*per worker"):
+    with pytest.raises(KafkaSettingsError, match="KAFKA_TRANSACTIONAL_ID: not settable .*transactions"):
         kafka_settings({"KAFKA_TRANSACTIONAL_ID": "one-for-all"}, BOOTSTRAP)
 
 

@@ -122,23 +122,25 @@ def test_three_replicas_answer_every_conversation_in_order_with_its_whole_histor
 
 
 @pytest.mark.timeout(180)
-def test_a_worker_killed_while_handing_over_hands_every_record_over_exactly_once(
+def test_a_worker_killed_while_handing_over_loses_nothing_and_pays_nothing_twice(
     broker, fake_openai, worker_env, tmp_path, request
 ):
     topics = private_topics(broker.bootstrap_server, request_partitions=PARTITIONS)
-    env = {**worker_env, **topics, "TOPIC_PARTITIONS": str(PARTITIONS), "MODEL_PROVIDER": "offline"}
+    env = {**worker_env, **topics, "TOPIC_PARTITIONS": str(PARTITIONS)}
     worker = WorkerProcess(env, tmp_path / "worker.log")
     request.addfinalizer(lambda: worker.process and worker.stop(signal.SIGKILL))
     worker.start()
     repartition = f"{topics['CONSUMER_GROUP']}-{topics['REQUEST_TOPIC']}-repartition"
     producer = Producer({"bootstrap.servers": broker.bootstrap_server, "linger.ms": 5})
-    total = 3000
+    total = 1000
+    keys: list[str] = []
 
     def produce() -> None:
         for n in range(total):
-            body = {"user_email": f"user{n % 50}@example.com", "message": f"m{n}"}
-            producer.produce(topics["REQUEST_TOPIC"], json.dumps(body).encode(), uuid.uuid4().hex.encode())
-            if n % 100 == 99:
+            body = {"user_email": f"user{n % 50}@example.com", "message": f"m{n}: hello"}
+            keys.append(uuid.uuid4().hex)
+            producer.produce(topics["REQUEST_TOPIC"], json.dumps(body).encode(), keys[-1].encode())
+            if n % 50 == 49:
                 producer.flush(10)
                 time.sleep(0.05)
         producer.flush(10)
@@ -146,14 +148,15 @@ def test_a_worker_killed_while_handing_over_hands_every_record_over_exactly_once
     feeder = threading.Thread(target=produce)
     feeder.start()
     time.sleep(1.0)  # records are being handed over ...
+    killed_at = time.time()
     worker.stop(signal.SIGKILL)  # ... when the worker dies
     worker.start()
     feeder.join(60)
 
-    # What the answering stage can read (committed transactions only): every record
-    # of gpt-send exactly once, under its conversation's key.
+    # Every record of gpt-send is on the repartition topic, under its conversation's
+    # key; a copy only of what was handed over but not yet committed at the kill.
     reader = Consumer({"bootstrap.servers": broker.bootstrap_server, "group.id": f"r-{uuid.uuid4().hex}",
-                       "isolation.level": "read_committed", "enable.auto.commit": False})
+                       "enable.auto.commit": False})
     reader.assign([TopicPartition(repartition, p, 0) for p in range(PARTITIONS)])
     sources: Counter[tuple[int, int]] = Counter()
     keys_by_user: dict[str, set[bytes]] = {}
@@ -170,7 +173,21 @@ def test_a_worker_killed_while_handing_over_hands_every_record_over_exactly_once
             last_new = time.monotonic()
     finally:
         reader.close()
-    print(f"handed over: {len(sources)} of {total} records, "
-          f"{sum(n - 1 for n in sources.values())} twice")
-    assert len(sources) == total and max(sources.values()) == 1
+    copies = sum(n - 1 for n in sources.values())
+    print(f"handed over: {len(sources)} of {total} records, {copies} of them twice")
+    assert len(sources) == total and copies <= 500  # at most one batch (MAX_BATCH) again
     assert all(len(keys) == 1 for keys in keys_by_user.values())  # one key per conversation
+
+    # Each request answered, and the model asked once for each, copies or not; a
+    # second time only for a call the killed worker had out (it never recorded
+    # the reply): asked before the kill, and again after it.
+    responses = read_until_all(broker, topics["RESPONSE_TOPIC"], set(keys), timeout=90)
+    assert set(keys) <= {key for key, _ in responses}
+    asked: dict[str, list[float]] = {}
+    for call in fake_openai.calls():
+        if re.match(r"m\d+: hello", call["text"]):
+            asked.setdefault(call["text"], []).append(call["received_at"])
+    assert len(asked) == total
+    again = {text: sorted(times) for text, times in asked.items() if len(times) > 1}
+    print(f"asked again after the kill (their first call was out): {len(again)}")
+    assert all(len(times) == 2 and times[0] < killed_at < times[1] for times in again.values()), again
