@@ -16,6 +16,7 @@ from application.contract import ChatResponse, Usage, request_id_of
 from application.ports import Metrics
 from application.usage import user_hash
 from entrypoints.settings import Settings
+from entrypoints.worker.handover import Forwarded, source_of
 from entrypoints.worker.held_records import HeldRecord, WorkerStats, produced_at, trace_context
 
 log = logging.getLogger(__name__)
@@ -46,22 +47,23 @@ class RequestAccounting:
         self.model_label = model_label
         self._secret_key = settings.SECRET_KEY.get_secret_value()
 
-    def start_span(self, message: Message) -> Span:
+    def start_span(self, message: Message | Forwarded) -> Span:
         """The request's span, a child of the producer's when its headers carry a
         W3C `traceparent`. No key or content in it unless LOG_CONTENT."""
+        topic, partition, offset = source_of(message)  # as produced, not as handed over
         attributes: dict[str, Any] = {
             "messaging.system": "kafka",
             "messaging.operation.type": "process",
-            "messaging.destination.name": message.topic() or "",
-            "messaging.destination.partition.id": str(message.partition()),
-            "messaging.kafka.offset": message.offset(),
+            "messaging.destination.name": topic,
+            "messaging.destination.partition.id": str(partition),
+            "messaging.kafka.offset": offset,
             "messaging.consumer.group.name": self.settings.CONSUMER_GROUP,
         }
         key = request_id_of(message.key(), self.settings.MAX_KEY_BYTES)
         if self.settings.LOG_CONTENT and key is not None:
             attributes["messaging.kafka.message.key"] = key
         return self.tracer.start_span(
-            f"process {message.topic()}",
+            f"process {topic}",
             context=trace_context(message),
             kind=SpanKind.CONSUMER,
             attributes=attributes,

@@ -34,6 +34,7 @@ depends on the Faker version only (the file is what the tests read).
 from __future__ import annotations
 
 import argparse
+import datetime
 import ipaddress
 import json
 import re
@@ -41,6 +42,7 @@ import sys
 from pathlib import Path
 
 import phonenumbers
+import faker.providers.date_time as faker_dates
 from faker import Faker
 from stdnum import iban as s_iban
 from stdnum import luhn
@@ -55,6 +57,37 @@ from stdnum.se import personnummer
 from stdnum.us import ssn as us_ssn
 
 HERE = Path(__file__).resolve().parent
+
+
+class _Fixed(type):
+    """Stands in for `datetime` and `date` in Faker's date provider: the same
+    classes (constructors, isinstance, every other attribute), but `now()` and
+    `today()` say 2026-01-01. Faker draws dates (dates of birth inside national
+    ids, look-alike dates) relative to now: a fixed now keeps the files the same
+    on any day."""
+
+    def __new__(mcs, real: type, fixed: object) -> type:
+        return super().__new__(mcs, real.__name__, (), {"_real": real, "_fixed": fixed})
+
+    def __init__(cls, real: type, fixed: object) -> None:
+        super().__init__(real.__name__, (), {})
+
+    def __call__(cls, *args, **kwargs):
+        return cls._real(*args, **kwargs)
+
+    def __instancecheck__(cls, obj: object) -> bool:
+        return isinstance(obj, cls._real)
+
+    def __getattr__(cls, name: str):
+        if name in ("now", "today"):
+            fixed = cls._fixed
+            return lambda tz=None: fixed.astimezone(tz) if tz is not None else fixed
+        return getattr(cls._real, name)
+
+
+faker_dates.datetime = _Fixed(datetime.datetime, datetime.datetime(2026, 1, 1, 12))  # type: ignore[misc]
+faker_dates.dtdate = _Fixed(datetime.date, datetime.date(2026, 1, 1))  # type: ignore[misc]
+
 # file: (seeds, sentences)
 SETS = {
     "pii_corpus_generated.jsonl": ((1, 2, 3), "T"),
