@@ -566,7 +566,7 @@ class ChatService:
         masked, session = await self.masking.mask(plan.call)
         plan.call.progress.tokens = plan.estimate  # what the rate limiter counts
         plan.call.progress.resending = partial(self._note_late_send, job)
-        async with self.slots.slot(job.request.priority, plan.call):
+        async with self.slots.slot(job.request.priority, plan.call, job.request.produced_at):
             await self._note_late_send(job)
             plan.call.progress.sent = True
             reply = await self.model.complete(masked)

@@ -119,7 +119,7 @@ class Compactor:
                     await self.ledger.reserve(hold, estimate, max_wait=0)
                     masked, session = await self.masking.mask(call)
                     call.progress.tokens = estimate  # what the rate limiter counts
-                    async with self.slots.slot(request.priority, call):
+                    async with self.slots.slot(request.priority, call, request.produced_at):
                         call.progress.sent = True
                         reply = await self.model.complete(masked)
                     self.slots.settle(call, reply)

@@ -44,6 +44,8 @@ class ChatRequest:
     batch: bool = False
     # When the answer stops being worth waiting for (epoch seconds), if known.
     deadline: float | None = None
+    # When it was produced (epoch seconds), if known: the order of "first come".
+    produced_at: float | None = None
 
 
 DEFAULT_MAX_REQUEST_BYTES = 10 * 1024 * 1024

@@ -15,12 +15,14 @@ longer than a higher one goes first: nothing waits for ever. Equal effective
 priorities go first come, first served. Since every waiter ages at the same rate,
 comparing p1 + (now - t1) / A with p2 + (now - t2) / A does not depend on `now`:
 the order is fixed when a request arrives, and a heap keyed by (t / A - p, arrival)
-keeps it without re-sorting.
+keeps it without re-sorting. A request's t is when it came: its record's time
+when known (so that requests fetched from different partitions go in the order
+they were produced), else when it asked for a slot.
 
-Only the request at the head of that order moves: it waits for a free slot, then
-for the rate limiter, and only then does the next one become the head. So a
-high-priority request arriving while many low ones wait for the rate limiter is
-the next to ask it, not the last.
+Only the request at the head of that order moves: it becomes the head once a
+slot is free, then waits for the rate limiter, and only then does the next one
+become the head. So a high-priority request arriving while many low ones wait
+for a slot or the rate limiter is the next to ask it, not the last.
 
 Per conversation: the worker sends each conversation's requests one at a time
 (the next only after the previous has been answered), so at most one request of a
@@ -104,12 +106,19 @@ class ModelSlots:
         return self._in_use
 
     @asynccontextmanager
-    async def slot(self, priority: int = 0, call: ModelCall | None = None) -> AsyncIterator[None]:
+    async def slot(
+        self, priority: int = 0, call: ModelCall | None = None, since: float | None = None
+    ) -> AsyncIterator[None]:
         """Wait for this request's turn, a free slot and the rate limiter's leave
         (for `call`'s worst case in tokens, if given); hold the slot for the body
-        (given back on exit, error or cancellation)."""
+        (given back on exit, error or cancellation). `since`: when the request came
+        (epoch seconds, its record's time): it waits, and ages, from then, so that
+        requests fetched from different partitions go in the order they came."""
+        arrived = self._monotonic()
+        if since is not None:
+            arrived -= max(0.0, time.time() - since)
         waiter = _Waiter(
-            self._monotonic() / self._aging - priority,
+            arrived / self._aging - priority,
             next(self._arrivals),
             asyncio.get_running_loop().create_future(),
         )
@@ -145,6 +154,7 @@ class ModelSlots:
         finally:
             self._in_use -= 1
             self._freed.set()
+            self._advance()
 
     def settle(self, call: ModelCall, reply: ModelReply) -> None:
         """The call answered: the rate limiter counts what it used, not its worst case."""
@@ -154,8 +164,10 @@ class ModelSlots:
             )
 
     def _advance(self) -> None:
-        """Make the first waiter in the order the head, if there is none."""
-        while self._head is None and self._heap:
+        """Make the first waiter in the order the head, if there is none and a slot
+        is free: the order is decided when a slot frees, so that one that came
+        earlier (fetched later, from another partition) still goes first."""
+        while self._head is None and self._heap and not self._full():
             waiter = heapq.heappop(self._heap)
             if waiter.gone:
                 self._gone_in_heap -= 1
@@ -166,6 +178,9 @@ class ModelSlots:
                 continue
             self._head = waiter
             waiter.turn.set_result(None)
+
+    def _full(self) -> bool:
+        return bool(self._concurrency) and self._in_use >= self._concurrency
 
     def _compact(self) -> None:
         """Drop cancelled waiters once they are most of the heap."""

@@ -90,7 +90,8 @@ class RequestIntake:
         now = time.time()
         wait = settings.BATCH_DEADLINE if self.service.batched(request) else settings.REQUEST_DEADLINE
         # A producer clock running ahead must not push the deadline out.
-        return replace(request, deadline=min(produced_at(message, now), now) + wait)
+        produced = min(produced_at(message, now), now)
+        return replace(request, deadline=produced + wait, produced_at=produced)
 
     def _reject(self, record: HeldRecord, error: InvalidRequest) -> None:
         """Not a request: an `invalid_request` response and a dead letter."""

@@ -77,9 +77,9 @@ class Harness:
         self.most_inside = 0
         self.hold: asyncio.Event | None = None
 
-    async def start(self, name: str, priority: int = 0) -> asyncio.Task[None]:
+    async def start(self, name: str, priority: int = 0, since: float | None = None) -> asyncio.Task[None]:
         async def request() -> None:
-            async with self.slots.slot(priority):
+            async with self.slots.slot(priority, since=since):
                 self.entered.append(name)
                 self.inside += 1
                 self.most_inside = max(self.most_inside, self.inside)
@@ -128,6 +128,22 @@ async def test_equal_priorities_go_first_come_first_served():
         await run.start(name, 1)
     await run.allow_all(limiter, len(names))
     assert run.entered == names
+
+
+async def test_equals_go_in_the_order_their_records_were_produced_not_fetched():
+    """Records of different conversations come from different partitions of the
+    repartition topic in any order: "first come" is when each was produced."""
+    import time
+
+    limiter = GateLimiter()
+    slots = ModelSlots(limiter, monotonic=FakeClock())
+    run = Harness(slots)
+    now = time.time()
+    await run.start("head", 0, since=now - 10)
+    for name, produced in [("third", now - 1), ("first", now - 3), ("second", now - 2)]:
+        await run.start(name, 0, since=produced)
+    await run.allow_all(limiter, 4)
+    assert run.entered == ["head", "first", "second", "third"]
 
 
 async def test_a_high_priority_arrival_goes_next_past_many_low_ones_waiting_for_the_limiter():
