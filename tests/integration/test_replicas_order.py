@@ -126,13 +126,14 @@ def test_a_worker_killed_while_handing_over_loses_nothing_and_pays_nothing_twice
     broker, fake_openai, worker_env, tmp_path, request
 ):
     topics = private_topics(broker.bootstrap_server, request_partitions=PARTITIONS)
-    env = {**worker_env, **topics, "TOPIC_PARTITIONS": str(PARTITIONS)}
+    # TIMEOUT 3: the killed worker's calls out are waited for that long, not 30 s.
+    env = {**worker_env, **topics, "TOPIC_PARTITIONS": str(PARTITIONS), "TIMEOUT": "3"}
     worker = WorkerProcess(env, tmp_path / "worker.log")
     request.addfinalizer(lambda: worker.process and worker.stop(signal.SIGKILL))
     worker.start()
     repartition = f"{topics['CONSUMER_GROUP']}-{topics['REQUEST_TOPIC']}-repartition"
     producer = Producer({"bootstrap.servers": broker.bootstrap_server, "linger.ms": 5})
-    total = 1000
+    total = 500
     keys: list[str] = []
 
     def produce() -> None:
@@ -140,7 +141,7 @@ def test_a_worker_killed_while_handing_over_loses_nothing_and_pays_nothing_twice
             body = {"user_email": f"user{n % 50}@example.com", "message": f"m{n}: hello"}
             keys.append(uuid.uuid4().hex)
             producer.produce(topics["REQUEST_TOPIC"], json.dumps(body).encode(), keys[-1].encode())
-            if n % 50 == 49:
+            if n % 25 == 24:
                 producer.flush(10)
                 time.sleep(0.05)
         producer.flush(10)
@@ -175,7 +176,7 @@ def test_a_worker_killed_while_handing_over_loses_nothing_and_pays_nothing_twice
         reader.close()
     copies = sum(n - 1 for n in sources.values())
     print(f"handed over: {len(sources)} of {total} records, {copies} of them twice")
-    assert len(sources) == total and copies <= 500  # at most one batch (MAX_BATCH) again
+    assert len(sources) == total and copies <= 500  # at most a batch (MAX_BATCH) again
     assert all(len(keys) == 1 for keys in keys_by_user.values())  # one key per conversation
 
     # Each request answered, and the model asked once for each, copies or not; a

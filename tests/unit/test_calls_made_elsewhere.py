@@ -131,7 +131,7 @@ class LateSlots:
         self.wait = wait
 
     @asynccontextmanager
-    async def slot(self, priority=0, call=None):
+    async def slot(self, priority=0, call=None, since=None):
         await asyncio.sleep(self.wait)
         yield
 
