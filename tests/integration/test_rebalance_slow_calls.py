@@ -86,6 +86,13 @@ def _answers(broker, env, keys, timeout: float) -> dict[str, dict]:
     return answers
 
 
+def _short_calls(worker_env, broker, fake_openai, tmp_path):
+    """Settings and two (not yet started) workers for calls of SHORT_CALL_SECONDS."""
+    env = _env(worker_env, broker, TIMEOUT=str(SHORT_TIMEOUT))
+    fake_openai.set_latency(SHORT_CALL_SECONDS)
+    return env, WorkerProcess(env, tmp_path / "first.log"), WorkerProcess(env, tmp_path / "second.log")
+
+
 def _stop_all(*workers: WorkerProcess) -> None:
     for worker in workers:
         if worker.process is not None:
@@ -123,10 +130,7 @@ def test_a_worker_stopped_while_model_calls_are_out_finishes_them_and_none_is_se
     broker, fake_openai, worker_env, tmp_path
 ):
     # SHUTDOWN_TIMEOUT: its default, 60 s
-    env = _env(worker_env, broker, TIMEOUT=str(SHORT_TIMEOUT))
-    first = WorkerProcess(env, tmp_path / "first.log")
-    second = WorkerProcess(env, tmp_path / "second.log")
-    fake_openai.set_latency(SHORT_CALL_SECONDS)
+    env, first, second = _short_calls(worker_env, broker, fake_openai, tmp_path)
     first.start()
     second.start()
     try:
@@ -145,10 +149,7 @@ def test_a_worker_stopped_while_model_calls_are_out_finishes_them_and_none_is_se
 def test_a_worker_killed_while_model_calls_are_out_is_not_called_for_again_before_its_calls_time_is_up(
     broker, fake_openai, worker_env, tmp_path
 ):
-    env = _env(worker_env, broker, TIMEOUT=str(SHORT_TIMEOUT))
-    first = WorkerProcess(env, tmp_path / "first.log")
-    second = WorkerProcess(env, tmp_path / "second.log")
-    fake_openai.set_latency(SHORT_CALL_SECONDS)
+    env, first, second = _short_calls(worker_env, broker, fake_openai, tmp_path)
     first.start()
     try:
         keys = _send_requests(broker, env)

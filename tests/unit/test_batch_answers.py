@@ -182,7 +182,9 @@ async def test_a_request_past_its_deadline_ends_as_an_error_counted_in_full():
     assert len(delivered.responses) == 1
 
 
-async def test_an_outcome_recorded_by_a_replica_that_stopped_is_delivered_by_another_later():
+async def recorded_not_delivered():
+    """One batch request parked, its batch ended, its answer recorded by a poll
+    whose delivery failed: (model, batches, clock, service)."""
     model = FakeModel()
     batches = FakeBatchModel(model)
     clock = FixedClock()
@@ -193,7 +195,12 @@ async def test_an_outcome_recorded_by_a_replica_that_stopped_is_delivered_by_ano
     async def broken(request_id, response):
         raise RuntimeError("the broker went away")
 
-    await service.batches.poll(broken)  # recorded, not delivered; then it stops
+    await service.batches.poll(broken)
+    return model, batches, clock, service
+
+
+async def test_an_outcome_recorded_by_a_replica_that_stopped_is_delivered_by_another_later():
+    model, batches, clock, service = await recorded_not_delivered()  # then it stops
     assert event_names(service)[-1] == "ReplyRecorded"
 
     other = batch_service(batches, model, records=service.records, clock=clock)
@@ -353,17 +360,7 @@ async def test_a_delivered_answer_whose_mark_failed_is_marked_later_never_delive
 
 
 async def test_an_answer_recorded_during_a_long_poll_is_not_redelivered_by_that_poll():
-    model = FakeModel()
-    batches = FakeBatchModel(model)
-    clock = FixedClock()
-    service = batch_service(batches, model, clock=clock)
-    assert (await service.handle(ask("r1", "hello", batch=True))).parked
-    await batches.finish("batch_1")
-
-    async def broken(request_id, response):
-        raise RuntimeError("not yet")
-
-    await service.batches.poll(broken)  # recorded now, its delivery under way
+    model, batches, clock, service = await recorded_not_delivered()  # its delivery under way
     other = batch_service(batches, model, records=service.records, clock=clock)
     change = other.batches.conversations.change
 
