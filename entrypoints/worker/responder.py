@@ -185,14 +185,7 @@ class Responder:
         caller tries again later: nothing marked it delivered)."""
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         topic = self.settings.RESPONSE_TOPIC
-        span = self.tracer.start_span(
-            f"send {topic}", kind=SpanKind.PRODUCER,
-            attributes={"messaging.system": "kafka", "messaging.destination.name": topic,
-                        "messaging.operation.type": "send"},
-        )
-        carrier: dict[str, str] = {}
-        propagate.inject(carrier, context=trace.set_span_in_context(span))
-        headers = [(name, text.encode()) for name, text in carrier.items()]
+        span, headers = self._send_span(topic)
         attempts = 0
 
         def send() -> None:
@@ -253,18 +246,24 @@ class Responder:
         delivered. Each record produced carries the `traceparent` of its own send span.
         `fallback`: the error response sent instead of a response that was refused.
         """
+        span, context = self._send_span(topic, record.span)
+        traced = [*(headers or []), *context]
+        record.deliveries += 1
+        _Delivery(self, record, span, topic, key, value, headers or [], traced, fallback).send()
+
+    def _send_span(self, topic: str, parent: Span | None = None) -> tuple[Span, Headers]:
+        """A send span (a child of `parent`'s, if given) and the headers that carry
+        its trace context (W3C) on the record produced."""
         span = self.tracer.start_span(
             f"send {topic}",
-            context=trace.set_span_in_context(record.span),
+            context=trace.set_span_in_context(parent) if parent is not None else None,
             kind=SpanKind.PRODUCER,
             attributes={"messaging.system": "kafka", "messaging.destination.name": topic,
                         "messaging.operation.type": "send"},
         )
         carrier: dict[str, str] = {}
         propagate.inject(carrier, context=trace.set_span_in_context(span))
-        traced = [*(headers or []), *((name, text.encode()) for name, text in carrier.items())]
-        record.deliveries += 1
-        _Delivery(self, record, span, topic, key, value, headers or [], traced, fallback).send()
+        return span, [(name, text.encode()) for name, text in carrier.items()]
 
     def produce(
         self,
