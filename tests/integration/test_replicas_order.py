@@ -96,8 +96,13 @@ def test_three_replicas_answer_every_conversation_in_order_with_its_whole_histor
     assert partitions_used == set(range(PARTITIONS))
 
     responses = read_until_all(broker, topics["RESPONSE_TOPIC"], set(keys), timeout=150)
-    answered = Counter(key for key, _ in responses)
-    assert set(answered) == set(keys) and max(answered.values()) == 1
+    # Every request answered; a second response (a record fetched again after a
+    # rebalance, answered from the store) is the same bytes as the first.
+    bodies: dict[str, set[bytes]] = {}
+    for key, value in responses:
+        bodies.setdefault(key, set()).add(value)
+    assert set(bodies) == set(keys) and all(len(b) == 1 for b in bodies.values())
+    print(f"responses: {len(responses)} for {len(keys)} requests")
     assert all(json.loads(value).get("error") is None for _, value in responses)
 
     calls = fake_openai.requests()
