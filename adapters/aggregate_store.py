@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import sys
 from collections.abc import Awaitable, Callable, Iterable
 from functools import partial
 from typing import Any, Generic, TypeVar
@@ -45,6 +46,9 @@ class EventSourcedStore(Generic[A]):
         cache_size: int,
         kind: str,
         tracer: trace.Tracer | None = None,
+        bound: Callable[[A], None] | None = None,
+        size_of: Callable[[A], int] | None = None,
+        cache_bytes: int | None = None,
     ) -> None:
         self.records = records
         self.read = read
@@ -53,7 +57,14 @@ class EventSourcedStore(Generic[A]):
         self.cache_size = cache_size
         self.kind = kind
         self.tracer = tracer  # spans of loads and saves, when given
+        # What an aggregate forgets of its state after each load and change (see
+        # Conversation.keep_within), and the kept copies' bytes bound, by `size_of`.
+        self.bound = bound
+        self.size_of = size_of
+        self.cache_bytes = cache_bytes
         self._cache: dict[UUID, A] = {}  # insertion order = recency
+        self._sizes: dict[UUID, int] = {}
+        self.cached_bytes = 0
 
     async def change(
         self,
@@ -88,12 +99,12 @@ class EventSourcedStore(Generic[A]):
     def evict(self, aggregate_ids: Iterable[UUID | str]) -> None:
         """Drop kept copies (their user was erased, say): the next change reads the store."""
         for aggregate_id in aggregate_ids:
-            self._cache.pop(UUID(str(aggregate_id)), None)
+            self._uncache(UUID(str(aggregate_id)))
 
     async def _load(self, aggregate_id: UUID, wait_out_outages: bool) -> A | None:
         # Taken out while it is being decided on: a concurrent change of the same
         # aggregate reads its own copy, and the second save conflicts.
-        aggregate = self._cache.pop(aggregate_id, None)
+        aggregate = self._uncache(aggregate_id)
         if aggregate is not None:
             return aggregate
         if not wait_out_outages:
@@ -109,6 +120,8 @@ class EventSourcedStore(Generic[A]):
                 aggregate = await asyncio.to_thread(self.read, aggregate_id)
             if span is not None:
                 span.set_attribute("chater.found", aggregate is not None)
+        if aggregate is not None and self.bound is not None:
+            self.bound(aggregate)
         return aggregate
 
     async def _save(self, aggregate: A, wait_out_outages: bool) -> None:
@@ -119,9 +132,24 @@ class EventSourcedStore(Generic[A]):
             await self.writer.save(aggregate, wait_out_outages=wait_out_outages)
 
     def _keep(self, aggregate: A) -> None:
+        if self.bound is not None:
+            self.bound(aggregate)
+        size = self.size_of(aggregate) if self.size_of is not None else 0
+        if self.cache_bytes is not None and size > self.cache_bytes:
+            return  # larger than the whole cache: read from the store next time
         self._cache[aggregate.id] = aggregate
-        while len(self._cache) > self.cache_size:
-            self._cache.pop(next(iter(self._cache)))
+        self._sizes[aggregate.id] = size
+        self.cached_bytes += size
+        while len(self._cache) > self.cache_size or (
+            self.cache_bytes is not None and self.cached_bytes > self.cache_bytes
+        ):
+            self._uncache(next(iter(self._cache)))
+
+    def _uncache(self, aggregate_id: UUID) -> A | None:
+        aggregate = self._cache.pop(aggregate_id, None)
+        if aggregate is not None:
+            self.cached_bytes -= self._sizes.pop(aggregate_id)
+        return aggregate
 
     def _span(self, operation: str, attributes: dict[str, Any]) -> Any:
         if self.tracer is None:
@@ -132,11 +160,53 @@ class EventSourcedStore(Generic[A]):
         })
 
 
+# What a conversation's parts take in memory besides their text (CPython 3.11,
+# measured with tracemalloc by tests/adapters/test_conversation_bounds.py): the
+# aggregate with its dicts, a Turn, an outcome with its request id, a pending
+# request, a digest.
+CONVERSATION_BYTES = 4_000
+TURN_BYTES = 200
+OUTCOME_BYTES = 250
+PENDING_BYTES = 600
+DIGEST_BYTES = 150
+
+
+def conversation_bytes(conversation: Conversation) -> int:
+    """About how many bytes a kept conversation holds: the conversation cache's
+    measure (CONVERSATION_CACHE_MB). Each text counts once, though a turn and its
+    outcome share their reply."""
+    size = CONVERSATION_BYTES + _text_bytes(conversation.summary)
+    outcomes = conversation.outcomes
+    for turn in conversation.turns:
+        size += TURN_BYTES + _text_bytes(turn.user_message)
+        if turn.request_id not in outcomes:
+            size += _text_bytes(turn.reply)
+    for outcome in outcomes.values():
+        size += OUTCOME_BYTES + _text_bytes(getattr(outcome, "reply", None))
+    for asked in conversation.pending.values():
+        size += PENDING_BYTES + _text_bytes(asked.get("message"))
+    return size + DIGEST_BYTES * len(conversation.digests)
+
+
+def _text_bytes(text: object) -> int:
+    return sys.getsizeof(text) if isinstance(text, str) else 0
+
+
 def _stored(records: ChatRecords, aggregate_id: UUID) -> Any:
     try:
         return records.repository.get(aggregate_id)
     except AggregateNotFoundError:
         return None
+
+
+def _bounds(
+    turns_kept: int | None, outcomes_kept: int | None
+) -> Callable[[Conversation], None] | None:
+    if turns_kept is None and outcomes_kept is None:
+        return None
+    turns = sys.maxsize if turns_kept is None else turns_kept
+    outcomes = sys.maxsize if outcomes_kept is None else outcomes_kept
+    return lambda conversation: conversation.keep_within(turns, outcomes)
 
 
 class StoreOfRecords:
@@ -149,14 +219,24 @@ class StoreOfRecords:
         conversation_cache_size: int = 10_000,
         tracer: trace.Tracer | None = None,
         outages: StoreOutages | None = None,
+        conversation_cache_bytes: int | None = None,
+        turns_kept: int | None = None,
+        outcomes_kept: int | None = None,
     ) -> None:
+        """`turns_kept` and `outcomes_kept` bound what a conversation holds (see
+        Conversation.keep_within; None: unbounded), and `conversation_cache_bytes`
+        the conversations kept between changes (by `conversation_bytes`)."""
         self.records = records
         self.outages = outages or StoreOutages()
         self.writer = GroupCommitter(records, outages=self.outages)
         self.conversations: EventSourcedStore[Conversation] = EventSourcedStore(
             records, records.conversation, self.writer, self.outages,
             conversation_cache_size, "conversation", tracer or trace.get_tracer(__name__),
+            bound=_bounds(turns_kept, outcomes_kept), size_of=conversation_bytes,
+            cache_bytes=conversation_cache_bytes,
         )
+        if turns_kept is not None or outcomes_kept is not None:
+            records.bound_conversations(turns_kept, outcomes_kept)
         # Only today's budget (and a lease's of yesterday) is worth keeping. Its
         # writes have a queue of their own: every request of the worker waits for a
         # new lease, which must not wait behind a batch of conversations.

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import sys
 import zlib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 from urllib.parse import unquote, urlparse
 from uuid import UUID
 
-from eventsourcing.application import AggregateNotFoundError, Application
+from eventsourcing.application import AggregateNotFoundError, Application, project_aggregate
 from eventsourcing.compressor import ZlibCompressor
 from eventsourcing.persistence import JSONTranscoder, Mapper, Transcoding
 
@@ -171,6 +172,7 @@ class ChatRecords(Application):
         # The URL's connection options where libpq reads them; the tables created
         # by one replica at a time (see adapters.postgres_setup).
         export_libpq_options(env or {})
+        self._bounds: dict[type, Any] = {}
         with schema_lock(env or {}):
             super().__init__(env)
             self.data_keys: SqlDataKeys | None = None
@@ -188,6 +190,34 @@ class ChatRecords(Application):
         super().register_transcodings(transcoder)
         for transcoding in (TurnAsDict(), AnswerAsDict(), FailureAsDict(), ShreddedAsDict()):
             transcoder.register(transcoding)
+
+    def bound_conversations(self, turns_kept: int | None, outcomes_kept: int | None) -> None:
+        """Snapshots of conversations keep no more than this (see
+        Conversation.keep_within): a snapshot does not grow with the conversation."""
+        turns = sys.maxsize if turns_kept is None else turns_kept
+        outcomes = sys.maxsize if outcomes_kept is None else outcomes_kept
+
+        def project_bounded(initial: Any, events: Iterable[Any]) -> Any:
+            conversation = project_aggregate(initial, events)
+            if conversation is not None:
+                conversation.keep_within(turns, outcomes)
+            return conversation
+
+        self.snapshotting_projectors = {
+            **type(self).snapshotting_projectors, Conversation: project_bounded,
+        }
+        self._bounds = {Conversation: lambda c: c.keep_within(turns, outcomes)}
+
+    def snapshot_now(self, aggregate: Any) -> None:
+        """A snapshot of an aggregate just saved, as it is in memory (bounded as
+        `bound_conversations` says): reading it back from the store would cost a
+        decryption of every event since the last snapshot."""
+        bound = self._bounds.get(type(aggregate))
+        if bound is not None:
+            bound(aggregate)
+        snapshot_class = getattr(type(aggregate), "Snapshot", type(self).snapshot_class)
+        assert self.snapshots is not None and snapshot_class is not None
+        self.snapshots.put([snapshot_class.take(aggregate)])
 
     @property
     def reads_are_local(self) -> bool:

@@ -327,7 +327,13 @@ def reader_config(kafka: KafkaSettings | str, group: str) -> dict[str, object]:
     }
 
 
-def consumer_config(kafka: KafkaSettings | str, group: str) -> dict[str, object]:
+def consumer_config(
+    kafka: KafkaSettings | str, group: str, prefetch_bytes: int | None = None
+) -> dict[str, object]:
+    """`prefetch_bytes`: about how many bytes of records the consumer may fetch ahead
+    of the worker (its queue, `queued.max.messages.kbytes`, and one fetch,
+    `fetch.max.bytes`; librdkafka's defaults are 64 MiB and 50 MiB); a setting of
+    the operator's (KAFKA_*) wins. A record larger than a fetch is fetched all the same."""
     kafka = for_address(kafka)
     defaults: dict[str, object] = {
         "auto.offset.reset": "earliest",
@@ -339,6 +345,11 @@ def consumer_config(kafka: KafkaSettings | str, group: str) -> dict[str, object]
         # A broker closing idle connections is routine, not worth a log line.
         "log.connection.close": False,
     }
+    if prefetch_bytes is not None:
+        defaults["queued.max.messages.kbytes"] = max(prefetch_bytes // 1024, 1)
+        # librdkafka refuses a fetch smaller than message.max.bytes (default 1,000,000).
+        largest = int(str({**kafka.common, **kafka.consumer}.get("message.max.bytes", 1_000_000)))
+        defaults["fetch.max.bytes"] = max(prefetch_bytes, largest)
     if kafka.new_group_protocol:  # the broker decides these (librdkafka refuses them)
         for name in CLASSIC_PROTOCOL_ONLY:
             defaults.pop(name, None)

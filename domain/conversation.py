@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from itertools import islice
 from typing import Any
 from uuid import NAMESPACE_URL, UUID, uuid5
 
@@ -394,6 +395,35 @@ class Conversation(Aggregate):
             self.digests.pop(request_id, None)
             if isinstance(outcome, Answer):
                 self.outcomes[request_id] = replace(outcome, reply=EXPIRED)
+
+    # Bounds -------------------------------------------------------------------
+
+    def keep_within(self, turns: int, outcomes: int) -> None:
+        """Forget what answering and deduplication no longer need, so that the state
+        does not grow with the conversation: turns a readable summary covers, turns
+        beyond the newest `turns`, and outcomes (with the digests of what they asked)
+        beyond the newest `outcomes`. Not an event: the events keep all of it, and
+        the audit replays them in full. A request whose outcome was forgotten is
+        answered anew if it is ever delivered again."""
+        kept = self.turns
+        if isinstance(self.summary, str) and self.summarised_through is not None:
+            through = next((i for i, turn in enumerate(kept)
+                            if turn.request_id == self.summarised_through), None)
+            if through is not None:
+                kept = kept[through + 1:]
+        if len(kept) > turns:
+            kept = kept[len(kept) - turns:] if turns > 0 else []
+        if kept is not self.turns:
+            self.turns = list(kept)
+        excess = len(self.outcomes) - max(outcomes, 0)
+        if excess > 0:
+            for request_id in list(islice(self.outcomes, excess)):
+                del self.outcomes[request_id]
+        if len(self.digests) > len(self.outcomes) + len(self.pending):
+            self.digests = {
+                request_id: digest for request_id, digest in self.digests.items()
+                if request_id in self.outcomes or request_id in self.pending
+            }
 
     # Queries ------------------------------------------------------------------
 

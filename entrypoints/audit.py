@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any
 from uuid import UUID
 
+from eventsourcing.application import project_aggregate
+
 from adapters.event_store import ChatRecords
 from application.privacy import KEY_LEDGER_ID
 from domain.conversation import Conversation, Failure, conversation_id
@@ -111,7 +113,8 @@ def audit_report(records: ChatRecords, target: str, thread: str | None = None,
         for row in rows
     ]
     if as_of is not None:
-        state: Conversation = records.repository.get(cid, version=events[-1].originator_version)
+        # From the events alone: a snapshot holds only the newest turns and outcomes.
+        state: Conversation = project_aggregate(None, events)
         lines.append(f"State as of event #{state.version}:")
         lines.append(f"  {len(state.turns)} answered turn(s), "
                      f"{len(state.pending)} pending, "

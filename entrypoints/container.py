@@ -109,7 +109,14 @@ class Container(containers.DeclarativeContainer):
             previous_secret_key=providers.Callable(_secret, settings.provided.SECRET_KEY_PREVIOUS),
         ),
     )
-    stores = providers.Singleton(StoreOfRecords, records=records, tracer=tracer)
+    stores = providers.Singleton(
+        StoreOfRecords, records=records, tracer=tracer,
+        conversation_cache_bytes=providers.Callable(
+            lambda mib: round(mib * 1024 * 1024), settings.provided.CONVERSATION_CACHE_MB
+        ),
+        turns_kept=settings.provided.turns_kept,
+        outcomes_kept=settings.provided.CONVERSATION_OUTCOMES_KEPT,
+    )
     api_key = providers.Singleton(
         api_key_source,
         key=providers.Callable(_secret, settings.provided.OPENAI_API_KEY),

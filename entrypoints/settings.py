@@ -97,6 +97,23 @@ class Settings(BaseSettings):
     )
     CONTEXT_MAX_TOKENS: int = Field(8000, gt=0)
     CONTEXT_MAX_TURNS: int = Field(10, ge=0)
+    CONVERSATION_TURNS_KEPT: int | None = Field(
+        None, ge=0,
+        description="turns a conversation holds besides its summary (older ones stay in "
+        "its events, for the audit); more than CONTEXT_MAX_TURNS, so that a summary can "
+        "take in the older ones; default: twice CONTEXT_MAX_TURNS, at least 1",
+    )
+    CONVERSATION_OUTCOMES_KEPT: int = Field(
+        50, ge=1,
+        description="answered and failed requests a conversation remembers, newest first, "
+        "so that a redelivered record is answered from the store and not the model; a "
+        "record delivered again after more requests than that is answered anew",
+    )
+    CONVERSATION_CACHE_MB: float = Field(
+        64, ge=0,
+        description="MiB of conversations a worker process keeps in memory between turns "
+        "(0: none; each is read from the store)",
+    )
     MAX_BATCH: int = Field(500, gt=0)
     MAX_REQUEST_BYTES: int = Field(
         10 * 1024 * 1024, gt=0, le=512 * 1024 * 1024,
@@ -108,6 +125,13 @@ class Settings(BaseSettings):
         "carry it, the dead letter keeps it",
     )
     MAX_IN_FLIGHT: int = Field(1000, gt=0)
+    MAX_IN_FLIGHT_MB: float = Field(
+        64, gt=0,
+        description="MiB of records (values and keys) a worker process holds at once; "
+        "beyond it, as beyond MAX_IN_FLIGHT, it pauses fetching. Each of its two consumers "
+        "fetches ahead at most a quarter of it (queued.max.messages.kbytes and "
+        "fetch.max.bytes, unless set by KAFKA_*)",
+    )
     SHUTDOWN_TIMEOUT: float = Field(
         60, ge=0,
         description="seconds the requests in flight get to finish when the worker stops, and "
@@ -211,6 +235,23 @@ class Settings(BaseSettings):
         return round((self.DLQ_RETENTION_DAYS or self.RETENTION_DAYS) * 86_400_000)
 
     @property
+    def in_flight_bytes(self) -> int:
+        """MAX_IN_FLIGHT_MB in bytes."""
+        return round(self.MAX_IN_FLIGHT_MB * 1024 * 1024)
+
+    @property
+    def prefetch_bytes(self) -> int:
+        """Bytes of records each consumer may fetch ahead of the worker."""
+        return self.in_flight_bytes // 4
+
+    @property
+    def turns_kept(self) -> int:
+        """Turns a conversation holds besides its summary (CONVERSATION_TURNS_KEPT)."""
+        if self.CONVERSATION_TURNS_KEPT is not None:
+            return self.CONVERSATION_TURNS_KEPT
+        return max(2 * self.CONTEXT_MAX_TURNS, 1)
+
+    @property
     def answering_group(self) -> str:
         """The consumer group of the answering stage (the repartition topic's readers);
         CONSUMER_GROUP itself reads REQUEST_TOPIC and hands its records over."""
@@ -279,6 +320,14 @@ class Settings(BaseSettings):
                     f"{name} is {days:g} days, longer than RETENTION_DAYS ({self.RETENTION_DAYS}): "
                     "the brokers would keep what the store has forgotten"
                 )
+        if self.CONVERSATION_TURNS_KEPT is not None and (
+            self.CONVERSATION_TURNS_KEPT <= self.CONTEXT_MAX_TURNS
+        ):
+            problems.append(
+                f"CONVERSATION_TURNS_KEPT ({self.CONVERSATION_TURNS_KEPT}) must be more than "
+                f"CONTEXT_MAX_TURNS ({self.CONTEXT_MAX_TURNS}): a summary takes in the turns "
+                "that no longer fit, and they must still be there"
+            )
         if problems:
             raise ValueError("\n  ".join(problems))
         return self

@@ -172,7 +172,7 @@ class KafkaWorker:
     def _subscribe(self) -> Consumer:
         settings = self.settings
         consumer = Consumer({
-            **consumer_config(settings.KAFKA, settings.answering_group),
+            **consumer_config(settings.KAFKA, settings.answering_group, settings.prefetch_bytes),
             "on_commit": self._commits.on_commit,
             "statistics.interval.ms": LAG_REPORT_INTERVAL_MS,
             "stats_cb": self._on_statistics,
@@ -326,14 +326,16 @@ class KafkaWorker:
         # Parked batch requests hold nothing here: BATCH_MAX_WAITING sends batch
         # requests beyond it live instead (see ChatService._hold).
         in_flight, limit = self.stats.in_flight, self.settings.MAX_IN_FLIGHT
-        if in_flight >= limit:
+        held, byte_limit = self.stats.in_flight_bytes, self.settings.in_flight_bytes
+        if in_flight >= limit or held >= byte_limit:
             if not self._paused:
                 self.stats.pauses += 1
-                log.debug("%d records in flight: pausing fetches", in_flight)
+                log.debug("%d records (%d bytes) in flight: pausing fetches", in_flight, held)
             # Again each time: partitions assigned meanwhile must pause too.
             consumer.pause(consumer.assignment())
             self._paused = True
-        elif self._paused and in_flight <= limit * RESUME_FRACTION:
+        elif (self._paused and in_flight <= limit * RESUME_FRACTION
+              and held <= byte_limit * RESUME_FRACTION):
             consumer.resume(consumer.assignment())
             self._paused = False
 

@@ -39,6 +39,7 @@ class HeldRecord:
     # it went straight to delivery (epoch seconds).
     held_at: float = field(default_factory=time.time)
     active_since: float | None = None
+    size: int = 0  # bytes of its value and key
 
     @property
     def partition(self) -> tuple[str, int]:
@@ -74,6 +75,9 @@ class WorkerStats:
     dropped: int = 0
     in_flight: int = 0
     peak_in_flight: int = 0
+    # Bytes of the records held (values and keys), batch requests collected included.
+    in_flight_bytes: int = 0
+    peak_in_flight_bytes: int = 0
     # Batch API requests: held while their batch is collected, parked by this
     # worker (their records finished without a response), parked in the open
     # batches of all replicas (as last polled), and answered by this worker when
@@ -100,6 +104,10 @@ class HeldRecords:
         self.stats.in_flight += 1
         self.stats.peak_in_flight = max(self.stats.peak_in_flight, self.stats.in_flight)
         record = HeldRecord(message, epoch, span=span)
+        record.size = len(message.value() or b"") + len(message.key() or b"")
+        self.stats.in_flight_bytes += record.size
+        self.stats.peak_in_flight_bytes = max(self.stats.peak_in_flight_bytes,
+                                              self.stats.in_flight_bytes)
         self._held[id(record)] = record
         return record
 
@@ -147,7 +155,8 @@ class HeldRecords:
         record.span.end()
 
     def _release(self, record: HeldRecord) -> None:
-        self._held.pop(id(record), None)
+        if self._held.pop(id(record), None) is not None:
+            self.stats.in_flight_bytes -= record.size
         if record.batched:
             self.stats.batch_collecting -= 1
         else:

@@ -109,7 +109,9 @@ class Repartitioner:
     def _run(self) -> None:
         settings = self.settings
         producer = Producer(producer_config(settings.KAFKA, largest_record(settings)))
-        consumer = Consumer(consumer_config(settings.KAFKA, settings.CONSUMER_GROUP))
+        consumer = Consumer(
+            consumer_config(settings.KAFKA, settings.CONSUMER_GROUP, settings.prefetch_bytes)
+        )
         consumer.subscribe(
             [settings.REQUEST_TOPIC], on_assign=self._on_assign, on_revoke=self._on_revoke,
         )

@@ -80,6 +80,24 @@ def test_the_worker_defaults_are_defaults_and_production_keeps_librdkafka_fetch_
     assert consumer_config(tuned, "g")["fetch.wait.max.ms"] == "10"
 
 
+def test_the_consumers_fetch_ahead_a_quarter_of_max_in_flight_mb_unless_the_operator_says() -> None:
+    settings = load_settings(BOOTSTRAP_SERVER=BOOTSTRAP, SECRET_KEY="s", MODEL_PROVIDER="offline",
+                             MAX_IN_FLIGHT_MB=64)
+    config = consumer_config(settings.KAFKA, "g", settings.prefetch_bytes)
+    assert config["queued.max.messages.kbytes"] == 16 * 1024
+    assert config["fetch.max.bytes"] == 16 * 1024 * 1024
+    Consumer({**config, "bootstrap.servers": "127.0.0.1:1"}).close()  # librdkafka takes them
+    small = consumer_config(settings.KAFKA, "g", 100_000)  # never below message.max.bytes
+    assert small["fetch.max.bytes"] == 1_000_000
+    Consumer({**small, "bootstrap.servers": "127.0.0.1:1"}).close()
+    large_records = kafka_settings({"KAFKA_MESSAGE_MAX_BYTES": "20000000"}, BOOTSTRAP)
+    assert consumer_config(large_records, "g", 100_000)["fetch.max.bytes"] == 20_000_000
+    operator = kafka_settings({"KAFKA_QUEUED_MAX_MESSAGES_KBYTES": "1024",
+                               "KAFKA_FETCH_MAX_BYTES": "5000000"}, BOOTSTRAP)
+    config = consumer_config(operator, "g", 100_000_000)
+    assert (config["queued.max.messages.kbytes"], config["fetch.max.bytes"]) == ("1024", "5000000")
+
+
 def test_client_id_names_the_replica_unless_set() -> None:
     assert admin_config(kafka_settings({}, BOOTSTRAP))["client.id"] == f"chater-gpt-{socket.gethostname()}"
     assert admin_config(kafka_settings({"KAFKA_CLIENT_ID": "gpt-7"}, BOOTSTRAP))["client.id"] == "gpt-7"

@@ -38,6 +38,12 @@ class Message:
     def offset(self) -> int:
         return self._offset
 
+    def value(self) -> bytes:
+        return b'{"message": "hi"}'
+
+    def key(self) -> bytes:
+        return f"r{self._offset}".encode()
+
 
 class Service:
     """Fails unexpectedly, every time, for the request "bad"; answers the others."""

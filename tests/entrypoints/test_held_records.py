@@ -28,6 +28,12 @@ class Message:
     def offset(self) -> int:
         return self._offset
 
+    def value(self) -> bytes:
+        return b'{"message": "hi"}'
+
+    def key(self) -> bytes:
+        return f"r{self._offset}".encode()
+
 
 REQUEST = ChatRequest(request_id="r", user_email="a@b.co", message="hi")
 
@@ -76,6 +82,20 @@ def test_a_finished_or_dropped_record_is_no_longer_held():
     assert held.stalled(grace=1, now=10.0) == [record]
     held.drop(record)
     assert held.stalled(grace=1, now=10.0) == [] and held.oldest_age(now=10.0) == 0.0
+
+
+def test_the_bytes_of_the_records_held_are_counted_until_they_finish_or_drop():
+    held = held_records()
+    first, second = held.hold(Message(0), None, INVALID_SPAN), held.hold(Message(1), None, INVALID_SPAN)
+    size = len(b'{"message": "hi"}') + len(b"r0")
+    assert (held.stats.in_flight_bytes, held.stats.peak_in_flight_bytes) == (2 * size, 2 * size)
+    held.drop(first)
+    held.drop(first)  # twice changes nothing
+    assert held.stats.in_flight_bytes == size
+    held.collect_for_batch(second)  # apart from MAX_IN_FLIGHT, not from the bytes
+    assert held.stats.in_flight_bytes == size
+    held.drop(second)
+    assert (held.stats.in_flight_bytes, held.stats.peak_in_flight_bytes) == (0, 2 * size)
 
 
 def test_a_batch_request_is_held_apart_while_collected_then_parked_and_finished():

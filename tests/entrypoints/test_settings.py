@@ -252,3 +252,17 @@ async def test_with_redis_the_rate_limits_are_shared_by_the_services_replicas_el
         assert container.language_model().pace.args == (shared,)  # retries take admissions too
     finally:
         await shared.close()
+
+
+def test_a_conversation_keeps_more_turns_than_its_context_and_bounded_bytes(monkeypatch):
+    monkeypatch.setenv("MODEL_PROVIDER", "offline")
+    monkeypatch.setenv("SECRET_KEY", "s3cret")
+    settings = load_settings()
+    assert (settings.turns_kept, settings.CONVERSATION_OUTCOMES_KEPT) == (20, 50)
+    assert load_settings(CONTEXT_MAX_TURNS=3).turns_kept == 6
+    assert load_settings(CONTEXT_MAX_TURNS=0).turns_kept == 1
+    assert load_settings(CONVERSATION_TURNS_KEPT=11).turns_kept == 11
+    with pytest.raises(SettingsError, match=r"CONVERSATION_TURNS_KEPT \(10\) must be more than "
+                                            r"CONTEXT_MAX_TURNS \(10\)"):
+        load_settings(CONVERSATION_TURNS_KEPT=10)
+    assert (settings.in_flight_bytes, settings.prefetch_bytes) == (64 * 2**20, 16 * 2**20)

@@ -57,8 +57,10 @@ def ms(seconds: float) -> str:
 
 
 def drive(bootstrap: str, request_topic: str, response_topic: str, bodies: list[tuple[str, bytes]],
-          concurrent: int, rate: float | None, timeout: float) -> tuple[float, dict[str, float], dict[str, dict]]:
-    """Send the records, keep `concurrent` outstanding, return (seconds, latency by key, bodies)."""
+          concurrent: int, rate: float | None, timeout: float,
+          progress=None) -> tuple[float, dict[str, float], dict[str, dict]]:
+    """Send the records, keep `concurrent` outstanding, return (seconds, latency by key, bodies);
+    `progress(answered)` is called after each batch of answers."""
     producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 1, "log.connection.close": False})
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"load-{uuid.uuid4().hex[:6]}",
                          "enable.auto.commit": False, "fetch.wait.max.ms": 5,
@@ -99,6 +101,8 @@ def drive(bootstrap: str, request_topic: str, response_topic: str, bodies: list[
                 outstanding -= 1
                 if rate is None:
                     outstanding += send(1)
+        if progress is not None:
+            progress(len(latency))
     elapsed = time.perf_counter() - started
     producer.flush(5)
     consumer.close()
@@ -123,8 +127,9 @@ def requests_for(args: argparse.Namespace, run: str) -> list[tuple[str, bytes]]:
 
 def run_service(args, broker, model, store: str, postgres: PostgresServer | None, workdir: Path,
                 extra_env: dict[str, str] | None = None, bodies=None, concurrent: int | None = None,
-                name: str | None = None) -> dict:
-    """One worker process under load; `bodies(run)` gives the requests (default: requests_for)."""
+                name: str | None = None, checkpoints=None) -> dict:
+    """One worker process under load; `bodies(run)` gives the requests (default: requests_for).
+    `checkpoints(pid, store_size)` gives a `progress` callback for `drive` (see longrun)."""
     run = f"{store}-{uuid.uuid4().hex[:6]}"
     topics = {"REQUEST_TOPIC": f"gpt-send-{run}", "RESPONSE_TOPIC": f"gpt-response-{run}",
               "DLQ_TOPIC": f"gpt-send-{run}.dlq"}
@@ -147,13 +152,19 @@ def run_service(args, broker, model, store: str, postgres: PostgresServer | None
            "LOG_LEVEL": "WARNING", "PYTHONPATH": str(ROOT),
            # Served as in production (its checks run every second), on a port of its own.
            "HEALTH_PORT": str(free_loopback_port()), **(extra_env or {})}
-    log = open(workdir / f"{run}.log", "wb")
-    command = [sys.executable, "-m", "entrypoints.cli", "worker"]
-    if args.profile:  # py-spy's collapsed stacks of the worker, for finding what limits it
-        command = ["py-spy", "record", "--format", "raw", "--rate", "200", "--nonblocking",
-                   "-o", f"{args.profile}.{store}.txt", "--", *command]
-    worker = subprocess.Popen(command, cwd=workdir,
-                              env=env, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+    workers, pids = [], []
+    for number in range(args.workers):  # --workers: members of one consumer group
+        log = open(workdir / f"{run}.{number}.log", "wb")
+        command = [sys.executable, "-m", "entrypoints.cli", "worker"]
+        if args.profile:  # py-spy's collapsed stacks of the worker, for finding what limits it
+            command = ["py-spy", "record", "--format", "raw", "--rate", "200", "--nonblocking",
+                       "-o", f"{args.profile}.{store}.{number}.txt", "--", *command]
+        worker_env = {**env, "HEALTH_PORT": str(free_loopback_port())} if number else env
+        workers.append(subprocess.Popen(command, cwd=workdir, env=worker_env, stdout=log,
+                                        stderr=log, stdin=subprocess.DEVNULL))
+        # Under --profile the worker is py-spy's child: its figures, not the profiler's.
+        pids.append(worker_pid(workers[-1], profiled=bool(args.profile)))
+    pid = pids[0]
     try:
         # Warm up: the group join, the store's tables, the model client's pool.
         warm = [(f"{run}-warm-{n}", json.dumps({"user_email": f"warm{n}@load.example",
@@ -161,24 +172,28 @@ def run_service(args, broker, model, store: str, postgres: PostgresServer | None
         _, warmed, _ = drive(broker.bootstrap_server, topics["REQUEST_TOPIC"],
                              topics["RESPONSE_TOPIC"], warm, 20, None, 90)
         if len(warmed) < len(warm):
-            raise RuntimeError(f"the worker did not answer the warm-up; see {log.name}")
+            raise RuntimeError(f"the worker did not answer the warm-up; see {workdir}")
         model.reset()
         model.set_latency(args.latency)
-        cpu_before = read_cpu_seconds(worker.pid)
+        cpu_before = sum(read_cpu_seconds(p) for p in pids)
+        progress = checkpoints(pid, lambda: store_size(store, database_url, postgres)) \
+            if checkpoints else None
         elapsed, latency, answers = drive(
             broker.bootstrap_server, topics["REQUEST_TOPIC"], topics["RESPONSE_TOPIC"],
             (bodies or (lambda run: requests_for(args, run)))(run), concurrent or args.concurrent,
-            args.rate, args.timeout)
-        cpu_seconds = read_cpu_seconds(worker.pid) - cpu_before
-        peak_rss_kib = read_peak_rss(worker.pid)
+            args.rate, args.timeout, progress)
+        cpu_seconds = sum(read_cpu_seconds(p) for p in pids) - cpu_before
+        peak_rss_kib = max(read_peak_rss(p) for p in pids)
         timings = model.timings()
         sent = model.requests()
     finally:
-        worker.send_signal(signal.SIGINT if args.profile else signal.SIGTERM)
-        try:
-            worker.wait(60)
-        except subprocess.TimeoutExpired:
-            worker.kill()
+        for worker in workers:
+            worker.send_signal(signal.SIGINT if args.profile else signal.SIGTERM)
+        for worker in workers:
+            try:
+                worker.wait(60)
+            except subprocess.TimeoutExpired:
+                worker.kill()
     model_time = {text.split(" ", 1)[0]: answered - received for text, received, answered in timings}
     overhead = [latency[key] - model_time[key] for key in latency if key in model_time]
     errors = sum("error" in body for body in answers.values())
@@ -257,6 +272,51 @@ def conversation_requests(conversations: int, turns: int):
     return bodies
 
 
+LONG_MESSAGE = " ".join([FILLER] * 12)  # about 2,000 characters
+
+
+def run_longrun_scenario(args, broker, model, workdir: Path, postgres: PostgresServer | None,
+                         stores: list[str]) -> None:
+    """Conversations of many turns with long messages: the worker's memory must stay flat
+    after warm-up and the store grow linearly (not with the square of the turns)."""
+    conversations, turns = args.longrun_conversations, args.longrun_turns
+
+    def bodies(run: str) -> list[tuple[str, bytes]]:
+        out = []
+        for turn in range(turns):
+            for c in range(conversations):
+                body = {"user_email": f"user{c}@longrun.example", "conversation_id": run,
+                        "message": f"turn {turn}: {LONG_MESSAGE}", "max_tokens": 300}
+                out.append((f"{run}-{c}-{turn}", json.dumps(body).encode()))
+        return out
+
+    total = conversations * turns
+    print(f"\nlongrun: {conversations} conversations of {turns} turns, messages of "
+          f"{len(LONG_MESSAGE)} characters, one turn of each conversation outstanding at a time, "
+          f"model latency {args.latency}s")
+    for store in stores:
+        marks: list[tuple[int, float, int]] = []  # answered, RSS KiB, store bytes
+
+        def checkpoints(pid, size):
+            wanted = [total * q // 4 for q in (1, 2, 3, 4)]
+
+            def progress(answered: int) -> None:
+                if len(marks) < len(wanted) and answered >= wanted[len(marks)]:
+                    marks.append((answered, read_rss(pid), size()))
+            return progress
+
+        result = run_service(args, broker, model, store, postgres, workdir, {}, bodies,
+                             concurrent=conversations, name=f"longrun ({store})",
+                             checkpoints=checkpoints)
+        report(result)
+        print(f"  {'answered':>10} {'RSS MiB':>9} {'store MiB':>10}")
+        for answered, rss, size in marks:
+            print(f"  {answered:10d} {rss / 1024:9.1f} {size / 2**20:10.1f}")
+        if len(marks) == 4:
+            print(f"  store at the end / at half-time: {marks[3][2] / max(marks[1][2], 1):.2f}"
+                  f"   RSS at the end / at a quarter: {marks[3][1] / marks[0][1]:.2f}")
+
+
 def run_context_scenario(args, broker, model, workdir: Path) -> None:
     """Prompt tokens per request on long conversations: truncate vs summarize (and,
     for scale, the whole history sent every time)."""
@@ -290,6 +350,39 @@ def run_context_scenario(args, broker, model, workdir: Path) -> None:
         print(f"  {name:28} {total / done:19.1f} {summary_tokens / done:19.1f} "
               f"{len(sent) / done:14.3f} {carried:19d}"
               + (f"  ({result['errors']} errors)" if result["errors"] else ""))
+
+
+def worker_pid(process: subprocess.Popen, profiled: bool) -> int:
+    """The worker's pid: the process itself, or under py-spy its child."""
+    if not profiled:
+        return process.pid
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        children = Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()
+        if children:
+            return int(children[0])
+        time.sleep(0.05)
+    raise RuntimeError("py-spy started no worker")
+
+
+def read_rss(pid: int) -> float:
+    """VmRSS: the resident memory of the process now, in KiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return float(line.split()[1])
+    return float("nan")
+
+
+def store_size(store: str, database_url: str, postgres: PostgresServer | None) -> int:
+    """Bytes the event store takes on disk: the SQLite files, or the database's size."""
+    if store == "sqlite":
+        path = Path(database_url.removeprefix("sqlite:///"))
+        return sum(p.stat().st_size for p in path.parent.glob(path.name + "*"))
+    if store == "postgres" and postgres is not None:
+        import psycopg
+        with psycopg.connect(database_url.replace("postgresql+psycopg", "postgresql")) as db:
+            return int(db.execute("SELECT pg_database_size(current_database())").fetchone()[0])
+    return 0
 
 
 def read_cpu_seconds(pid: int) -> float:
@@ -458,7 +551,8 @@ def report(result: dict) -> float:
         print(f"  worker peak RSS     {result['peak_rss_mib']:8.1f} MiB")
         if "cpu_seconds" in result:
             cpu_ms = 1000 * result["cpu_seconds"] / max(result["done"], 1)
-            print(f"  worker CPU/request  {cpu_ms:8.2f} ms")
+            print(f"  worker CPU/request  {cpu_ms:8.2f} ms  (all worker processes; 1 / it: "
+                  f"{1000 / cpu_ms if cpu_ms else 0:.0f} requests/s per core)")
         print(f"  model calls/request {result['model_calls'] / max(result['done'], 1):8.3f}")
     return throughput
 
@@ -479,24 +573,30 @@ def main() -> None:
     parser.add_argument("--store", default="sqlite",
                         help="sqlite, postgres, memory (no store cost), or several: sqlite,postgres")
     parser.add_argument("--max-in-flight", type=int, default=1000)
+    parser.add_argument("--workers", type=int, default=1,
+                        help="worker processes in one consumer group (CPU summed, RSS of the largest)")
     parser.add_argument("--rate", type=float, default=None, help="open loop: send at this many per second")
     parser.add_argument("--timeout", type=float, default=600)
     parser.add_argument("--skip-baselines", action="store_true")
     parser.add_argument("--profile", metavar="PREFIX", help="profile the worker with py-spy")
     parser.add_argument("--scenario", default="throughput",
                         help="throughput, cache (hit rate and cost with and without the cache), "
-                             "context (truncate vs summarize), or several: cache,context")
+                             "context (truncate vs summarize), longrun (memory and store size over "
+                             "long conversations, per --store), or several: cache,context")
     parser.add_argument("--repeat", type=float, default=0.3,
                         help="cache: the share of requests that repeat an earlier one")
     parser.add_argument("--turns", type=int, default=40, help="context: turns per conversation")
     parser.add_argument("--context-conversations", type=int, default=25,
                         help="context: conversations run side by side")
+    parser.add_argument("--longrun-conversations", type=int, default=300,
+                        help="longrun: conversations run side by side")
+    parser.add_argument("--longrun-turns", type=int, default=60, help="longrun: turns per conversation")
     args = parser.parse_args()
     args.conversations = args.conversations or args.requests
     stores = [s.strip() for s in args.store.split(",") if s.strip()]
     scenarios = {s.strip() for s in args.scenario.split(",") if s.strip()}
     if scenarios - {"throughput"}:
-        return run_scenarios(args, scenarios)
+        return run_scenarios(args, scenarios, stores)
 
     print(f"load: {args.requests} requests over {args.conversations} conversations, "
           f"{args.concurrent} outstanding{f', {args.rate:.0f}/s' if args.rate else ''}, "
@@ -526,7 +626,7 @@ def main() -> None:
                   f"   model server ceiling {throughput / ceiling:6.1%}")
 
 
-def run_scenarios(args, scenarios: set[str]) -> None:
+def run_scenarios(args, scenarios: set[str], stores: list[str]) -> None:
     from tests.support.redis_server import RedisServer
 
     with tempfile.TemporaryDirectory(prefix="chater-load-") as tmp, EmbeddedBroker() as broker, \
@@ -540,6 +640,13 @@ def run_scenarios(args, scenarios: set[str]) -> None:
                 redis.stop()
         if "context" in scenarios:
             run_context_scenario(args, broker, model, Path(tmp))
+        if "longrun" in scenarios:
+            postgres = PostgresServer(durable=True).start() if "postgres" in stores else None
+            try:
+                run_longrun_scenario(args, broker, model, Path(tmp), postgres, stores)
+            finally:
+                if postgres:
+                    postgres.stop()
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from application.contract import ChatRequest
 from application.pii import resolve_overlaps
 from application.ports import BatchState, Detection, ModelCall, ModelError, ModelReply
 from domain.conversation import conversation_id
+from entrypoints.settings import Settings
 from domain.token_budget import SERVICE_SCOPE
 
 
@@ -183,7 +184,11 @@ def make_service(
     model = model or FakeModel()
     records = records or ChatRecords(env={"PERSISTENCE_MODULE": "eventsourcing.popo"})
     clock = clock or FixedClock()
-    stores = StoreOfRecords(records, conversation_cache_size)
+    # Bounded as the worker bounds them by default (Settings.turns_kept and
+    # CONVERSATION_OUTCOMES_KEPT).
+    turns_kept = max(2 * int(policy.get("context_max_turns", ChatPolicy().context_max_turns)), 1)
+    stores = StoreOfRecords(records, conversation_cache_size, turns_kept=turns_kept,
+                            outcomes_kept=Settings.model_fields["CONVERSATION_OUTCOMES_KEPT"].default)
     ledger_settings = {LEDGER_SETTINGS[name]: policy.pop(name) for name in list(policy)
                        if name in LEDGER_SETTINGS}
     ledger_settings.setdefault("daily_limit", 1_000_000)
