@@ -212,6 +212,55 @@ class SqlDataKeys:
             _remember(self._reading, key_id, (key, now))
         return key_id, key
 
+    def issue_for_writing(self, wanted: Sequence[tuple[str, str, str]]) -> None:
+        """Issue (or read) the day's keys of many (owner, day, conversation id) at once,
+        registering each conversation as its owner's, in one transaction: what
+        `key_for_writing` would do for each new conversation, but one round trip
+        and one commit for a whole group commit's worth of them."""
+        now = time.monotonic()
+        wanted = [(owner, day, cid) for owner, day, cid in dict.fromkeys(wanted)
+                  if self._owners.get(cid) != owner or (owner, day) not in self._writing]
+        if not wanted:
+            return
+        statements: list[Statement] = []
+        issued: dict[tuple[str, str], tuple[str, bytes]] = {}
+        for owner, day, cid in wanted:
+            statements.append((
+                "INSERT INTO data_key_owners (conversation_id, owner) VALUES ({p}, {p}) "
+                "ON CONFLICT (conversation_id) DO NOTHING", (cid, owner),
+            ))
+            if (owner, day) in issued:
+                continue
+            key_id, key = str(uuid.uuid4()), AESGCM.generate_key(bit_length=256)
+            issued[(owner, day)] = (key_id, key)
+            statements.append((
+                "INSERT INTO data_keys (key_id, owner, day, wrapped, master_id, issued_at) "
+                "VALUES ({p}, {p}, {p}, {p}, {p}, {p}) "
+                "ON CONFLICT (owner, day) WHERE wrapped IS NOT NULL DO NOTHING",
+                (key_id, owner, day, self.master.wrap(key_id, key), self.master.id, _now()),
+            ))
+        owners = sorted({owner for owner, _ in issued})
+        marks = ", ".join("{p}" for _ in owners)
+        statements.append((
+            f"SELECT key_id, owner, day, wrapped, master_id FROM data_keys "
+            f"WHERE owner IN ({marks}) AND wrapped IS NOT NULL", owners,
+        ))
+        live = {(owner, day): (key_id, wrapped, master_id)
+                for key_id, owner, day, wrapped, master_id in self.sql.run_all(statements)}
+        with self._lock:
+            for owner, day, cid in wanted:
+                if (owner, day) not in live:
+                    continue  # destroyed meanwhile: key_for_writing issues it again
+                _remember(self._owners, cid, owner)
+            for (owner, day), (key_id, key) in issued.items():
+                if (owner, day) not in live:
+                    continue
+                live_id, wrapped, master_id = live[(owner, day)]
+                if live_id != key_id:  # another was issued first
+                    key_id, key = live_id, self._unwrap(live_id, wrapped, master_id)
+                _remember(self._writing, (owner, day), (key_id, key, now))
+                _remember(self._reading, key_id, (key, now))
+
     def key_for_reading(self, key_id: str) -> bytes | str:
         now = time.monotonic()
         cached = self._reading.get(key_id)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import sys
+import threading
 import zlib
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -18,7 +19,7 @@ from uuid import UUID
 
 from eventsourcing.application import AggregateNotFoundError, Application, project_aggregate
 from eventsourcing.compressor import ZlibCompressor
-from eventsourcing.persistence import JSONTranscoder, Mapper, Transcoding
+from eventsourcing.persistence import JSONTranscoder, Mapper, Notification, Recording, Transcoding
 
 from adapters.data_keys import SqlDataKeys, master_keys_env, open_data_keys
 from adapters.personal_data import PersonalDataMapper
@@ -26,6 +27,10 @@ from adapters.postgres_setup import export_libpq_options, libpq_environment, sch
 from domain.conversation import Answer, Conversation, Failure, Shredded, Turn, data_owner
 from domain.parked_batches import ParkedBatches
 from domain.token_budget import TokenBudget
+
+# Conversation events kept for the usage view's catch-up (ChatRecords.saved_event):
+# more than a worker saves between two catch-ups (5 s) at full speed.
+JUST_SAVED_KEPT = 20_000
 
 # Fixed on purpose: the same SECRET_KEY must give the same key on every worker.
 _KEY_SALT = b"chater-gpt/event-store/v1"
@@ -47,12 +52,28 @@ def cipher_key(secret_key: str) -> str:
     return base64.b64encode(key).decode()
 
 
-class FastZlibCompressor(ZlibCompressor):
-    """zlib at level 1: events are small, and level 6 cost a tenth of the worker's
-    CPU under load (py-spy) for little more saving. Same format, so either reads both."""
+# Below this many bytes an event is stored as it is: setting zlib up costs more
+# (~12 us) than the few bytes saved are worth, and most of an event is its personal
+# fields, already ciphertext, which does not compress; a snapshot's accounting of
+# its turns and outcomes does.
+COMPRESS_FROM_BYTES = 2048
+
+
+class SizedZlibCompressor(ZlibCompressor):
+    """zlib at level 1 (level 6 cost a tenth of the worker's CPU under load, for
+    little more saving) for events of COMPRESS_FROM_BYTES and more, none below.
+    What the transcoder writes starts with `{` (JSON), a zlib stream never does, so
+    reading tells the two apart, and reads what earlier versions compressed whole."""
 
     def compress(self, data: bytes) -> bytes:
+        if len(data) < COMPRESS_FROM_BYTES:
+            return data
         return zlib.compress(data, 1)
+
+    def decompress(self, data: bytes) -> bytes:
+        if data[:1] == b"{":
+            return data
+        return zlib.decompress(data)
 
 
 def persistence_env(database_url: str) -> dict[str, str]:
@@ -119,7 +140,7 @@ def event_store_env(
     their events stay readable."""
     return {
         **persistence_env(database_url),
-        "COMPRESSOR_TOPIC": "adapters.event_store:FastZlibCompressor",
+        "COMPRESSOR_TOPIC": "adapters.event_store:SizedZlibCompressor",
         **master_keys_env(secret_key, previous_secret_key, cipher_key(secret_key)),
     }
 
@@ -173,6 +194,11 @@ class ChatRecords(Application):
         # by one replica at a time (see adapters.postgres_setup).
         export_libpq_options(env or {})
         self._bounds: dict[type, Any] = {}
+        # Conversation events this process saved, by notification id, until the
+        # usage view's catch-up takes them (`saved_event`): it need not read back,
+        # decrypt and decode what was just written. The oldest go beyond the bound.
+        self._just_saved: dict[int, Any] = {}
+        self._just_saved_lock = threading.Lock()
         with schema_lock(env or {}):
             super().__init__(env)
             self.data_keys: SqlDataKeys | None = None
@@ -190,6 +216,22 @@ class ChatRecords(Application):
         super().register_transcodings(transcoder)
         for transcoding in (TurnAsDict(), AnswerAsDict(), FailureAsDict(), ShreddedAsDict()):
             transcoder.register(transcoding)
+
+    def _notify(self, recordings: list[Recording[Any]]) -> None:
+        with self._just_saved_lock:
+            kept = self._just_saved
+            for recording in recordings:
+                if isinstance(recording.domain_event, Conversation.Event):
+                    kept[recording.notification.id] = recording.domain_event
+            while len(kept) > JUST_SAVED_KEPT:
+                del kept[next(iter(kept))]
+
+    def saved_event(self, notification: Notification) -> Any:
+        """The domain event a notification holds: as this process saved it when it
+        still has it (once), else decoded from the notification."""
+        with self._just_saved_lock:
+            event = self._just_saved.pop(notification.id, None)
+        return event if event is not None else self.mapper.to_domain_event(notification)
 
     def bound_conversations(self, turns_kept: int | None, outcomes_kept: int | None) -> None:
         """Snapshots of conversations keep no more than this (see

@@ -103,6 +103,9 @@ class GroupCommitter:
     def _write(self, batch: list[_Write]) -> None:
         self.transactions += 1
         self.saves += len(batch)
+        prepare = getattr(self.application.mapper, "prepare", None)
+        if prepare is not None:  # the data keys of new conversations, in one round trip
+            prepare([event for write in batch for event in write.events])
         try:
             self.application.save(*(event for write in batch for event in write.events))
         except RecordConflictError:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import base64
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -18,7 +18,15 @@ from eventsourcing.persistence import Mapper, StoredEvent
 from eventsourcing.utils import Environment
 
 from application.ports import DataKeys
-from domain.conversation import Answer, Failure, Shredded, data_owner, from_legacy, readable
+from domain.conversation import (
+    Answer,
+    Conversation,
+    Failure,
+    Shredded,
+    data_owner,
+    from_legacy,
+    readable,
+)
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +75,21 @@ class PersonalDataMapper(Mapper[Any]):
         self.cipher = _aes(store_key)
 
     # Writing ------------------------------------------------------------------------
+
+    def prepare(self, domain_events: Sequence[Any]) -> None:
+        """Issue the day's keys of the new conversations among the events in one
+        round trip, before they are mapped one by one (see `to_stored_event`)."""
+        if self.keys is None:
+            return
+        wanted = [
+            (data_owner(event.user_email), event.timestamp.strftime("%Y-%m-%d"),
+             str(event.originator_id))
+            for event in domain_events
+            if type(event).__name__ == "Started" and isinstance(event, Conversation.Event)
+            and readable(event.user_email)
+        ]
+        if wanted:
+            self.keys.issue_for_writing(wanted)
 
     def to_stored_event(self, domain_event: Any) -> StoredEvent:
         fields = self._personal_fields(domain_event)

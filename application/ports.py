@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol, TypeVar
@@ -259,6 +259,11 @@ class DataKeys(Protocol):
         """(key id, 32-byte key) of the owner's live key for the UTC day, issued when
         there is none (a destroyed key is never used again); `conversation_id`, when
         given, is remembered as the owner's."""
+        ...
+
+    def issue_for_writing(self, wanted: Sequence[tuple[str, str, str]]) -> None:
+        """`key_for_writing` for many (owner, day, conversation id) at once, in one
+        round trip to the store."""
         ...
 
     def key_for_reading(self, key_id: str) -> bytes | str:

@@ -322,7 +322,9 @@ def catch_up(
         )
         if not notifications:
             break
-        events = [app.mapper.to_domain_event(notification) for notification in notifications]
+        # What this process saved itself is taken as saved (ChatRecords.saved_event).
+        decode = getattr(app, "saved_event", app.mapper.to_domain_event)
+        events = [decode(notification) for notification in notifications]
         tracking = Tracking(app.name, notifications[-1].id)
         try:
             projection.process_events(events, tracking)

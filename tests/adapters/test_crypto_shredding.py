@@ -185,7 +185,7 @@ def test_a_conversation_from_before_data_keys_becomes_erasable(tmp_path):
         **persistence_env(url),
         "CIPHER_TOPIC": "eventsourcing.cryptography:AESCipher",
         "CIPHER_KEY": __import__("adapters.event_store").event_store.cipher_key(SECRET),
-        "COMPRESSOR_TOPIC": "adapters.event_store:FastZlibCompressor",
+        "COMPRESSOR_TOPIC": "eventsourcing.compressor:ZlibCompressor",  # everything, at level 6
     }
     old = ChatRecords(env=legacy_env)  # as the previous version stored events
     say(old, "ada@example.com", "r1", message="old secret", reply="old reply")
@@ -324,3 +324,37 @@ def test_a_summary_expires_with_the_oldest_turn_it_covers_and_the_rest_is_contex
     assert loaded.context_summary() is None
     # Turns it covered that are still within retention are context again.
     assert [t.reply for t in loaded.unsummarised_turns()] == [REPLY, "recent reply"]
+
+
+def test_a_group_commit_issues_the_keys_of_its_new_conversations_in_one_round_trip(store):
+    import asyncio
+
+    from adapters.group_commit import GroupCommitter
+    from tests.support.conversations import answer, receive
+
+    records, _, _ = store
+    keys = records.data_keys
+    transactions = []
+    run_all = keys.sql.run_all
+    keys.sql.run_all = lambda statements, *a: transactions.append(len(statements)) or run_all(statements, *a)
+    users = [f"user{n}@example.com" for n in range(20)]
+    conversations = [Conversation(user) for user in users] + [Conversation(users[0], "work")]
+    for n, conversation in enumerate(conversations):
+        receive(conversation, f"r{n}", f"secret {n}")
+        answer(conversation, f"r{n}", f"reply {n}")
+
+    async def save_together() -> None:
+        writer = GroupCommitter(records)
+        await asyncio.gather(*(writer.save(c) for c in conversations))
+    asyncio.run(save_together())
+
+    assert len(transactions) == 1  # 21 registrations, 20 keys, one SELECT: one transaction
+    assert transactions[0] == 21 + 20 + 1
+    records.repository.cache = None
+    for n, conversation in enumerate(conversations):
+        assert records.conversation(conversation.id).turns[0].reply == f"reply {n}"
+    # Each user's key is theirs: erasing one leaves the others readable.
+    erase(records, users[1], requested_by="dpo")
+    assert records.conversation(conversations[1].id).turns == []
+    assert records.conversation(conversations[2].id).turns[0].reply == "reply 2"
+    assert records.conversation(conversations[20].id).turns[0].reply == "reply 20"

@@ -362,3 +362,26 @@ def test_summaries_of_compacted_context_count_as_spending_not_as_requests(store)
     assert total.cost == pytest.approx(sum(c for c in costs if c) + summary_cost)
     [nano] = [g for g in groups if g.group == "gpt-4.1-nano"]
     assert nano.requests == 0 and nano.prompt_tokens == 400
+
+
+def test_the_worker_projects_the_events_it_saved_without_reading_them_back(store, tmp_path):
+    traffic(store.records)
+    decoded = []
+    decode = store.records.mapper.to_domain_event
+    store.records.mapper.to_domain_event = lambda n: decoded.append(n.id) or decode(n)
+    mine = store.projection()
+    catch_up(store.records, mine)
+    assert decoded == []  # every conversation event was this process's own
+
+    # Another process (the usage command, another replica) decodes them: the same report.
+    other_env = {**store.env}
+    other = ChatRecords(env=other_env)
+    try:
+        other_view_env = {**other_env, "SQLITE_DBNAME": str(tmp_path / "other.sqlite")}
+        events = other.recorder.select_notifications(start=None, limit=100, topics=UsageProjection.topics)
+        theirs = UsageProjection(open_usage_view(other_view_env), SECRET)
+        theirs.process_events([other.mapper.to_domain_event(n) for n in events],
+                              Tracking(other.name, events[-1].id))
+        assert usage_report(theirs.view, Window(), "model") == usage_report(mine.view, Window(), "model")
+    finally:
+        other.close()
