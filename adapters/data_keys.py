@@ -120,6 +120,10 @@ class SqlDataKeys:
 
     # Owners -----------------------------------------------------------------------
 
+    def known_owner(self, conversation_id: str) -> str | None:
+        """The conversation's owner if this process knows it already (no round trip)."""
+        return self._owners.get(conversation_id)
+
     def owner_of(self, conversation_id: str) -> str | None:
         owner = self._owners.get(conversation_id)
         if owner is None:
@@ -260,6 +264,31 @@ class SqlDataKeys:
                     key_id, key = live_id, self._unwrap(live_id, wrapped, master_id)
                 _remember(self._writing, (owner, day), (key_id, key, now))
                 _remember(self._reading, key_id, (key, now))
+
+    def refresh_for_writing(self, wanted: Sequence[tuple[str, str]]) -> None:
+        """Check at once that the cached keys of many (owner, day) are still live, as
+        `key_for_writing` checks each after KEY_CACHE_SECONDS; one round trip. A key
+        destroyed meanwhile is forgotten, and `key_for_writing` issues a new one."""
+        now = time.monotonic()
+        stale = {}
+        for owner, day in dict.fromkeys(wanted):
+            cached = self._writing.get((owner, day))
+            if cached is not None and now - cached[2] >= KEY_CACHE_SECONDS:
+                stale[cached[0]] = (owner, day, cached)
+        if not stale:
+            return
+        marks = ", ".join("{p}" for _ in stale)
+        rows = self.sql.run(
+            f"SELECT key_id FROM data_keys WHERE key_id IN ({marks}) AND wrapped IS NOT NULL",
+            list(stale),
+        )
+        live = {row[0] for row in rows}
+        with self._lock:
+            for key_id, (owner, day, cached) in stale.items():
+                if key_id in live:
+                    _remember(self._writing, (owner, day), (cached[0], cached[1], now))
+                elif self._writing.get((owner, day)) is cached:
+                    del self._writing[(owner, day)]
 
     def key_for_reading(self, key_id: str) -> bytes | str:
         now = time.monotonic()

@@ -81,15 +81,20 @@ class PersonalDataMapper(Mapper[Any]):
         round trip, before they are mapped one by one (see `to_stored_event`)."""
         if self.keys is None:
             return
-        wanted = [
-            (data_owner(event.user_email), event.timestamp.strftime("%Y-%m-%d"),
-             str(event.originator_id))
-            for event in domain_events
-            if type(event).__name__ == "Started" and isinstance(event, Conversation.Event)
-            and readable(event.user_email)
-        ]
+        wanted, known = [], []
+        for event in domain_events:
+            if not isinstance(event, Conversation.Event):
+                continue
+            day = event.timestamp.strftime("%Y-%m-%d")
+            if type(event).__name__ == "Started":
+                if readable(event.user_email):
+                    wanted.append((data_owner(event.user_email), day, str(event.originator_id)))
+            elif (owner := self.keys.known_owner(str(event.originator_id))) is not None:
+                known.append((owner, day))  # its key checked at once, if due
         if wanted:
             self.keys.issue_for_writing(wanted)
+        if known:
+            self.keys.refresh_for_writing(known)
 
     def to_stored_event(self, domain_event: Any) -> StoredEvent:
         fields = self._personal_fields(domain_event)

@@ -266,6 +266,14 @@ class DataKeys(Protocol):
         round trip to the store."""
         ...
 
+    def refresh_for_writing(self, wanted: Sequence[tuple[str, str]]) -> None:
+        """Check at once that the keys cached for many (owner, day) are still live."""
+        ...
+
+    def known_owner(self, conversation_id: str) -> str | None:
+        """The conversation's owner if known without asking the store."""
+        ...
+
     def key_for_reading(self, key_id: str) -> bytes | str:
         """The key, or why it is gone: "erased" or "expired"."""
         ...

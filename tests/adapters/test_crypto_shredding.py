@@ -358,3 +358,53 @@ def test_a_group_commit_issues_the_keys_of_its_new_conversations_in_one_round_tr
     assert records.conversation(conversations[1].id).turns == []
     assert records.conversation(conversations[2].id).turns[0].reply == "reply 2"
     assert records.conversation(conversations[20].id).turns[0].reply == "reply 20"
+
+
+def test_a_group_commit_checks_its_cached_keys_in_one_round_trip_and_a_destroyed_one_is_replaced(
+    store,
+):
+    import asyncio
+
+    import adapters.data_keys
+    from adapters.group_commit import GroupCommitter
+    from tests.support.conversations import answer, receive
+
+    records, url, _ = store
+    users = [f"user{n}@example.com" for n in range(10)]
+    conversations = [Conversation(user) for user in users]
+    writer = GroupCommitter(records)
+
+    def turn(request_id: str) -> None:
+        for n, conversation in enumerate(conversations):
+            receive(conversation, f"{request_id}-{n}", f"secret {n}")
+            answer(conversation, f"{request_id}-{n}", f"{request_id} reply {n}")
+
+    async def save_together() -> None:
+        await asyncio.gather(*(writer.save(c) for c in conversations))
+
+    turn("r1")
+    asyncio.run(save_together())
+    # Another replica erases user 3: its key is destroyed in the store.
+    other = ChatRecords(env=event_store_env(url, SECRET))
+    try:
+        erase(other, users[3], requested_by="dpo")
+    finally:
+        other.close()
+    conversations[3] = records.conversation(conversations[3].id)  # erased: starts afresh
+    keys = records.data_keys
+    # Every key is due for its check (cached longer ago than KEY_CACHE_SECONDS).
+    past = adapters.data_keys.KEY_CACHE_SECONDS + 1
+    keys._writing = {k: (key_id, key, at - past) for k, (key_id, key, at) in keys._writing.items()}
+    transactions = []
+    run_all = keys.sql.run_all
+    keys.sql.run_all = lambda statements, *a: transactions.append(statements[-1][0]) or run_all(statements, *a)
+    turn("r2")
+    asyncio.run(save_together())
+
+    # One check of all ten keys, then a new key for the erased user alone.
+    assert len(transactions) == 2, transactions
+    assert transactions[0].startswith("SELECT key_id FROM data_keys WHERE key_id IN")
+    records.repository.cache = None
+    for n, conversation in enumerate(conversations):
+        replies = [t.reply for t in records.conversation(conversation.id).turns]
+        assert replies == (["r2 reply 3"] if n == 3 else [f"r1 reply {n}", f"r2 reply {n}"])
