@@ -199,16 +199,6 @@ def _stored(records: ChatRecords, aggregate_id: UUID) -> Any:
         return None
 
 
-def _bounds(
-    turns_kept: int | None, outcomes_kept: int | None
-) -> Callable[[Conversation], None] | None:
-    if turns_kept is None and outcomes_kept is None:
-        return None
-    turns = sys.maxsize if turns_kept is None else turns_kept
-    outcomes = sys.maxsize if outcomes_kept is None else outcomes_kept
-    return lambda conversation: conversation.keep_within(turns, outcomes)
-
-
 class StoreOfRecords:
     """The stores of one ChatRecords (conversations and the key ledger share a group
     commit, budgets have one of their own), all under the outage policy given."""
@@ -229,14 +219,14 @@ class StoreOfRecords:
         self.records = records
         self.outages = outages or StoreOutages()
         self.writer = GroupCommitter(records, outages=self.outages)
+        if turns_kept is not None or outcomes_kept is not None:
+            records.bound_conversations(turns_kept, outcomes_kept)
         self.conversations: EventSourcedStore[Conversation] = EventSourcedStore(
             records, records.conversation, self.writer, self.outages,
             conversation_cache_size, "conversation", tracer or trace.get_tracer(__name__),
-            bound=_bounds(turns_kept, outcomes_kept), size_of=conversation_bytes,
+            bound=records.bound_of(Conversation), size_of=conversation_bytes,
             cache_bytes=conversation_cache_bytes,
         )
-        if turns_kept is not None or outcomes_kept is not None:
-            records.bound_conversations(turns_kept, outcomes_kept)
         # Only today's budget (and a lease's of yesterday) is worth keeping. Its
         # writes have a queue of their own: every request of the worker waits for a
         # new lease, which must not wait behind a batch of conversations.

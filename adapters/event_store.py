@@ -12,7 +12,7 @@ import hashlib
 import sys
 import threading
 import zlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 from urllib.parse import unquote, urlparse
 from uuid import UUID
@@ -239,16 +239,24 @@ class ChatRecords(Application):
         turns = sys.maxsize if turns_kept is None else turns_kept
         outcomes = sys.maxsize if outcomes_kept is None else outcomes_kept
 
+        def bound(conversation: Conversation) -> None:
+            conversation.keep_within(turns, outcomes)
+
         def project_bounded(initial: Any, events: Iterable[Any]) -> Any:
             conversation = project_aggregate(initial, events)
             if conversation is not None:
-                conversation.keep_within(turns, outcomes)
+                bound(conversation)
             return conversation
 
         self.snapshotting_projectors = {
             **type(self).snapshotting_projectors, Conversation: project_bounded,
         }
-        self._bounds = {Conversation: lambda c: c.keep_within(turns, outcomes)}
+        self._bounds[Conversation] = bound
+
+    def bound_of(self, kind: type) -> Callable[[Any], None] | None:
+        """What an aggregate of the kind forgets after each load and change (see
+        `bound_conversations`); None: nothing."""
+        return self._bounds.get(kind)
 
     def snapshot_now(self, aggregate: Any) -> None:
         """A snapshot of an aggregate just saved, as it is in memory (bounded as
