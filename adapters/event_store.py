@@ -199,6 +199,7 @@ class ChatRecords(Application):
         # decrypt and decode what was just written. The oldest go beyond the bound.
         self._just_saved: dict[int, Any] = {}
         self._just_saved_lock = threading.Lock()
+        self._saved_topics: frozenset[str] = frozenset()  # none kept until asked
         with schema_lock(env or {}):
             super().__init__(env)
             self.data_keys: SqlDataKeys | None = None
@@ -217,11 +218,22 @@ class ChatRecords(Application):
         for transcoding in (TurnAsDict(), AnswerAsDict(), FailureAsDict(), ShreddedAsDict()):
             transcoder.register(transcoding)
 
+    def keep_saved_events(self, topics: Iterable[str]) -> None:
+        """From now on keep the events of these topics this process saves, for
+        `saved_event` (the usage view's catch-up asks, for the topics it reads);
+        none: keep none."""
+        with self._just_saved_lock:
+            self._saved_topics = frozenset(topics)
+            if not self._saved_topics:
+                self._just_saved.clear()
+
     def _notify(self, recordings: list[Recording[Any]]) -> None:
+        if not self._saved_topics:
+            return
         with self._just_saved_lock:
             kept = self._just_saved
             for recording in recordings:
-                if isinstance(recording.domain_event, Conversation.Event):
+                if recording.notification.topic in self._saved_topics:
                     kept[recording.notification.id] = recording.domain_event
             while len(kept) > JUST_SAVED_KEPT:
                 del kept[next(iter(kept))]
@@ -232,6 +244,14 @@ class ChatRecords(Application):
         with self._just_saved_lock:
             event = self._just_saved.pop(notification.id, None)
         return event if event is not None else self.mapper.to_domain_event(notification)
+
+    def forget_saved_through(self, notification_id: int) -> None:
+        """The catch-up is past this notification: kept events up to it are not
+        needed any more (another replica's catch-up may have applied them)."""
+        with self._just_saved_lock:
+            kept = self._just_saved
+            while kept and next(iter(kept)) <= notification_id:
+                del kept[next(iter(kept))]
 
     def bound_conversations(self, turns_kept: int | None, outcomes_kept: int | None) -> None:
         """Snapshots of conversations keep no more than this (see

@@ -104,8 +104,11 @@ class GroupCommitter:
         self.transactions += 1
         self.saves += len(batch)
         prepare = getattr(self.application.mapper, "prepare", None)
-        if prepare is not None:  # the data keys of new conversations, in one round trip
-            prepare([event for write in batch for event in write.events])
+        if prepare is not None:  # the data keys of the batch's conversations, at once
+            try:
+                prepare([event for write in batch for event in write.events])
+            except Exception as error:  # each event gets its key as it is mapped
+                log.debug("data keys not prepared: %s", error)
         try:
             self.application.save(*(event for write in batch for event in write.events))
         except RecordConflictError:

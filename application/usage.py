@@ -338,6 +338,9 @@ def catch_up(
         position = tracking.notification_id
         if len(notifications) < batch_size:
             break
+    forget = getattr(app, "forget_saved_through", None)
+    if forget is not None and position is not None:
+        forget(position)
     return applied
 
 

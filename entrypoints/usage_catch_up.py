@@ -30,6 +30,10 @@ class UsageCatchUp:
         self.log = logging.getLogger("chater-gpt.usage")
 
     def start(self) -> None:
+        from application.usage import UsageProjection
+
+        # The events this worker saves are taken as saved, not read back.
+        self.records.keep_saved_events(UsageProjection.topics)
         self.thread.start()
 
     def stop(self, timeout: float = 30.0) -> None:
@@ -54,6 +58,7 @@ class UsageCatchUp:
                     catch_up(self.records, projection, stop=None if last else self.stopping)
                 except UsageViewUnavailable as error:
                     self.log.info("usage view not kept: %s", error)
+                    self.records.keep_saved_events(())
                     return
                 except Exception as error:  # the store is down, say: next time
                     self.log.warning("usage view catch-up failed (%s); retrying", error)

@@ -365,6 +365,7 @@ def test_summaries_of_compacted_context_count_as_spending_not_as_requests(store)
 
 
 def test_the_worker_projects_the_events_it_saved_without_reading_them_back(store, tmp_path):
+    store.records.keep_saved_events(UsageProjection.topics)
     traffic(store.records)
     decoded = []
     decode = store.records.mapper.to_domain_event
@@ -372,6 +373,7 @@ def test_the_worker_projects_the_events_it_saved_without_reading_them_back(store
     mine = store.projection()
     catch_up(store.records, mine)
     assert decoded == []  # every conversation event was this process's own
+    assert store.records._just_saved == {}  # none kept once applied
 
     # Another process (the usage command, another replica) decodes them: the same report.
     other_env = {**store.env}

@@ -47,9 +47,10 @@ def test_the_worker_deployment_is_probed_limited_and_keeps_secrets_out():
     (worker,) = pod["containers"]
     assert worker["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert worker["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    # A core for its one process: the service scales by replicas (README: Every core).
     assert worker["resources"] == {
-        "requests": {"memory": "256Mi", "cpu": "250m"},
-        "limits": {"memory": "512Mi", "cpu": "500m"},
+        "requests": {"memory": "256Mi", "cpu": "1"},
+        "limits": {"memory": "512Mi", "cpu": "1"},
     }
     env = {item["name"]: item for item in worker["env"]}
     # The API key: a file from the Secret, mounted whole (a subPath is never updated).
