@@ -23,6 +23,7 @@ from domain.conversation import (
     Conversation,
     Failure,
     Shredded,
+    Turn,
     data_owner,
     from_legacy,
     readable,
@@ -136,7 +137,12 @@ class PersonalDataMapper(Mapper[Any]):
             personal["pending"] = {k: v.pop("message") for k, v in holder["pending"].items()
                                    if "message" in v}
             outcomes = holder.get("outcomes", {})
-            personal["outcomes"] = {k: v.reply for k, v in outcomes.items() if isinstance(v, Answer)}
+            # A reply its turn holds too is sealed once, with the turn.
+            in_turns = _turn_replies(personal.get("turns"))
+            personal["outcomes"] = {
+                k: v.reply for k, v in outcomes.items()
+                if isinstance(v, Answer) and (k not in in_turns or in_turns[k] != v.reply)
+            }
             holder["outcomes"] = {
                 k: replace(v, reply="") if isinstance(v, Answer) else v for k, v in outcomes.items()
             }
@@ -173,8 +179,12 @@ class PersonalDataMapper(Mapper[Any]):
             if snapshot:
                 for key, message in fields.pop("pending", {}).items():
                     holder["pending"][key]["message"] = message
-                for key, reply in fields.pop("outcomes", {}).items():
+                replies = fields.pop("outcomes", {})
+                for key, reply in replies.items():
                     holder["outcomes"][key] = _with_reply(holder["outcomes"][key], reply)
+                for key, reply in _turn_replies(fields.get("turns")).items():
+                    if key not in replies and key in holder["outcomes"]:
+                        holder["outcomes"][key] = _with_reply(holder["outcomes"][key], reply)
             elif "reply" in fields:
                 # A reply to a user erased while it was on its way, as versions
                 # before Shredded recorded it.
@@ -205,6 +215,13 @@ class PersonalDataMapper(Mapper[Any]):
         """Drop the ciphers of unwrapped keys (after keys were destroyed)."""
         with self._lock:
             self._ciphers.clear()
+
+
+def _turn_replies(turns: Any) -> dict[str, Any]:
+    """Request id -> reply of a snapshot's turns (none when shredded)."""
+    if not isinstance(turns, list):
+        return {}
+    return {turn.request_id: turn.reply for turn in turns if isinstance(turn, Turn)}
 
 
 def _with_reply(outcome: Any, reply: Any) -> Any:

@@ -104,7 +104,7 @@ class Settings(BaseSettings):
         "take in the older ones; default: twice CONTEXT_MAX_TURNS, at least 1",
     )
     CONVERSATION_OUTCOMES_KEPT: int = Field(
-        50, ge=1,
+        20, ge=1,
         description="answered and failed requests a conversation remembers, newest first, "
         "so that a redelivered record is answered from the store and not the model; a "
         "record delivered again after more requests than that is answered anew",

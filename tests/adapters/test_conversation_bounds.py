@@ -158,3 +158,24 @@ def test_the_audit_replays_every_turn_whatever_the_snapshots_hold():
 
     assert "30 answered turn(s), 0 pending, 0 failed" in report
     assert "question 0" in report and "reply 29" in report
+
+
+def test_a_snapshot_seals_a_reply_its_turn_holds_once_and_loads_it_into_both():
+    records = ChatRecords(env=event_store_env("memory://", "bounds-secret"))
+    conversation = Conversation("long@example.com")
+    texts = 0
+    for n in range(10):
+        message, reply = f"question {n} " + "lorem " * 300, f"reply {n} " + "ipsum " * 300
+        receive(conversation, f"r{n}", message)
+        answer(conversation, f"r{n}", reply)
+        texts += len(message) + len(reply)
+    records.save(conversation)
+    records.take_snapshot(conversation.id)
+
+    stored = records.snapshots.recorder.select_events(conversation.id, desc=True, limit=1)[0]
+    # Each text once (sealed, in base64: 4/3), not each reply twice (1.75 x the texts).
+    assert len(stored.state) < 1.5 * texts, (len(stored.state), texts)
+    snapshot = next(iter(records.snapshots.get(conversation.id, desc=True, limit=1)))
+    loaded = snapshot.mutate(None)
+    assert [loaded.outcome(f"r{n}").reply for n in range(10)] == [t.reply for t in conversation.turns]
+    assert loaded.turns == conversation.turns

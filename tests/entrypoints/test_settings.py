@@ -258,7 +258,7 @@ def test_a_conversation_keeps_more_turns_than_its_context_and_bounded_bytes(monk
     monkeypatch.setenv("MODEL_PROVIDER", "offline")
     monkeypatch.setenv("SECRET_KEY", "s3cret")
     settings = load_settings()
-    assert (settings.turns_kept, settings.CONVERSATION_OUTCOMES_KEPT) == (20, 50)
+    assert (settings.turns_kept, settings.CONVERSATION_OUTCOMES_KEPT) == (20, 20)
     assert load_settings(CONTEXT_MAX_TURNS=3).turns_kept == 6
     assert load_settings(CONTEXT_MAX_TURNS=0).turns_kept == 1
     assert load_settings(CONVERSATION_TURNS_KEPT=11).turns_kept == 11

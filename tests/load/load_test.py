@@ -285,9 +285,10 @@ def run_longrun_scenario(args, broker, model, workdir: Path, postgres: PostgresS
         out = []
         for turn in range(turns):
             for c in range(conversations):
+                key = f"{run}-{c}-{turn}"  # first in the message: the overhead is measured by it
                 body = {"user_email": f"user{c}@longrun.example", "conversation_id": run,
-                        "message": f"turn {turn}: {LONG_MESSAGE}", "max_tokens": 300}
-                out.append((f"{run}-{c}-{turn}", json.dumps(body).encode()))
+                        "message": f"{key} turn {turn}: {LONG_MESSAGE}", "max_tokens": 300}
+                out.append((key, json.dumps(body).encode()))
         return out
 
     total = conversations * turns
