@@ -127,9 +127,10 @@ def requests_for(args: argparse.Namespace, run: str) -> list[tuple[str, bytes]]:
 
 def run_service(args, broker, model, store: str, postgres: PostgresServer | None, workdir: Path,
                 extra_env: dict[str, str] | None = None, bodies=None, concurrent: int | None = None,
-                name: str | None = None, checkpoints=None) -> dict:
+                name: str | None = None, checkpoints=None, keep_sent: bool = True) -> dict:
     """One worker process under load; `bodies(run)` gives the requests (default: requests_for).
-    `checkpoints(pid, store_size)` gives a `progress` callback for `drive` (see longrun)."""
+    `checkpoints(pid, store_size)` gives a `progress` callback for `drive` (see longrun);
+    `keep_sent=False` leaves out the bodies the model server received (too many to fetch)."""
     run = f"{store}-{uuid.uuid4().hex[:6]}"
     topics = {"REQUEST_TOPIC": f"gpt-send-{run}", "RESPONSE_TOPIC": f"gpt-response-{run}",
               "DLQ_TOPIC": f"gpt-send-{run}.dlq"}
@@ -185,7 +186,7 @@ def run_service(args, broker, model, store: str, postgres: PostgresServer | None
         cpu_seconds = sum(read_cpu_seconds(p) for p in pids) - cpu_before
         peak_rss_kib = max(read_peak_rss(p) for p in pids)
         timings = model.timings()
-        sent = model.requests()
+        sent = model.requests() if keep_sent else []
     finally:
         for worker in workers:
             worker.send_signal(signal.SIGINT if args.profile else signal.SIGTERM)
@@ -308,7 +309,7 @@ def run_longrun_scenario(args, broker, model, workdir: Path, postgres: PostgresS
 
         result = run_service(args, broker, model, store, postgres, workdir, {}, bodies,
                              concurrent=conversations, name=f"longrun ({store})",
-                             checkpoints=checkpoints)
+                             checkpoints=checkpoints, keep_sent=False)
         report(result)
         print(f"  {'answered':>10} {'RSS MiB':>9} {'store MiB':>10}")
         for answered, rss, size in marks:
