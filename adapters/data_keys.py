@@ -177,44 +177,24 @@ class SqlDataKeys:
         cached = self._writing.get((owner, day))
         if conversation_id is not None and self._owners.get(conversation_id) != owner:
             cached = None  # the registration must be written
+        if cached is not None and now - cached[2] >= KEY_CACHE_SECONDS:
+            # Still live? (another replica may have destroyed it)
+            self.refresh_for_writing([(owner, day)])
+            cached = self._writing.get((owner, day))
         if cached is not None and now - cached[2] < KEY_CACHE_SECONDS:
             return cached[0], cached[1]
-        if cached is not None:  # still live? (another replica may have destroyed it)
-            rows = self.sql.run(
-                "SELECT wrapped IS NOT NULL FROM data_keys WHERE key_id = {p}", (cached[0],)
-            )
-            if rows and rows[0][0]:
-                with self._lock:
-                    _remember(self._writing, (owner, day), (cached[0], cached[1], now))
-                return cached[0], cached[1]
         # Issue a key unless the day has a live one already, then read the live one.
-        key_id, key = str(uuid.uuid4()), AESGCM.generate_key(bit_length=256)
-        statements: list[Statement] = []
-        if conversation_id is not None:
-            statements.append((
-                "INSERT INTO data_key_owners (conversation_id, owner) VALUES ({p}, {p}) "
-                "ON CONFLICT (conversation_id) DO NOTHING", (conversation_id, owner),
-            ))
+        key_id, key, issue = self._issue(owner, day)
+        statements = [] if conversation_id is None else [self._register(conversation_id, owner)]
         statements += [
-            ("INSERT INTO data_keys (key_id, owner, day, wrapped, master_id, issued_at) "
-             "VALUES ({p}, {p}, {p}, {p}, {p}, {p}) "
-             "ON CONFLICT (owner, day) WHERE wrapped IS NOT NULL DO NOTHING",
-             (key_id, owner, day, self.master.wrap(key_id, key), self.master.id, _now())),
+            issue,
             ("SELECT key_id, wrapped, master_id FROM data_keys "
              "WHERE owner = {p} AND day = {p} AND wrapped IS NOT NULL", (owner, day)),
         ]
         rows = self.sql.run_all(statements)
         if not rows:  # destroyed between the two statements: issue again
             return self.key_for_writing(owner, day, conversation_id)
-        live_id, wrapped, master_id = rows[0]
-        if live_id != key_id:  # another was issued first
-            key_id, key = live_id, self._unwrap(live_id, wrapped, master_id)
-        with self._lock:
-            if conversation_id is not None:
-                _remember(self._owners, conversation_id, owner)
-            _remember(self._writing, (owner, day), (key_id, key, now))
-            _remember(self._reading, key_id, (key, now))
-        return key_id, key
+        return self._keep_live(owner, day, (key_id, key), rows[0], now, conversation_id)
 
     def issue_for_writing(self, wanted: Sequence[tuple[str, str, str]]) -> None:
         """Issue (or read) the day's keys of many (owner, day, conversation id) at once,
@@ -229,20 +209,12 @@ class SqlDataKeys:
         statements: list[Statement] = []
         issued: dict[tuple[str, str], tuple[str, bytes]] = {}
         for owner, day, cid in wanted:
-            statements.append((
-                "INSERT INTO data_key_owners (conversation_id, owner) VALUES ({p}, {p}) "
-                "ON CONFLICT (conversation_id) DO NOTHING", (cid, owner),
-            ))
+            statements.append(self._register(cid, owner))
             if (owner, day) in issued:
                 continue
-            key_id, key = str(uuid.uuid4()), AESGCM.generate_key(bit_length=256)
+            key_id, key, issue = self._issue(owner, day)
             issued[(owner, day)] = (key_id, key)
-            statements.append((
-                "INSERT INTO data_keys (key_id, owner, day, wrapped, master_id, issued_at) "
-                "VALUES ({p}, {p}, {p}, {p}, {p}, {p}) "
-                "ON CONFLICT (owner, day) WHERE wrapped IS NOT NULL DO NOTHING",
-                (key_id, owner, day, self.master.wrap(key_id, key), self.master.id, _now()),
-            ))
+            statements.append(issue)
         owners = sorted({owner for owner, _ in issued})
         marks = ", ".join("{p}" for _ in owners)
         statements.append((
@@ -251,19 +223,47 @@ class SqlDataKeys:
         ))
         live = {(owner, day): (key_id, wrapped, master_id)
                 for key_id, owner, day, wrapped, master_id in self.sql.run_all(statements)}
+        # Destroyed meanwhile: key_for_writing issues it again.
+        for owner, day, cid in wanted:
+            if (owner, day) in live:
+                with self._lock:
+                    _remember(self._owners, cid, owner)
+        for (owner, day), issued_key in issued.items():
+            if (owner, day) in live:
+                self._keep_live(owner, day, issued_key, live[(owner, day)], now)
+
+    def _register(self, conversation_id: str, owner: str) -> Statement:
+        """The statement that records the conversation as the owner's (once)."""
+        return ("INSERT INTO data_key_owners (conversation_id, owner) VALUES ({p}, {p}) "
+                "ON CONFLICT (conversation_id) DO NOTHING", (conversation_id, owner))
+
+    def _issue(self, owner: str, day: str) -> tuple[str, bytes, Statement]:
+        """A new key for the owner's day, and the statement that stores it wrapped
+        unless the day has a live one already."""
+        key_id, key = str(uuid.uuid4()), AESGCM.generate_key(bit_length=256)
+        return key_id, key, (
+            "INSERT INTO data_keys (key_id, owner, day, wrapped, master_id, issued_at) "
+            "VALUES ({p}, {p}, {p}, {p}, {p}, {p}) "
+            "ON CONFLICT (owner, day) WHERE wrapped IS NOT NULL DO NOTHING",
+            (key_id, owner, day, self.master.wrap(key_id, key), self.master.id, _now()),
+        )
+
+    def _keep_live(
+        self, owner: str, day: str, issued: tuple[str, bytes],
+        live: tuple[str, str, str | None], now: float, conversation_id: str | None = None,
+    ) -> tuple[str, bytes]:
+        """The day's live key (the one issued, or another issued first, unwrapped),
+        remembered for writing and reading."""
+        key_id, key = issued
+        live_id, wrapped, master_id = live
+        if live_id != key_id:  # another was issued first
+            key_id, key = live_id, self._unwrap(live_id, wrapped, master_id)
         with self._lock:
-            for owner, day, cid in wanted:
-                if (owner, day) not in live:
-                    continue  # destroyed meanwhile: key_for_writing issues it again
-                _remember(self._owners, cid, owner)
-            for (owner, day), (key_id, key) in issued.items():
-                if (owner, day) not in live:
-                    continue
-                live_id, wrapped, master_id = live[(owner, day)]
-                if live_id != key_id:  # another was issued first
-                    key_id, key = live_id, self._unwrap(live_id, wrapped, master_id)
-                _remember(self._writing, (owner, day), (key_id, key, now))
-                _remember(self._reading, key_id, (key, now))
+            if conversation_id is not None:
+                _remember(self._owners, conversation_id, owner)
+            _remember(self._writing, (owner, day), (key_id, key, now))
+            _remember(self._reading, key_id, (key, now))
+        return key_id, key
 
     def refresh_for_writing(self, wanted: Sequence[tuple[str, str]]) -> None:
         """Check at once that the cached keys of many (owner, day) are still live, as

@@ -316,14 +316,14 @@ def catch_up(
     view = projection.view
     applied = 0
     position = view.max_tracking_id(app.name)
+    # What this process saved itself is taken as saved (ChatRecords.saved_event).
+    decode = getattr(app, "saved_event", app.mapper.to_domain_event)
     while stop is None or not stop.is_set():
         notifications = app.recorder.select_notifications(
             start=position, limit=batch_size, topics=projection.topics, inclusive_of_start=False
         )
         if not notifications:
             break
-        # What this process saved itself is taken as saved (ChatRecords.saved_event).
-        decode = getattr(app, "saved_event", app.mapper.to_domain_event)
         events = [decode(notification) for notification in notifications]
         tracking = Tracking(app.name, notifications[-1].id)
         try:

@@ -369,10 +369,7 @@ def worker_pid(process: subprocess.Popen, profiled: bool) -> int:
 
 def read_rss(pid: int) -> float:
     """VmRSS: the resident memory of the process now, in KiB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return float(line.split()[1])
-    return float("nan")
+    return _status_kib(pid, "VmRSS")
 
 
 def store_size(store: str, database_url: str, postgres: PostgresServer | None) -> int:
@@ -395,8 +392,13 @@ def read_cpu_seconds(pid: int) -> float:
 
 def read_peak_rss(pid: int) -> float:
     """VmHWM: the most resident memory the process ever had, in KiB."""
+    return _status_kib(pid, "VmHWM")
+
+
+def _status_kib(pid: int, field: str) -> float:
+    """A memory figure of /proc/<pid>/status, in KiB."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
+        if line.startswith(f"{field}:"):
             return float(line.split()[1])
     return float("nan")
 
