@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import base64
 import logging
+import os
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from eventsourcing.cryptography import AESCipher
 from eventsourcing.persistence import Mapper, StoredEvent
 from eventsourcing.utils import Environment
@@ -256,5 +258,48 @@ def _content_days(state: dict[str, Any]) -> list[str]:
 
 def _aes(key: bytes) -> AESCipher:
     """eventsourcing's AES-GCM cipher with this key."""
-    return AESCipher(Environment(env={"CIPHER_KEY": base64.b64encode(key).decode()}))
+    return _PooledNonceCipher(Environment(env={"CIPHER_KEY": base64.b64encode(key).decode()}))
+
+
+class _PooledNonceCipher(AESCipher):
+    """eventsourcing's AES-GCM cipher, writing the same bytes (nonce, tag, ciphertext),
+    for a store that encrypts every event twice: one AESGCM per key rather than one
+    per call, and the random 96-bit nonces drawn from os.urandom 4 KiB at a time rather
+    than with a system call each (2.9 % of the worker's samples under load)."""
+
+    def __init__(self, environment: Environment) -> None:
+        super().__init__(environment)
+        self._aead = AESGCM(self.key)
+
+    def encrypt(self, plaintext: bytes) -> bytes:
+        nonce = _NONCES.take()
+        sealed = self._aead.encrypt(nonce, plaintext, None)
+        return nonce + sealed[-16:] + sealed[:-16]  # the tag first, as the library writes it
+
+
+class _Nonces:
+    """Random 12-byte nonces from a buffer of os.urandom output, each handed out once.
+    A forked child starts with an empty buffer, so it never repeats its parent's."""
+
+    SIZE = 12
+    BUFFER = 4092  # 341 nonces
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._empty()
+        os.register_at_fork(after_in_child=self._empty)
+
+    def _empty(self) -> None:
+        self._buffer, self._at = b"", 0
+
+    def take(self) -> bytes:
+        with self._lock:
+            if self._at + self.SIZE > len(self._buffer):
+                self._buffer, self._at = os.urandom(self.BUFFER), 0
+            nonce = self._buffer[self._at:self._at + self.SIZE]
+            self._at += self.SIZE
+            return nonce
+
+
+_NONCES = _Nonces()
 
