@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -28,7 +29,8 @@ class Price:
         for name in ("prompt", "completion", "cached_prompt"):
             value = getattr(self, name)
             if value is not None and (
-                isinstance(value, bool) or not isinstance(value, int | float) or value < 0
+                isinstance(value, bool) or not isinstance(value, int | float)
+                or not 0 <= value < math.inf  # NaN and infinity are no price either
             ):
                 raise ValueError(f"{name} must be a number of dollars >= 0, not {value!r}")
 

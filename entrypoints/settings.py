@@ -144,7 +144,8 @@ class Settings(BaseSettings):
     LOG_FORMAT: Literal["json", "text"] = "json"
     LOG_CONTENT: bool = Field(False, description="message text and e-mail addresses in logs")
     MODEL_PRICES: str | None = Field(
-        None, description="a JSON or YAML file of prices per million tokens, by model"
+        None, description="a JSON or YAML file of prices per million tokens, by model, "
+        "or LiteLLM's model_prices_and_context_window.json"
     )
     HEALTH_PORT: int = Field(8080, ge=0, le=65535, description="0 turns the health server off")
     HEALTH_HOST: str | None = Field(
