@@ -6,10 +6,11 @@ from __future__ import annotations
 import os
 
 from opentelemetry import trace
-from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased
+
+from adapters.otel_metrics import service_resource
 
 
 class OtelTracing:
@@ -29,7 +30,7 @@ class OtelTracing:
             or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
         )
         self.provider = TracerProvider(
-            resource=Resource.create({"service.name": "chater-gpt"}),
+            resource=service_resource(),
             sampler=None if exporting else ParentBased(ALWAYS_OFF),
         )
         if exporting:

@@ -1,4 +1,5 @@
-"""The `chater-gpt` command: worker, audit, usage, erase, retention, rotate-keys, demo."""
+"""The `chater-gpt` command: worker, check, audit, usage, erase, retention, rotate-keys,
+dead-letters, demo, completion."""
 
 from __future__ import annotations
 
@@ -38,10 +39,26 @@ def _configure_logging(level: str, json_lines: bool = False, content: bool = Fal
         ))
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(TraceIds())
     logging.basicConfig(level=level, handlers=[handler])
     if not content:
         for chatty in CHATTY_LIBRARIES:
             logging.getLogger(chatty).setLevel(max(logging.WARNING, logging.getLevelName(level)))
+
+
+class TraceIds(logging.Filter):
+    """Every line logged while a request's span is current carries its trace and span
+    ids (JSON fields `trace_id`, `span_id`), unless the line gives its own."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not hasattr(record, "trace_id"):
+            from opentelemetry import trace
+
+            context = trace.get_current_span().get_span_context()
+            if context.is_valid:
+                record.trace_id = format(context.trace_id, "032x")
+                record.span_id = format(context.span_id, "016x")
+        return True
 
 
 def _exit_at_once(signum: int, frame: object) -> None:
@@ -294,10 +311,57 @@ def run_demo() -> int:
     return demo()
 
 
+def run_check(replicas: int | None, timeout: float, fmt: str) -> int:
+    from entrypoints.check import as_json, failed, report, run_checks
+
+    settings = load_settings()
+    _configure_logging("ERROR")
+    findings = run_checks(settings, replicas=replicas, timeout=timeout)
+    print(json.dumps(as_json(findings), indent=2) if fmt == "json" else report(findings))
+    return 1 if failed(findings) else 0
+
+
+def version() -> str:
+    """This package's version, and those of the parts that talk to the outside."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed
+
+    def of(package: str) -> str:
+        try:
+            return installed(package)
+        except PackageNotFoundError:
+            return "not installed"
+
+    import confluent_kafka
+
+    return (
+        f"chater-gpt {of('chater-gpt')} (Python {sys.version.split()[0]}; confluent-kafka "
+        f"{confluent_kafka.__version__}, librdkafka {confluent_kafka.libversion()[0]}; "
+        f"openai {of('openai')}; eventsourcing {of('eventsourcing')})"
+    )
+
+
+def _positive(text: str) -> int:
+    number = int(text)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, not {number}")
+    return number
+
+
+class _PrintVersion(argparse.Action):
+    """--version, worked out only when asked and printed unwrapped."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: object) -> None:
+        print(version())
+        parser.exit()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="chater-gpt", description="The GPT service of the Chater platform."
     )
+    parser.add_argument("--version", action=_PrintVersion, nargs=0,
+                        help="print the version and those of its main libraries, and exit")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser(
         "worker", help="consume gpt-send and answer on gpt-response",
@@ -338,10 +402,34 @@ def main(argv: list[str] | None = None) -> int:
         "dead-letters", help="print the dead-letter topic, values opened with SECRET_KEY"
     )
     dead.add_argument("--limit", type=int, default=100)
+    check = commands.add_parser(
+        "check", help="can this configuration run? settings, broker, topics, store, Redis, "
+        "provider, prices",
+        description="Check the settings and reach everything a worker needs (the broker and "
+        "its topics, the store, Redis, the model provider for each configured model), compare "
+        "partitions with replicas and report unpriced models. One line per finding: ok, warn, "
+        "fail or skip. Exit 0 when nothing failed, 1 when something did, 2 when the settings "
+        "are invalid.",
+    )
+    check.add_argument("--replicas", type=_positive, metavar="N", help="compare the partitions with "
+                       "N replicas (default: the members of the answering group now)")
+    check.add_argument("--timeout", type=float, default=5.0, metavar="SECONDS",
+                       help="for each answer (default 5)")
+    check.add_argument("--format", choices=("text", "json"), default="text")
     commands.add_parser(
         "demo", help="run everything on this machine and show it working (the demo extra)"
     )
+    completion = commands.add_parser(
+        "completion", help="print the shell completion script: "
+        "eval \"$(chater-gpt completion bash)\" (or zsh, tcsh)"
+    )
+    completion.add_argument("shell", choices=("bash", "zsh", "tcsh"))
     args = parser.parse_args(argv)
+    if args.command == "completion":
+        import shtab
+
+        print(shtab.complete(parser, shell=args.shell))
+        return 0
     try:
         if args.command == "worker":
             return run_worker()
@@ -355,6 +443,8 @@ def main(argv: list[str] | None = None) -> int:
             return run_dead_letters(args.limit)
         if args.command == "usage":
             return run_usage(args.since, args.until, args.by, args.format, args.user)
+        if args.command == "check":
+            return run_check(args.replicas, args.timeout, args.format)
         return run_demo()
     except (SettingsError, KeyUnavailable) as error:
         print(f"chater-gpt: {error}", file=sys.stderr)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from importlib.metadata import version
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -80,3 +81,22 @@ def test_metrics_count_what_was_sent_and_what_the_model_used(broker, topics, fak
     assert total(samples, "chater_gpt_in_flight") == 0
     assert total(samples, "chater_gpt_circuit_state", model="gpt-4o-mini") == 0
     assert 0 < total(samples, "chater_gpt_budget_remaining_tokens") < 100_000_000  # a lease is held
+    # OpenTelemetry's GenAI conventions beside ours: the same tokens per call, by
+    # input and output, and each call's duration.
+    assert total(samples, "gen_ai_client_token_usage_sum", gen_ai_token_type="input") == sum(
+        u["prompt_tokens"] for u in used)
+    assert total(samples, "gen_ai_client_token_usage_sum", gen_ai_token_type="output") == sum(
+        u["completion_tokens"] for u in used)
+    assert total(samples, "gen_ai_client_token_usage_count", gen_ai_token_type="input",
+                 gen_ai_request_model="gpt-4o-mini", gen_ai_operation_name="chat",
+                 gen_ai_provider_name="openai") == 48
+    assert total(samples, "gen_ai_client_operation_duration_seconds_count",
+                 gen_ai_operation_name="chat") == 49
+    # What runs, and the process itself.
+    [build] = samples["chater_gpt_build_info"]
+    assert build.value == 1 and build.labels["version"] == version("chater-gpt")
+    assert build.labels["openai"] == version("openai") and build.labels["librdkafka"].startswith("2.")
+    assert total(samples, "process_cpu_seconds_total") > 0
+    assert total(samples, "process_resident_memory_bytes") > 50 * 2**20
+    assert total(samples, "python_gc_collections_total") > 0
+    assert samples["python_info"][0].labels["major"] == "3"

@@ -42,7 +42,9 @@ fine-tunes (``ft:gpt-4o-mini-2024-07-18:org::id``), and the *extra* names a test
 accepts (``FakeOpenAIServer(models=[...])``, ``--model NAME``, or ``POST
 /_control/models`` ``{"extra": [...]}``; extra names are served as plain chat
 models, their limits unchecked).  ``gpt-4o-latest`` is not served, as on the real
-API.  A reasoning model (:data:`REASONING_MODELS`: the o-series and gpt-5, as
+API.  ``GET /v1/models`` lists the served names of the table and the extra ones, and
+``GET /v1/models/{id}`` answers a served id with its model object and any other with
+the same 404 ``model_not_found``; both refuse a key not accepted with the 401.  A reasoning model (:data:`REASONING_MODELS`: the o-series and gpt-5, as
 snapshots and fine-tunes too) refuses ``max_tokens`` with OpenAI's 400
 ``unsupported_parameter`` (``Unsupported parameter: 'max_tokens' is not supported
 with this model. Use 'max_completion_tokens' instead.``, param ``max_tokens``) and a
@@ -969,6 +971,24 @@ def build_app(state: FakeOpenAIState) -> "web.Application":
     def not_found(what: str, ident: str) -> web.Response:
         return web.json_response(_invalid_request(f"No such {what}: '{ident}'.", "id"), status=404)
 
+    def model_object(model: str) -> dict[str, Any]:
+        return {"id": model, "object": "model", "created": 1715367049, "owned_by": "system"}
+
+    async def list_models(request: web.Request) -> web.Response:
+        if (refusal := refused(request)) is not None:
+            return refusal
+        served = sorted({*MODEL_LIMITS, *state.extra_models})
+        return web.json_response({"object": "list", "data": [model_object(m) for m in served]})
+
+    async def retrieve_model(request: web.Request) -> web.Response:
+        if (refusal := refused(request)) is not None:
+            return refusal
+        model = request.match_info["model"]
+        unknown = _unknown_model({"model": model}, state.extra_models)
+        if unknown is not None:
+            return web.json_response(unknown, status=404)
+        return web.json_response(model_object(model))
+
     async def upload_file(request: web.Request) -> web.Response:
         if (refusal := refused(request)) is not None:
             return refusal
@@ -1207,6 +1227,8 @@ def build_app(state: FakeOpenAIState) -> "web.Application":
     app = web.Application(client_max_size=64 * 1024 * 1024)
     app.add_routes([
         web.post("/v1/chat/completions", chat_completions),
+        web.get("/v1/models", list_models),
+        web.get("/v1/models/{model:.+}", retrieve_model),
         web.post("/v1/files", upload_file),
         web.get("/v1/files/{file_id}", get_file),
         web.delete("/v1/files/{file_id}", delete_file),
