@@ -1,14 +1,22 @@
-"""The message contract with Chater producers: requests in, responses out."""
+"""The message contract with Chater producers: requests in, responses out.
+
+`RequestBody` and `ResponseBody` are the contract as pydantic models: the parser
+validates every record's value with `RequestBody`, and every response the worker
+writes fits `ResponseBody` (a test holds it to that). The JSON Schemas and the
+AsyncAPI document in `docs/contract/` are generated from them
+(`python -m entrypoints.contract_docs`), and a test checks that they are current.
+"""
 
 from __future__ import annotations
 
 import json
-import math
 import re
 import time
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, RootModel, ValidationError
 
 from application.images import Image, InvalidImage, decode_image
 from domain.addresses import InvalidAddress, normalise_email
@@ -53,6 +61,149 @@ DEFAULT_MAX_KEY_BYTES = 4096
 # Bounds of what a caller may ask for; beyond them a request is a mistake.
 PRIORITY_BOUND = 1000
 MAX_TOKENS_BOUND = 1_000_000
+
+
+ERROR_TYPES = ("invalid_request", "budget_exceeded", "rate_limited", "upstream_error",
+               "content_filter", "context_too_long", "pii_rejected", "internal_error")
+# An ISO 8601 UTC time with milliseconds, as iso_timestamp_of writes it.
+TIMESTAMP_PATTERN = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$"
+
+
+class RequestBody(BaseModel):
+    """The JSON value of a `gpt-send` record (its key is the request id). Fields
+    beyond these are ignored. Beyond what a schema can say, the parser refuses text
+    with control characters or lone surrogates, an address that is no e-mail
+    address, and images that are not PNG, JPEG, GIF or WebP (application.images)."""
+
+    model_config = ConfigDict(strict=True, extra="ignore", title="gpt-send request")
+
+    user_email: Annotated[str, Field(
+        description="whose conversation this is: conversations, limits and erasure go by "
+        "the address (case and Unicode normalised)",
+        json_schema_extra={"format": "email", "minLength": 3, "maxLength": 254},
+    )]
+    message: Annotated[str | None, Field(
+        description="the prompt; required, and may be empty only when images are given",
+    )] = None
+    context: Annotated[str | None, Field(
+        description="earlier context from the caller, sent after the system prompt",
+    )] = None
+    model: Annotated[str | None, Field(
+        min_length=1, description="default MODEL, or VISION_MODEL when images are given",
+    )] = None
+    max_tokens: Annotated[int | None, Field(
+        ge=1, le=MAX_TOKENS_BOUND, description="the reply's limit; default MAX_TOKENS",
+    )] = None
+    temperature: Annotated[float | None, Field(
+        ge=0, le=2, allow_inf_nan=False, description="default TEMPERATURE",
+    )] = None
+    system_prompt: Annotated[str | None, Field(description="custom instructions")] = None
+    images: Annotated[list[str] | None, Field(
+        description="base64 strings or data: URLs of PNG, JPEG, GIF or WebP images, 20 MB "
+        "and 50 megapixels each at most",
+    )] = None
+    conversation_id: Annotated[str | None, Field(
+        min_length=1, description="one of several conversations of the same user",
+    )] = None
+    priority: Annotated[int, Field(
+        ge=-PRIORITY_BOUND, le=PRIORITY_BOUND,
+        description="among requests waiting for a model call, higher goes first",
+    )] = 0
+    batch: Annotated[bool, Field(
+        description="true: answered through the provider's Batch API, within a day, at half "
+        "the price",
+    )] = False
+
+
+# What a request with a field of the wrong type or out of its bounds is told, by
+# field, in the order the fields are checked (the first one wrong is named).
+_FIELD_ERRORS = {
+    "user_email": "'user_email' is required and must be a non-empty string",
+    "images": "'images' must be a list of base64 strings",
+    "message": "'message' is required and must be a string",
+    "max_tokens": f"'max_tokens' must be an integer from 1 to {MAX_TOKENS_BOUND}",
+    "temperature": "'temperature' must be a number from 0 to 2",
+    "priority": f"'priority' must be an integer from {-PRIORITY_BOUND} to {PRIORITY_BOUND}",
+    "batch": "'batch' must be true or false",
+    "context": "'context' must be a string",
+    "model": "'model' must be a non-empty string",
+    "system_prompt": "'system_prompt' must be a string",
+    "conversation_id": "'conversation_id' must be a non-empty string",
+}
+
+
+class UsageBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    prompt_tokens: Annotated[int, Field(ge=0)]
+    completion_tokens: Annotated[int, Field(ge=0)]
+    total_tokens: Annotated[int, Field(ge=0, description="prompt_tokens + completion_tokens")]
+
+
+class AnswerBody(BaseModel):
+    """A request answered."""
+
+    model_config = ConfigDict(extra="forbid", title="answer")
+
+    response: Annotated[str, Field(description="the reply (a notice when its text was erased)")]
+    model: Annotated[str, Field(description="the model that answered")]
+    usage: UsageBody
+    cost_usd: Annotated[float | None, Field(
+        ge=0, description="at the price table; null when the model has no price",
+    )]
+    finish_reason: str
+    timestamp: Annotated[str, Field(pattern=TIMESTAMP_PATTERN, description="when answered, UTC")]
+    processing_time: Annotated[float, Field(ge=0, description="seconds")]
+    cached: Annotated[Literal[True] | None, Field(
+        description="present when answered without a call of its own (the response cache, "
+        "or an identical request in flight); usage and cost are zero",
+    )] = None
+    batch: Annotated[Literal[True] | None, Field(
+        description="present when answered through the Batch API, at its price",
+    )] = None
+
+
+class ErrorDetail(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal[ERROR_TYPES]  # type: ignore[valid-type]
+    message: Annotated[str, Field(description="safe to show: it never quotes the request")]
+
+
+class ErrorBody(BaseModel):
+    """A request that cannot be answered: exactly one such response."""
+
+    model_config = ConfigDict(extra="forbid", title="error")
+
+    error: ErrorDetail
+    timestamp: Annotated[str, Field(pattern=TIMESTAMP_PATTERN)]
+    processing_time: Annotated[float, Field(ge=0, description="seconds")]
+
+
+class ResponseBody(RootModel[AnswerBody | ErrorBody]):
+    """The JSON value of a `gpt-response` record, under the request's key."""
+
+    model_config = ConfigDict(title="gpt-response response")
+
+
+MAX_REQUESTED_BY = 200
+
+
+class ErasureBody(BaseModel):
+    """The JSON value of a `gpt-erase` record: erase a user (right to erasure).
+    Applied, or dead-lettered with its reason, then committed."""
+
+    model_config = ConfigDict(strict=True, extra="ignore", title="gpt-erase request")
+
+    user_email: Annotated[str, Field(
+        description="the user to erase: every conversation of the address (case and "
+        "Unicode normalised) becomes unreadable for good",
+        json_schema_extra={"format": "email"},
+    )]
+    requested_by: Annotated[str | None, Field(
+        max_length=MAX_REQUESTED_BY,
+        description="who asked, recorded with the erasure (printable text); default \"user\"",
+    )] = None
 
 
 def request_id_of(key: bytes | None, max_key_bytes: int = DEFAULT_MAX_KEY_BYTES) -> str | None:
@@ -150,9 +301,14 @@ def _build(request_id: str, body: dict[str, Any]) -> ChatRequest:
     def fail(message: str) -> InvalidRequest:
         return InvalidRequest(message, request_id)
 
-    user_email = body.get("user_email")
-    if not isinstance(user_email, str) or not user_email.strip():
-        raise fail("'user_email' is required and must be a non-empty string")
+    try:
+        valid = RequestBody.model_validate(body)
+    except ValidationError as error:
+        raise _field_error(error, body, fail) from None
+
+    user_email = valid.user_email
+    if not user_email.strip():
+        raise fail(_FIELD_ERRORS["user_email"])
     if unreadable(user_email):
         raise fail(f"'user_email' {unreadable(user_email)}")
     if not EMAIL_SHAPE.match(user_email.strip()):  # never quoted: it may be anything
@@ -162,76 +318,50 @@ def _build(request_id: str, body: dict[str, Any]) -> ChatRequest:
     except InvalidAddress as error:
         raise fail(f"'user_email' cannot be used: {error}") from None
 
-    raw_images = body.get("images")
-    if raw_images is None:
-        raw_images = []
-    if not isinstance(raw_images, list):
-        raise fail("'images' must be a list of base64 strings")
-    images = tuple(decode_image(item, n) for n, item in enumerate(raw_images, 1))
-
-    message = body.get("message", "" if images else None)
-    if not isinstance(message, str):
-        raise fail("'message' is required and must be a string")
+    images = tuple(decode_image(item, n) for n, item in enumerate(valid.images or (), 1))
+    message = valid.message if valid.message is not None else ("" if images else None)
+    if message is None:
+        raise fail(_FIELD_ERRORS["message"])
     if not message.strip() and not images:
         raise fail("'message' may be empty only when images are given")
     if unreadable(message):
         raise fail(f"'message' {unreadable(message)}")
 
-    max_tokens = body.get("max_tokens")
-    if max_tokens is not None and (
-        not isinstance(max_tokens, int)
-        or isinstance(max_tokens, bool)
-        or not 0 < max_tokens <= MAX_TOKENS_BOUND
-    ):
-        raise fail(f"'max_tokens' must be an integer from 1 to {MAX_TOKENS_BOUND}")
-
-    temperature = body.get("temperature")
-    if temperature is not None:
-        if (
-            not isinstance(temperature, (int, float))
-            or isinstance(temperature, bool)
-            or not math.isfinite(temperature)
-            or not 0 <= temperature <= 2
-        ):
-            raise fail("'temperature' must be a number from 0 to 2")
-        temperature = float(temperature)
-
-    priority = body.get("priority", 0)
-    if (
-        not isinstance(priority, int)
-        or isinstance(priority, bool)
-        or not -PRIORITY_BOUND <= priority <= PRIORITY_BOUND
-    ):
-        raise fail(f"'priority' must be an integer from {-PRIORITY_BOUND} to {PRIORITY_BOUND}")
-
-    batch = body.get("batch", False)
-    if not isinstance(batch, bool):
-        raise fail("'batch' must be true or false")
-
     return ChatRequest(
         request_id=request_id,
         user_email=user_email.strip(),
         message=message,
-        context=_optional_text(body, "context", fail),
-        model=_optional_text(body, "model", fail, non_empty=True),
-        max_tokens=max_tokens,
-        temperature=temperature,
-        system_prompt=_optional_text(body, "system_prompt", fail),
+        context=_optional_text(valid.context, "context", fail),
+        model=_optional_text(valid.model, "model", fail, non_empty=True),
+        max_tokens=valid.max_tokens,
+        temperature=valid.temperature,
+        system_prompt=_optional_text(valid.system_prompt, "system_prompt", fail),
         images=images,
-        conversation_id=_optional_text(body, "conversation_id", fail, non_empty=True),
-        priority=priority,
-        batch=batch,
+        conversation_id=_optional_text(valid.conversation_id, "conversation_id", fail, non_empty=True),
+        priority=valid.priority,
+        batch=valid.batch,
     )
 
 
-def _optional_text(
-    body: dict[str, Any], name: str, fail: Any, non_empty: bool = False
-) -> str | None:
-    value = body.get(name)
+def _field_error(error: ValidationError, body: dict[str, Any], fail: Any) -> InvalidRequest:
+    """The first wrong field's message, in the order of _FIELD_ERRORS; an image that
+    is no string is named by its number, as application.images names it."""
+    wrong = {str(item["loc"][0]): item["loc"] for item in error.errors() if item["loc"]}
+    for name, message in _FIELD_ERRORS.items():
+        if name not in wrong:
+            continue
+        loc = wrong[name]
+        if name == "images" and len(loc) > 1 and isinstance(loc[1], int):
+            decode_image(body["images"][loc[1]], loc[1] + 1)  # raises its InvalidImage
+        return fail(message)
+    return fail("the request is not a valid chat request")  # not reached: every field named
+
+
+def _optional_text(value: str | None, name: str, fail: Any, non_empty: bool = False) -> str | None:
     if value is None:
         return None
-    if not isinstance(value, str) or (non_empty and not value.strip()):
-        raise fail(f"'{name}' must be a{' non-empty' if non_empty else ''} string")
+    if non_empty and not value.strip():
+        raise fail(_FIELD_ERRORS[name])
     if unreadable(value):
         raise fail(f"'{name}' {unreadable(value)}")
     return value.strip() if non_empty else (value or None)

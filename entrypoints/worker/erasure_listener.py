@@ -18,8 +18,10 @@ from typing import Any, TypeVar
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind
+from pydantic import ValidationError
 
 from adapters.kafka import consumer_config
+from application.contract import MAX_REQUESTED_BY, ErasureBody
 from application.privacy import Privacy, owners_of
 from domain.addresses import InvalidAddress
 from entrypoints.settings import Settings
@@ -36,7 +38,6 @@ ERASURE_POLL_TIMEOUT = 0.5
 ERASURE_STALL_AFTER = 30.0
 # An erasure request is a few hundred bytes; anything far larger is not one.
 MAX_ERASURE_BYTES = 64 * 1024
-MAX_REQUESTED_BY = 200
 # Pauses after a consumer error, or before a dead letter is sent again: doubled
 # each time up to the maximum, from the minimum again once things work.
 PAUSE_MIN = 0.5
@@ -326,27 +327,27 @@ def read_erasure(value: bytes | None) -> tuple[str, str]:
         raise UnreadableErasure("not an erasure request: the value is not valid JSON") from None
     if not isinstance(request, dict):
         raise UnreadableErasure("not an erasure request: the value must be a JSON object")
-    email = request.get("user_email")
-    if not isinstance(email, str) or not email.strip():
-        raise UnreadableErasure(
-            "not an erasure request: 'user_email' is required and must be a non-empty string"
-        )
+    no_address = UnreadableErasure(
+        "not an erasure request: 'user_email' is required and must be a non-empty string"
+    )
+    bad_asker = UnreadableErasure(
+        f"invalid 'requested_by': it must be printable text of at most {MAX_REQUESTED_BY} characters"
+    )
+    try:
+        valid = ErasureBody.model_validate(request)
+    except ValidationError as error:
+        wrong = {str(item["loc"][0]) for item in error.errors() if item["loc"]}
+        raise (no_address if "user_email" in wrong else bad_asker) from None
+    email = valid.user_email
+    if not email.strip():
+        raise no_address
     try:
         owners_of(email)  # what Privacy.erase_user will erase, or why it cannot
     except InvalidAddress as error:
         raise UnreadableErasure(f"invalid 'user_email': {error}") from None
-    requested_by = request.get("requested_by")
-    if requested_by is None or requested_by == "":
-        requested_by = "user"
-    if (
-        not isinstance(requested_by, str)
-        or len(requested_by) > MAX_REQUESTED_BY
-        or not requested_by.isprintable()
-    ):
-        raise UnreadableErasure(
-            "invalid 'requested_by': it must be printable text "
-            f"of at most {MAX_REQUESTED_BY} characters"
-        )
+    requested_by = valid.requested_by or "user"
+    if not requested_by.isprintable():
+        raise bad_asker
     return email, requested_by
 
 

@@ -116,7 +116,11 @@ def test_images_as_base64_or_data_urls_and_message_may_then_be_empty():
     ("value", "reason"),
     [
         (b"[" * 100_000, "not valid JSON"),
-        (b'{"user_email": "a@b.c", "message": "x", "temperature": 1' + b"0" * 400 + b"}", "too large"),
+        # A number of 401 digits: out of the temperature's bounds, said as for any other.
+        (b'{"user_email": "a@b.c", "message": "x", "temperature": 1' + b"0" * 400 + b"}",
+         "'temperature' must be a number from 0 to 2"),
+        (b'{"user_email": "a@b.c", "message": "x", "max_tokens": 1' + b"0" * 400 + b"}",
+         "'max_tokens' must be an integer from 1 to 1000000"),
         (b'{"user_email": "\\ud800", "message": "x"}', "'user_email' is not valid text"),
         (b'{"user_email": "a@b.c", "message": "\\udfff"}', "'message' is not valid text"),
         (b'{"user_email": "a@b.c", "message": "x", "context": "\\ud800"}', "'context' is not valid text"),
