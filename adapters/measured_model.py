@@ -8,7 +8,14 @@ from collections.abc import Callable
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from application.ports import LanguageModel, Metrics, ModelCall, ModelError, ModelReply
+from application.ports import (
+    LanguageModel,
+    Metrics,
+    ModelCall,
+    ModelError,
+    ModelReply,
+    RateLimitStatus,
+)
 from domain.pricing import PriceTable
 
 
@@ -30,6 +37,8 @@ class MeasuredModel:
         self.prices = prices
         self.model_label = model_label
         self.tracer = tracer or trace.get_tracer(__name__)
+        # The provider's headroom as its latest answer for each model (label) said it.
+        self.headroom: dict[str, RateLimitStatus] = {}
 
     async def complete(self, call: ModelCall) -> ModelReply:
         with self.tracer.start_as_current_span(
@@ -62,6 +71,8 @@ class MeasuredModel:
                 if outcome != "ok":
                     span.set_attribute("error.type", outcome)
                     span.set_status(Status(StatusCode.ERROR, outcome))
+            if reply.rate_limits is not None:
+                self.headroom[self.model_label(call.model)] = reply.rate_limits
             cost = self.prices.cost(
                 reply.model, reply.prompt_tokens, reply.cached_tokens, reply.completion_tokens
             )

@@ -157,7 +157,7 @@ class OpenAIModel:
 
 
 def rate_limit_status(headers: Any) -> RateLimitStatus | None:
-    """The x-ratelimit-* headers of a response, if the provider sent them."""
+    """The x-ratelimit-* headers of a response, if the provider sent any."""
 
     def number(name: str) -> int | None:
         try:
@@ -179,7 +179,10 @@ def rate_limit_status(headers: Any) -> RateLimitStatus | None:
         limit_tokens=number("x-ratelimit-limit-tokens"),
         reset_seconds=max(resets) if resets else None,
     )
-    return status if status.remaining_fraction() is not None else None
+    # Remaining figures alone still tell the metrics the headroom; pacing needs limits too.
+    known = (status.remaining_requests, status.limit_requests, status.remaining_tokens,
+             status.limit_tokens, status.reset_seconds)
+    return status if any(figure is not None for figure in known) else None
 
 
 def retry_after(headers: Any, rate_limited: bool = True) -> float | None:

@@ -204,6 +204,14 @@ class OtelMetrics:
 
         self.meter.create_observable_gauge(name, callbacks=[observe], description=description)
 
+    def count(self, name: str, description: str, read: Reading) -> None:
+        """A counter whose totals since start `read()` gives whenever metrics are collected."""
+
+        def observe(_: CallbackOptions) -> list[Observation]:
+            return [Observation(value, labels) for value, labels in read()]
+
+        self.meter.create_observable_counter(name, callbacks=[observe], description=description)
+
     def prometheus_text(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
 

@@ -19,6 +19,7 @@ import asyncio
 import logging
 import math
 import random
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 
@@ -54,6 +55,10 @@ class RetryingModel:
         self.pace = pace
         # Whether a model's circuit would hold a call back now (the circuit breaker's).
         self.holds_back = holds_back or (lambda model: False)
+        # Since start, for the metrics: retries by (model, error type), and calls the
+        # fallback answered instead by (model, fallback, why: an error type or circuit_open).
+        self.retries: Counter[tuple[str, str]] = Counter()
+        self.fallbacks: Counter[tuple[str, str, str]] = Counter()
 
     async def complete(self, call: ModelCall) -> ModelReply:
         if self.fallback_model is None or self.fallback_model == call.model:
@@ -63,6 +68,7 @@ class RetryingModel:
             # The primary would hold it back: the fallback answers now (this is the
             # first call, paced by the caller).
             log.debug("%s: circuit open; asking %s", call.model, fallback.model)
+            self.fallbacks[(call.model, fallback.model, "circuit_open")] += 1
             return await self._with_retries(fallback)
         try:
             return await self._with_retries(call, until_open=True)
@@ -70,6 +76,7 @@ class RetryingModel:
             if error.error_type not in FALLBACK_ON:
                 raise
             log.warning("%s failed (%s); asking %s", call.model, error.error_type, self.fallback_model)
+            self.fallbacks[(call.model, fallback.model, error.error_type)] += 1
             try:
                 return await self._with_retries(fallback, paced=False)
             except ModelError as fallback_error:
@@ -96,6 +103,7 @@ class RetryingModel:
                     raise
                 delay = self.delay(attempt, error)
                 attempt += 1
+                self.retries[(call.model, error.error_type)] += 1
                 log.info("%s: %s; retry %d in %.2fs", call.model, error.error_type, attempt, delay)
                 await self.sleep(delay)
                 if until_open and self.holds_back(call.model):

@@ -219,6 +219,20 @@ async def _privacy(
             await cache.close()
 
 
+def run_dead_letter_replay() -> int:
+    from entrypoints.dead_letter_replay import replay_dead_letters
+
+    settings = load_settings(MODEL_PROVIDER="offline")
+    _configure_logging("WARNING")
+    try:
+        replay = replay_dead_letters(settings)
+    except RuntimeError as error:
+        print(f"chater-gpt: {error}", file=sys.stderr)
+        return 1
+    print(replay.summary(settings.DLQ_TOPIC))
+    return 1 if replay.failed or replay.stopped_at else 0
+
+
 def run_dead_letters(limit: int) -> int:
     """Print the dead letters (up to `limit`), their values opened with SECRET_KEY."""
     import uuid
@@ -402,6 +416,9 @@ def main(argv: list[str] | None = None) -> int:
         "dead-letters", help="print the dead-letter topic, values opened with SECRET_KEY"
     )
     dead.add_argument("--limit", type=int, default=100)
+    dead.add_argument("--replay", action="store_true", help="send each dead letter not "
+                      "replayed yet back to the topic it came from (once its cause is fixed); "
+                      "exit 1 when one could not be delivered")
     check = commands.add_parser(
         "check", help="can this configuration run? settings, broker, topics, store, Redis, "
         "provider, prices",
@@ -440,7 +457,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command in {"retention", "rotate-keys"}:
             return run_privacy(args.command)
         if args.command == "dead-letters":
-            return run_dead_letters(args.limit)
+            return run_dead_letter_replay() if args.replay else run_dead_letters(args.limit)
         if args.command == "usage":
             return run_usage(args.since, args.until, args.by, args.format, args.user)
         if args.command == "check":

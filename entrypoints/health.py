@@ -18,6 +18,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from aiohttp import web
@@ -168,16 +169,39 @@ PAUSE_REASONS = ("insufficient_quota", "api_key_refused", "permission_denied")
 Readings = list[tuple[float, dict[str, str]]]
 
 
-def observe_worker(metrics: Any, worker: Any, circuit_breaker: Any, ledger: Any) -> None:
-    """Gauges read when metrics are collected: what the worker holds, how far it
-    lags, what is left of the day's budget, and each model's circuit."""
-    gauges = WorkerGauges(metrics, worker, circuit_breaker, ledger)
+def observe_worker(metrics: Any, worker: Any, circuit_breaker: Any, ledger: Any,
+                   retries: Any = None, measured: Any = None) -> None:
+    """Gauges and counters read when metrics are collected: what the worker holds,
+    how far it lags, what is left of the day's budget, each model's circuit, the
+    provider's headroom, and the retries, fallbacks and dead letters since start."""
+    gauges = WorkerGauges(metrics, worker, circuit_breaker, ledger, retries, measured)
     metrics.watch("chater_gpt_in_flight", "Records held by the worker now", gauges.in_flight)
+    metrics.watch("chater_gpt_backlog_unfetched",
+                  "Records on the broker this worker's partitions have not fetched yet, by "
+                  "topic and partition (the high watermark less the next offset to fetch)",
+                  partial(gauges.backlog, "unfetched"))
+    metrics.watch("chater_gpt_backlog_uncommitted",
+                  "Records fetched but not committed yet (prefetched, held or being "
+                  "answered), by topic and partition",
+                  partial(gauges.backlog, "uncommitted"))
+    metrics.count("chater_gpt_dead_letters", "Records sent to the dead-letter topic since "
+                  "start (gpt-send's; erasure requests' are in chater_gpt_erasures)",
+                  gauges.dead_letters)
+    metrics.count("chater_gpt_model_retries", "Calls to the model provider tried again, by "
+                  "model and the error that made it try again", gauges.retries)
+    metrics.count("chater_gpt_model_fallbacks", "Calls FALLBACK_MODEL answered instead, by "
+                  "model, fallback and why (the error, or circuit_open)", gauges.fallbacks)
+    metrics.watch("chater_gpt_provider_remaining_requests",
+                  "Requests the provider's last answer said are left in its window "
+                  "(x-ratelimit-remaining-requests), by model", partial(gauges.headroom, "requests"))
+    metrics.watch("chater_gpt_provider_remaining_tokens",
+                  "Tokens the provider's last answer said are left in its window "
+                  "(x-ratelimit-remaining-tokens), by model", partial(gauges.headroom, "tokens"))
     metrics.watch("chater_gpt_batch_waiting",
                   "Requests parked in open Batch API batches (all replicas, as last polled)",
                   gauges.batch_waiting)
-    metrics.watch("chater_gpt_consumer_lag", "Records not yet fetched, per partition",
-                  gauges.consumer_lag)
+    metrics.watch("chater_gpt_consumer_lag", "Records not yet committed (librdkafka's "
+                  "consumer_lag), by topic and partition", gauges.consumer_lag)
     metrics.watch("chater_gpt_budget_remaining_tokens",
                   "Tokens of the day neither spent nor held (leases included)",
                   gauges.budget_remaining)
@@ -202,11 +226,14 @@ def observe_worker(metrics: Any, worker: Any, circuit_breaker: Any, ledger: Any)
 class WorkerGauges:
     """The readings of `observe_worker`'s gauges, each a list of (value, labels)."""
 
-    def __init__(self, metrics: Any, worker: Any, circuit_breaker: Any, ledger: Any) -> None:
+    def __init__(self, metrics: Any, worker: Any, circuit_breaker: Any, ledger: Any,
+                 retries: Any = None, measured: Any = None) -> None:
         self.metrics = metrics
         self.worker = worker
         self.circuit_breaker = circuit_breaker
         self.ledger = ledger
+        self.retrying = retries
+        self.measured = measured
 
     def in_flight(self) -> Readings:
         return [(self.worker.stats.in_flight, {})]
@@ -218,8 +245,48 @@ class WorkerGauges:
         return [(len(self.worker.stalled()), {})]
 
     def consumer_lag(self) -> Readings:
-        lags = self.worker.queue_depth()["consumer_lag"].items()
-        return [(lag, {"partition": partition}) for partition, lag in lags]
+        readings = []
+        for name, lag in self.worker.queue_depth()["consumer_lag"].items():
+            topic, _, number = name[:-1].rpartition("[")  # "gpt-send[3]"
+            readings.append((lag, {"topic": topic, "partition": number}))
+        return readings
+
+    def backlog(self, kind: str) -> Readings:
+        return [
+            (figures[kind], {"topic": topic, "partition": str(partition)})
+            for (topic, partition), figures in self.worker.backlog().items() if kind in figures
+        ]
+
+    def dead_letters(self) -> Readings:
+        return [(self.worker.stats.dead_lettered, {})]
+
+    def retries(self) -> Readings:
+        if self.retrying is None:
+            return []
+        totals: dict[tuple[str, str], int] = {}
+        for (model, error), n in self.retrying.retries.items():
+            key = (self.metrics.model_label(model), error)
+            totals[key] = totals.get(key, 0) + n
+        return [(n, {"model": model, "error": error}) for (model, error), n in totals.items()]
+
+    def fallbacks(self) -> Readings:
+        if self.retrying is None:
+            return []
+        totals: dict[tuple[str, str, str], int] = {}
+        for (model, fallback, why), n in self.retrying.fallbacks.items():
+            key = (self.metrics.model_label(model), self.metrics.model_label(fallback), why)
+            totals[key] = totals.get(key, 0) + n
+        return [(n, {"model": m, "fallback": f, "reason": why}) for (m, f, why), n in totals.items()]
+
+    def headroom(self, kind: str) -> Readings:
+        if self.measured is None:
+            return []
+        readings = []
+        for model, status in self.measured.headroom.items():
+            left = status.remaining_requests if kind == "requests" else status.remaining_tokens
+            if left is not None:
+                readings.append((left, {"model": model}))
+        return readings
 
     def budget_remaining(self) -> Readings:
         left = self.ledger.remaining_today()

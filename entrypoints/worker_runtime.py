@@ -80,7 +80,8 @@ class WorkerRuntime:
         container = self.container
         metrics = container.metrics()
         observe_worker(
-            metrics, self.worker, container.circuit_breaker(), container.chat_service().ledger
+            metrics, self.worker, container.circuit_breaker(), container.chat_service().ledger,
+            retries=container.language_model(), measured=container.measured_model(),
         )
         async with health_server(
             container.health(), port, metrics.prometheus_text, host=host

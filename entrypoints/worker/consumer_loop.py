@@ -118,6 +118,7 @@ class KafkaWorker:
         self._fatal: BaseException | None = None
         # Consumer lag per partition, as librdkafka's statistics last reported it.
         self._lag: dict[str, int] = {}
+        self._backlog: dict[tuple[str, int], dict[str, int]] = {}
 
     # Lifecycle ------------------------------------------------------------------
 
@@ -291,12 +292,23 @@ class KafkaWorker:
         Lag comes from the broker's high watermark; embedded test brokers may
         report wrong watermarks, so tests check what was fetched and answered.
         """
-        lag = {}
+        lag, backlog = {}, {}
         for topic, about in json.loads(report).get("topics", {}).items():
             for number, partition in about.get("partitions", {}).items():
-                if int(number) >= 0 and partition.get("consumer_lag", -1) >= 0:
+                if int(number) < 0:
+                    continue  # librdkafka's internal "unassigned" partition
+                if partition.get("consumer_lag", -1) >= 0:
                     lag[f"{topic}[{number}]"] = partition["consumer_lag"]
+                backlog[(topic, int(number))] = _backlog_of(partition)
         self._lag = lag
+        self._backlog = backlog
+
+    def backlog(self) -> dict[tuple[str, int], dict[str, int]]:
+        """(topic, partition) -> records not yet fetched ("unfetched": the high
+        watermark less the next offset to fetch) and fetched but not committed
+        ("uncommitted": the next offset to fetch less the committed one), as
+        librdkafka's last statistics said; a figure it did not know is left out."""
+        return dict(self._backlog)
 
     # Fetching (the polling thread) ----------------------------------------------
 
@@ -371,3 +383,17 @@ class KafkaWorker:
         log.warning("lost %s", [f"{p.topic}[{p.partition}]" for p in partitions])
         self._offsets.revoke([(p.topic, p.partition) for p in partitions])
         self._loop.call_soon_threadsafe(self._lanes.abandon)
+
+
+def _backlog_of(partition: dict[str, Any]) -> dict[str, int]:
+    """A partition's unfetched and uncommitted records, from librdkafka's statistics
+    (an offset it does not know is negative: -1001)."""
+    high, following, committed = (
+        partition.get(name, -1) for name in ("hi_offset", "next_offset", "committed_offset")
+    )
+    figures = {}
+    if high >= 0 and following >= 0:
+        figures["unfetched"] = max(high - following, 0)
+    if following >= 0 and committed >= 0:
+        figures["uncommitted"] = max(following - committed, 0)
+    return figures

@@ -100,3 +100,9 @@ def test_metrics_count_what_was_sent_and_what_the_model_used(broker, topics, fak
     assert total(samples, "process_resident_memory_bytes") > 50 * 2**20
     assert total(samples, "python_gc_collections_total") > 0
     assert samples["python_info"][0].labels["major"] == "3"
+    # Retries, fallbacks and dead letters are counters; the provider's headroom is
+    # what its last answer said (the local model server sends 9999 and 999999).
+    assert total(samples, "chater_gpt_dead_letters_total") == 1  # m-bad
+    assert total(samples, "chater_gpt_model_retries_total") == 0
+    assert total(samples, "chater_gpt_provider_remaining_requests", model="gpt-4o-mini") == 9999
+    assert total(samples, "chater_gpt_provider_remaining_tokens", model="gpt-4o-mini") == 999999

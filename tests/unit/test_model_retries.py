@@ -211,3 +211,19 @@ async def test_each_attempt_counts_the_calls_worst_case_and_the_one_that_answere
     slots.settle(call, reply)
     assert limiter.tokens == [40, 40, 40]  # the call, its retry, the fallback
     assert limiter.settled == {2: reply.prompt_tokens + reply.completion_tokens}
+
+
+async def test_retries_and_fallbacks_are_counted_for_the_metrics():
+    fake = FakeModel()
+    fake.script = [ModelError("rate_limited", "slow", True), ModelError("upstream_error", "down", True),
+                   ModelError("upstream_error", "down", True)]
+    held: set[str] = set()
+    model, _ = retrying(fake, max_retries=2, fallback_model="gpt-4.1", holds_back=held.__contains__)
+    reply = await model.complete(CALL)  # two retries, then the fallback
+    assert reply.model == "gpt-4.1"
+    assert model.retries == {("gpt-4o-mini", "rate_limited"): 1, ("gpt-4o-mini", "upstream_error"): 1}
+    assert model.fallbacks == {("gpt-4o-mini", "gpt-4.1", "upstream_error"): 1}
+    held.add("gpt-4o-mini")  # the primary's circuit holds calls back: straight to the fallback
+    await model.complete(CALL)
+    assert model.fallbacks[("gpt-4o-mini", "gpt-4.1", "circuit_open")] == 1
+    assert sum(model.retries.values()) == 2
