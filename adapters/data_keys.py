@@ -368,18 +368,22 @@ class SqlDataKeys:
             self.sql.vacuum("data_keys")
         return len(rows)
 
-    def rewrap(self) -> int:
+    def rewrap(self, progress: Callable[[int, int], None] | None = None) -> int:
+        """Rewrap every live key not wrapped by the current master key; how many.
+        `progress(done, total)` after each one."""
         rows = self.sql.run(
             "SELECT key_id, wrapped, master_id FROM data_keys "
             "WHERE wrapped IS NOT NULL AND master_id <> {p}", (self.master.id,),
         )
-        for key_id, wrapped, master_id in rows:
+        for done, (key_id, wrapped, master_id) in enumerate(rows, 1):
             key = self._unwrap(key_id, wrapped, master_id)
             self.sql.run(
                 "UPDATE data_keys SET wrapped = {p}, master_id = {p} "
                 "WHERE key_id = {p} AND wrapped IS NOT NULL",
                 (self.master.wrap(key_id, key), self.master.id, key_id),
             )
+            if progress is not None:
+                progress(done, len(rows))
         if rows:
             self.sql.vacuum("data_keys")
         return len(rows)

@@ -108,6 +108,7 @@ _GROUPS: dict[str, str] = {
     "user": "user_hash",
     "model": "model",
     "day": "substr(received_at, 1, 10)",
+    "month": "substr(received_at, 1, 7)",
 }
 _SUMMARY = (
     "SELECT {group} AS grp, "

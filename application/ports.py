@@ -298,8 +298,9 @@ class DataKeys(Protocol):
         """Live keys per id of the master key that wraps them."""
         ...
 
-    def rewrap(self) -> int:
-        """Wrap every live key with the current master key; how many were rewrapped."""
+    def rewrap(self, progress: Callable[[int, int], None] | None = None) -> int:
+        """Wrap every live key with the current master key; how many were rewrapped.
+        `progress(done, total)` after each key."""
         ...
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from functools import partial
@@ -108,30 +109,35 @@ class Privacy:
                  len(conversations), destroyed)
         return Erasure(conversations, destroyed, dropped)
 
-    async def expire_content(self, retention_days: int) -> list[str]:
+    async def expire_content(
+        self, retention_days: int, progress: Callable[[int, int], None] | None = None
+    ) -> list[str]:
         """Destroy the data keys of the days before the retention window, then
-        record ContentExpired on the conversations concerned; their ids."""
+        record ContentExpired on the conversations concerned; their ids.
+        `progress(done, total)` after each owner's conversations."""
         before_day = (self.clock.now() - timedelta(days=retention_days)).strftime("%Y-%m-%d")
         at = iso_timestamp_of(self.clock.now())
         owners = await asyncio.to_thread(self.keys.shred_before, before_day)
         expired = []
-        for owner in owners:
+        for done, owner in enumerate(owners, 1):
             for cid in await asyncio.to_thread(self.keys.conversations_of, owner):
                 await self._change(cid, partial(_expire, before_day, at))
                 # A fresh snapshot without the expired content, for loading from.
                 await self.conversations.snapshot(UUID(cid))
                 expired.append(cid)
+            if progress is not None:
+                progress(done, len(owners))
         self._forget(expired)
         if owners:
             log.info("retention: content before %s expired in %d conversation(s)",
                      before_day, len(expired))
         return expired
 
-    async def rotate_keys(self) -> int:
+    async def rotate_keys(self, progress: Callable[[int, int], None] | None = None) -> int:
         """Rewrap every data key with the master key of SECRET_KEY (those wrapped
         with SECRET_KEY_PREVIOUS included) and record the rotation."""
         before = await asyncio.to_thread(self.keys.wrapped_by)
-        count = await asyncio.to_thread(self.keys.rewrap)
+        count = await asyncio.to_thread(self.keys.rewrap, progress)
         after = await asyncio.to_thread(self.keys.wrapped_by)
         at = iso_timestamp_of(self.clock.now())
         await self.ledgers.change(

@@ -1,5 +1,5 @@
 """Usage: a projection of the conversations' events into one row per request, and
-the report operators read from it (requests, tokens, cost; by user, model or day).
+the report operators read from it (requests, tokens, cost; by user, model, day or month).
 
 The view is kept from the event store's notification log with eventsourcing's
 projection machinery: each batch of notifications is applied in one transaction
@@ -26,8 +26,8 @@ from eventsourcing.utils import get_topic
 
 from domain.conversation import Conversation, compared_or_legacy, readable
 
-Grouping = Literal["user", "model", "day"]
-GROUPINGS: tuple[Grouping, ...] = ("user", "model", "day")
+Grouping = Literal["user", "model", "day", "month"]
+GROUPINGS: tuple[Grouping, ...] = ("user", "model", "day", "month")
 CATCH_UP_BATCH = 500  # notifications per transaction
 
 
@@ -153,7 +153,7 @@ class UsageChanges:
 
 @dataclass(frozen=True)
 class UsageLine:
-    """The sums of one group of requests (a user hash, model or day; None: all of them)."""
+    """The sums of one group of requests (a user hash, model, day or month; None: all of them)."""
 
     group: str | None
     requests: int
@@ -306,9 +306,11 @@ def catch_up(
     projection: UsageProjection,
     batch_size: int = CATCH_UP_BATCH,
     stop: threading.Event | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> int:
     """Apply the notifications the view has not seen, one transaction per batch;
-    returns how many were applied (by this call).
+    returns how many were applied (by this call). `progress(done, total)` after each
+    batch: notifications gone through, of those there were when it began.
 
     Several catch-ups may run at once (worker replicas, the usage command): a batch
     whose position another recorded first is rolled back, and the position read again.
@@ -316,6 +318,7 @@ def catch_up(
     view = projection.view
     applied = 0
     position = view.max_tracking_id(app.name)
+    began, last = position or 0, (app.recorder.max_notification_id() or 0) if progress else 0
     # What this process saved itself is taken as saved (ChatRecords.saved_event).
     decode = getattr(app, "saved_event", app.mapper.to_domain_event)
     while stop is None or not stop.is_set():
@@ -336,8 +339,13 @@ def catch_up(
             continue
         applied += len(notifications)
         position = tracking.notification_id
+        if progress is not None:
+            progress(min(position, last) - began, max(last - began, 0))
         if len(notifications) < batch_size:
             break
+    if progress is not None and applied:
+        # Caught up: the notifications of other topics after the last one applied included.
+        progress(max(last - began, 0), max(last - began, 0))
     forget = getattr(app, "forget_saved_through", None)
     if forget is not None and position is not None:
         forget(position)

@@ -11,11 +11,13 @@ import logging
 import os
 import signal
 import sys
+import time
 from collections.abc import AsyncIterator, Iterator
 from importlib.util import find_spec
 from typing import TYPE_CHECKING, cast
 
 from adapters.data_keys import KeyUnavailable
+from application.usage import GROUPINGS
 from entrypoints.settings import SettingsError, load_settings
 
 if TYPE_CHECKING:
@@ -184,6 +186,27 @@ def run_audit(target: str, thread: str | None, as_of: int | None) -> int:
     return 0
 
 
+class Progress:
+    """How far a long command has got, on stderr: a line at most every `every`
+    seconds while it runs, and one when it is done (nothing when there was nothing to do)."""
+
+    def __init__(self, what: str, every: float = 2.0) -> None:
+        self.what = what
+        self.every = every
+        self._said = time.monotonic()
+        self._last: tuple[int, int] | None = None
+
+    def __call__(self, done: int, total: int) -> None:
+        now = time.monotonic()
+        if total <= 0 or (done, total) == self._last or (
+            done < total and now - self._said < self.every
+        ):
+            return
+        self._said, self._last = now, (done, total)
+        print(f"{self.what}: {done} of {total} ({100 * done // total} %)", file=sys.stderr,
+              flush=True)
+
+
 def run_privacy(command: str, email: str | None = None, requested_by: str | None = None) -> int:
     """`erase`, `retention` and `rotate-keys`: against the store, without a worker."""
     with _store_command() as (settings, container):
@@ -208,10 +231,12 @@ async def _privacy(
                 said += f"\n  {dropped} cached repl{'y' if dropped == 1 else 'ies'} dropped"
             return said
         if command == "retention":
-            expired = await privacy.expire_content(settings.RETENTION_DAYS)
+            expired = await privacy.expire_content(
+                settings.RETENTION_DAYS, progress=Progress("retention: users gone through")
+            )
             return (f"retention ({settings.RETENTION_DAYS} days): content expired in "
                     f"{len(expired)} conversation(s)")
-        count = await privacy.rotate_keys()
+        count = await privacy.rotate_keys(progress=Progress("rotate-keys: keys rewrapped"))
         return (f"rotate-keys: {count} key(s) rewrapped with the current SECRET_KEY; "
                 "SECRET_KEY_PREVIOUS can be removed now")
     finally:
@@ -299,6 +324,7 @@ def run_usage(since: str | None, until: str | None, by: str | None, fmt: str,
             print(current_usage(
                 container.records(), settings.SECRET_KEY.get_secret_value(), window,
                 cast(Grouping | None, by), cast(Format, fmt), user, container.model_names().label,
+                progress=Progress("usage: events caught up"),
             ))
         except UsageViewUnavailable as error:
             print(f"chater-gpt usage: {error}", file=sys.stderr)
@@ -400,7 +426,7 @@ def main(argv: list[str] | None = None) -> int:
     usage.add_argument("--since", help="YYYY-MM-DD (whole UTC day) or an ISO datetime; inclusive")
     usage.add_argument("--until", help="YYYY-MM-DD (whole UTC day, inclusive) or an ISO "
                        "datetime (exclusive)")
-    usage.add_argument("--by", choices=("user", "model", "day"), help="one line per group")
+    usage.add_argument("--by", choices=GROUPINGS, help="one line per group (a month: YYYY-MM, UTC)")
     usage.add_argument("--format", choices=("table", "json", "csv"), default="table")
     usage.add_argument("--user", metavar="EMAIL", help="only this user's requests")
     erase = commands.add_parser(

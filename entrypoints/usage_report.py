@@ -48,12 +48,13 @@ def current_usage(
     fmt: Format = "table",
     user: str | None = None,
     model_label: Callable[[str], str] = lambda model: model,
+    progress: Callable[[int, int], None] | None = None,
 ) -> str:
     """The report, after catching the view up with the store: current even when no
     worker kept it. Raises UsageViewUnavailable or the store's PersistenceError."""
     view = open_usage_view(records.env)  # beside the events, in the same database
     try:
-        catch_up(records, UsageProjection(view, secret_key, model_label))
+        catch_up(records, UsageProjection(view, secret_key, model_label), progress=progress)
         lines = usage_report(view, window, by, user_hash(secret_key, user) if user else None)
     finally:
         view.close()

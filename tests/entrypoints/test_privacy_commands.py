@@ -59,8 +59,10 @@ def test_rotate_keys_rewraps_every_key_and_records_the_rotation(store, capsys, m
     monkeypatch.setenv("SECRET_KEY", "the-new-secret")
     monkeypatch.setenv("SECRET_KEY_PREVIOUS", SECRET)
     assert chater_gpt(["rotate-keys"]) == 0
-    # Two users' keys and the store key.
-    assert capsys.readouterr().out.startswith("rotate-keys: 3 key(s) rewrapped")
+    # Two users' keys and the store key; how far it got, on stderr (here: done at once).
+    said = capsys.readouterr()
+    assert said.out.startswith("rotate-keys: 3 key(s) rewrapped")
+    assert said.err.splitlines() == ["rotate-keys: keys rewrapped: 3 of 3 (100 %)"]
     records = ChatRecords(env=event_store_env(store, "the-new-secret"))
     try:
         [rotation] = [e for e in records.events.get(KEY_LEDGER_ID)
@@ -69,3 +71,30 @@ def test_rotate_keys_rewraps_every_key_and_records_the_rotation(store, capsys, m
         assert records.conversation(conversation_id("bob@example.com")).turns[0].reply == "his"
     finally:
         records.close()
+
+
+def test_retention_says_how_far_it_got_over_the_users_with_expired_content(store, capsys, monkeypatch):
+    from datetime import UTC, datetime, timedelta
+
+    from adapters import system_clock
+
+    later = datetime.now(UTC) + timedelta(days=40)  # both users' content is past 30 days
+    monkeypatch.setattr(system_clock.SystemClock, "now", lambda self: later)
+    assert chater_gpt(["retention"]) == 0
+    said = capsys.readouterr()
+    assert said.out.strip() == "retention (30 days): content expired in 2 conversation(s)"
+    assert said.err.splitlines() == ["retention: users gone through: 2 of 2 (100 %)"]
+
+
+def test_progress_lines_are_spaced_out_and_never_repeated(capsys, monkeypatch):
+    from entrypoints import cli
+
+    now = [100.0]
+    monkeypatch.setattr(cli.time, "monotonic", lambda: now[0])
+    progress = cli.Progress("work", every=2.0)
+    for done, at in [(1, 100.5), (2, 101.0), (3, 102.5), (4, 103.0), (10, 103.1), (10, 103.2)]:
+        now[0] = at
+        progress(done, 10)
+    progress(0, 0)  # nothing to do: nothing said
+    assert capsys.readouterr().err.splitlines() == [
+        "work: 3 of 10 (30 %)", "work: 10 of 10 (100 %)"]

@@ -36,7 +36,7 @@ def test_bash_completes_commands_and_their_options(capsys):
     assert complete(script, "chater-gpt ch") == ["check"]
     assert complete(script, "chater-gpt dead") == ["dead-letters"]
     assert complete(script, "chater-gpt check --re") == ["--replicas"]
-    assert set(complete(script, "chater-gpt usage --by ")) == {"user", "model", "day"}
+    assert set(complete(script, "chater-gpt usage --by ")) == {"user", "model", "day", "month"}
 
 
 def test_every_shell_it_names_gets_a_script(capsys):

@@ -8,6 +8,7 @@ import base64
 import csv
 import io
 import json
+import re
 
 import pytest
 
@@ -105,6 +106,14 @@ def test_the_table_and_csv(answered, capsys):
     assert rows[-1]["requests"] == "5"
 
 
+def test_by_month(answered, capsys):
+    rows = json.loads(usage(capsys, "--format", "json", "--by", "month"))
+    months = [row["month"] for row in rows]
+    assert months[-1] == "total" and rows[-1]["requests"] == 5
+    assert all(len(month) == 7 and month[4] == "-" for month in months[:-1])
+    assert sum(row["requests"] for row in rows[:-1]) == 5
+
+
 def test_a_window_without_requests_reports_zeros(answered, capsys):
     [total] = json.loads(usage(capsys, "--format", "json", "--until", "2000-01-01"))
     assert total["requests"] == 0 and total["cost_usd"] is None
@@ -138,3 +147,13 @@ def test_small_costs_stay_visible_and_nothing_priced_is_not_zero():
     assert rows[1]["cost_usd"] is None and rows[2]["cost_usd"] == 0.0000195
     table = render(lines, "model", "table", Window())
     assert "0.00001950" in table and " - " in table.splitlines()[3]
+
+
+def test_the_catch_up_says_how_far_it_got_on_stderr(answered, capsys):
+    capsys.readouterr()
+    assert chater_gpt(["usage"]) == 0
+    [said] = capsys.readouterr().err.splitlines()  # a small store: done at once
+    done, total = re.match(r"usage: events caught up: (\d+) of (\d+) \(100 %\)$", said).groups()
+    assert done == total and int(total) > 0
+    assert chater_gpt(["usage"]) == 0  # caught up already: nothing to say
+    assert capsys.readouterr().err == ""
