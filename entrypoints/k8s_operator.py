@@ -58,10 +58,19 @@ def load_template(path: Path = TEMPLATE) -> dict[str, Any]:
         return yaml.safe_load(file)
 
 
+OWNER = "chater.example.com/owner"  # <namespace>/<name> of the ChaterGpt, on its Deployment
+
+
 def deployment_for(
     name: str, namespace: str, spec: dict[str, Any], template: dict[str, Any] | None = None
 ) -> dict[str, Any]:
-    """The Deployment that a ChaterGpt named `name` in `namespace` asks for."""
+    """The Deployment that a ChaterGpt named `name` in `namespace` asks for.
+
+    Spec fields: `bootstrapServer` (required), `namespace` (of the Deployment),
+    `model`, `visionModel`, `replicas`, `image`, `secretName` (the Secret with
+    SECRET_KEY, DATABASE_URL and OPENAI_API_KEY), `resources` (the worker
+    container's) and `env` (more environment, after the operator's own settings,
+    which it cannot override)."""
     if not spec.get("bootstrapServer"):
         raise ValueError("spec.bootstrapServer is required")
     spec = {**DEFAULTS, **{k: v for k, v in spec.items() if v is not None}}
@@ -71,6 +80,7 @@ def deployment_for(
         name=name,
         namespace=spec.get("namespace") or namespace,
         labels={**deployment["metadata"].get("labels", {}), **labels},
+        annotations={**deployment["metadata"].get("annotations", {}), OWNER: f"{namespace}/{name}"},
     )
     deployment["spec"]["replicas"] = int(spec["replicas"])
     deployment["spec"]["selector"] = {"matchLabels": labels}
@@ -87,11 +97,107 @@ def deployment_for(
         "CONSUMER_GROUP": f"{name}-group",
         "TOPIC_PARTITIONS": partitions_for(int(spec["replicas"])),
     }
+    extra = [dict(item) for item in spec.get("env") or [] if item.get("name") not in settings]
+    extra_names = {item["name"] for item in extra}
     for container in pod["spec"]["containers"]:
-        env = [item for item in container.get("env", []) if item["name"] not in settings]
-        container["env"] = [{"name": k, "value": str(v)} for k, v in settings.items()] + env
+        env = [item for item in container.get("env", [])
+               if item["name"] not in settings and item["name"] not in extra_names]
+        container["env"] = [{"name": k, "value": str(v)} for k, v in settings.items()] + env + extra
+        if spec.get("image"):
+            container["image"] = spec["image"]
+        if spec.get("resources"):
+            container["resources"] = copy.deepcopy(spec["resources"])
+        if spec.get("secretName"):
+            for item in container["env"]:
+                ref = item.get("valueFrom", {}).get("secretKeyRef")
+                if ref is not None and ref.get("name") == TEMPLATE_SECRET:
+                    ref["name"] = spec["secretName"]
+    if spec.get("secretName"):
+        for volume in pod["spec"].get("volumes", []):
+            if volume.get("secret", {}).get("secretName") == TEMPLATE_SECRET:
+                volume["secret"]["secretName"] = spec["secretName"]
     pod["spec"]["terminationGracePeriodSeconds"] = termination_grace(pod)
     return deployment
+
+
+TEMPLATE_SECRET = "chater-gpt"  # the Secret the template names
+
+
+def drifted(wanted: dict[str, Any], live: dict[str, Any]) -> list[str]:
+    """What of the operator's Deployment someone changed on the live one, among what
+    an operator would edit by hand (replicas, and each container's image, args,
+    environment and resources), as paths; empty when the live one is as rendered.
+    Fields the API server fills in with defaults are not compared."""
+    changed = []
+    if live.get("spec", {}).get("replicas") != wanted["spec"]["replicas"]:
+        changed.append("spec.replicas")
+    live_pod = live.get("spec", {}).get("template", {}).get("spec", {})
+    live_containers = {c.get("name"): c for c in live_pod.get("containers", [])}
+    for container in wanted["spec"]["template"]["spec"]["containers"]:
+        other = live_containers.get(container["name"], {})
+        for field in ("image", "args", "env"):
+            if _without_nones(other.get(field)) != _without_nones(container.get(field)):
+                changed.append(f"containers[{container['name']}].{field}")
+        if _quantities(other.get("resources")) != _quantities(container.get("resources")):
+            changed.append(f"containers[{container['name']}].resources")
+    return changed
+
+
+def _without_nones(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _without_nones(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_without_nones(v) for v in value]
+    return value
+
+
+def _quantities(resources: Any) -> dict[str, dict[str, Any]]:
+    """Requests and limits as numbers: the API server writes "1000m" back as "1"."""
+    from decimal import Decimal
+
+    def amount(text: Any) -> Decimal:
+        try:
+            from kubernetes.utils import parse_quantity
+        except ImportError:  # pragma: no cover - the operator extra has it
+            return Decimal(str(text))
+        return Decimal(parse_quantity(str(text)))
+
+    return {
+        kind: {name: amount(value) for name, value in (resources or {}).get(kind, {}).items()}
+        for kind in ("requests", "limits") if (resources or {}).get(kind)
+    }
+
+
+def status_for(generation: int | None, deployment: dict[str, Any] | None,
+               error: str | None = None) -> dict[str, Any]:
+    """The ChaterGpt's status: its Deployment, replicas wanted and ready, the label
+    selector (for the scale subresource), and a Ready condition for `generation`."""
+    live = (deployment or {}).get("status") or {}
+    spec = (deployment or {}).get("spec") or {}
+    wanted = int(spec.get("replicas") or 0)
+    ready = int(live.get("readyReplicas") or 0)
+    labels = (spec.get("selector") or {}).get("matchLabels") or {}
+    if error is not None:
+        condition = ("False", "RenderFailed", error)
+    elif deployment is None:
+        condition = ("False", "DeploymentMissing", "the Deployment is not there (yet)")
+    elif ready >= wanted:
+        condition = ("True", "AllReplicasReady", f"{ready} of {wanted} replicas ready")
+    else:
+        condition = ("False", "ReplicasNotReady", f"{ready} of {wanted} replicas ready")
+    status, reason, message = condition
+    meta = (deployment or {}).get("metadata") or {}
+    return {
+        "observedGeneration": generation,
+        "deployment": f"{meta.get('namespace')}/{meta.get('name')}" if meta else None,
+        "replicas": wanted,
+        "readyReplicas": ready,
+        "selector": ",".join(f"{k}={v}" for k, v in sorted(labels.items())),
+        "conditions": [{
+            "type": "Ready", "status": status, "reason": reason, "message": message,
+            "observedGeneration": generation,
+        }],
+    }
 
 
 try:  # the handlers need the `operator` extra; the logic above does not
@@ -110,26 +216,99 @@ if kopf is not None:
         except kubernetes.config.ConfigException:
             kubernetes.config.load_kube_config()
 
+    def _as_dict(obj: Any) -> dict[str, Any] | None:
+        import kubernetes
+
+        if obj is None or isinstance(obj, dict):
+            return obj
+        return kubernetes.client.ApiClient().sanitize_for_serialization(obj)
+
+    def _apply(deployment: dict[str, Any]) -> tuple[dict[str, Any] | None, str]:
+        """Create or patch the Deployment; what the API server answered, and which."""
+        import kubernetes
+
+        apps = kubernetes.client.AppsV1Api()
+        name, target = deployment["metadata"]["name"], deployment["metadata"]["namespace"]
+        try:
+            return _as_dict(apps.patch_namespaced_deployment(name, target, deployment)), "updated"
+        except kubernetes.client.ApiException as error:
+            if error.status != 404:
+                raise
+            return _as_dict(apps.create_namespaced_deployment(target, deployment)), "created"
+
     @kopf.on.resume(GROUP, VERSION, PLURAL)
     @kopf.on.create(GROUP, VERSION, PLURAL)
     @kopf.on.update(GROUP, VERSION, PLURAL)
     def reconcile(
-        spec: Any, name: str, namespace: str, body: Any, logger: Any, **_: Any
+        spec: Any, name: str, namespace: str, body: Any, logger: Any, patch: Any = None,
+        meta: Any = None, **_: Any
     ) -> dict[str, Any]:
-        import kubernetes
-
-        deployment = deployment_for(name, namespace, dict(spec))
+        generation = (meta or body.get("metadata", {})).get("generation")
+        try:
+            deployment = deployment_for(name, namespace, dict(spec))
+        except ValueError as error:
+            if patch is not None:
+                patch.status.update(status_for(generation, None, str(error)))
+            raise kopf.PermanentError(str(error)) from None
         target = deployment["metadata"]["namespace"]
         if target == namespace:  # owner references cannot cross namespaces
             kopf.adopt(deployment, owner=body)
-        apps = kubernetes.client.AppsV1Api()
+        live, action = _apply(deployment)
+        logger.info("deployment %s/%s %s", target, name, action)
+        if patch is not None:
+            patch.status.update(status_for(generation, live or deployment))
+        return {"deployment": f"{target}/{name}", "replicas": deployment["spec"]["replicas"]}
+
+    @kopf.on.delete(GROUP, VERSION, PLURAL)
+    def remove(spec: Any, name: str, namespace: str, logger: Any, **_: Any) -> None:
+        """Its Deployment goes with it, in whatever namespace it is (an owner
+        reference can only clean up one in the resource's own namespace)."""
+        import kubernetes
+
+        target = dict(spec).get("namespace") or namespace
         try:
-            apps.patch_namespaced_deployment(name, target, deployment)
-            action = "updated"
+            kubernetes.client.AppsV1Api().delete_namespaced_deployment(name, target)
+            logger.info("deployment %s/%s deleted", target, name)
         except kubernetes.client.ApiException as error:
             if error.status != 404:
                 raise
-            apps.create_namespaced_deployment(target, deployment)
-            action = "created"
-        logger.info("deployment %s/%s %s", target, name, action)
-        return {"deployment": f"{target}/{name}", "replicas": deployment["spec"]["replicas"]}
+
+    @kopf.on.event("apps", "v1", "deployments", annotations={OWNER: kopf.PRESENT})
+    def watch_deployment(body: Any, type: str, logger: Any, **_: Any) -> None:
+        """A Deployment of ours changed: undo any drift from what its ChaterGpt
+        asks for, and report its readiness in the ChaterGpt's status."""
+        import kubernetes
+
+        live = _as_dict(body) or {}
+        owner_namespace, _, owner = live["metadata"]["annotations"][OWNER].partition("/")
+        objects = kubernetes.client.CustomObjectsApi()
+        try:
+            resource = _as_dict(objects.get_namespaced_custom_object(
+                GROUP, VERSION, owner_namespace, PLURAL, owner))
+        except kubernetes.client.ApiException as error:
+            if error.status == 404:
+                return  # its ChaterGpt is being deleted: the delete handler removes it
+            raise
+        assert resource is not None
+        if resource["metadata"].get("deletionTimestamp"):
+            return  # being deleted: its Deployment goes with it
+        generation = resource["metadata"].get("generation")
+        if type == "DELETED":
+            wanted = deployment_for(owner, owner_namespace, resource.get("spec", {}))
+            if wanted["metadata"]["namespace"] == owner_namespace:
+                kopf.adopt(wanted, owner=resource)
+            live, _ = _apply(wanted)
+            logger.warning("deployment %s/%s was deleted: created again", owner_namespace, owner)
+        else:
+            wanted = deployment_for(owner, owner_namespace, resource.get("spec", {}))
+            changed = drifted(wanted, live)
+            if changed:
+                if wanted["metadata"]["namespace"] == owner_namespace:
+                    kopf.adopt(wanted, owner=resource)
+                live, _ = _apply(wanted)
+                logger.warning("deployment %s/%s drifted (%s): undone",
+                               wanted["metadata"]["namespace"], owner, ", ".join(changed))
+        objects.patch_namespaced_custom_object_status(
+            GROUP, VERSION, owner_namespace, PLURAL, owner,
+            {"status": status_for(generation, live)},
+        )
