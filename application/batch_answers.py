@@ -36,7 +36,7 @@ from typing import Any
 from uuid import UUID, uuid4
 
 from application.batching import BatchCollector
-from application.budget_ledger import BudgetLedger
+from application.budgets import Budgets
 from application.chat_policy import ChatPolicy
 from application.contract import ChatRequest, ChatResponse, iso_timestamp_of
 from application.outcome_recorder import OutcomeRecorder
@@ -91,7 +91,7 @@ class BatchAnswers:
         policy: ChatPolicy,
         recordings: set[asyncio.Future[Any]],
         parked: AggregateStore[Any] | None = None,
-        ledger: BudgetLedger | None = None,
+        ledger: Budgets | None = None,
         metrics: Metrics | None = None,
         max_parked: int = 10_000,
     ) -> None:

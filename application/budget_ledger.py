@@ -25,7 +25,13 @@ from functools import partial
 from typing import TypeVar
 
 from application.ports import AggregateStore, Clock
-from domain.token_budget import SERVICE_SCOPE, BudgetBusy, BudgetExceeded, TokenBudget
+from domain.token_budget import (
+    SERVICE_SCOPE,
+    BudgetBusy,
+    BudgetExceeded,
+    TokenBudget,
+    unit_of,
+)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -86,6 +92,7 @@ class BudgetLedger:
         self._apart: list[tuple[str, int, str | None, asyncio.Future[_Held]]] = []
         self._holding: asyncio.Future[None] | None = None
         self.leases_opened = 0
+        self._reserving = 0
 
     async def reserve(
         self, reservation_id: str, tokens: int, max_wait: float | None = None
@@ -96,10 +103,14 @@ class BudgetLedger:
         when the room stays held for max_wait (by leases of workers that stopped
         without settling, say: those count as spent once they expire).
         """
-        await self._patiently(
-            tokens, max_wait, partial(self._reserve_in_lease, reservation_id, tokens),
-            "requests in flight or by stopped workers",
-        )
+        self._reserving += 1  # not idle meanwhile, also while it waits for room
+        try:
+            await self._patiently(
+                tokens, max_wait, partial(self._reserve_in_lease, reservation_id, tokens),
+                "requests in flight or by stopped workers",
+            )
+        finally:
+            self._reserving -= 1
 
     async def _reserve_in_lease(self, reservation_id: str, tokens: int) -> bool | None:
         """True once held in this worker's lease; None while the room is held."""
@@ -137,12 +148,18 @@ class BudgetLedger:
                 return outcome
             if waited >= patience:
                 raise BudgetExceeded(
-                    f"{tokens} tokens requested; the rest of today's budget has been held "
-                    f"for {waited:.0f}s by {holders}"
+                    f"{tokens} {unit_of(self.scope)} requested; the rest of today's budget has been held "
+                    f"for {waited:.0f}s by {holders}", self.scope,
                 )
             await asyncio.sleep(wait)
             waited += wait
             wait = min(wait * 2, 1.0)
+
+    def idle(self) -> bool:
+        """No reservation under way, no lease open or held, nothing waiting to be
+        written: it may be dropped."""
+        return (self._reserving == 0 and self._current is None and not self._leases
+                and not self._spent and not self._apart)
 
     def remaining_today(self) -> int | None:
         """What is left of today's budget as this worker last saw it (None: not yet)."""

@@ -36,6 +36,7 @@ from opentelemetry import trace
 from application.batch_answers import BatchAnswers, BatchHold
 from application.batching import BatchCollector
 from application.budget_ledger import BudgetLedger
+from application.budgets import Budgets, refusal
 from application.call_masking import CallMasking
 from application.chat_policy import ChatPolicy
 from application.compaction import Compactor
@@ -64,7 +65,6 @@ from domain.token_budget import BudgetExceeded
 
 log = logging.getLogger(__name__)
 
-BUDGET_EXHAUSTED = "The service's daily token budget is used up; please try again tomorrow."
 PII_REJECTED = (
     "The request contains personal data ({kinds}); this service does not send personal "
     "data to the model. Please remove it and ask again."
@@ -141,7 +141,7 @@ class ChatService:
     def __init__(
         self,
         conversations: AggregateStore[Conversation],
-        ledger: BudgetLedger,
+        ledger: BudgetLedger | Budgets,
         model: LanguageModel,
         counter: TokenCounter,
         rate_limiter: RateLimiter,
@@ -163,7 +163,9 @@ class ChatService:
         # are still out (`_calling`: request id -> its call's progress).
         self.worker = worker or uuid4().hex
         self._calling: dict[str, CallProgress] = {}
-        self.ledger = ledger
+        # Every daily limit (service tokens, dollars, per user); a plain ledger is the
+        # service's token budget alone.
+        self.ledger = ledger if isinstance(ledger, Budgets) else Budgets(ledger, policy.prices)
         self.model = model
         self.rate_limiter = rate_limiter
         self.clock = clock
@@ -178,11 +180,11 @@ class ChatService:
         self._recording: set[asyncio.Future[Any]] = set()
         self.batches = BatchAnswers(
             batches, conversations, clock, policy, self._recording,
-            parked=batch_records, ledger=ledger, metrics=metrics, max_parked=max_parked,
+            parked=batch_records, ledger=self.ledger, metrics=metrics, max_parked=max_parked,
         )
         self.recorder = OutcomeRecorder(clock, policy.prices)
         self.compactor = Compactor(
-            policy, self.window, ledger, self.masking, self.slots, model, clock, self.tracer
+            policy, self.window, self.ledger, self.masking, self.slots, model, clock, self.tracer
         )
 
     def model_for(self, request: ChatRequest) -> str:
@@ -318,7 +320,7 @@ class ChatService:
         if other_call_until is not None:
             return _Plan(other_call_until=other_call_until)
         count = self.window.counting(request)
-        misfit = self.window.misfit(request, count, self.ledger.daily_limit)
+        misfit = self.window.misfit(request, count, self.ledger.daily_limit_for(request.user_email))
         if misfit is not None:  # the caller's mistake, every time: not recorded ...
             log.warning("request %s refused: it cannot fit its model or the daily budget", rid)
             if conversation.is_pending(rid):  # ... unless received already (by an
@@ -377,18 +379,18 @@ class ChatService:
         try:
             # While the model is down, holds of requests waiting for it fill the
             # budget; wait for them as long as this request may wait at all.
-            await self._hold(job, planned.estimate)
+            await self._hold(job, planned.estimate, planned.call.model)
         except BudgetExceeded as error:
             log.warning("request %s refused: %s", rid, error)
             response = self.recorder.failure(
-                rid, job.started, "budget_exceeded", BUDGET_EXHAUSTED, conversation
+                rid, job.started, "budget_exceeded", refusal(error), conversation
             )
             return _Plan(response, summarised=summarised)
         return _Plan(
             call=planned.call, estimate=planned.estimate, share=share, summarised=summarised,
         )
 
-    async def _hold(self, job: _Job, tokens: int) -> None:
+    async def _hold(self, job: _Job, tokens: int, model: str) -> None:
         """Hold the request's worst case: apart in the day's budget for a request
         parked in a batch (it must not keep a lease open for hours), in this
         worker's lease otherwise. A batch request with no room left among the
@@ -409,14 +411,18 @@ class ChatService:
                 hold = replace(hold, made=True)
             job.batch_hold = hold
         else:
-            await self.ledger.reserve(job.reservation, tokens, max_wait=self._time_left(job.request))
+            await self.ledger.reserve(
+                job.reservation, tokens, max_wait=self._time_left(job.request),
+                user=job.request.user_email, models=(model,),
+            )
 
     def _parks(self, job: _Job) -> bool:
         """Whether the request is parked in a batch: a batch request, while there is
         room among the parked ones; decided once (a conflict decides again the same
         way). A batch request with no room is answered live, like any other."""
         if job.parking is None:
-            job.parking = self.batches.batched(job.request) and self.batches.has_room()
+            job.parking = (self.batches.batched(job.request) and self.batches.has_room()
+                           and self.ledger.allows_batches)
         return job.parking
 
     def _other_call_until(self, job: _Job, conversation: Conversation) -> float | None:
@@ -499,11 +505,12 @@ class ChatService:
         job.batch_hold = None
         try:
             await self.ledger.reserve(
-                job.reservation, plan.estimate, max_wait=self._time_left(job.request)
+                job.reservation, plan.estimate, max_wait=self._time_left(job.request),
+                user=job.request.user_email, models=(plan.call.model,),
             )
         except BudgetExceeded as error:
             log.warning("request %s refused: %s", job.request_id, error)
-            return await self._fail(job, "budget_exceeded", BUDGET_EXHAUSTED)
+            return await self._fail(job, "budget_exceeded", refusal(error))
         response, _ = await self._call_once(job, plan)
         return response
 
@@ -547,7 +554,7 @@ class ChatService:
             self.ledger.release(job.reservation)
             return await self._fail(job, *self._failure_of(job, error, deadline.expired())), None
         job.landed = True
-        self.ledger.settle(job.reservation, reply.prompt_tokens + reply.completion_tokens)
+        self.ledger.settle(job.reservation, reply.prompt_tokens + reply.completion_tokens, reply)
         # A paid reply is recorded even if the caller gives up now (its partition
         # was taken away, say): whoever answers the request next finds it answered.
         recording = asyncio.ensure_future(

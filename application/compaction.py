@@ -14,7 +14,7 @@ from typing import Any
 
 from opentelemetry import trace
 
-from application.budget_ledger import BudgetLedger
+from application.budgets import Budgets
 from application.call_masking import CallMasking
 from application.chat_policy import ChatPolicy
 from application.context_window import ContextWindow, Count, call_digest
@@ -42,7 +42,7 @@ class Compactor:
         self,
         policy: ChatPolicy,
         window: ContextWindow,
-        ledger: BudgetLedger,
+        ledger: Budgets,
         masking: CallMasking,
         slots: ModelSlots,
         model: LanguageModel,
@@ -116,7 +116,8 @@ class Compactor:
             try:
                 # Within the request's own deadline: a summary is not worth missing it.
                 async with asyncio.timeout(time_left):
-                    await self.ledger.reserve(hold, estimate, max_wait=0)
+                    await self.ledger.reserve(hold, estimate, max_wait=0,
+                                              user=request.user_email, models=(call.model,))
                     masked, session = await self.masking.mask(call)
                     call.progress.tokens = estimate  # what the rate limiter counts
                     async with self.slots.slot(request.priority, call, request.produced_at):
@@ -131,7 +132,7 @@ class Compactor:
             except BaseException:
                 self._give_back(hold, estimate, call.progress.sent)
                 raise
-        self.ledger.settle(hold, reply.prompt_tokens + reply.completion_tokens)
+        self.ledger.settle(hold, reply.prompt_tokens + reply.completion_tokens, reply)
         return {
             "summary": session.unmask(reply.text) if session is not None else reply.text,
             "model": reply.model,

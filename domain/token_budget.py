@@ -10,10 +10,21 @@ from eventsourcing.domain import Aggregate, event
 BUDGET_NAMESPACE = uuid5(NAMESPACE_URL, "chater-gpt/token-budget")
 
 SERVICE_SCOPE = "service"
+COST_SCOPE = "service-usd"  # counted in millionths of a US dollar
+
+
+def unit_of(scope: str) -> str:
+    return "millionths of a dollar" if scope == COST_SCOPE else "tokens"
+
+
+def user_scope(owner: str) -> str:
+    """The scope of one user's tokens, by the owner id of their data (not their address)."""
+    return f"user:{owner}"
 
 
 class TokenBudget(Aggregate):
-    """Daily token spending of one scope (today only the whole service: SERVICE_SCOPE).
+    """Daily spending of one scope: the service's tokens (SERVICE_SCOPE), its US dollars
+    in millionths (COST_SCOPE), or a user's tokens (user_scope).
 
     A request reserves its worst case before the model is called, then settles
     with what was really used, or releases the reservation when it fails. The
@@ -53,7 +64,8 @@ class TokenBudget(Aggregate):
             return
         if self.used + tokens > limit:
             raise BudgetExceeded(
-                f"{tokens} tokens requested, {max(limit - self.used, 0)} of {limit} left today"
+                f"{tokens} {unit_of(self.scope)} requested, {max(limit - self.used, 0)} of "
+                f"{limit} left today", self.scope,
             )
         if tokens > self.remaining(limit):
             raise BudgetBusy(f"{self.reserved} tokens are held by requests in flight")
@@ -149,7 +161,11 @@ def budget_id(scope: str, day: str) -> UUID:
 
 
 class BudgetExceeded(Exception):
-    """The request would take the day's spending past the limit."""
+    """The request would take the day's spending past the limit of `scope`."""
+
+    def __init__(self, message: str, scope: str = SERVICE_SCOPE) -> None:
+        super().__init__(message)
+        self.scope = scope
 
 
 class BudgetBusy(Exception):

@@ -45,6 +45,7 @@ def run_checks(settings: Settings, replicas: int | None = None,
     findings.append(_redis(settings, timeout))
     findings += _provider(settings, timeout)
     findings += _prices(settings)
+    findings.append(_budgets(settings))
     return findings
 
 
@@ -273,6 +274,10 @@ def _prices(settings: Settings) -> list[Finding]:
     prefix = "offline:" if settings.MODEL_PROVIDER == "offline" else ""
     for name, model in _configured_models(settings).items():
         price = table.price_of(prefix + model)
+        if price is None and settings.DAILY_COST_LIMIT is not None:
+            findings.append(Finding(f"price {name}", FAIL, f"{model} is unpriced in {source}: "
+                                    "no request can use it while DAILY_COST_LIMIT is set"))
+            continue
         if price is None:
             findings.append(Finding(f"price {name}", WARN, f"{model} is unpriced in {source}: "
                                     "its calls cost null, and no dollar figure counts them"))
@@ -282,3 +287,20 @@ def _prices(settings: Settings) -> list[Finding]:
                                 f"${price.completion:g} completion{cached} per million tokens "
                                 f"({source})"))
     return findings
+
+
+def _budgets(settings: Settings) -> Finding:
+    from adapters.user_limits import UserLimitsError, read_user_limits
+
+    said = [f"{settings.DAILY_TOKEN_LIMIT:,} tokens a day for the service"]
+    if settings.DAILY_COST_LIMIT is not None:
+        said.append(f"${settings.DAILY_COST_LIMIT:,.2f} a day")
+    if settings.USER_DAILY_TOKEN_LIMIT is not None:
+        said.append(f"{settings.USER_DAILY_TOKEN_LIMIT:,} tokens a day for each user")
+    if settings.USER_TOKEN_LIMITS:
+        try:
+            own = read_user_limits(settings.USER_TOKEN_LIMITS)
+        except UserLimitsError as error:
+            return Finding("budgets", FAIL, f"USER_TOKEN_LIMITS: {error}")
+        said.append(f"{len(own)} user(s) with limits of their own")
+    return Finding("budgets", OK, "; ".join(said))

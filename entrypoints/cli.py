@@ -14,7 +14,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from importlib.util import find_spec
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from adapters.data_keys import KeyUnavailable
 from application.usage import GROUPINGS
@@ -324,7 +324,7 @@ def run_usage(since: str | None, until: str | None, by: str | None, fmt: str,
             print(current_usage(
                 container.records(), settings.SECRET_KEY.get_secret_value(), window,
                 cast(Grouping | None, by), cast(Format, fmt), user, container.model_names().label,
-                progress=Progress("usage: events caught up"),
+                progress=Progress("usage: events caught up"), budgets=_limits(settings, user),
             ))
         except UsageViewUnavailable as error:
             print(f"chater-gpt usage: {error}", file=sys.stderr)
@@ -333,6 +333,29 @@ def run_usage(since: str | None, until: str | None, by: str | None, fmt: str,
             print(f"chater-gpt usage: the event store is unavailable: {error}", file=sys.stderr)
             return 1
     return 0
+
+
+def _limits(settings: Settings, user: str | None) -> list[Any]:
+    """The daily limits the usage report ends with: the service's, and the user's."""
+    from adapters.user_limits import read_user_limits
+    from domain.addresses import InvalidAddress, normalise_email
+    from domain.conversation import data_owner
+    from domain.token_budget import COST_SCOPE, SERVICE_SCOPE, user_scope
+    from entrypoints.usage_report import Limit
+
+    limits = [Limit("service tokens (DAILY_TOKEN_LIMIT)", SERVICE_SCOPE, settings.DAILY_TOKEN_LIMIT)]
+    if settings.DAILY_COST_LIMIT is not None:
+        limits.append(Limit("service dollars (DAILY_COST_LIMIT)", COST_SCOPE,
+                            max(round(settings.DAILY_COST_LIMIT * 1_000_000), 1), dollars=True))
+    if user is not None:
+        own = read_user_limits(settings.USER_TOKEN_LIMITS) if settings.USER_TOKEN_LIMITS else {}
+        try:
+            limit = own.get(normalise_email(user), settings.USER_DAILY_TOKEN_LIMIT)
+        except InvalidAddress:
+            limit = settings.USER_DAILY_TOKEN_LIMIT
+        if limit is not None:
+            limits.append(Limit(f"{user}'s tokens", user_scope(data_owner(user)), limit))
+    return limits
 
 
 DEMO_EXTRA_MISSING = (

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from functools import partial
+from typing import Any
 
 from dependency_injector import containers, providers
 
@@ -23,8 +24,10 @@ from adapters.redis_cache import RedisResponseCache
 from adapters.secret_file import api_key_source
 from adapters.system_clock import SystemClock
 from adapters.tiktoken_counter import TiktokenCounter
+from adapters.user_limits import UserLimitsError, read_user_limits
 from application.batching import BatchCollector
 from application.budget_ledger import BudgetLedger
+from application.budgets import MICRO, Budgets
 from application.chat import ChatService
 from application.chat_policy import ChatPolicy
 from application.circuit_breaker import CircuitBreaker
@@ -34,6 +37,7 @@ from application.model_slots import ModelSlots, admit
 from application.pii import PiiMasker
 from application.privacy import Privacy
 from domain.pricing import PriceTable
+from domain.token_budget import COST_SCOPE, SERVICE_SCOPE
 from entrypoints.health import worker_checks
 from entrypoints.settings import Settings, SettingsError
 from entrypoints.worker import KafkaWorker
@@ -78,6 +82,36 @@ def _batches(settings: Settings, api_key: Callable[[], ApiKeySource]) -> BatchCo
         window=settings.BATCH_WINDOW,
         max_requests=settings.BATCH_MAX_REQUESTS,
         poll_interval=settings.BATCH_POLL_INTERVAL,
+    )
+
+
+def _user_limits(path: str | None) -> dict[str, int]:
+    return read_user_limits(path) if path else {}
+
+
+def _budgets(settings: Settings, budgets: Any, clock: Any, prices: PriceTable,
+             user_limits: dict[str, int]) -> Budgets:
+    """The service's token budget, and its dollar and per-user budgets when set."""
+
+    def ledger(scope: str, limit: int, chunk: int) -> BudgetLedger:
+        return BudgetLedger(budgets, clock, limit, chunk_tokens=chunk, scope=scope,
+                            lease_expiry=settings.BUDGET_LEASE_EXPIRY)
+
+    tokens = ledger(SERVICE_SCOPE, settings.DAILY_TOKEN_LIMIT, settings.BUDGET_CHUNK_TOKENS)
+    dollars = None
+    if settings.DAILY_COST_LIMIT is not None:
+        micro = max(round(settings.DAILY_COST_LIMIT * MICRO), 1)
+        # A lease of a twentieth at most: replicas share the day's dollars finely.
+        dollars = ledger(COST_SCOPE, micro, max(micro // 20, 1))
+    limited = settings.USER_DAILY_TOKEN_LIMIT is not None or bool(user_limits)
+    return Budgets(
+        tokens, prices, dollars=dollars,
+        # A user's lease: a tenth of their day at most, so their requests on other
+        # replicas find room too.
+        user_ledger=(lambda scope, limit: ledger(scope, limit, max(limit // 10, 1)))
+        if limited else None,
+        user_limit=settings.USER_DAILY_TOKEN_LIMIT, user_limits=user_limits,
+        fallback_model=settings.FALLBACK_MODEL,
     )
 
 
@@ -180,13 +214,10 @@ class Container(containers.DeclarativeContainer):
     )
     batches = providers.Singleton(_batches, settings=settings, api_key=api_key.provider)
     pii_masker = providers.Singleton(PiiMasker, detector=providers.Singleton(LibraryPiiDetector))
+    user_limits = providers.Singleton(_user_limits, path=settings.provided.USER_TOKEN_LIMITS)
     ledger = providers.Singleton(
-        BudgetLedger,
-        budgets=stores.provided.budgets,
-        clock=clock,
-        daily_limit=settings.provided.DAILY_TOKEN_LIMIT,
-        chunk_tokens=settings.provided.BUDGET_CHUNK_TOKENS,
-        lease_expiry=settings.provided.BUDGET_LEASE_EXPIRY,
+        _budgets, settings=settings, budgets=stores.provided.budgets, clock=clock, prices=prices,
+        user_limits=user_limits,
     )
     chat_service = providers.Singleton(
         ChatService,
@@ -236,4 +267,8 @@ def build_container(settings: Settings) -> Container:
         container.prices()  # a bad price file stops the start, not the first reply
     except PriceFileError as error:
         raise SettingsError(f"invalid configuration:\n  MODEL_PRICES: {error}") from None
+    try:
+        container.user_limits()
+    except UserLimitsError as error:
+        raise SettingsError(f"invalid configuration:\n  USER_TOKEN_LIMITS: {error}") from None
     return container

@@ -205,6 +205,13 @@ def observe_worker(metrics: Any, worker: Any, circuit_breaker: Any, ledger: Any,
     metrics.watch("chater_gpt_budget_remaining_tokens",
                   "Tokens of the day neither spent nor held (leases included)",
                   gauges.budget_remaining)
+    metrics.watch("chater_gpt_budget_limit",
+                  "Daily limits by scope: service_tokens (DAILY_TOKEN_LIMIT), service_usd "
+                  "(DAILY_COST_LIMIT), user_tokens (USER_DAILY_TOKEN_LIMIT, each user's)",
+                  gauges.budget_limits)
+    metrics.watch("chater_gpt_budget_remaining",
+                  "What is left of today's limits by scope (service_tokens, service_usd), "
+                  "neither spent nor held, as this replica last saw it", gauges.budgets_remaining)
     metrics.watch("chater_gpt_circuit_state", "Per model: 0 closed, 1 half-open, 2 open",
                   gauges.circuits)
     metrics.watch("chater_gpt_provider_paused",
@@ -291,6 +298,23 @@ class WorkerGauges:
     def budget_remaining(self) -> Readings:
         left = self.ledger.remaining_today()
         return [] if left is None else [(left, {})]
+
+    def budget_limits(self) -> Readings:
+        readings = [(self.ledger.daily_limit, {"scope": "service_tokens"})]
+        dollars = getattr(self.ledger, "dollars", None)
+        if dollars is not None:
+            readings.append((dollars.daily_limit / 1_000_000, {"scope": "service_usd"}))
+        if getattr(self.ledger, "user_limit", None) is not None:
+            readings.append((self.ledger.user_limit, {"scope": "user_tokens"}))
+        return readings
+
+    def budgets_remaining(self) -> Readings:
+        readings = self.budget_remaining()
+        readings = [(value, {"scope": "service_tokens"}) for value, _ in readings]
+        remaining_dollars = getattr(self.ledger, "remaining_dollars_today", lambda: None)()
+        if remaining_dollars is not None:
+            readings.append((remaining_dollars, {"scope": "service_usd"}))
+        return readings
 
     def circuits(self) -> Readings:
         worst: dict[str, int] = {}  # models shown as one label ("other") show the worst

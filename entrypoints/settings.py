@@ -51,6 +51,18 @@ class Settings(BaseSettings):
         "when REDIS_URL is set (else per process); 0 turns the limit off"
     )
     DAILY_TOKEN_LIMIT: int = Field(1_000_000, gt=0)
+    USER_DAILY_TOKEN_LIMIT: int | None = Field(
+        None, gt=0, description="tokens a user may use a day (UTC), for all replicas together; "
+        "unset: users are not limited apart"
+    )
+    USER_TOKEN_LIMITS: str | None = Field(
+        None, description="a JSON or YAML file of users' own daily token limits, by e-mail "
+        "address: ada@example.com: 500000 (beside or instead of USER_DAILY_TOKEN_LIMIT)"
+    )
+    DAILY_COST_LIMIT: float | None = Field(
+        None, gt=0, description="US dollars the service may spend a day (UTC) at the price "
+        "table, for all replicas together: held at the worst price, settled at the real one"
+    )
 
     # Settings this service adds, named in the same style.
     OPENAI_API_KEY_FILE: str | None = Field(

@@ -6,6 +6,8 @@ import csv
 import io
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from adapters.usage_view import open_usage_view
@@ -49,16 +51,48 @@ def current_usage(
     user: str | None = None,
     model_label: Callable[[str], str] = lambda model: model,
     progress: Callable[[int, int], None] | None = None,
+    budgets: list[Limit] | None = None,
 ) -> str:
     """The report, after catching the view up with the store: current even when no
-    worker kept it. Raises UsageViewUnavailable or the store's PersistenceError."""
+    worker kept it; the table ends with what is left of today's budgets. Raises
+    UsageViewUnavailable or the store's PersistenceError."""
     view = open_usage_view(records.env)  # beside the events, in the same database
     try:
         catch_up(records, UsageProjection(view, secret_key, model_label), progress=progress)
         lines = usage_report(view, window, by, user_hash(secret_key, user) if user else None)
     finally:
         view.close()
-    return render(lines, by, fmt, window)
+    report = render(lines, by, fmt, window)
+    if fmt == "table" and budgets:
+        report += "\n" + "\n".join(budget_lines(records, budgets))
+    return report
+
+
+@dataclass(frozen=True)
+class Limit:
+    """A daily limit to report: its name, TokenBudget scope, limit and unit."""
+
+    name: str
+    scope: str
+    limit: int
+    dollars: bool = False  # counted in millionths of a dollar
+
+
+def budget_lines(records: ChatRecords, limits: list[Limit], day: str | None = None) -> list[str]:
+    """Today's (UTC) spending against each limit: used (held included) and left."""
+    day = day or datetime.now(UTC).date().isoformat()
+    lines = [f"Budgets today ({day}, UTC):"]
+    for limit in limits:
+        budget = records.budget(limit.scope, day)
+        used = budget.used + budget.reserved
+        left = max(limit.limit - used, 0)
+        if limit.dollars:
+            lines.append(f"  {limit.name}: ${used / 1e6:,.4f} of ${limit.limit / 1e6:,.2f} "
+                         f"spent or held, ${left / 1e6:,.4f} left")
+        else:
+            lines.append(f"  {limit.name}: {used:,} of {limit.limit:,} tokens used or held, "
+                         f"{left:,} left")
+    return lines
 
 
 def usage_rows(lines: list[UsageLine], by: Grouping | None) -> list[dict[str, Any]]:

@@ -68,3 +68,16 @@ def test_retries_fallbacks_and_headroom_by_model_with_unknown_names_as_one():
         (5, {"model": "gpt-4o-mini", "fallback": "gpt-4.1", "reason": "circuit_open"})]
     assert readings.headroom("requests") == [(42, {"model": "gpt-4o-mini"})]
     assert readings.headroom("tokens") == []  # the provider did not say
+
+
+def test_budget_limits_and_what_is_left_by_scope():
+    ledger = SimpleNamespace(
+        daily_limit=1_000_000, user_limit=50_000, dollars=SimpleNamespace(daily_limit=5_000_000),
+        remaining_today=lambda: 900_000, remaining_dollars_today=lambda: 4.25,
+    )
+    readings = WorkerGauges(SimpleNamespace(), Worker(), None, ledger)
+    assert readings.budget_limits() == [(1_000_000, {"scope": "service_tokens"}),
+                                         (5.0, {"scope": "service_usd"}),
+                                         (50_000, {"scope": "user_tokens"})]
+    assert readings.budgets_remaining() == [(900_000, {"scope": "service_tokens"}),
+                                            (4.25, {"scope": "service_usd"})]

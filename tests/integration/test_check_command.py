@@ -124,3 +124,22 @@ def test_version_names_the_package_and_its_clients(capsys):
     out = capsys.readouterr().out.strip()
     assert out.startswith(f"chater-gpt {version('chater-gpt')} (Python 3.")
     assert f"openai {version('openai')}" in out and "librdkafka 2." in out
+
+
+def test_budgets_are_reported_and_an_unpriced_model_fails_under_a_dollar_limit(
+        configured, fake_openai, tmp_path, capsys):
+    limits = tmp_path / "limits.yaml"
+    limits.write_text("Ada@Example.com: 500000\nbob@example.com: 20000\n")
+    fake_openai.serve_models(["acme-llm"])
+    configured(MODEL="acme-llm", DAILY_COST_LIMIT="25", USER_DAILY_TOKEN_LIMIT="100000",
+               USER_TOKEN_LIMITS=str(limits))
+    assert chater_gpt(["check"]) == 1
+    found = lines(capsys.readouterr().out)
+    assert found["budgets"] == ("ok", "100,000,000 tokens a day for the service; $25.00 a day; "
+                                "100,000 tokens a day for each user; 2 user(s) with limits of their own")
+    assert found["price MODEL"] == ("fail", "acme-llm is unpriced in the shipped table: no request "
+                                    "can use it while DAILY_COST_LIMIT is set")
+    limits.write_text("not-an-address: 5\n")
+    assert chater_gpt(["check"]) == 1
+    assert lines(capsys.readouterr().out)["budgets"] == (
+        "fail", f"USER_TOKEN_LIMITS: {limits}: entry 1 is not an e-mail address")

@@ -76,8 +76,15 @@ def test_three_replicas_answer_every_conversation_in_order_with_its_whole_histor
         worker.start()
     # Both stages of every replica own partitions, and every partition has its
     # owner, before anything is produced: the groups have settled.
-    deadline = time.monotonic() + 90
-    while not settled(workers):
+    # Settled for 3 s: a cooperative rebalance moves partitions in more than one step,
+    # and between two steps every partition may have an owner for a moment.
+    deadline, calm_since, seen = time.monotonic() + 90, time.monotonic(), None
+    while True:
+        now = [owned(w) for w in workers]
+        if now != seen:
+            seen, calm_since = now, time.monotonic()
+        if settled(workers) and time.monotonic() - calm_since >= 3.0:
+            break
         assert time.monotonic() < deadline, [w.log()[-2000:] for w in workers]
         time.sleep(0.2)
     fake_openai.set_latency(0.2)
@@ -160,8 +167,10 @@ def test_a_worker_killed_while_handing_over_loses_nothing_and_pays_nothing_twice
     feeder = threading.Thread(target=produce)
     feeder.start()
     time.sleep(1.0)  # records are being handed over ...
-    killed_at = time.time()
     worker.stop(signal.SIGKILL)  # ... when the worker dies
+    # A call the worker sent just before it died may reach the model server a moment
+    # later: the calls are told apart by the restart, not by the kill.
+    restarted_at = time.time()
     worker.start()
     feeder.join(60)
 
@@ -202,4 +211,4 @@ def test_a_worker_killed_while_handing_over_loses_nothing_and_pays_nothing_twice
     assert len(asked) == total
     again = {text: sorted(times) for text, times in asked.items() if len(times) > 1}
     print(f"asked again after the kill (their first call was out): {len(again)}")
-    assert all(len(times) == 2 and times[0] < killed_at < times[1] for times in again.values()), again
+    assert all(len(times) == 2 and times[0] < restarted_at < times[1] for times in again.values()), again
