@@ -15,13 +15,11 @@ become prices per million tokens, under the same names; its other entries
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping
 from pathlib import Path
 
-import yaml
-
+from adapters.settings_file import read_json_or_yaml
 from domain.pricing import DEFAULT_PRICES, Price, PriceTable, price_from
 
 
@@ -31,18 +29,7 @@ class PriceFileError(ValueError):
 
 def read_price_file(path: str | Path) -> dict[str, Price]:
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as error:
-        raise PriceFileError(f"cannot read {path}: {error.strerror or error}") from None
-    try:
-        document = json.loads(text)  # LiteLLM's table is 1.6 MB: JSON reads it fast
-    except ValueError:
-        try:
-            # YAML is a superset of JSON: one parser reads both.
-            document = yaml.safe_load(text)
-        except yaml.YAMLError as error:
-            raise PriceFileError(f"{path} is neither JSON nor YAML: {error}") from None
+    document = read_json_or_yaml(path, PriceFileError)
     if not isinstance(document, dict) or not document:
         raise PriceFileError(f"{path} must map model names to prices")
     if _is_litellm_table(document):

@@ -9,11 +9,9 @@ whole number of tokens, more than 0.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-import yaml
-
+from adapters.settings_file import read_json_or_yaml
 from domain.addresses import InvalidAddress, normalise_email
 
 
@@ -23,17 +21,7 @@ class UserLimitsError(ValueError):
 
 def read_user_limits(path: str | Path) -> dict[str, int]:
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as error:
-        raise UserLimitsError(f"cannot read {path}: {error.strerror or error}") from None
-    try:
-        document = json.loads(text)
-    except ValueError:
-        try:
-            document = yaml.safe_load(text)
-        except yaml.YAMLError:
-            raise UserLimitsError(f"{path} is neither JSON nor YAML") from None
+    document = read_json_or_yaml(path, UserLimitsError, quote=False)  # it holds addresses
     if not isinstance(document, dict):
         raise UserLimitsError(f"{path} must map e-mail addresses to daily tokens")
     limits: dict[str, int] = {}

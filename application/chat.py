@@ -418,8 +418,9 @@ class ChatService:
 
     def _parks(self, job: _Job) -> bool:
         """Whether the request is parked in a batch: a batch request, while there is
-        room among the parked ones; decided once (a conflict decides again the same
-        way). A batch request with no room is answered live, like any other."""
+        room among the parked ones and no dollar or per-user limit is set (their holds
+        would span hours and replicas); decided once (a conflict decides again the same
+        way). Any other batch request is answered live, like any other request."""
         if job.parking is None:
             job.parking = (self.batches.batched(job.request) and self.batches.has_room()
                            and self.ledger.allows_batches)

@@ -101,3 +101,19 @@ def test_a_bad_litellm_table_says_what_is_wrong(tmp_path, change, complaint):
     with pytest.raises(PriceFileError) as error:
         read_price_file(path)
     assert complaint in str(error.value)
+
+
+def test_a_user_limits_file_is_read_and_its_faults_never_quote_an_address(tmp_path):
+    from adapters.user_limits import UserLimitsError, read_user_limits
+
+    path = tmp_path / "limits.yaml"
+    path.write_text("Ada@Example.com: 500000\nbob@example.com: 20000\n")
+    assert read_user_limits(path) == {"ada@example.com": 500000, "bob@example.com": 20000}
+    for text, complaint in [("ada@example.com: [broken", "is neither JSON nor YAML"),
+                            ("ada@example.com: 0", "entry 1: the limit must be a whole number"),
+                            ("ada@example.com: 1\nnobody: 5", "entry 2 is not an e-mail address"),
+                            ("- ada@example.com", "must map e-mail addresses to daily tokens")]:
+        path.write_text(text)
+        with pytest.raises(UserLimitsError) as error:
+            read_user_limits(path)
+        assert complaint in str(error.value) and "ada@" not in str(error.value)

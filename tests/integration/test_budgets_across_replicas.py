@@ -3,48 +3,20 @@ dollars are never exceeded, whichever replica answers, and the refusal names the
 
 from __future__ import annotations
 
-import json
-import signal
-import uuid
 from datetime import UTC, datetime
 
 import pytest
 
 from adapters.event_store import ChatRecords, event_store_env
-from adapters.kafka import ensure_topics
 from application.budgets import SERVICE_DOLLARS_USED_UP, USER_TOKENS_USED_UP
 from domain.conversation import data_owner
 from domain.token_budget import COST_SCOPE, user_scope
 from entrypoints.cli import main as chater_gpt
-from tests.support.records import produce, read
-from tests.support.worker import WorkerProcess
+from tests.support.replicas import run_replicas
 
 pytestmark = pytest.mark.integration
 
 WORDS = " ".join(["budget"] * 400)  # about 800 tokens a request, question and echo
-
-
-def run(broker, worker_env, tmp_path, settings: dict[str, str],
-        requests: list[tuple[str, dict]]) -> tuple[dict[str, dict], dict[str, str]]:
-    """The requests through two replicas; the answers by key, and the environment."""
-    suffix = uuid.uuid4().hex[:8]
-    env = {**worker_env, "REQUEST_TOPIC": f"budgets-{suffix}", "RESPONSE_TOPIC": f"budgets-{suffix}-out",
-           "DLQ_TOPIC": f"budgets-{suffix}.dlq", "CONSUMER_GROUP": f"budgets-{suffix}",
-           "MAX_TOKENS": "500", "TOPIC_PARTITIONS": "2", **settings}
-    ensure_topics(broker.bootstrap_server, [env["REQUEST_TOPIC"]], partitions=2)
-    ensure_topics(broker.bootstrap_server, [env["RESPONSE_TOPIC"], env["DLQ_TOPIC"]])
-    workers = [WorkerProcess(env, tmp_path / f"worker{n}.log") for n in range(2)]
-    for worker in workers:
-        worker.start()
-    try:
-        produce(broker, env["REQUEST_TOPIC"], [(key, json.dumps(body).encode()) for key, body in requests])
-        answers = dict(read(broker, env["RESPONSE_TOPIC"], len(requests), timeout=180))
-    finally:
-        for worker in workers:
-            if worker.process is not None:
-                worker.stop(signal.SIGTERM)  # graceful: leases are settled
-    assert not any("Traceback" in worker.log() for worker in workers)
-    return answers, env
 
 
 def budget_of(env: dict[str, str], scope: str):
@@ -66,7 +38,7 @@ def test_a_users_daily_tokens_hold_across_replicas(broker, fake_openai, worker_e
                          "message": f"ada-{n}: {WORDS}"}) for n in range(30)]
     others = [(f"other-{n}", {"user_email": f"other{n}@example.com", "message": f"other-{n}: {WORDS}"})
               for n in range(10)]
-    answers, env = run(broker, worker_env, tmp_path, {"USER_DAILY_TOKEN_LIMIT": str(limit)}, ada + others)
+    answers, env = run_replicas(broker, worker_env, tmp_path, {"USER_DAILY_TOKEN_LIMIT": str(limit)}, ada + others)
 
     answered = [key for key, _ in ada if "response" in answers[key]]
     refused = [key for key, _ in ada if "error" in answers[key]]
@@ -95,7 +67,7 @@ def test_the_services_daily_dollars_hold_across_replicas(broker, fake_openai, wo
     limit = 0.003  # dollars: about ten answers of gpt-4o-mini here
     requests = [(f"usd-{n}", {"user_email": f"usd{n}@example.com", "message": f"usd-{n}: {WORDS}"})
                 for n in range(30)]
-    answers, env = run(broker, worker_env, tmp_path, {"DAILY_COST_LIMIT": str(limit)}, requests)
+    answers, env = run_replicas(broker, worker_env, tmp_path, {"DAILY_COST_LIMIT": str(limit)}, requests)
 
     answered = [key for key, _ in requests if "response" in answers[key]]
     refused = [key for key, _ in requests if "error" in answers[key]]

@@ -5,7 +5,6 @@ whole earlier conversation, while all three replicas answer."""
 
 from __future__ import annotations
 
-import ast
 import json
 import re
 import signal
@@ -18,6 +17,7 @@ import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from tests.support.records import private_topics, read_until_all
+from tests.support.replicas import wait_until_settled
 from tests.support.worker import WorkerProcess
 
 pytestmark = pytest.mark.integration
@@ -27,35 +27,6 @@ WORKERS, PARTITIONS, CONVERSATIONS, TURNS = 3, 6, 40, 4
 
 def text(conversation: int, turn: int) -> str:
     return f"c{conversation}-t{turn}: question {turn} of conversation {conversation}"
-
-
-OWNERSHIP = re.compile(r'"message": "(assigned|revoked|repartitioning|no longer repartitioning) (\[.*?\])"')
-
-
-def owned(worker: WorkerProcess) -> tuple[set[str], set[str]]:
-    """The partitions a worker's two stages own now, as its log tells."""
-    answering: set[str] = set()
-    repartitioning: set[str] = set()
-    for change, partitions in OWNERSHIP.findall(worker.log()):
-        names = set(ast.literal_eval(partitions))
-        if change == "assigned":
-            answering |= names
-        elif change == "revoked":
-            answering -= names
-        elif change == "repartitioning":
-            repartitioning |= names
-        else:
-            repartitioning -= names
-    return answering, repartitioning
-
-
-def settled(workers: list[WorkerProcess]) -> bool:
-    stages = [owned(w) for w in workers]
-    return all(a and r for a, r in stages) and all(
-        len(set().union(*(stage[n] for stage in stages))) == PARTITIONS
-        and sum(len(stage[n]) for stage in stages) == PARTITIONS
-        for n in (0, 1)
-    )
 
 
 @pytest.mark.timeout(240)
@@ -74,19 +45,9 @@ def test_three_replicas_answer_every_conversation_in_order_with_its_whole_histor
     request.addfinalizer(lambda: [w.stop(signal.SIGKILL) for w in workers if w.process])
     for worker in workers:
         worker.start()
-    # Both stages of every replica own partitions, and every partition has its
-    # owner, before anything is produced: the groups have settled.
-    # Settled for 3 s: a cooperative rebalance moves partitions in more than one step,
-    # and between two steps every partition may have an owner for a moment.
-    deadline, calm_since, seen = time.monotonic() + 90, time.monotonic(), None
-    while True:
-        now = [owned(w) for w in workers]
-        if now != seen:
-            seen, calm_since = now, time.monotonic()
-        if settled(workers) and time.monotonic() - calm_since >= 3.0:
-            break
-        assert time.monotonic() < deadline, [w.log()[-2000:] for w in workers]
-        time.sleep(0.2)
+    # Both stages of every replica own partitions, every partition has its owner,
+    # and nothing has moved for 3 s, before anything is produced.
+    wait_until_settled(workers, PARTITIONS)
     fake_openai.set_latency(0.2)
 
     producer = Producer({"bootstrap.servers": broker.bootstrap_server})
