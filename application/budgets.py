@@ -183,8 +183,13 @@ class Budgets:
             dearest = max(dearest, price.prompt, price.completion)
         return max(math.ceil(tokens * dearest / PER_TOKENS * MICRO), 1)
 
+    @staticmethod
+    def scope_of(user_email: str) -> str:
+        """The TokenBudget scope of a user's tokens."""
+        return user_scope(data_owner(user_email))
+
     def _ledger_of(self, user_email: str, limit: int) -> BudgetLedger:
-        scope = user_scope(data_owner(user_email))
+        scope = self.scope_of(user_email)
         ledger = self._users.get(scope)
         if ledger is None or ledger.daily_limit != limit:
             assert self._user_ledger is not None

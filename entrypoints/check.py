@@ -24,6 +24,7 @@ from confluent_kafka.admin import AdminClient
 from adapters.kafka import admin_config
 from adapters.kafka_probe import probe_log
 from adapters.price_file import PriceFileError, price_table
+from entrypoints.health import error_name
 from entrypoints.settings import Settings
 
 OK, WARN, FAIL, SKIP = "ok", "warn", "fail", "skip"
@@ -72,14 +73,6 @@ def _millis(started: float) -> str:
     return f"{(time.perf_counter() - started) * 1000:.0f} ms"
 
 
-def _reason(error: BaseException) -> str:
-    """A short, safe reason: librdkafka's error name, or the exception's type."""
-    args = getattr(error, "args", ())
-    if args and hasattr(args[0], "name"):
-        return str(args[0].name())
-    return type(error).__name__
-
-
 # --- the broker, its topics, and partitions against replicas ---------------------------
 
 def _broker(settings: Settings, replicas: int | None, timeout: float) -> list[Finding]:
@@ -89,7 +82,7 @@ def _broker(settings: Settings, replicas: int | None, timeout: float) -> list[Fi
         metadata = admin.list_topics(timeout=timeout)
     except KafkaException as error:
         return [Finding("broker", FAIL, f"{settings.BOOTSTRAP_SERVER}: no answer within "
-                        f"{timeout:g} s ({_reason(error)})")]
+                        f"{timeout:g} s ({error_name(error)})")]
     findings = [Finding("broker", OK, f"{len(metadata.brokers)} broker(s) at "
                         f"{settings.BOOTSTRAP_SERVER}, {_millis(started)}")]
     partitions: dict[str, int] = {}

@@ -14,14 +14,16 @@ import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from importlib.util import find_spec
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, cast
 
 from adapters.data_keys import KeyUnavailable
 from application.usage import GROUPINGS
 from entrypoints.settings import SettingsError, load_settings
 
 if TYPE_CHECKING:
+    from application.budgets import Budgets
     from entrypoints.container import Container
+    from entrypoints.usage_report import Limit
     from entrypoints.settings import Settings
 
 
@@ -324,7 +326,7 @@ def run_usage(since: str | None, until: str | None, by: str | None, fmt: str,
             print(current_usage(
                 container.records(), settings.SECRET_KEY.get_secret_value(), window,
                 cast(Grouping | None, by), cast(Format, fmt), user, container.model_names().label,
-                progress=Progress("usage: events caught up"), budgets=_limits(settings, user),
+                progress=Progress("usage: events caught up"), budgets=_limits(container.ledger(), user),
             ))
         except UsageViewUnavailable as error:
             print(f"chater-gpt usage: {error}", file=sys.stderr)
@@ -335,26 +337,19 @@ def run_usage(since: str | None, until: str | None, by: str | None, fmt: str,
     return 0
 
 
-def _limits(settings: Settings, user: str | None) -> list[Any]:
-    """The daily limits the usage report ends with: the service's, and the user's."""
-    from adapters.user_limits import read_user_limits
-    from domain.addresses import InvalidAddress, normalise_email
-    from domain.conversation import data_owner
-    from domain.token_budget import COST_SCOPE, SERVICE_SCOPE, user_scope
+def _limits(budgets: Budgets, user: str | None) -> list[Limit]:
+    """The daily limits the usage report ends with: the service's, and the user's, as
+    the workers hold them (the container's Budgets: the same settings and file)."""
+    from domain.token_budget import COST_SCOPE, SERVICE_SCOPE
     from entrypoints.usage_report import Limit
 
-    limits = [Limit("service tokens (DAILY_TOKEN_LIMIT)", SERVICE_SCOPE, settings.DAILY_TOKEN_LIMIT)]
-    if settings.DAILY_COST_LIMIT is not None:
+    limits = [Limit("service tokens (DAILY_TOKEN_LIMIT)", SERVICE_SCOPE, budgets.daily_limit)]
+    if budgets.dollars is not None:
         limits.append(Limit("service dollars (DAILY_COST_LIMIT)", COST_SCOPE,
-                            max(round(settings.DAILY_COST_LIMIT * 1_000_000), 1), dollars=True))
-    if user is not None:
-        own = read_user_limits(settings.USER_TOKEN_LIMITS) if settings.USER_TOKEN_LIMITS else {}
-        try:
-            limit = own.get(normalise_email(user), settings.USER_DAILY_TOKEN_LIMIT)
-        except InvalidAddress:
-            limit = settings.USER_DAILY_TOKEN_LIMIT
-        if limit is not None:
-            limits.append(Limit(f"{user}'s tokens", user_scope(data_owner(user)), limit))
+                            budgets.dollars.daily_limit, dollars=True))
+    limit = budgets.user_limit_or_none(user)
+    if user is not None and limit is not None:
+        limits.append(Limit(f"{user}'s tokens", budgets.scope_of(user), limit))
     return limits
 
 

@@ -415,7 +415,7 @@ def worker_checks(
         try:
             brokers = await in_thread(worker.probe_broker, CHECK_TIMEOUT)
         except Exception as error:
-            raise CheckFailed(f"broker unreachable: {_reason(error)}") from None
+            raise CheckFailed(f"broker unreachable: {error_name(error)}") from None
         return {"brokers": brokers, "latency_ms": _millis_since(started)}
 
     async def event_store() -> dict[str, Any]:
@@ -481,7 +481,7 @@ def _millis_since(started: float) -> float:
     return round((time.perf_counter() - started) * 1000, 1)
 
 
-def _reason(error: Exception) -> str:
+def error_name(error: BaseException) -> str:
     """A short, safe reason: librdkafka's error name, never a stack or an address."""
     args = getattr(error, "args", ())
     if args and hasattr(args[0], "name"):
