@@ -1,5 +1,7 @@
 """deploy/helm/chater-gpt, rendered by helm itself (`helm lint`, `helm template`): every
-object valid against Kubernetes' schemas, the values schema current with the Settings
+object valid against Kubernetes' schemas (the ServiceMonitor and PrometheusRule against
+the Prometheus Operator's CRDs, the ScaledObject against KEDA's, as the cloudcoil models
+generated from them read them), the values schema current with the Settings
 class and refusing what the worker would refuse, the alerting rules and the dashboard's
 queries checked by promtool. scripts/setup.sh --test fetches both tools into .tools/bin."""
 
@@ -13,6 +15,9 @@ from pathlib import Path
 import kubernetes_validate
 import pytest
 import yaml
+from cloudcoil.models.keda.v1alpha1 import ScaledObject
+from cloudcoil.models.prometheus_operator.v1 import PrometheusRule, ServiceMonitor
+from pydantic import BaseModel
 
 from entrypoints.chart_schema import SCHEMA, text
 
@@ -50,6 +55,22 @@ def by_kind(documents: list[dict]) -> dict[str, dict]:
     return {doc["kind"]: doc for doc in documents}
 
 
+# Models generated from the CRDs' schemas (Prometheus Operator 0.80, KEDA 2.16).
+CUSTOM_RESOURCES: dict[str, type[BaseModel]] = {
+    "ServiceMonitor": ServiceMonitor, "PrometheusRule": PrometheusRule, "ScaledObject": ScaledObject,
+}
+
+
+def validate_custom_resource(document: dict) -> None:
+    """Valid against its CRD's schema: the model reads it (types, enums, required
+    fields) and writes back exactly what it read (a field the CRD does not know,
+    which the model would silently drop, or a value read as another type, fails)."""
+    model = CUSTOM_RESOURCES[document["kind"]]
+    read = model.model_validate(document)
+    assert read.model_dump(by_alias=True, exclude_unset=True, mode="json") == document, (
+        f"{document['kind']} has what its CRD does not know")
+
+
 def test_the_values_schema_is_generated_from_the_settings_class():
     assert SCHEMA.read_text(encoding="utf-8") == text(), (
         "values.schema.json is not current: run python -m entrypoints.chart_schema")
@@ -63,8 +84,24 @@ def test_lint_and_every_object_valid_against_kubernetes():
                                "ScaledObject", "Service", "ServiceMonitor"]
     for kind in ("ConfigMap", "Deployment", "PodDisruptionBudget", "Service"):
         kubernetes_validate.validate(objects[kind], KUBERNETES, strict=True)
+    for kind in CUSTOM_RESOURCES:
+        validate_custom_resource(objects[kind])
     # Only the workload and its Service by default.
     assert sorted(by_kind(render())) == ["Deployment", "PodDisruptionBudget", "Service"]
+
+
+def test_the_custom_resources_schemas_refuse_what_their_operators_would():
+    objects = by_kind(render(*EVERYTHING))
+    monitor, scaled = objects["ServiceMonitor"], objects["ScaledObject"]
+    misspelt = {**monitor, "spec": {**monitor["spec"], "endpoints": [
+        {**monitor["spec"]["endpoints"][0], "intervall": "30s"}]}}
+    with pytest.raises(AssertionError, match="ServiceMonitor has what its CRD does not know"):
+        validate_custom_resource(misspelt)
+    with pytest.raises(ValueError, match="maxReplicaCount"):
+        validate_custom_resource({**scaled, "spec": {**scaled["spec"], "maxReplicaCount": "many"}})
+    without_target = {**scaled, "spec": {k: v for k, v in scaled["spec"].items() if k != "scaleTargetRef"}}
+    with pytest.raises(ValueError, match="scaleTargetRef"):
+        validate_custom_resource(without_target)
 
 
 def test_the_deployment_starts_slowly_spreads_and_may_recreate():
