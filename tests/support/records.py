@@ -77,3 +77,51 @@ def read_until_all(broker, topic: str, wanted: set[str], timeout: float) -> list
     finally:
         consumer.close()
     return seen
+
+
+def where_are(broker, topics: dict[str, str], missing: set[str], partitions: int) -> str:
+    """Where the requests never answered stopped: on `gpt-send` (partition, offset,
+    beyond the hand-over group's commit or not), on the repartition topic (same),
+    for a failure message that points at the stage that lost them."""
+    request_topic, group = topics["REQUEST_TOPIC"], topics["CONSUMER_GROUP"]
+    repartition = f"{group}-{request_topic}-repartition"  # Settings.repartition_topic
+    lines = []
+    for topic, stage_group, by_header in (
+        (request_topic, group, False), (repartition, f"{group}-answering", True),
+    ):
+        consumer = Consumer({"bootstrap.servers": broker.bootstrap_server, "group.id": stage_group,
+                             "enable.auto.commit": False})
+        try:
+            count = max(partitions, len(consumer.list_topics(topic, timeout=10).topics[topic].partitions))
+            committed = {tp.partition: tp.offset for tp in consumer.committed(
+                [TopicPartition(topic, p) for p in range(count)], timeout=10)}
+        finally:
+            consumer.close()
+        found = _scan(broker, topic, count, missing, by_header)
+        lines.append(f"{topic}: committed {committed}; " + ", ".join(
+            f"{key} at [{p}]@{o}" for key, (p, o) in sorted(found.items())
+        ) + f"; not there: {sorted(missing - set(found))}")
+    return "\n".join(lines)
+
+
+def _scan(broker, topic: str, count: int, keys: set[str], by_header: bool) -> dict[str, tuple[int, int]]:
+    consumer = Consumer({"bootstrap.servers": broker.bootstrap_server, "group.id": f"r-{uuid.uuid4().hex}",
+                         "enable.auto.commit": False, "enable.partition.eof": True})
+    consumer.assign([TopicPartition(topic, p, 0) for p in range(count)])
+    found: dict[str, tuple[int, int]] = {}
+    ended: set[int] = set()
+    deadline = time.monotonic() + 20
+    try:
+        while len(ended) < count and time.monotonic() < deadline:
+            message = consumer.poll(0.2)
+            if message is None:
+                continue
+            if message.error():
+                ended.add(message.partition())
+                continue
+            key = dict(message.headers() or []).get("chater.source_key") if by_header else message.key()
+            if key is not None and key.decode(errors="replace") in keys:
+                found[key.decode()] = (message.partition(), message.offset())
+    finally:
+        consumer.close()
+    return found
