@@ -16,7 +16,7 @@ from collections import Counter
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from tests.support.records import private_topics, read_until_all
+from tests.support.records import private_topics, read_until_all, where_are
 from tests.support.replicas import wait_until_settled
 from tests.support.worker import WorkerProcess
 
@@ -75,7 +75,9 @@ def test_three_replicas_answer_every_conversation_in_order_with_its_whole_histor
     bodies: dict[str, set[bytes]] = {}
     for key, value in responses:
         bodies.setdefault(key, set()).add(value)
-    assert set(bodies) == set(keys) and all(len(b) == 1 for b in bodies.values())
+    missing = set(keys) - set(bodies)
+    assert not missing, where_are(broker, topics, missing, PARTITIONS)
+    assert all(len(b) == 1 for b in bodies.values())
     print(f"responses: {len(responses)} for {len(keys)} requests")
     assert all(json.loads(value).get("error") is None for _, value in responses)
 
