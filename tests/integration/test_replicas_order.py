@@ -17,16 +17,12 @@ import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from tests.support.records import private_topics, read_until_all, where_are
-from tests.support.replicas import wait_until_settled
+from tests.support.replicas import text, wait_until_settled
 from tests.support.worker import WorkerProcess
 
 pytestmark = pytest.mark.integration
 
 WORKERS, PARTITIONS, CONVERSATIONS, TURNS = 3, 6, 40, 4
-
-
-def text(conversation: int, turn: int) -> str:
-    return f"c{conversation}-t{turn}: question {turn} of conversation {conversation}"
 
 
 @pytest.mark.timeout(240)

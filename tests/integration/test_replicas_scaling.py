@@ -17,17 +17,13 @@ import pytest
 from confluent_kafka import Producer
 
 from tests.support.records import private_topics, read_until_all, where_are
-from tests.support.replicas import wait_until_settled
+from tests.support.replicas import text, wait_until_settled
 from tests.support.worker import WorkerProcess
 
 pytestmark = pytest.mark.integration
 
 PARTITIONS, CONVERSATIONS = 6, 30
 TURN_INTERVAL = 1.5  # seconds between turns, produced until after the second rebalance
-
-
-def text(conversation: int, turn: int) -> str:
-    return f"c{conversation}-t{turn}: question {turn} of conversation {conversation}"
 
 
 @pytest.mark.timeout(300)

@@ -18,6 +18,11 @@ from tests.support.worker import WorkerProcess
 OWNERSHIP = re.compile(r'"message": "(assigned|revoked|repartitioning|no longer repartitioning) (\[.*?\])"')
 
 
+def text(conversation: int, turn: int) -> str:
+    """The message of a conversation's turn, telling which it is (the model server sees it)."""
+    return f"c{conversation}-t{turn}: question {turn} of conversation {conversation}"
+
+
 def owned(worker: WorkerProcess) -> tuple[set[str], set[str]]:
     """The partitions a worker's two stages own now, as its log tells."""
     answering: set[str] = set()
