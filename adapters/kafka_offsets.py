@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import itertools
+import logging
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+
+log = logging.getLogger(__name__)
 
 STOP_CHECK_INTERVAL = 0.5  # seconds between looks at `stopping` while waiting
 
@@ -21,6 +24,8 @@ class _Partition:
     finished: set[int] = field(default_factory=set)
     next_offset: int | None = None  # everything below it is finished
     committed: int | None = None
+    # The group's committed offset when assigned: where fetching should begin.
+    start: int | None = None
 
 
 class OffsetTracker:
@@ -38,10 +43,13 @@ class OffsetTracker:
         self._partitions: dict[TopicPartitionKey, _Partition] = {}
         self._epochs = itertools.count(1)
 
-    def assign(self, partitions: list[TopicPartitionKey]) -> None:
+    def assign(
+        self, partitions: list[TopicPartitionKey], committed: dict[TopicPartitionKey, int] | None = None
+    ) -> None:
+        """New assignments; `committed`: the group's committed offsets, where known."""
         with self._lock:
             for tp in partitions:
-                self._partitions[tp] = _Partition(next(self._epochs))
+                self._partitions[tp] = _Partition(next(self._epochs), start=(committed or {}).get(tp))
 
     def revoke(self, partitions: list[TopicPartitionKey]) -> list[tuple[TopicPartitionKey, int]]:
         """Forget the partitions; returns the offsets still worth committing for them."""
@@ -67,6 +75,15 @@ class OffsetTracker:
                 return None
             if state.next_offset is not None and offset < state.next_offset:
                 return None
+            expected = (
+                state.pending[-1] + 1 if state.pending
+                else state.next_offset if state.next_offset is not None else state.start
+            )
+            if expected is not None and offset > expected:
+                # Not a fault of this worker's; said, so that it is not silent: a
+                # topic with no transactions and no compaction has no such gaps.
+                log.warning("%s[%d]: offsets %d to %d were never fetched (the next one "
+                            "fetched is %d)", *tp, expected, offset - 1, offset)
             state.pending.append(offset)
             return state.epoch
 

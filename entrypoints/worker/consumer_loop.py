@@ -12,7 +12,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from confluent_kafka import Consumer, Message, TopicPartition
+from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 from opentelemetry import trace
 
 from adapters.kafka import consumer_config
@@ -48,6 +48,7 @@ RESUME_FRACTION = 0.75
 REVOKE_GRACE_SHARE_OF_POLL_INTERVAL = 0.5
 STALL_MARGIN = 60.0
 LAG_REPORT_INTERVAL_MS = 5000
+COMMITTED_TIMEOUT = 5.0  # seconds for the committed offsets of partitions assigned
 
 
 def revoke_grace(settings: Settings) -> float:
@@ -355,7 +356,7 @@ class KafkaWorker:
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         log.info("assigned %s", [f"{p.topic}[{p.partition}]" for p in partitions])
-        self._offsets.assign([(p.topic, p.partition) for p in partitions])
+        self._offsets.assign([(p.topic, p.partition) for p in partitions], self._committed(consumer, partitions))
         # librdkafka keeps a partition's pause through a revocation or loss and a
         # new assignment: set it to what the worker wants now, or a partition
         # paused before a rebalance would never be fetched again.
@@ -364,6 +365,20 @@ class KafkaWorker:
         else:
             consumer.resume(partitions)
         self.assigned.set()
+
+    @staticmethod
+    def _committed(consumer: Consumer, partitions: list[TopicPartition]) -> dict[tuple[str, int], int]:
+        """The group's committed offsets of newly assigned partitions (where fetching
+        begins), so that records never fetched are told in the log; none if the
+        broker does not answer at once."""
+        if not partitions:
+            return {}
+        try:
+            found = consumer.committed(partitions, timeout=COMMITTED_TIMEOUT)
+        except KafkaException as error:
+            log.debug("committed offsets not known: %s", error)
+            return {}
+        return {(p.topic, p.partition): p.offset for p in found if p.error is None and p.offset >= 0}
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         log.info("revoked %s", [f"{p.topic}[{p.partition}]" for p in partitions])

@@ -76,3 +76,20 @@ def test_a_worker_told_to_stop_stops_waiting_for_a_revoked_partition():
     began = time.monotonic()
     assert not tracker.wait_finished([TP], 60, stop.is_set)
     assert time.monotonic() - began < 2  # not the whole minute: its shutdown takes over
+
+
+def test_offsets_never_fetched_are_told(caplog):
+    tracker = OffsetTracker()
+    tracker.assign([TP], committed={TP: 3})
+    with caplog.at_level("WARNING", logger="adapters.kafka_offsets"):
+        tracker.add(TP, 3)
+        tracker.add(TP, 4)  # one after the other: nothing to tell
+        assert caplog.messages == []
+        tracker.add(TP, 7)
+        tracker.add(TP, 8)
+        tracker.assign([("gpt-send", 1)], committed={("gpt-send", 1): 3})
+        tracker.add(("gpt-send", 1), 12)  # the first fetched is beyond the committed one
+    assert caplog.messages == [
+        "gpt-send[0]: offsets 5 to 6 were never fetched (the next one fetched is 7)",
+        "gpt-send[1]: offsets 3 to 11 were never fetched (the next one fetched is 12)",
+    ]
