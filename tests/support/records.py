@@ -9,6 +9,7 @@ import uuid
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from adapters.kafka import ensure_topics
+from entrypoints.settings import Settings
 
 
 def private_topics(bootstrap_server: str, request_partitions: int = 1) -> dict[str, str]:
@@ -83,11 +84,13 @@ def where_are(broker, topics: dict[str, str], missing: set[str], partitions: int
     """Where the requests never answered stopped: on `gpt-send` (partition, offset,
     beyond the hand-over group's commit or not), on the repartition topic (same),
     for a failure message that points at the stage that lost them."""
-    request_topic, group = topics["REQUEST_TOPIC"], topics["CONSUMER_GROUP"]
-    repartition = f"{group}-{request_topic}-repartition"  # Settings.repartition_topic
+    # The worker's own names for the repartition topic and the answering group.
+    settings = Settings.model_construct(REQUEST_TOPIC=topics["REQUEST_TOPIC"],
+                                        CONSUMER_GROUP=topics["CONSUMER_GROUP"])
     lines = []
     for topic, stage_group, by_header in (
-        (request_topic, group, False), (repartition, f"{group}-answering", True),
+        (settings.REQUEST_TOPIC, settings.CONSUMER_GROUP, False),
+        (settings.repartition_topic, settings.answering_group, True),
     ):
         consumer = Consumer({"bootstrap.servers": broker.bootstrap_server, "group.id": stage_group,
                              "enable.auto.commit": False})

@@ -90,5 +90,3 @@ def run_replicas(broker, worker_env: dict[str, str], tmp_path: Path, settings: d
                 worker.stop(signal.SIGTERM)  # graceful: leases are settled
     assert not any("Traceback" in worker.log() for worker in workers)
     return answers, env
-
-
